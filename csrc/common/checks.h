@@ -1,0 +1,41 @@
+// Input checks shared by the CPU and CUDA entry points. The Python wrappers raise friendlier
+// errors first; these keep a direct torch.ops.walnet.* call memory-safe.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace walnet {
+
+inline void check_map(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 3, name, " must be [N,H,W], got ", t.dim(), " dimensions");
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be a floating tensor, got ",
+              t.scalar_type());
+  TORCH_CHECK(t.size(1) > 0 && t.size(2) > 0, name, " must have non-empty H and W");
+  // Per-segment counters are 32-bit on the GPU.
+  TORCH_CHECK(t.size(1) * t.size(2) < (int64_t(1) << 31), name, " must have fewer than 2^31 pixels");
+}
+
+inline void check_labels(const at::Tensor& labels, const at::Tensor& like) {
+  TORCH_CHECK(labels.dim() == 3, "labels must be [N,H,W], got ", labels.dim(), " dimensions");
+  TORCH_CHECK(labels.scalar_type() == at::kInt || labels.scalar_type() == at::kLong,
+              "labels must be int32 or int64, got ", labels.scalar_type());
+  TORCH_CHECK(labels.sizes() == like.sizes(), "labels shape ", labels.sizes(),
+              " must equal the map shape ", like.sizes());
+  TORCH_CHECK(labels.device() == like.device(), "labels must be on ", like.device());
+}
+
+// a1 sets the target size; a2 and a3 are coarser (or equal) maps of the same batch and dtype.
+inline void check_attention(const at::Tensor& a1, const at::Tensor& a2, const at::Tensor& a3) {
+  check_map(a1, "a1");
+  check_map(a2, "a2");
+  check_map(a3, "a3");
+  for (const at::Tensor* t : {&a2, &a3}) {
+    TORCH_CHECK(t->size(0) == a1.size(0), "attention maps must share the batch size");
+    TORCH_CHECK(t->size(1) <= a1.size(1) && t->size(2) <= a1.size(2),
+                "a2 and a3 must not be larger than a1");
+    TORCH_CHECK(t->scalar_type() == a1.scalar_type(), "attention maps must share one dtype");
+    TORCH_CHECK(t->device() == a1.device(), "attention maps must be on one device");
+  }
+}
+
+}  // namespace walnet

@@ -1,0 +1,23 @@
+// Every walnet operator schema, in one place. Kernels register themselves per backend in
+// csrc/<op>/<op>_{cpu,cuda}; fake kernels and autograd are registered in walnet/ops/_library.py.
+#include <torch/library.h>
+
+#ifdef WALNET_PYTHON_MODULE
+#include <Python.h>
+
+// `import walnet._C` loads this library, which runs the static registrations below. The module
+// itself is empty: every op is reached through torch.ops.walnet.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+#endif
+
+TORCH_LIBRARY(walnet, m) {
+  // PGM (DESIGN.md §3)
+  m.def("fuse_attention(Tensor a1, Tensor a2, Tensor a3) -> Tensor");
+  m.def("superpixel_mean(Tensor values, Tensor labels) -> Tensor");
+  m.def("pseudo_mask(Tensor a1, Tensor a2, Tensor a3, Tensor labels, float threshold) -> Tensor");
+}

@@ -1,0 +1,12 @@
+"""walnet: WAL-Net for carotid plaque classification, with fast and exact custom PyTorch ops.
+
+The hot steps of the network (the PGM's pseudo masks, the RCM's crops, Felzenszwalb
+superpixels) are registered torch.library operators with CPU and CUDA kernels; pure-PyTorch
+reference versions in :mod:`walnet.ops.reference` are their specification and fallback.
+"""
+from walnet import ops
+from walnet.ops import built_backends
+
+__version__ = "0.1.0"
+
+__all__ = ["ops", "built_backends", "__version__"]
