@@ -10,6 +10,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 test: build
 	$(PY) -m pytest
+	$(MAKE) ctest
 
 venv: $(VENV)/.stamp-deps
 

@@ -83,6 +83,12 @@ WALNET_HD T normalise(T v, T lo, T span) {
   return (v - lo) / span;
 }
 
+// Eq. 1's product, left to right as the reference multiplies.
+template <typename T>
+WALNET_HD T product(T v1, T v2, T v3) {
+  return v1 * v2 * v3;
+}
+
 // Product of the three normalised maps at pixel (y, x) of the a1 grid.
 template <typename T, typename In>
 WALNET_HD T fused_product(const In* a1, const In* a2, const In* a3, const Geometry& g, int64_t y,
@@ -92,7 +98,7 @@ WALNET_HD T fused_product(const In* a1, const In* a2, const In* a3, const Geomet
   const T v1 = normalise(static_cast<T>(a1[y * g.W + x]), lo[0], span[0]);
   const T v2 = normalise(static_cast<T>(a2[y2 * g.w2 + x2]), lo[1], span[1]);
   const T v3 = normalise(static_cast<T>(a3[y3 * g.w3 + x3]), lo[2], span[2]);
-  return v1 * v2 * v3;
+  return product(v1, v2, v3);
 }
 
 // B of Eq. 1 at one pixel (0 for a degenerate sample).

@@ -7,6 +7,7 @@ torch.compile traces or a CUDA graph captures, and can be switched off with
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -82,22 +83,32 @@ def check_same_batch(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: st
         raise ValueError(f"{name} has batch size {t.shape[0]} but {ref_name} has {ref.shape[0]}")
 
 
-def check_finite(t: torch.Tensor, name: str) -> None:
-    if value_checks_enabled() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
+def check_values(maps: dict[str, torch.Tensor], labels: torch.Tensor | None = None) -> None:
+    """Raises ValueError naming the first map that holds NaN/inf, or labels outside [0, H*W).
 
-
-def check_label_range(labels: torch.Tensor) -> None:
-    """Segments are numbered per sample, so a sample of H*W pixels has labels in [0, H*W)."""
+    Segments are numbered per sample, so a sample of H*W pixels has labels in [0, H*W). One
+    aminmax per tensor (it propagates NaN; +-inf shows as the min or the max), read back with a
+    single host transfer (one sync on CUDA).
+    """
     if not value_checks_enabled():
         return
-    n_pixels = labels.shape[-2] * labels.shape[-1]
-    lo, hi = torch.aminmax(labels)
-    if bool((lo < 0) | (hi >= n_pixels)):
-        raise ValueError(
-            f"labels must lie in [0, H*W) = [0, {n_pixels}) (segments numbered per image), "
-            f"got values in [{int(lo)}, {int(hi)}]"
-        )
+    tensors = list(maps.values()) + ([labels] if labels is not None else [])
+    extremes = [v for t in tensors for v in torch.aminmax(t)]
+    if tensors[0].device.type == "cpu":
+        numbers = [v.item() for v in extremes]
+    else:
+        numbers = torch.stack([v.double() for v in extremes]).tolist()
+    for i, name in enumerate(maps):
+        if not (math.isfinite(numbers[2 * i]) and math.isfinite(numbers[2 * i + 1])):
+            raise ValueError(f"{name} contains NaN or infinite values")
+    if labels is not None:
+        n_pixels = labels.shape[-2] * labels.shape[-1]
+        lo, hi = int(numbers[-2]), int(numbers[-1])
+        if lo < 0 or hi >= n_pixels:
+            raise ValueError(
+                f"labels must lie in [0, H*W) = [0, {n_pixels}) (segments numbered per image), "
+                f"got values in [{lo}, {hi}]"
+            )
 
 
 def check_real(x, name: str) -> float:

@@ -40,8 +40,6 @@ def _attention_maps(a1, a2, a3) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
                 f"{name} ({m.shape[1]}x{m.shape[2]}) must not be larger than a1 ({m1.shape[1]}x{m1.shape[2]}): "
                 "a1 is the finest map and sets the output size"
             )
-    for m, name in zip(maps, ("a1", "a2", "a3")):
-        _checks.check_finite(m, name)
     dtype = torch.promote_types(torch.promote_types(maps[0].dtype, maps[1].dtype), maps[2].dtype)
     return tuple(m.to(dtype) for m in maps)
 
@@ -60,6 +58,7 @@ def fuse_attention(a1: torch.Tensor, a2: torch.Tensor, a3: torch.Tensor, *, back
         information and is all zeros (:func:`pseudo_mask` marks it 255).
     """
     a1, a2, a3 = _attention_maps(a1, a2, a3)
+    _checks.check_values({"a1": a1, "a2": a2, "a3": a3})
     if _use_kernel("fuse_attention", a1.device, backend):
         return torch.ops.walnet.fuse_attention(a1, a2, a3)
     return reference.fuse_attention(a1, a2, a3)
@@ -79,8 +78,7 @@ def superpixel_mean(values: torch.Tensor, labels: torch.Tensor, *, backend: str 
     """
     values = _checks.as_map(values, "values")
     labels = _checks.as_labels(labels, values, "values")
-    _checks.check_finite(values, "values")
-    _checks.check_label_range(labels)
+    _checks.check_values({"values": values}, labels)
     if _use_kernel("superpixel_mean", values.device, backend):
         return torch.ops.walnet.superpixel_mean(values, labels)
     return reference.superpixel_mean(values, labels)
@@ -113,7 +111,7 @@ def pseudo_mask(
     """
     a1, a2, a3 = _attention_maps(a1, a2, a3)
     labels = _checks.as_labels(labels, a1, "a1")
-    _checks.check_label_range(labels)
+    _checks.check_values({"a1": a1, "a2": a2, "a3": a3}, labels)
     threshold = _checks.check_real(threshold, "threshold")
     if _use_kernel("pseudo_mask", a1.device, backend):
         return torch.ops.walnet.pseudo_mask(a1, a2, a3, labels, threshold)
