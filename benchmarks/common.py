@@ -69,3 +69,66 @@ def machine(device: str = "cpu") -> str:
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+# --- RCM ----------------------------------------------------------------------------------
+
+#: (C, size) of the four encoder levels the RCM crops for a 224^2 input (ResNet-50 widths).
+RCM_LEVELS = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
+#: Batch sizes of the RCM tables (the pytest-benchmark suite uses the first).
+RCM_BATCHES = [8, 32]
+
+
+def rcm_inputs(n: int, device: str = "cpu", seed: int = 0, levels=RCM_LEVELS, seg_size: int = 56):
+    """The four level feature maps [N,C,s,s] and segmentation logits [N,2,seg_size,seg_size]
+    whose foreground is one noisy elliptical blob per sample (10% to 60% of the side, anywhere,
+    sometimes touching a border), as a trained decoder would predict."""
+    g = torch.Generator().manual_seed(seed)
+    features = [torch.randn(n, c, s, s, generator=g).to(device) for c, s in levels]
+    yy = torch.arange(seg_size, dtype=torch.float32)[:, None]
+    xx = torch.arange(seg_size, dtype=torch.float32)[None, :]
+    logits = torch.empty(n, 2, seg_size, seg_size)
+    for i in range(n):
+        cy, cx = (torch.rand(2, generator=g) * seg_size).tolist()
+        ry, rx = ((0.05 + 0.25 * torch.rand(2, generator=g)) * seg_size).tolist()
+        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        noise = torch.randn(2, seg_size, seg_size, generator=g)
+        logits[i, 0] = noise[0]
+        logits[i, 1] = noise[0] + torch.where(inside, 3.0, -3.0) + 0.5 * noise[1]
+    return features, logits.to(device)
+
+
+def authors_rcm(features_list, seg_logits, threshold: float = 0.5):
+    """The authors' RCM ("dilated_crop"): per level, a Python loop over the batch that resizes
+    the sample's mask, finds its box with torch.where (a host sync per sample), dilates it by
+    r = W/7 with int() truncation and clamping, slices the crop and nearest-resizes it back to
+    the level's size. A sample without foreground keeps its features."""
+    prob = torch.softmax(seg_logits.float(), dim=1)[:, 1]
+    mask = (prob >= threshold).float()
+    out = []
+    for f in features_list:
+        n, _, h, w = f.shape
+        r = w / 7
+        rows = []
+        for i in range(n):
+            m = F.interpolate(mask[i][None, None], size=(h, w), mode="nearest")[0, 0]
+            ys, xs = torch.where(m > 0)
+            if len(ys) == 0:
+                rows.append(f[i : i + 1])
+                continue
+            y1 = max(int(ys.min().item() - r), 0)
+            x1 = max(int(xs.min().item() - r), 0)
+            y2 = min(int(ys.max().item() + r), h - 1)
+            x2 = min(int(xs.max().item() + r), w - 1)
+            crop = f[i : i + 1, :, y1 : y2 + 1, x1 : x2 + 1]
+            rows.append(F.interpolate(crop, size=(h, w), mode="nearest"))
+        out.append(torch.cat(rows))
+    return out
+
+
+def roi_align_rois(boxes: torch.Tensor) -> torch.Tensor:
+    """walnet's inclusive int boxes [N,4] (y1, x1, y2, x2) as torchvision roi_align's float rois
+    [N,5] (batch_index, x1, y1, x2 + 1, y2 + 1): the same pixels, as a continuous box."""
+    b = boxes.to(torch.float32)
+    index = torch.arange(len(b), device=b.device, dtype=torch.float32)
+    return torch.stack([index, b[:, 1], b[:, 0], b[:, 3] + 1, b[:, 2] + 1], dim=1)

@@ -24,7 +24,7 @@ echo "== tests"
 echo "== compute-sanitizer"
 SANITIZER=${SANITIZER:-compute-sanitizer}
 command -v "$SANITIZER" >/dev/null || SANITIZER=/usr/local/cuda/bin/compute-sanitizer
-CUDA_TESTS=(tests/test_pgm.py -k "cuda" -q -x -p no:cacheprovider)
+CUDA_TESTS=(tests/test_pgm.py tests/test_rcm.py -k "cuda" -q -x -p no:cacheprovider)
 for tool in memcheck racecheck synccheck initcheck; do
   echo "-- $tool"
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool "$tool" --error-exitcode 1 \
@@ -34,3 +34,5 @@ done
 echo "== benchmarks"
 "$PY" benchmarks/pgm_table.py --device cuda
 "$PY" benchmarks/pgm_table.py --device cpu
+"$PY" benchmarks/rcm_table.py --device cuda
+"$PY" benchmarks/rcm_table.py --device cpu

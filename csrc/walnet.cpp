@@ -20,4 +20,8 @@ TORCH_LIBRARY(walnet, m) {
   m.def("fuse_attention(Tensor a1, Tensor a2, Tensor a3) -> Tensor");
   m.def("superpixel_mean(Tensor values, Tensor labels) -> Tensor");
   m.def("pseudo_mask(Tensor a1, Tensor a2, Tensor a3, Tensor labels, float threshold) -> Tensor");
+  // RCM (DESIGN.md §2)
+  m.def("mask_boxes(Tensor prob, int height, int width, float threshold, float dilation) -> Tensor");
+  m.def("crop_resize(Tensor features, Tensor boxes, int out_height, int out_width, bool bilinear) -> Tensor");
+  m.def("crop_resize_backward(Tensor grad, Tensor boxes, int in_height, int in_width, bool bilinear) -> Tensor");
 }

@@ -38,4 +38,17 @@ inline void check_attention(const at::Tensor& a1, const at::Tensor& a2, const at
   }
 }
 
+inline void check_features(const at::Tensor& f, const char* name) {
+  TORCH_CHECK(f.dim() == 4, name, " must be [N,C,H,W], got ", f.dim(), " dimensions");
+  TORCH_CHECK(at::isFloatingType(f.scalar_type()), name, " must be a floating tensor, got ", f.scalar_type());
+  TORCH_CHECK(f.size(2) > 0 && f.size(3) > 0, name, " must have non-empty H and W");
+}
+
+inline void check_boxes(const at::Tensor& boxes, const at::Tensor& features) {
+  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4 && boxes.size(0) == features.size(0),
+              "boxes must be [N,4] with the features' N, got ", boxes.sizes());
+  TORCH_CHECK(boxes.scalar_type() == at::kInt, "boxes must be int32, got ", boxes.scalar_type());
+  TORCH_CHECK(boxes.device() == features.device(), "boxes must be on ", features.device());
+}
+
 }  // namespace walnet

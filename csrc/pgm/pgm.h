@@ -11,21 +11,12 @@
 #include <limits>
 
 #include "../common/macros.h"
+#include "../common/resize.h"
 
 namespace walnet {
 namespace pgm {
 
 constexpr uint8_t kIgnore = 255;  // pseudo-mask value skipped by CrossEntropyLoss(ignore_index=255)
-
-// Source row/column of PyTorch's legacy "nearest" resize (F.interpolate(mode="nearest") with an
-// explicit size): floor(dst * (in / out)) evaluated in float32, clamped to the last index.
-WALNET_HD int64_t nearest_src(int64_t dst, int64_t in, int64_t out) {
-  if (in == out) return dst;
-  if (out == 2 * in) return dst >> 1;
-  const float scale = static_cast<float>(in) / static_cast<float>(out);
-  const int64_t src = static_cast<int64_t>(floorf(static_cast<float>(dst) * scale));
-  return src < in - 1 ? src : in - 1;
-}
 
 // Finite test that needs no <cmath> overloads on the device: inf - inf and NaN - NaN are NaN.
 template <typename T>

@@ -41,12 +41,12 @@ struct FuseScratch {
   explicit FuseScratch(const Geometry& g)
       : n2(g.h2 * g.w2), n3(g.h3 * g.w3), prod(g.H * g.W), row2(g.W), row3(g.W), x2(g.W), x3(g.W), y2(g.H), y3(g.H) {
     for (int64_t x = 0; x < g.W; ++x) {
-      x2[x] = pgm::nearest_src(x, g.w2, g.W);
-      x3[x] = pgm::nearest_src(x, g.w3, g.W);
+      x2[x] = nearest_src(x, g.w2, g.W);
+      x3[x] = nearest_src(x, g.w3, g.W);
     }
     for (int64_t y = 0; y < g.H; ++y) {
-      y2[y] = pgm::nearest_src(y, g.h2, g.H);
-      y3[y] = pgm::nearest_src(y, g.h3, g.H);
+      y2[y] = nearest_src(y, g.h2, g.H);
+      y3[y] = nearest_src(y, g.h3, g.H);
     }
   }
 };

@@ -9,23 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from walnet.ops import _checks, _library, reference
+from walnet.ops import _checks, reference
+from walnet.ops._dispatch import use_kernel
 
 __all__ = ["fuse_attention", "superpixel_mean", "pseudo_mask"]
-
-
-def _use_kernel(op: str, device: torch.device, backend: str) -> bool:
-    _checks.check_backend(backend)
-    if backend == "reference":
-        return False
-    available = _library.has_kernel(op, device.type)
-    if backend == "kernel" and not available:
-        why = f" ({_library.LOAD_ERROR})" if _library.LOAD_ERROR else ""
-        raise RuntimeError(
-            f"backend='kernel' but this build of walnet has no {device.type} kernel for {op}{why}; "
-            f"built backends: {sorted(_library.built_backends())}"
-        )
-    return available and (backend == "kernel" or not _library.force_reference())
 
 
 def _attention_maps(a1, a2, a3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -59,7 +46,7 @@ def fuse_attention(a1: torch.Tensor, a2: torch.Tensor, a3: torch.Tensor, *, back
     """
     a1, a2, a3 = _attention_maps(a1, a2, a3)
     _checks.check_values({"a1": a1, "a2": a2, "a3": a3})
-    if _use_kernel("fuse_attention", a1.device, backend):
+    if use_kernel("fuse_attention", a1.device, backend):
         return torch.ops.walnet.fuse_attention(a1, a2, a3)
     return reference.fuse_attention(a1, a2, a3)
 
@@ -79,7 +66,7 @@ def superpixel_mean(values: torch.Tensor, labels: torch.Tensor, *, backend: str 
     values = _checks.as_map(values, "values")
     labels = _checks.as_labels(labels, values, "values")
     _checks.check_values({"values": values}, labels)
-    if _use_kernel("superpixel_mean", values.device, backend):
+    if use_kernel("superpixel_mean", values.device, backend):
         return torch.ops.walnet.superpixel_mean(values, labels)
     return reference.superpixel_mean(values, labels)
 
@@ -113,6 +100,6 @@ def pseudo_mask(
     labels = _checks.as_labels(labels, a1, "a1")
     _checks.check_values({"a1": a1, "a2": a2, "a3": a3}, labels)
     threshold = _checks.check_real(threshold, "threshold")
-    if _use_kernel("pseudo_mask", a1.device, backend):
+    if use_kernel("pseudo_mask", a1.device, backend):
         return torch.ops.walnet.pseudo_mask(a1, a2, a3, labels, threshold)
     return reference.pseudo_mask(a1, a2, a3, labels, threshold)

@@ -9,7 +9,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["fuse_attention", "superpixel_mean", "pseudo_mask", "IGNORE_INDEX"]
+__all__ = [
+    "IGNORE_INDEX",
+    "ROI_METHODS",
+    "crop_resize",
+    "fuse_attention",
+    "mask_boxes",
+    "pseudo_mask",
+    "roi_crop",
+    "superpixel_mean",
+]
 
 #: Pseudo-mask value of a sample whose fused attention carries no information; it is skipped by
 #: ``CrossEntropyLoss(ignore_index=255)``.
@@ -94,3 +103,146 @@ def pseudo_mask(
     fused, ok = _fuse(a1, a2, a3)
     mask = (_segment_mean64(fused, labels) >= threshold).to(torch.uint8)
     return torch.where(ok[:, None, None], mask, torch.full_like(mask, IGNORE_INDEX))
+
+
+# --- RCM (DESIGN.md §2): boxes from the predicted mask, crop-resize of the features -----------
+
+#: ROI methods of the paper's Table 3.
+ROI_METHODS = ("rwm", "bg_rm", "bg_rm_crop", "crop", "dilated_crop")
+
+
+def nearest_source(dst: torch.Tensor, in_size: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Source index of PyTorch's legacy nearest resize, per element: ``dst`` [*] output indices,
+    ``in_size`` broadcastable input lengths (>= 1). floor(dst * float32(in / out)), clamped."""
+    in_size = torch.as_tensor(in_size, device=dst.device)
+    scale = in_size.to(torch.float32) / float(out_size)
+    src = torch.floor(dst.to(torch.float32) * scale).long()
+    src = torch.minimum(src, in_size - 1)
+    src = torch.where(in_size == out_size, dst, src)
+    return torch.where(in_size * 2 == out_size, dst // 2, src)
+
+
+def _resize_nearest(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
+
+
+def mask_boxes(
+    fg_prob: torch.Tensor, size: tuple[int, int], threshold: float = 0.5, dilation: float = 1 / 7
+) -> torch.Tensor:
+    """Dilated bounding box of the foreground, at a feature level's size: int32 [N,4] as
+    (y1, x1, y2, x2), inclusive.
+
+    ``fg_prob >= threshold`` is nearest-resized to ``size`` = (H, W); its tight box is dilated by
+    ``r = W * dilation`` (the authors' W/7) with truncation and clamping:
+    ``y1' = max(int(y1 - r), 0)``, ``y2' = min(int(y2 + r), H - 1)``, same for x with W - 1.
+    A sample without foreground gets the full map (0, 0, H-1, W-1).
+    """
+    H, W = int(size[0]), int(size[1])
+    mask = _resize_nearest(fg_prob >= threshold, (H, W))
+    rows, cols = mask.any(dim=2), mask.any(dim=1)
+    ys = torch.arange(H, device=mask.device)
+    xs = torch.arange(W, device=mask.device)
+    y1 = torch.where(rows, ys, H).amin(dim=1)
+    y2 = torch.where(rows, ys, -1).amax(dim=1)
+    x1 = torch.where(cols, xs, W).amin(dim=1)
+    x2 = torch.where(cols, xs, -1).amax(dim=1)
+    r = W * float(dilation)
+    # int() truncates toward zero, as the authors' Python does.
+    y1 = torch.clamp((y1.double() - r).trunc().long(), min=0)
+    x1 = torch.clamp((x1.double() - r).trunc().long(), min=0)
+    y2 = torch.clamp((y2.double() + r).trunc().long(), max=H - 1)
+    x2 = torch.clamp((x2.double() + r).trunc().long(), max=W - 1)
+    boxes = torch.stack([y1, x1, y2, x2], dim=1)
+    full = torch.tensor([0, 0, H - 1, W - 1], device=mask.device)
+    return torch.where(rows.any(dim=1)[:, None], boxes, full).to(torch.int32)
+
+
+def _bilinear_source(dst: torch.Tensor, in_size: torch.Tensor, out_size: int, dtype: torch.dtype):
+    """Neighbours and weights of F.interpolate(mode="bilinear", align_corners=False) along one
+    axis: i0, i1 [N, out] and their weights l0, l1."""
+    scale = in_size.to(dtype) / out_size
+    real = torch.clamp(scale * (dst.to(dtype) + 0.5) - 0.5, min=0)
+    i0 = torch.minimum(real.long(), in_size - 1)
+    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
+    l1 = real - i0.to(dtype)
+    return i0, i1, 1 - l1, l1
+
+
+def crop_resize(
+    features: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int] | None = None, mode: str = "nearest"
+) -> torch.Tensor:
+    """Crops ``features[n, :, y1:y2+1, x1:x2+1]`` for every sample and resizes it to ``size``
+    (default: the input size), as ``F.interpolate(crop, size, mode=mode)`` would (bilinear with
+    align_corners=False). Differentiable with respect to the features; boxes get no gradient.
+    """
+    n, _, H, W = features.shape
+    oh, ow = (H, W) if size is None else (int(size[0]), int(size[1]))
+    boxes = boxes.long()
+    y1, x1 = boxes[:, 0:1], boxes[:, 1:2]
+    ch, cw = boxes[:, 2:3] - y1 + 1, boxes[:, 3:4] - x1 + 1
+    oy = torch.arange(oh, device=features.device).expand(n, oh)
+    ox = torch.arange(ow, device=features.device).expand(n, ow)
+    batch = torch.arange(n, device=features.device)[:, None, None]
+    if mode == "nearest":
+        rows = y1 + nearest_source(oy, ch, oh)
+        cols = x1 + nearest_source(ox, cw, ow)
+        # advanced indexing puts the [N, oh, ow] index dims first: -> [N, oh, ow, C]
+        out = features[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        return out.contiguous(memory_format=_memory_format(features))
+    if mode != "bilinear":
+        raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
+    dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+    y0i, y1i, wy0, wy1 = _bilinear_source(oy, ch, oh, dtype)
+    x0i, x1i, wx0, wx1 = _bilinear_source(ox, cw, ow, dtype)
+    f = features.to(dtype)
+
+    def tap(ry, rx):
+        return f[batch, :, (y1 + ry)[:, :, None], (x1 + rx)[:, None, :]].permute(0, 3, 1, 2)
+
+    wy0, wy1 = wy0[:, None, :, None], wy1[:, None, :, None]
+    wx0, wx1 = wx0[:, None, None, :], wx1[:, None, None, :]
+    out = wy0 * (wx0 * tap(y0i, x0i) + wx1 * tap(y0i, x1i)) + wy1 * (wx0 * tap(y1i, x0i) + wx1 * tap(y1i, x1i))
+    return out.to(features.dtype).contiguous(memory_format=_memory_format(features))
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    """channels_last for channels_last [N,C,H,W] tensors (the crop keeps the layout), else contiguous."""
+    return torch._prims_common.suggest_memory_format(t)
+
+
+def roi_crop(
+    features: torch.Tensor | list[torch.Tensor],
+    seg_logits: torch.Tensor,
+    method: str = "dilated_crop",
+    threshold: float = 0.5,
+    dilation: float = 1 / 7,
+) -> torch.Tensor | list[torch.Tensor]:
+    """The RCM: the ROI methods of the paper's Table 3 applied to one feature map or a list.
+
+    ``p = softmax(seg_logits)[:, 1]`` and ``m = p >= threshold``, both nearest-resized to each
+    level. ``rwm``: features * p (gradient reaches the decoder); ``bg_rm``: features * m;
+    ``bg_rm_crop``: bg_rm, then a tight crop; ``crop``: tight crop; ``dilated_crop``: crop
+    dilated by ``W * dilation``. Crops are nearest-resized back to the level's size. A sample
+    with no foreground at a level (after the resize) passes unchanged through every method but
+    ``rwm``.
+    """
+    single = isinstance(features, torch.Tensor)
+    levels = [features] if single else list(features)
+    prob = torch.softmax(seg_logits.float(), dim=1)[:, 1]
+    out = []
+    for f in levels:
+        size = tuple(f.shape[-2:])
+        if method == "rwm":
+            p = F.interpolate(prob[:, None], size=size, mode="nearest")
+            out.append(f * p.to(f.dtype))
+            continue
+        if method in ("bg_rm", "bg_rm_crop"):
+            m = _resize_nearest(prob >= threshold, size)[:, None]
+            has_fg = m.flatten(1).any(dim=1)[:, None, None, None]
+            f = torch.where(has_fg, f * m.to(f.dtype), f)
+            if method == "bg_rm":
+                out.append(f)
+                continue
+        dil = dilation if method == "dilated_crop" else 0.0
+        out.append(crop_resize(f, mask_boxes(prob, size, threshold, dil)))
+    return out[0] if single else out

@@ -1,0 +1,160 @@
+// CUDA kernels of the RCM ops: mask_boxes with one block per sample (integer min/max in shared
+// memory), crop_resize with one thread per output element, and its backward with one thread per
+// input element gathering the output pixels that read it (no atomics: deterministic).
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../common/checks.h"
+#include "rcm.h"
+
+namespace walnet {
+namespace {
+
+using rcm::Box;
+
+constexpr int kBlock = 256;
+
+int grid_for(int64_t n) {
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  return static_cast<int>(blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535);
+}
+
+// Strides of an [N,C,H,W] tensor, passed by value to the kernels.
+struct Strides4 {
+  int64_t n, c, h, w;
+};
+
+Strides4 strides_of(const at::Tensor& t) {
+  return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+template <typename scalar_t>
+__global__ void mask_boxes_kernel(const scalar_t* prob, int64_t h, int64_t w, int64_t H, int64_t W,
+                                  scalar_t threshold, double r, int32_t* out) {
+  __shared__ unsigned long long lo_y, lo_x;
+  __shared__ long long hi_y, hi_x;
+  if (threadIdx.x == 0) {
+    lo_y = H, lo_x = W, hi_y = -1, hi_x = -1;
+  }
+  __syncthreads();
+  const int64_t n = blockIdx.x;
+  const scalar_t* p = prob + n * h * w;
+  for (int64_t i = threadIdx.x; i < H * W; i += kBlock) {
+    const int64_t y = i / W, x = i % W;
+    if (rcm::is_foreground<at::opmath_type<scalar_t>>(p, h, w, H, W, y, x, threshold)) {
+      atomicMin(&lo_y, static_cast<unsigned long long>(y));
+      atomicMin(&lo_x, static_cast<unsigned long long>(x));
+      atomicMax(&hi_y, static_cast<long long>(y));
+      atomicMax(&hi_x, static_cast<long long>(x));
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    Box b{static_cast<int64_t>(lo_y), static_cast<int64_t>(lo_x), hi_y, hi_x};
+    b = b.y2 < 0 ? Box{0, 0, H - 1, W - 1} : rcm::dilate(b, H, W, r);
+    int32_t* o = out + 4 * n;
+    o[0] = b.y1, o[1] = b.x1, o[2] = b.y2, o[3] = b.x2;
+  }
+}
+
+template <typename scalar_t>
+__global__ void crop_resize_kernel(const scalar_t* in, Strides4 is, const int32_t* boxes, int64_t C, int64_t H,
+                                   int64_t W, int64_t OH, int64_t OW, bool bilinear, scalar_t* out, Strides4 os,
+                                   int64_t total) {
+  using T = at::opmath_type<scalar_t>;
+  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kBlock) {
+    const int64_t ox = i % OW, oy = (i / OW) % OH, c = (i / (OW * OH)) % C, n = i / (OW * OH * C);
+    const Box b = rcm::load_box(boxes, n, H, W);
+    const Tap<T> ty = resize_tap<T>(oy, b.y2 - b.y1 + 1, OH, bilinear);
+    const Tap<T> tx = resize_tap<T>(ox, b.x2 - b.x1 + 1, OW, bilinear);
+    out[n * os.n + c * os.c + oy * os.h + ox * os.w] =
+        static_cast<scalar_t>(rcm::crop_value<T>(in + n * is.n + c * is.c, is.h, is.w, b, ty, tx, bilinear));
+  }
+}
+
+template <typename scalar_t>
+__global__ void crop_resize_backward_kernel(const scalar_t* grad, Strides4 gs, const int32_t* boxes, int64_t C,
+                                            int64_t H, int64_t W, int64_t OH, int64_t OW, bool bilinear,
+                                            scalar_t* out, Strides4 os, int64_t total) {
+  using T = at::opmath_type<scalar_t>;
+  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kBlock) {
+    const int64_t ix = i % W, iy = (i / W) % H, c = (i / (W * H)) % C, n = i / (W * H * C);
+    const Box b = rcm::load_box(boxes, n, H, W);
+    T value = T(0);
+    if (iy >= b.y1 && iy <= b.y2 && ix >= b.x1 && ix <= b.x2) {
+      const int64_t ch = b.y2 - b.y1 + 1, cw = b.x2 - b.x1 + 1, ry = iy - b.y1, rx = ix - b.x1;
+      value = rcm::crop_grad<T>(grad + n * gs.n + c * gs.c, gs.h, gs.w, ch, cw, OH, OW, ry, rx,
+                                readers_of<T>(ry, ch, OH, bilinear), readers_of<T>(rx, cw, OW, bilinear), bilinear);
+    }
+    out[n * os.n + c * os.c + iy * os.h + ix * os.w] = static_cast<scalar_t>(value);
+  }
+}
+
+at::Tensor mask_boxes_cuda(const at::Tensor& prob_, int64_t H, int64_t W, double threshold, double dilation) {
+  check_map(prob_, "prob");
+  TORCH_CHECK(H > 0 && W > 0, "mask_boxes: the target size must be positive, got ", H, "x", W);
+  const c10::cuda::CUDAGuard guard(prob_.device());
+  const auto prob = prob_.contiguous();
+  const int64_t N = prob.size(0);
+  auto out = at::empty({N, 4}, prob.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, prob.scalar_type(), "mask_boxes_cuda", [&] {
+    mask_boxes_kernel<scalar_t><<<N, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+        prob.const_data_ptr<scalar_t>(), prob.size(1), prob.size(2), H, W, static_cast<scalar_t>(threshold),
+        static_cast<double>(W) * dilation, out.mutable_data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor crop_resize_cuda(const at::Tensor& features, const at::Tensor& boxes_, int64_t OH, int64_t OW,
+                            bool bilinear) {
+  check_features(features, "features");
+  check_boxes(boxes_, features);
+  TORCH_CHECK(OH > 0 && OW > 0, "crop_resize: the output size must be positive, got ", OH, "x", OW);
+  const c10::cuda::CUDAGuard guard(features.device());
+  const auto boxes = boxes_.contiguous();
+  const int64_t N = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
+  auto out = at::empty({N, C, OH, OW}, features.options().memory_format(features.suggest_memory_format()));
+  const int64_t total = out.numel();
+  if (total == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "crop_resize_cuda", [&] {
+    crop_resize_kernel<scalar_t><<<grid_for(total), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+        features.const_data_ptr<scalar_t>(), strides_of(features), boxes.const_data_ptr<int32_t>(), C, H, W, OH, OW,
+        bilinear, out.mutable_data_ptr<scalar_t>(), strides_of(out), total);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor crop_resize_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes_, int64_t H, int64_t W,
+                                     bool bilinear) {
+  check_features(grad, "grad");
+  check_boxes(boxes_, grad);
+  TORCH_CHECK(H > 0 && W > 0, "crop_resize_backward: the input size must be positive, got ", H, "x", W);
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const auto boxes = boxes_.contiguous();
+  const int64_t N = grad.size(0), C = grad.size(1), OH = grad.size(2), OW = grad.size(3);
+  auto out = at::empty({N, C, H, W}, grad.options().memory_format(grad.suggest_memory_format()));
+  const int64_t total = out.numel();
+  if (total == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "crop_resize_backward_cuda", [&] {
+    crop_resize_backward_kernel<scalar_t><<<grid_for(total), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+        grad.const_data_ptr<scalar_t>(), strides_of(grad), boxes.const_data_ptr<int32_t>(), C, H, W, OH, OW, bilinear,
+        out.mutable_data_ptr<scalar_t>(), strides_of(out), total);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(walnet, CUDA, m) {
+  m.impl("mask_boxes", &mask_boxes_cuda);
+  m.impl("crop_resize", &crop_resize_cuda);
+  m.impl("crop_resize_backward", &crop_resize_backward_cuda);
+}
+
+}  // namespace walnet
