@@ -24,10 +24,10 @@ echo "== tests"
 echo "== compute-sanitizer"
 SANITIZER=${SANITIZER:-compute-sanitizer}
 command -v "$SANITIZER" >/dev/null || SANITIZER=/usr/local/cuda/bin/compute-sanitizer
-CUDA_TESTS=(tests/test_pgm.py tests/test_rcm.py -k "cuda" -q -x -p no:cacheprovider)
+CUDA_TESTS=(tests/test_pgm.py tests/test_rcm.py tests/test_felzenszwalb.py -k "cuda" -q -x -p no:cacheprovider)
 for tool in memcheck racecheck synccheck initcheck; do
   echo "-- $tool"
-  PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool "$tool" --error-exitcode 1 \
+  WALNET_SANITIZER=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool "$tool" --error-exitcode 1 \
     --target-processes all "$PY" -m pytest "${CUDA_TESTS[@]}"
 done
 
@@ -36,3 +36,5 @@ echo "== benchmarks"
 "$PY" benchmarks/pgm_table.py --device cpu
 "$PY" benchmarks/rcm_table.py --device cuda
 "$PY" benchmarks/rcm_table.py --device cpu
+"$PY" benchmarks/felzenszwalb_table.py --device cuda
+"$PY" benchmarks/felzenszwalb_table.py --device cpu

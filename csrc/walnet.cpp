@@ -24,4 +24,7 @@ TORCH_LIBRARY(walnet, m) {
   m.def("mask_boxes(Tensor prob, int height, int width, float threshold, float dilation) -> Tensor");
   m.def("crop_resize(Tensor features, Tensor boxes, int out_height, int out_width, bool bilinear) -> Tensor");
   m.def("crop_resize_backward(Tensor grad, Tensor boxes, int in_height, int in_width, bool bilinear) -> Tensor");
+  // Felzenszwalb superpixels (DESIGN.md §4). weights: scipy's Gaussian kernel, centre first;
+  // k = scale / 255. Returns labels [N,H,W] int32 and the reservation rounds [N,2] int32.
+  m.def("felzenszwalb(Tensor images, float[] weights, float k, int min_size, bool parallel) -> (Tensor, Tensor)");
 }

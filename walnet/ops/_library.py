@@ -16,7 +16,15 @@ try:  # importing the extension runs its TORCH_LIBRARY registrations
 except ImportError as exc:  # not built: every op falls back to the reference
     LOAD_ERROR = str(exc)
 
-OPS = ("fuse_attention", "superpixel_mean", "pseudo_mask", "mask_boxes", "crop_resize", "crop_resize_backward")
+OPS = (
+    "fuse_attention",
+    "superpixel_mean",
+    "pseudo_mask",
+    "mask_boxes",
+    "crop_resize",
+    "crop_resize_backward",
+    "felzenszwalb",
+)
 
 
 def _defined(op: str) -> bool:
@@ -51,8 +59,12 @@ def has_kernel(op: str, device_type: str) -> bool:
 
 
 def built_backends() -> set[str]:
-    """The device types for which this build of walnet has compiled kernels, e.g. {"cpu", "cuda"}."""
-    return {dev for dev in ("cpu", "cuda") if all(has_kernel(op, dev) for op in OPS)}
+    """The device types for which this build of walnet has compiled kernels, e.g. {"cpu", "cuda"}.
+
+    An op without a kernel for a device falls back (see has_kernel): to the reference, or for
+    felzenszwalb to the CPU kernel through a host copy.
+    """
+    return {dev for dev in ("cpu", "cuda") if any(has_kernel(op, dev) for op in OPS)}
 
 
 def force_reference() -> bool:
@@ -124,3 +136,11 @@ if {"mask_boxes", "crop_resize", "crop_resize_backward"} <= DEFINED:
     torch.library.register_autograd(
         "walnet::crop_resize_backward", _crop_backward_backward, setup_context=_crop_backward_setup
     )
+
+
+if "felzenszwalb" in DEFINED:
+
+    @torch.library.register_fake("walnet::felzenszwalb")
+    def _felzenszwalb_fake(images, weights, k, min_size, parallel):
+        n, _, h, w = images.shape
+        return images.new_empty((n, h, w), dtype=torch.int32), images.new_empty((n, 2), dtype=torch.int32)

@@ -13,7 +13,9 @@ __all__ = [
     "IGNORE_INDEX",
     "ROI_METHODS",
     "crop_resize",
+    "felzenszwalb",
     "fuse_attention",
+    "gaussian_weights",
     "mask_boxes",
     "pseudo_mask",
     "roi_crop",
@@ -246,3 +248,109 @@ def roi_crop(
         dil = dilation if method == "dilated_crop" else 0.0
         out.append(crop_resize(f, mask_boxes(prob, size, threshold, dil)))
     return out[0] if single else out
+
+
+# --- Felzenszwalb (DESIGN.md §4) ---------------------------------------------------------------
+
+
+def gaussian_weights(sigma: float) -> list[float]:
+    """scipy.ndimage's Gaussian kernel (truncate=4), centre first: [w0, w1, ..., wr].
+
+    Computed with numpy exactly as scipy does (``exp(-0.5/sigma^2 * x^2)`` normalised by its numpy
+    sum), so the weights are scipy's bits on every machine. Empty for sigma <= 1e-15 (scipy
+    then skips the axis).
+    """
+    if sigma <= 1e-15:
+        return []
+    import numpy as np
+
+    radius = int(4.0 * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (float(sigma) * float(sigma)) * x**2)
+    phi = phi / phi.sum()
+    return phi[radius:].tolist()
+
+
+def felzenszwalb(images: torch.Tensor, scale: float = 64.0, sigma: float = 0.5, min_size: int = 10) -> torch.Tensor:
+    """Felzenszwalb-Huttenlocher superpixels as scikit-image computes them, one image at a time
+    (slow: plain Python, for tests on small images). images [N,C,H,W] float, used as float64;
+    returns int32 [N,H,W] labels numbered by first appearance in raster order.
+
+    Steps: scipy Gaussian smoothing (reflect, rows then columns); 8-connected edges (right,
+    down, down-right, up-right, raster order) weighted by the Euclidean colour distance; edges
+    sorted stably by weight; Kruskal merging while ``w < min(float32(cint + k/size))`` of both
+    sides (k = scale/255); then merging any edge whose sides are smaller than min_size.
+    """
+    import numpy as np
+
+    w = gaussian_weights(sigma)
+    k = float(scale) / 255.0
+    out = []
+    for img in images.detach().double().cpu().numpy():
+        c, h, wd = img.shape
+        sm = img.copy()
+        for axis in (1, 2):
+            if not w:
+                break
+            n = sm.shape[axis]
+            src = np.moveaxis(sm, axis, -1)
+            res = np.empty_like(src)
+            r = len(w) - 1
+            for i in range(n):
+                acc = src[..., i] * w[0]
+                for j in range(r, 0, -1):
+                    lo, hi = _reflect(i - j, n), _reflect(i + j, n)
+                    acc = acc + (src[..., lo] + src[..., hi]) * w[j]
+                res[..., i] = acc
+            sm = np.moveaxis(res, -1, axis)
+        pix = np.arange(h * wd).reshape(h, wd)
+        pairs = [
+            (pix[:, :-1], pix[:, 1:]),
+            (pix[:-1, :], pix[1:, :]),
+            (pix[:-1, :-1], pix[1:, 1:]),
+            (pix[:-1, 1:], pix[1:, :-1]),
+        ]
+        p = np.concatenate([a.ravel() for a, _ in pairs])
+        q = np.concatenate([b.ravel() for _, b in pairs])
+        flat = sm.reshape(c, -1)
+        d = flat[:, q] - flat[:, p]
+        sq = d[0] * d[0]
+        for ch in range(1, c):
+            sq = sq + d[ch] * d[ch]
+        cost = np.sqrt(sq)
+        order = np.argsort(cost, kind="stable")
+        parent = list(range(h * wd))
+        size = [1] * (h * wd)
+        cint = [0.0] * (h * wd)
+
+        def find(x):
+            while parent[x] < x:
+                x = parent[x]
+            return x
+
+        for e in order:
+            a, b = find(int(p[e])), find(int(q[e]))
+            if a == b:
+                continue
+            ta = float(np.float32(cint[a] + k / size[a]))
+            tb = float(np.float32(cint[b] + k / size[b]))
+            if cost[e] < min(ta, tb):
+                lo, hi = min(a, b), max(a, b)
+                parent[hi] = lo
+                size[lo] = size[a] + size[b]
+                cint[lo] = float(cost[e])
+        for e in order:
+            a, b = find(int(p[e])), find(int(q[e]))
+            if a != b and (size[a] < min_size or size[b] < min_size):
+                lo, hi = min(a, b), max(a, b)
+                parent[hi] = lo
+                size[lo] = size[a] + size[b]
+        roots = np.array([find(i) for i in range(h * wd)])
+        out.append(np.unique(roots, return_inverse=True)[1].reshape(h, wd).astype(np.int32))
+    return torch.from_numpy(np.stack(out)) if out else torch.empty(0, *images.shape[2:], dtype=torch.int32)
+
+
+def _reflect(i: int, n: int) -> int:
+    """scipy.ndimage mode='reflect' index: (d c b a | a b c d | d c b a)."""
+    m = i % (2 * n)
+    return m if m < n else 2 * n - 1 - m

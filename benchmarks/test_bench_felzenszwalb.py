@@ -1,0 +1,54 @@
+"""pytest-benchmark suite of the Felzenszwalb op (run: make bench). One group at 8 x 56² (scale
+64, sigma 0.5, min_size 10, the PGM's setting) compares walnet's exact and parallel kernels on the
+batch with skimage called once per image (inputs: see benchmarks/felzenszwalb_table.py)."""
+from __future__ import annotations
+
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.felzenszwalb_table import FZ_CONFIGS, FZ_PARAMS, fz_inputs, skimage_per_image
+from walnet import ops
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+N, SIZE = FZ_CONFIGS[0]
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["exact", "parallel", "skimage"])
+def test_felzenszwalb(benchmark, device, impl):
+    if impl == "skimage" and device != "cpu":
+        pytest.skip("skimage runs on the CPU")
+    if impl == "exact" and device != "cpu":
+        impl = "auto"  # the device's default kernel
+    u, x = fz_inputs(N, SIZE, device)
+    benchmark.group = f"felzenszwalb N={N} {SIZE}x{SIZE}"
+
+    def run():
+        if impl == "skimage":
+            return skimage_per_image(u)
+        out = ops.felzenszwalb(x, *FZ_PARAMS, backend=impl)
+        _sync(device)
+        return out
+
+    out = benchmark(run)
+    assert len(out) == N and tuple(out[0].shape) == (SIZE, SIZE)
+
+
+@pytest.mark.parametrize("backend", ["exact", "parallel"])
+def test_walnet_equals_skimage(backend):
+    """The contenders compute the same thing: walnet equals skimage (with a stable argsort, which
+    is walnet's tie rule) on the benchmark images."""
+    real = np.argsort
+    u, x = fz_inputs(N, SIZE)
+    with mock.patch("numpy.argsort", lambda a, *args, **kw: real(a, kind="stable")):
+        want = np.stack(skimage_per_image(u))
+    got = ops.felzenszwalb(x, *FZ_PARAMS, backend=backend)
+    assert np.array_equal(got.numpy(), want)
