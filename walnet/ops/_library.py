@@ -59,12 +59,10 @@ def has_kernel(op: str, device_type: str) -> bool:
 
 
 def built_backends() -> set[str]:
-    """The device types for which this build of walnet has compiled kernels, e.g. {"cpu", "cuda"}.
-
-    An op without a kernel for a device falls back (see has_kernel): to the reference, or for
-    felzenszwalb to the CPU kernel through a host copy.
-    """
-    return {dev for dev in ("cpu", "cuda") if any(has_kernel(op, dev) for op in OPS)}
+    """The device types for which this build of walnet has compiled kernels of every op, e.g.
+    {"cpu", "cuda"}. (has_kernel answers per op; an op without a kernel for a device falls back to
+    the reference, or for felzenszwalb to the CPU kernel through a host copy.)"""
+    return {dev for dev in ("cpu", "cuda") if all(has_kernel(op, dev) for op in OPS)}
 
 
 def force_reference() -> bool:

@@ -10,7 +10,7 @@ import numbers
 
 import torch
 
-from walnet.ops import _checks, _library, reference
+from walnet.ops import _checks, reference
 from walnet.ops._dispatch import use_kernel
 from walnet.ops.reference import ROI_METHODS
 
@@ -187,22 +187,12 @@ def roi_crop(
     device = seg_logits.device
     if not (use_kernel("mask_boxes", device, backend) and use_kernel("crop_resize", device, backend)):
         return reference.roi_crop(features, seg_logits, method, threshold, dilation)
-    prob = torch.softmax(seg_logits.float(), dim=1)[:, 1]
-    out = []
-    for f in levels:
-        size = tuple(f.shape[-2:])
-        if method == "rwm":
-            p = torch.nn.functional.interpolate(prob[:, None], size=size, mode="nearest")
-            out.append(f * p.to(f.dtype))
-            continue
-        if method in ("bg_rm", "bg_rm_crop"):
-            m = torch.nn.functional.interpolate((prob >= threshold)[:, None].to(f.dtype), size=size, mode="nearest")
-            has_fg = m.flatten(1).amax(dim=1)[:, None, None, None] > 0
-            f = torch.where(has_fg, f * m, f)
-            if method == "bg_rm":
-                out.append(f)
-                continue
-        dil = dilation if method == "dilated_crop" else 0.0
-        boxes = torch.ops.walnet.mask_boxes(prob, size[0], size[1], threshold, dil)
-        out.append(torch.ops.walnet.crop_resize(f, boxes, size[0], size[1], False))
-    return out[0] if single else out
+    return reference.roi_crop(
+        features,
+        seg_logits,
+        method,
+        threshold,
+        dilation,
+        boxes_fn=lambda prob, size, t, d: torch.ops.walnet.mask_boxes(prob, size[0], size[1], t, d),
+        crop_fn=lambda f, boxes: torch.ops.walnet.crop_resize(f, boxes, f.shape[2], f.shape[3], False),
+    )

@@ -218,6 +218,9 @@ def roi_crop(
     method: str = "dilated_crop",
     threshold: float = 0.5,
     dilation: float = 1 / 7,
+    *,
+    boxes_fn=None,
+    crop_fn=None,
 ) -> torch.Tensor | list[torch.Tensor]:
     """The RCM: the ROI methods of the paper's Table 3 applied to one feature map or a list.
 
@@ -227,7 +230,13 @@ def roi_crop(
     dilated by ``W * dilation``. Crops are nearest-resized back to the level's size. A sample
     with no foreground at a level (after the resize) passes unchanged through every method but
     ``rwm``.
+
+    ``boxes_fn(prob, size, threshold, dilation)`` and ``crop_fn(features, boxes)`` default to
+    :func:`mask_boxes` and :func:`crop_resize`; the public op passes its kernels, so that both
+    paths share this composition.
     """
+    boxes_fn = boxes_fn or mask_boxes
+    crop_fn = crop_fn or crop_resize
     single = isinstance(features, torch.Tensor)
     levels = [features] if single else list(features)
     prob = torch.softmax(seg_logits.float(), dim=1)[:, 1]
@@ -246,7 +255,7 @@ def roi_crop(
                 out.append(f)
                 continue
         dil = dilation if method == "dilated_crop" else 0.0
-        out.append(crop_resize(f, mask_boxes(prob, size, threshold, dil)))
+        out.append(crop_fn(f, boxes_fn(prob, size, threshold, dil)))
     return out[0] if single else out
 
 
