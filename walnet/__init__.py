@@ -4,9 +4,19 @@ The hot steps of the network (the PGM's pseudo masks, the RCM's crops, Felzenszw
 superpixels) are registered torch.library operators with CPU and CUDA kernels; pure-PyTorch
 reference versions in :mod:`walnet.ops.reference` are their specification and fallback.
 """
-from walnet import ops
+from walnet import models, ops
+from walnet.models import PseudoMaskGenerator, WALNet, create_model, walnet_loss
 from walnet.ops import built_backends
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "built_backends", "__version__"]
+__all__ = [
+    "PseudoMaskGenerator",
+    "WALNet",
+    "__version__",
+    "built_backends",
+    "create_model",
+    "models",
+    "ops",
+    "walnet_loss",
+]

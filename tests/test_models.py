@@ -1,0 +1,161 @@
+"""WAL-Net model, PGM training step, ablations and baselines (small backbones and inputs, CPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import walnet
+from walnet import ops
+from walnet.models import BASELINES, create_model, model_names
+
+SMALL = dict(backbone="resnet18", attention_channels=16, rcm_warmup_epochs=2)
+
+
+def _batch(n=4, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+@pytest.mark.parametrize(
+    "backbone, size, channels",
+    [("resnet18", 64, (16, 8, 4)), ("resnest14d", 96, (24, 12, 6)), ("resnest50d", 64, (16, 8, 4))],
+)
+def test_shapes(backbone, size, channels):
+    torch.manual_seed(0)
+    model = walnet.WALNet(backbone=backbone, attention_channels=8).eval()
+    x, _ = _batch(2, size)
+    out = model(x)
+    assert out.logits.shape == (2, 3)
+    assert out.seg_logits.shape == (2, 2, channels[0], channels[0])
+    for a, s in zip(out.attention, channels):
+        assert a.shape == (2, 1, s, s)
+        torch.testing.assert_close(a.sum(dim=(2, 3)), torch.ones(2, 1), rtol=0, atol=1e-5)
+        assert (a >= 0).all()
+
+
+def test_training_reduces_loss_and_reaches_every_part():
+    torch.manual_seed(0)
+    model = walnet.WALNet(**SMALL).train()
+    pgm = walnet.PseudoMaskGenerator()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = _batch()
+    losses = []
+    for step in range(10):
+        out = model(x, epoch=5)
+        parts = walnet.walnet_loss(out, y, pgm(x, out.attention))
+        opt.zero_grad()
+        parts.total.backward()
+        if step == 0:
+            for name, module in [("encoder", model.encoder), ("decoder", model.decoder), ("gates", model.gates),
+                                 ("heads", model.heads)]:
+                grads = [p.grad for p in module.parameters() if p.grad is not None]
+                assert grads and any(g.abs().sum() > 0 for g in grads), f"no gradient reaches the {name}"
+        opt.step()
+        losses.append(parts.total.item())
+        assert torch.isfinite(parts.cls) and torch.isfinite(parts.seg)
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_rcm_warmup_and_eval(monkeypatch):
+    calls = []
+    real = ops.roi_crop
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "roi_crop", spy)
+    model = walnet.WALNet(**SMALL)
+    x, _ = _batch(2)
+    model.train()
+    model(x, epoch=0)
+    model(x, epoch=1)
+    assert not calls  # epochs 0, 1 < warm-up of 2
+    model(x, epoch=2)
+    assert len(calls) == 1
+    model.eval()
+    model(x, epoch=0)
+    assert len(calls) == 2  # always on in evaluation
+    walnet.WALNet(**SMALL, use_rcm=False).eval()(x)
+    assert len(calls) == 2  # the no-RCM ablation never crops
+
+
+def test_state_dict_round_trip():
+    torch.manual_seed(0)
+    a = walnet.WALNet(**SMALL).eval()
+    torch.manual_seed(1)
+    b = walnet.WALNet(**SMALL).eval()
+    x, _ = _batch(2)
+    assert not torch.equal(a(x).logits, b(x).logits)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a(x).logits, b(x).logits)
+
+
+@pytest.mark.parametrize("method", ops.ROI_METHODS)
+def test_kernels_and_reference_give_the_same_logits(method):
+    """The RCM ops are bitwise equal to their reference, so the logits must be too (tolerance 0)."""
+    torch.manual_seed(0)
+    model = walnet.WALNet(**SMALL, roi_method=method).eval()
+    x, _ = _batch(3)
+    kernel = model(x).logits
+    model.backend = "reference"
+    assert torch.equal(model(x).logits, kernel)
+
+
+def test_channels_last_and_batch_one_training_step():
+    torch.manual_seed(0)
+    model = walnet.WALNet(**SMALL).to(memory_format=torch.channels_last).train()
+    x, y = _batch(1)
+    out = model(x.contiguous(memory_format=torch.channels_last), epoch=10)
+    parts = walnet.walnet_loss(out, y, walnet.PseudoMaskGenerator()(x, out.attention))
+    parts.total.backward()
+    assert torch.isfinite(parts.total)
+
+
+def test_bf16_autocast_cpu():
+    torch.manual_seed(0)
+    model = walnet.WALNet(**SMALL).eval()
+    x, _ = _batch(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert torch.isfinite(out.logits.float()).all()
+    assert out.logits.shape == (2, 3)
+
+
+def test_torch_compile_forward():
+    torch.manual_seed(0)
+    model = walnet.WALNet(**SMALL).eval()
+    x, _ = _batch(2)
+    want = model(x).logits
+    got = torch.compile(model)(x).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_loss_ignores_uninformative_samples():
+    out = walnet.models.WALNetOutput(torch.zeros(2, 3), torch.zeros(2, 2, 4, 4), ())
+    mask = torch.full((2, 4, 4), ops.IGNORE_INDEX, dtype=torch.uint8)
+    parts = walnet.walnet_loss(out, torch.tensor([0, 1]), mask)
+    assert parts.seg == 0 and torch.isfinite(parts.total)
+    mask[0] = 1
+    # uniform logits over 2 classes: CE = log 2 on the 16 counted pixels
+    torch.testing.assert_close(walnet.walnet_loss(out, torch.tensor([0, 1]), mask).seg, torch.tensor(0.6931472))
+
+
+def test_create_model_names():
+    assert isinstance(create_model("walnet", **SMALL), walnet.WALNet)
+    assert not create_model("walnet_no_rcm", **SMALL).use_rcm
+    assert create_model("walnet_crop", **SMALL).roi_method == "crop"
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("alexnet")
+    with pytest.raises(ValueError, match="roi_method"):
+        walnet.WALNet(**SMALL, roi_method="blur")
+    assert set(BASELINES) <= set(model_names())
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_baselines_build_and_run(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3).eval()
+    with torch.no_grad():
+        logits = model(torch.rand(1, 3, 224, 224))
+    assert logits.shape == (1, 3) and torch.isfinite(logits).all()

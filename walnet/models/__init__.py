@@ -1,0 +1,19 @@
+"""WAL-Net, its parts, and the baselines of the paper."""
+from walnet.models.attention import GridAttentionGate
+from walnet.models.decoder import ASPP, DeepLabV3PlusDecoder
+from walnet.models.factory import BASELINES, create_model, model_names
+from walnet.models.walnet import LossParts, PseudoMaskGenerator, WALNet, WALNetOutput, walnet_loss
+
+__all__ = [
+    "ASPP",
+    "BASELINES",
+    "DeepLabV3PlusDecoder",
+    "GridAttentionGate",
+    "LossParts",
+    "PseudoMaskGenerator",
+    "WALNet",
+    "WALNetOutput",
+    "create_model",
+    "model_names",
+    "walnet_loss",
+]

@@ -1,0 +1,44 @@
+"""``walnet.create_model(name)``: WAL-Net variants, ablations and the paper's Table 1 baselines."""
+from __future__ import annotations
+
+import timm
+from torch import nn
+
+from walnet import ops
+from walnet.models.walnet import WALNet
+
+#: The seven baselines of the paper's Table 1, as timm models of comparable size (~12-37M params).
+BASELINES = {
+    "convnextv2": "convnextv2_tiny",
+    "dpn": "dpn68b",
+    "repvit": "repvit_m1_5",
+    "sequencer": "sequencer2d_s",
+    "rexnet": "rexnet_200",
+    "res2net": "res2net50_26w_4s",
+    "resnest": "resnest50d",
+}
+
+
+def model_names() -> list[str]:
+    """Every name :func:`create_model` accepts."""
+    return ["walnet", "walnet_no_rcm"] + [f"walnet_{m}" for m in ops.ROI_METHODS] + list(BASELINES)
+
+
+def create_model(name: str, num_classes: int = 3, pretrained: bool = False, **kwargs) -> nn.Module:
+    """Builds a model by name.
+
+    - ``"walnet"``: WAL-Net with the paper's defaults (kwargs go to :class:`WALNet`);
+    - ``"walnet_no_rcm"``: the "no RCM" ablation; ``"walnet_<roi method>"``: one ROI method;
+    - a baseline: ``"resnest"`` (the paper's "no RCM, no PGM" baseline, a plain ResNeSt-50
+      classifier), ``"convnextv2"``, ``"dpn"``, ``"repvit"``, ``"sequencer"``, ``"rexnet"``,
+      ``"res2net"`` (timm models, see ``BASELINES``; kwargs go to ``timm.create_model``).
+    """
+    if name == "walnet":
+        return WALNet(num_classes=num_classes, pretrained=pretrained, **kwargs)
+    if name == "walnet_no_rcm":
+        return WALNet(num_classes=num_classes, pretrained=pretrained, use_rcm=False, **kwargs)
+    if name.startswith("walnet_") and name[len("walnet_"):] in ops.ROI_METHODS:
+        return WALNet(num_classes=num_classes, pretrained=pretrained, roi_method=name[len("walnet_"):], **kwargs)
+    if name in BASELINES:
+        return timm.create_model(BASELINES[name], num_classes=num_classes, pretrained=pretrained, **kwargs)
+    raise ValueError(f"unknown model {name!r}; choose one of {model_names()}")

@@ -1,0 +1,137 @@
+"""WAL-Net (paper Fig. 1; DESIGN.md §2): shared timm encoder with three attention gates, a
+DeepLabV3+ segmentation decoder trained from PGM pseudo masks, the RCM, and four linear heads."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from walnet import ops
+from walnet.models.attention import GridAttentionGate
+from walnet.models.decoder import DeepLabV3PlusDecoder
+
+
+class WALNetOutput(NamedTuple):
+    """What :class:`WALNet` returns: class logits [N,K], segmentation logits [N,2,H1,W1] at
+    stage-1 size (None without the decoder), attention maps A1..A3 ([N,1,H_i,W_i], each summing
+    to 1)."""
+
+    logits: torch.Tensor
+    seg_logits: torch.Tensor | None
+    attention: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class WALNet(nn.Module):
+    """WAL-Net as a drop-in classifier.
+
+    Args:
+        backbone: any timm model with four feature stages (``features_only``), default the
+            paper's ``resnest50d``.
+        num_classes: plaque classes (paper: hyperechoic, hypoechoic, mixed-echoic).
+        roi_method: RCM method, one of ``walnet.ops.ROI_METHODS`` (paper default "dilated_crop").
+        attention_channels: inner channels K of the attention gates (authors: 2048).
+        rcm_warmup_epochs: in training, the RCM is off while ``epoch < rcm_warmup_epochs``
+            (always on in eval, and in training when no epoch is given).
+        use_rcm: False for the "no RCM" ablation.
+        pretrained: load the backbone's pretrained weights (downloads; off by default).
+        backend: op backend ("auto", "kernel", "reference").
+
+    ``forward(x, epoch=None)`` takes [N,3,H,W] (224² in the paper) and returns a
+    :class:`WALNetOutput`.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnest50d",
+        num_classes: int = 3,
+        roi_method: str = "dilated_crop",
+        attention_channels: int = 2048,
+        rcm_warmup_epochs: int = 20,
+        use_rcm: bool = True,
+        pretrained: bool = False,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        if roi_method not in ops.ROI_METHODS:
+            raise ValueError(f"roi_method must be one of {ops.ROI_METHODS}, got {roi_method!r}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.encoder = timm.create_model(backbone, features_only=True, out_indices=(1, 2, 3, 4), pretrained=pretrained)
+        channels = self.encoder.feature_info.channels()
+        if len(channels) != 4:
+            raise ValueError(f"backbone {backbone!r} must have four feature stages, got {len(channels)}")
+        c1, c2, c3, c4 = channels
+        self.gates = nn.ModuleList(GridAttentionGate(c, c4, attention_channels) for c in (c1, c2, c3))
+        self.decoder = DeepLabV3PlusDecoder(c1, c4, num_classes=2)
+        self.heads = nn.ModuleList(nn.Linear(c, num_classes) for c in channels)
+        self.roi_method = roi_method
+        self.rcm_warmup_epochs = rcm_warmup_epochs
+        self.use_rcm = use_rcm
+        self.backend = backend
+
+    def rcm_active(self, epoch: int | None) -> bool:
+        if not self.use_rcm:
+            return False
+        return not (self.training and epoch is not None and epoch < self.rcm_warmup_epochs)
+
+    def forward(self, x: torch.Tensor, epoch: int | None = None) -> WALNetOutput:
+        f1, f2, f3, c4 = self.encoder(x)
+        gated = [gate(f, c4) for gate, f in zip(self.gates, (f1, f2, f3))]
+        ys = [y for y, _ in gated]
+        seg_logits = self.decoder(f1, c4)
+        levels = ys + [c4]
+        if self.rcm_active(epoch):
+            levels = ops.roi_crop(levels, seg_logits, self.roi_method, backend=self.backend)
+        pooled = [y.sum(dim=(2, 3)) for y in levels[:3]] + [levels[3].mean(dim=(2, 3))]
+        logits = torch.stack([head(p) for head, p in zip(self.heads, pooled)]).mean(dim=0)
+        return WALNetOutput(logits, seg_logits, tuple(a for _, a in gated))
+
+
+class PseudoMaskGenerator(nn.Module):
+    """The PGM (paper §3.1, DESIGN.md §3): Felzenszwalb superpixels of the [0, 1] image at A1's
+    size, the fused attention map's mean per superpixel, binarised. No gradient.
+
+    ``forward(images [N,C,H,W] in [0,1], attention (A1, A2, A3)) -> uint8 [N,H1,W1]`` in
+    {0, 1, 255}; 255 marks samples whose attention carries no information.
+    """
+
+    def __init__(self, scale: float = 64.0, sigma: float = 0.5, min_size: int = 10, threshold: float = 0.18,
+                 backend: str = "auto"):
+        super().__init__()
+        self.scale, self.sigma, self.min_size, self.threshold = scale, sigma, min_size, threshold
+        self.backend = backend
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, attention) -> torch.Tensor:
+        a1, a2, a3 = (a.detach() for a in attention)
+        small = F.interpolate(images.detach().float(), size=a1.shape[-2:], mode="nearest")
+        fz_backend = "reference" if self.backend == "reference" else "auto"
+        labels = ops.felzenszwalb(small, self.scale, self.sigma, self.min_size, backend=fz_backend)
+        return ops.pseudo_mask(a1, a2, a3, labels, self.threshold, backend=self.backend)
+
+
+class LossParts(NamedTuple):
+    """Total loss and its two parts (Eq. 3-5): classification CE and segmentation CE."""
+
+    total: torch.Tensor
+    cls: torch.Tensor
+    seg: torch.Tensor
+
+
+def walnet_loss(output: WALNetOutput, target: torch.Tensor, pseudo_mask: torch.Tensor | None) -> LossParts:
+    """``CE(logits, target) + CE(seg_logits, pseudo_mask, ignore_index=255)``.
+
+    The segmentation term averages over the pixels that are not ignored (0 when every pixel is,
+    instead of PyTorch's NaN), without a host sync.
+    """
+    cls = F.cross_entropy(output.logits.float(), target)
+    if pseudo_mask is None or output.seg_logits is None:
+        seg = cls.new_zeros(())
+    else:
+        mask = pseudo_mask.long()
+        total = F.cross_entropy(output.seg_logits.float(), mask, ignore_index=ops.IGNORE_INDEX, reduction="sum")
+        seg = total / (mask != ops.IGNORE_INDEX).sum().clamp_min(1)
+    return LossParts(cls + seg, cls, seg)
