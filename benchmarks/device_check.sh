@@ -38,3 +38,4 @@ echo "== benchmarks"
 "$PY" benchmarks/rcm_table.py --device cpu
 "$PY" benchmarks/felzenszwalb_table.py --device cuda
 "$PY" benchmarks/felzenszwalb_table.py --device cpu
+"$PY" benchmarks/step_table.py --device cuda

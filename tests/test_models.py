@@ -145,6 +145,11 @@ def test_create_model_names():
     assert isinstance(create_model("walnet", **SMALL), walnet.WALNet)
     assert not create_model("walnet_no_rcm", **SMALL).use_rcm
     assert create_model("walnet_crop", **SMALL).roi_method == "crop"
+    no_pgm = create_model("walnet_no_pgm", **SMALL).eval()
+    assert no_pgm.decoder is None and not no_pgm.use_rcm and len(no_pgm.gates) == 0 and len(no_pgm.heads) == 1
+    out = no_pgm(_batch(2)[0])
+    assert out.seg_logits is None and out.attention == () and out.logits.shape == (2, 3)
+    assert walnet.walnet_loss(out, torch.tensor([0, 1]), None).seg == 0
     with pytest.raises(ValueError, match="unknown model"):
         create_model("alexnet")
     with pytest.raises(ValueError, match="roi_method"):

@@ -21,14 +21,15 @@ BASELINES = {
 
 def model_names() -> list[str]:
     """Every name :func:`create_model` accepts."""
-    return ["walnet", "walnet_no_rcm"] + [f"walnet_{m}" for m in ops.ROI_METHODS] + list(BASELINES)
+    return ["walnet", "walnet_no_rcm", "walnet_no_pgm"] + [f"walnet_{m}" for m in ops.ROI_METHODS] + list(BASELINES)
 
 
 def create_model(name: str, num_classes: int = 3, pretrained: bool = False, **kwargs) -> nn.Module:
     """Builds a model by name.
 
     - ``"walnet"``: WAL-Net with the paper's defaults (kwargs go to :class:`WALNet`);
-    - ``"walnet_no_rcm"``: the "no RCM" ablation; ``"walnet_<roi method>"``: one ROI method;
+    - ``"walnet_no_rcm"``: the "no RCM" ablation; ``"walnet_no_pgm"``: no PGM (no decoder) and
+      no RCM; ``"walnet_<roi method>"``: one ROI method;
     - a baseline: ``"resnest"`` (the paper's "no RCM, no PGM" baseline, a plain ResNeSt-50
       classifier), ``"convnextv2"``, ``"dpn"``, ``"repvit"``, ``"sequencer"``, ``"rexnet"``,
       ``"res2net"`` (timm models, see ``BASELINES``; kwargs go to ``timm.create_model``).
@@ -37,6 +38,8 @@ def create_model(name: str, num_classes: int = 3, pretrained: bool = False, **kw
         return WALNet(num_classes=num_classes, pretrained=pretrained, **kwargs)
     if name == "walnet_no_rcm":
         return WALNet(num_classes=num_classes, pretrained=pretrained, use_rcm=False, **kwargs)
+    if name == "walnet_no_pgm":
+        return WALNet(num_classes=num_classes, pretrained=pretrained, use_pgm=False, **kwargs)
     if name.startswith("walnet_") and name[len("walnet_"):] in ops.ROI_METHODS:
         return WALNet(num_classes=num_classes, pretrained=pretrained, roi_method=name[len("walnet_"):], **kwargs)
     if name in BASELINES:

@@ -16,12 +16,12 @@ from walnet.models.decoder import DeepLabV3PlusDecoder
 
 class WALNetOutput(NamedTuple):
     """What :class:`WALNet` returns: class logits [N,K], segmentation logits [N,2,H1,W1] at
-    stage-1 size (None without the decoder), attention maps A1..A3 ([N,1,H_i,W_i], each summing
-    to 1)."""
+    stage-1 size (None without the PGM), attention maps A1..A3 ([N,1,H_i,W_i], each summing
+    to 1; empty without the PGM)."""
 
     logits: torch.Tensor
     seg_logits: torch.Tensor | None
-    attention: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    attention: tuple[torch.Tensor, ...]
 
 
 class WALNet(nn.Module):
@@ -36,6 +36,9 @@ class WALNet(nn.Module):
         rcm_warmup_epochs: in training, the RCM is off while ``epoch < rcm_warmup_epochs``
             (always on in eval, and in training when no epoch is given).
         use_rcm: False for the "no RCM" ablation.
+        use_pgm: False for the "no PGM, no RCM" ablation, the paper's baseline: the plain
+            classifier (encoder, global average pooling of stage 4, one linear head), with no
+            gates, decoder or RCM; ``seg_logits`` is None and ``attention`` empty.
         pretrained: load the backbone's pretrained weights (downloads; off by default).
         backend: op backend ("auto", "kernel", "reference").
 
@@ -51,6 +54,7 @@ class WALNet(nn.Module):
         attention_channels: int = 2048,
         rcm_warmup_epochs: int = 20,
         use_rcm: bool = True,
+        use_pgm: bool = True,
         pretrained: bool = False,
         backend: str = "auto",
     ):
@@ -64,12 +68,17 @@ class WALNet(nn.Module):
         if len(channels) != 4:
             raise ValueError(f"backbone {backbone!r} must have four feature stages, got {len(channels)}")
         c1, c2, c3, c4 = channels
-        self.gates = nn.ModuleList(GridAttentionGate(c, c4, attention_channels) for c in (c1, c2, c3))
-        self.decoder = DeepLabV3PlusDecoder(c1, c4, num_classes=2)
-        self.heads = nn.ModuleList(nn.Linear(c, num_classes) for c in channels)
+        self.use_pgm = use_pgm
+        if use_pgm:
+            self.gates = nn.ModuleList(GridAttentionGate(c, c4, attention_channels) for c in (c1, c2, c3))
+            self.decoder = DeepLabV3PlusDecoder(c1, c4, num_classes=2)
+            self.heads = nn.ModuleList(nn.Linear(c, num_classes) for c in channels)
+        else:
+            self.gates, self.decoder = nn.ModuleList(), None
+            self.heads = nn.ModuleList([nn.Linear(c4, num_classes)])
         self.roi_method = roi_method
         self.rcm_warmup_epochs = rcm_warmup_epochs
-        self.use_rcm = use_rcm
+        self.use_rcm = use_rcm and use_pgm
         self.backend = backend
 
     def rcm_active(self, epoch: int | None) -> bool:
@@ -79,6 +88,8 @@ class WALNet(nn.Module):
 
     def forward(self, x: torch.Tensor, epoch: int | None = None) -> WALNetOutput:
         f1, f2, f3, c4 = self.encoder(x)
+        if not self.use_pgm:
+            return WALNetOutput(self.heads[0](c4.mean(dim=(2, 3))), None, ())
         gated = [gate(f, c4) for gate, f in zip(self.gates, (f1, f2, f3))]
         ys = [y for y, _ in gated]
         seg_logits = self.decoder(f1, c4)
