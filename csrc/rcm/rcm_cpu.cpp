@@ -63,23 +63,35 @@ at::Tensor crop_resize_cpu(const at::Tensor& features, const at::Tensor& boxes_,
     const int64_t osN = out.stride(0), osC = out.stride(1), osH = out.stride(2), osW = out.stride(3);
     at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
       std::vector<Tap<T>> ty(OH), tx(OW);
-      int64_t tabulated = -1;  // the sample whose taps are in ty / tx
+      std::vector<int64_t> cols(OW);  // nearest: source column of each output column
+      int64_t tabulated = -1;         // the sample whose taps are in ty / tx
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t n = plane / C, c = plane % C;
         const Box b = rcm::load_box(pb, n, H, W);
         if (n != tabulated) {
           for (int64_t oy = 0; oy < OH; ++oy) ty[oy] = resize_tap<T>(oy, b.y2 - b.y1 + 1, OH, bilinear);
           for (int64_t ox = 0; ox < OW; ++ox) tx[ox] = resize_tap<T>(ox, b.x2 - b.x1 + 1, OW, bilinear);
+          for (int64_t ox = 0; ox < OW; ++ox) cols[ox] = tx[ox].i0;
           tabulated = n;
         }
         const scalar_t* in = pf + n * isN + c * isC;
         scalar_t* o = po + n * osN + c * osC;
+        if (!bilinear && isW == 1 && osW == 1) {
+          // Nearest on rows of unit stride: a plain gather per source row, and a copy of the
+          // previous output row where upsampling repeats a source row (same values as crop_value).
+          for (int64_t oy = 0; oy < OH; ++oy) {
+            scalar_t* orow = o + oy * osH;
+            if (oy > 0 && ty[oy].i0 == ty[oy - 1].i0) {
+              std::copy_n(orow - osH, OW, orow);
+              continue;
+            }
+            const scalar_t* irow = in + (b.y1 + ty[oy].i0) * isH + b.x1;
+            for (int64_t ox = 0; ox < OW; ++ox) orow[ox] = irow[cols[ox]];
+          }
+          continue;
+        }
         for (int64_t oy = 0; oy < OH; ++oy) {
           scalar_t* orow = o + oy * osH;
-          if (!bilinear && oy > 0 && ty[oy].i0 == ty[oy - 1].i0) {  // upsampling repeats rows
-            for (int64_t ox = 0; ox < OW; ++ox) orow[ox * osW] = orow[ox * osW - osH];
-            continue;
-          }
           for (int64_t ox = 0; ox < OW; ++ox)
             orow[ox * osW] = static_cast<scalar_t>(rcm::crop_value<T>(in, isH, isW, b, ty[oy], tx[ox], bilinear));
         }
