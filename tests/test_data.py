@@ -1,0 +1,172 @@
+"""Datasets (ImageFolder, CSV), class maps and patient-grouped stratified splits."""
+from __future__ import annotations
+
+import csv
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from walnet.data import (
+    PAPER_CLASSES,
+    PlaqueDataset,
+    class_map,
+    load_split,
+    read_csv,
+    save_split,
+    scan_image_folder,
+    split_indices,
+)
+
+
+def _png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _gray(h=40, w=30, value=None, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (h, w)) if value is None else np.full((h, w), value)).astype(np.uint8)
+
+
+# --- splits ------------------------------------------------------------------------------
+
+
+def _cohort(n_patients=120, seed=0):
+    rng = np.random.default_rng(seed)
+    labels, patients = [], []
+    for p in range(n_patients):
+        cls = int(rng.choice(3, p=[0.24, 0.48, 0.28]))
+        for _ in range(int(rng.integers(1, 4))):
+            labels.append(cls)
+            patients.append(f"P{p}")
+    return labels, patients
+
+
+def test_split_groups_patients_and_stratifies():
+    labels, patients = _cohort()
+    splits = split_indices(labels, patients, seed=3)
+    where = defaultdict(set)
+    for pid, s in zip(patients, splits):
+        where[pid].add(s)
+    assert all(len(s) == 1 for s in where.values()), "a patient is in two splits"
+    for cls in range(3):
+        idx = [i for i, y in enumerate(labels) if y == cls]
+        counts = Counter(splits[i] for i in idx)
+        for name, share in (("train", 0.6), ("val", 0.2), ("test", 0.2)):
+            assert abs(counts[name] / len(idx) - share) < 0.08, (cls, counts)
+
+
+def test_split_without_patients_is_exactly_stratified_and_deterministic():
+    labels = [0] * 50 + [1] * 100 + [2] * 60
+    a = split_indices(labels, None, seed=1)
+    assert a == split_indices(labels, None, seed=1)
+    assert a != split_indices(labels, None, seed=2)
+    for cls, n in ((0, 50), (1, 100), (2, 60)):
+        counts = Counter(s for s, y in zip(a, labels) if y == cls)
+        assert counts == {"train": round(0.6 * n), "val": round(0.2 * n), "test": round(0.2 * n)}
+
+
+def test_split_file_round_trip(tmp_path):
+    labels, patients = _cohort(30)
+    keys = [f"img{i}.png" for i in range(len(labels))]
+    splits = split_indices(labels, patients)
+    save_split(tmp_path / "split.csv", keys, splits)
+    assert load_split(tmp_path / "split.csv") == dict(zip(keys, splits))
+    (tmp_path / "bad.csv").write_text("key,split\na.png,holdout\n")
+    with pytest.raises(ValueError, match="holdout"):
+        load_split(tmp_path / "bad.csv")
+
+
+# --- class maps, ImageFolder, CSV ----------------------------------------------------------
+
+
+def test_class_map_pins_order():
+    assert class_map(["mixed-echoic", "hyperechoic", "hypoechoic"]) == PAPER_CLASSES
+    assert class_map(["b", "a"]) == ("a", "b")
+    assert class_map(["b"], classes=("b", "a")) == ("b", "a")
+    with pytest.raises(ValueError, match="'c'"):
+        class_map(["c"], classes=("a", "b"))
+
+
+def test_image_folder(tmp_path):
+    for cls in PAPER_CLASSES:
+        for i in range(2):
+            _png(tmp_path / cls / f"{i}.png", _gray(seed=i))
+    records, classes = scan_image_folder(tmp_path)
+    assert classes == PAPER_CLASSES and len(records) == 6
+    assert [r.label for r in records] == [0, 0, 1, 1, 2, 2]
+    (tmp_path / "extra").mkdir()
+    with pytest.raises(ValueError, match="extra"):
+        scan_image_folder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        scan_image_folder(tmp_path / "nowhere")
+
+
+def _write_csv(path, rows, header=("path", "label", "patient_id", "mask_path")):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_csv_and_dataset_items(tmp_path):
+    _png(tmp_path / "a.png", _gray(40, 30, seed=1))
+    rgb = np.random.default_rng(2).integers(0, 256, (20, 50, 3)).astype(np.uint8)
+    _png(tmp_path / "b.png", rgb)
+    mask = np.zeros((40, 30), np.uint8)
+    mask[10:20, 5:15] = 255
+    _png(tmp_path / "a_mask.png", mask)
+    csv_path = _write_csv(tmp_path / "d.csv", [("a.png", "hypoechoic", "P1", "a_mask.png"), ("b.png", "hyperechoic", "P2", "")])
+    records, classes = read_csv(csv_path, classes=PAPER_CLASSES)
+    assert [r.label for r in records] == [1, 0] and records[0].patient == "P1" and records[1].mask_path is None
+    ds = PlaqueDataset(records, size=32)
+    item = ds[0]
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    assert torch.equal(item["image"][0], item["image"][1])  # grayscale -> 3 equal channels
+    assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
+    assert item["mask"].shape == (32, 32) and set(item["mask"].unique().tolist()) == {0, 1}
+    assert (ds[1]["mask"] == 255).all()  # no mask: unknown everywhere
+
+
+def test_csv_roi_box_crops(tmp_path):
+    img = np.zeros((40, 40), np.uint8)
+    img[10:20, 10:20] = 200
+    _png(tmp_path / "a.png", img)
+    csv_path = _write_csv(tmp_path / "d.csv", [("a.png", "x", 10, 10, 19, 19)], ("path", "label", "y1", "x1", "y2", "x2"))
+    records, _ = read_csv(csv_path)
+    assert records[0].box == (10, 10, 19, 19)
+    item = PlaqueDataset(records, size=16)[0]
+    torch.testing.assert_close(item["image"], torch.full((3, 16, 16), 200 / 255))  # only the bright square
+
+
+def test_csv_errors(tmp_path):
+    _png(tmp_path / "a.png", _gray())
+    with pytest.raises(ValueError, match="'unknown'"):
+        read_csv(_write_csv(tmp_path / "u.csv", [("a.png", "unknown", "", "")]), classes=PAPER_CLASSES)
+    with pytest.raises(FileNotFoundError, match="missing_mask.png"):
+        read_csv(_write_csv(tmp_path / "m.csv", [("a.png", "hypoechoic", "", "missing_mask.png")]))
+    with pytest.raises(ValueError, match="label"):
+        read_csv(_write_csv(tmp_path / "c.csv", [("a.png",)], header=("path",)))
+
+
+def test_corrupt_and_missing_images(tmp_path):
+    _png(tmp_path / "good.png", _gray())
+    (tmp_path / "corrupt.png").write_bytes(b"not a png at all")
+    csv_path = _write_csv(
+        tmp_path / "d.csv",
+        [("good.png", "a", "", ""), ("corrupt.png", "a", "", ""), ("gone.png", "b", "", "")],
+    )
+    records, _ = read_csv(csv_path)
+    ds = PlaqueDataset(records, size=8)
+    assert ds[0]["image"].shape == (3, 8, 8)
+    with pytest.raises(ValueError, match="corrupt.png"):
+        ds[1]
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        ds[2]
+    skipping = PlaqueDataset(records, size=8, skip_bad=True)
+    assert len(skipping) == 1 and skipping.skipped == 2
