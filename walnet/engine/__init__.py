@@ -1,0 +1,5 @@
+"""Training / evaluation machinery: metrics and checkpoints."""
+from walnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from walnet.engine.metrics import classification_metrics, confusion_matrix, mask_iou_dice, roc_auc
+
+__all__ = ["classification_metrics", "confusion_matrix", "load_checkpoint", "mask_iou_dice", "roc_auc", "save_checkpoint"]

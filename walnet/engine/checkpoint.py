@@ -1,0 +1,36 @@
+"""Checkpoints written atomically and read without executing code (weights_only=True)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    """Writes `state` (tensors, numbers, strings, lists, dicts) to `path` atomically: a temporary
+    file in the same folder, flushed to disk, then renamed over the target, so a crash never
+    leaves a truncated checkpoint and an existing one is only replaced by a complete file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Reads a checkpoint with ``torch.load(weights_only=True)``: nothing in the file can run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return torch.load(path, map_location=map_location, weights_only=True)
