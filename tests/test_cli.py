@@ -37,3 +37,29 @@ def test_phantom_command_refuses_foreign_folder(tmp_path):
 def test_usage_errors(tmp_path):
     done = _walnet(cwd=tmp_path)
     assert done.returncode == 2 and "COMMAND" in done.stderr
+
+
+def test_train_command_writes_a_run_and_resumes(tmp_path):
+    data = tmp_path / "ph"
+    assert _walnet("phantom", "--out", str(data), "--n", "30", "--seed", "0", "--size", "48", cwd=tmp_path).returncode == 0
+    run = tmp_path / "run"
+    common = ["train", "--csv", str(data / "labels.csv"), "--output", str(run), "--backbone", "resnet18",
+              "--attention-channels", "8", "--size", "48", "-b", "8", "--rcm-warmup", "1", "--device", "cpu"]
+    done = _walnet(*common, "--epochs", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for name in ("args.json", "split.csv", "metrics.csv", "last.pt", "best.pt"):
+        assert (run / name).is_file(), name
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    # an existing run is never overwritten without --resume
+    again = _walnet(*common, "--epochs", "3", cwd=tmp_path)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    resumed = _walnet(*common, "--epochs", "3", "--resume", str(run / "last.pt"), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    with open(run / "metrics.csv", newline="") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1", "2"]
+    import torch
+
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["classes"] == ["hyperechoic", "hypoechoic", "mixed-echoic"]

@@ -1,6 +1,6 @@
 """The ``walnet`` command line (``walnet <command> ...`` or ``python -m walnet <command> ...``).
 
-Commands so far: ``phantom`` (write the embedded synthetic dataset). Training, evaluation,
+Commands so far: ``phantom`` (write the embedded synthetic dataset) and ``train``. Evaluation,
 prediction and experiments are still to come (see the project's issues).
 """
 from __future__ import annotations
@@ -17,6 +17,42 @@ def _phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from walnet.engine.trainer import train
+
+    train(args)
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model (WAL-Net by default) on an ImageFolder tree or a CSV file")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data-dir", help="ImageFolder root: <dir>/<class>/<image>")
+    data.add_argument("--csv", help="CSV: path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]")
+    p.add_argument("--output", required=True, help="run folder (args, split, metrics.csv, last.pt, best.pt)")
+    p.add_argument("--model", default="walnet", help="walnet, walnet_no_rcm, walnet_no_pgm, walnet_<roi method>, "
+                   "or a baseline (resnest, convnextv2, dpn, repvit, sequencer, rexnet, res2net)")
+    p.add_argument("--backbone", default="resnest50d", help="timm backbone of WAL-Net")
+    p.add_argument("--pretrained", action="store_true", help="load pretrained backbone weights (downloads)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("-b", "--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=224, help="input side in pixels")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("-j", "--workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--resume", help="checkpoint (last.pt) to continue from")
+    p.add_argument("--roi-method", help="RCM method (default dilated_crop)")
+    p.add_argument("--no-rcm", action="store_true")
+    p.add_argument("--no-pgm", action="store_true")
+    p.add_argument("--rcm-warmup", type=int, default=20, help="epochs with the RCM off at the start")
+    p.add_argument("--attention-channels", type=int, default=2048, help="inner channels of the attention gates")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
+    p.set_defaults(run=_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="walnet", description="WAL-Net for carotid plaque classification.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -26,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=224, help="image side in pixels")
     p.set_defaults(run=_phantom)
+    _add_train(sub)
     return parser
 
 
