@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -63,3 +64,13 @@ def test_train_command_writes_a_run_and_resumes(tmp_path):
 
     state = torch.load(run / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["classes"] == ["hyperechoic", "hypoechoic", "mixed-echoic"]
+
+    scored = _walnet("evaluate", "--checkpoint", str(run / "best.pt"), "--csv", str(data / "labels.csv"),
+                     "--device", "cpu", cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    result = json.loads((run / "metrics.json").read_text())
+    assert result["split"] == "test" and result["images"] > 0
+    assert sum(map(sum, result["confusion"])) == result["images"]
+    for key in ("accuracy", "macro_f1", "kappa", "auc_micro", "seg_iou", "pseudo_iou"):
+        assert key in result
+    assert "accuracy" in scored.stdout

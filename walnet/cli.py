@@ -1,7 +1,7 @@
 """The ``walnet`` command line (``walnet <command> ...`` or ``python -m walnet <command> ...``).
 
-Commands so far: ``phantom`` (write the embedded synthetic dataset) and ``train``. Evaluation,
-prediction and experiments are still to come (see the project's issues).
+Commands so far: ``phantom`` (write the embedded synthetic dataset), ``train`` and ``evaluate``.
+Prediction, experiments and figures are still to come (see the project's issues).
 """
 from __future__ import annotations
 
@@ -53,6 +53,31 @@ def _add_train(sub) -> None:
     p.set_defaults(run=_train)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from walnet.engine.trainer import evaluate_run
+
+    r = evaluate_run(args)
+    extra = "".join(f", {k} {r[k]:.3f}" for k in ("seg_iou", "pseudo_iou") if k in r)
+    print(f"{r['split']} ({r['images']} images): accuracy {r['accuracy']:.3f}, macro F1 {r['macro_f1']:.3f}, "
+          f"kappa {r['kappa']:.3f}, micro AUC {r['auc_micro']:.3f}{extra}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a checkpoint on a split: metrics.json (accuracy, F1, kappa, AUC, IoU)")
+    p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a run (its folder holds split.csv)")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data-dir")
+    data.add_argument("--csv")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--output", help="folder for metrics.json (default: the checkpoint's folder)")
+    p.add_argument("-b", "--batch-size", type=int, default=16)
+    p.add_argument("-j", "--workers", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--skip-bad", action="store_true")
+    p.set_defaults(run=_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="walnet", description="WAL-Net for carotid plaque classification.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -63,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=224, help="image side in pixels")
     p.set_defaults(run=_phantom)
     _add_train(sub)
+    _add_evaluate(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""The training run behind ``walnet train``: data, split, model, epochs, logs, checkpoints.
+"""The runs behind ``walnet train`` and ``walnet evaluate``: data, split, model, epochs, logs,
+checkpoints, scores.
 
 Outputs in ``output/``: ``args.json``, ``split.csv`` (reused on later runs), ``metrics.csv``
 (one row per epoch), ``last.pt`` and ``best.pt`` (written atomically; model, optimizer, scaler,
@@ -7,6 +8,7 @@ epoch, args, class map). An output folder that already holds a run is only conti
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import random
@@ -137,3 +139,29 @@ def train(args) -> dict:
         if val["accuracy"] >= best:
             save_checkpoint(output / "best.pt", state)
     return row
+
+
+def evaluate_run(args) -> dict:
+    """``walnet evaluate``: rebuilds the model of a checkpoint (its args and class map), scores
+    it on one split of the data (the run's saved split), writes ``metrics.json``; returns it."""
+    ckpt = Path(args.checkpoint)
+    state = load_checkpoint(ckpt, map_location="cpu")
+    train_args = argparse.Namespace(**state["args"])
+    device = pick_device(args.device)
+    records, classes = load_records(args.data_dir, args.csv, tuple(state["classes"]))
+    splits = assign_splits(records, ckpt.parent, train_args.seed)
+    dataset = PlaqueDataset([r for r, s in zip(records, splits) if s == args.split], train_args.size, args.skip_bad)
+    if len(dataset) == 0:
+        raise ValueError(f"no images in the {args.split!r} split")
+    model = create_model(train_args.model, num_classes=len(classes), **_model_kwargs(train_args))
+    model.load_state_dict(state["model"])
+    model = model.to(device)
+    pgm = PseudoMaskGenerator() if train_args.model.startswith("walnet") and not train_args.no_pgm else None
+    loader = torch.utils.data.DataLoader(dataset, args.batch_size, num_workers=args.workers)
+    result = evaluate(model, loader, device, pgm=pgm, class_names=classes)
+    result.update(split=args.split, images=len(dataset), checkpoint=str(ckpt), epoch=int(state["epoch"]))
+    out = Path(args.output) if args.output else ckpt.parent
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "metrics.json", "w") as f:
+        json.dump(result, f, indent=2)
+    return result
