@@ -15,18 +15,13 @@
 
 #include <tuple>
 
+#include "../common/cuda_launch.cuh"
 #include "felzenszwalb.h"
 
 namespace walnet {
 namespace {
 
-constexpr int kBlock = 256;
 constexpr int kWindow = 1024;  // threads of the per-image block = sorted edges per round
-
-int grid_for(int64_t n) {
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  return static_cast<int>(blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535);
-}
 
 #define WALNET_GRID_STRIDE(i, total) \
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (total); i += int64_t(gridDim.x) * blockDim.x)
@@ -60,7 +55,7 @@ __global__ void edge_kernel(const double* img, int64_t C, int64_t H, int64_t W, 
   }
 }
 
-__global__ void gather_sorted_kernel(const int32_t* index, int64_t H, int64_t W, int64_t E, int64_t total,
+__global__ void gather_sorted_kernel(const int32_t* index, int64_t H, int64_t W, int64_t total,
                                      int32_t* ep, int32_t* eq) {
   WALNET_GRID_STRIDE(i, total) {
     fz::edge_endpoints(index[i], H, W, ep + i, eq + i);
@@ -192,7 +187,7 @@ std::tuple<at::Tensor, at::Tensor> felzenszwalb_cuda(const at::Tensor& images_, 
         index.const_data_ptr<int32_t>(), index_sorted.mutable_data_ptr<int32_t>(), static_cast<int>(total),
         static_cast<int>(N), off, off + 1, stream));
     auto ep = at::empty({total}, opts.dtype(at::kInt)), eq = at::empty_like(ep);
-    gather_sorted_kernel<<<grid_for(total), kBlock, 0, stream>>>(index_sorted.const_data_ptr<int32_t>(), H, W, E, total,
+    gather_sorted_kernel<<<grid_for(total), kBlock, 0, stream>>>(index_sorted.const_data_ptr<int32_t>(), H, W, total,
                                                                  ep.mutable_data_ptr<int32_t>(), eq.mutable_data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     auto state = at::empty({4, N * HW}, opts.dtype(at::kInt));

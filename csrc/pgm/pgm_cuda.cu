@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "../common/checks.h"
+#include "../common/cuda_launch.cuh"
 #include "pgm.h"
 
 namespace walnet {
@@ -17,13 +18,6 @@ namespace {
 using pgm::FuseStats;
 using pgm::Geometry;
 using pgm::MinMax;
-
-constexpr int kBlock = 256;
-
-int grid_for(int64_t n) {
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  return static_cast<int>(blocks < 8192 ? (blocks > 0 ? blocks : 1) : 8192);
-}
 
 // Block-wide min/max; the result is returned to every thread of the block.
 template <typename T>

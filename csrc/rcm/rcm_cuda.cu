@@ -8,19 +8,13 @@
 #include <torch/library.h>
 
 #include "../common/checks.h"
+#include "../common/cuda_launch.cuh"
 #include "rcm.h"
 
 namespace walnet {
 namespace {
 
 using rcm::Box;
-
-constexpr int kBlock = 256;
-
-int grid_for(int64_t n) {
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  return static_cast<int>(blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535);
-}
 
 // Strides of an [N,C,H,W] tensor, passed by value to the kernels.
 struct Strides4 {
