@@ -152,6 +152,10 @@ def test_create_model_names():
     assert walnet.walnet_loss(out, torch.tensor([0, 1]), None).seg == 0
     with pytest.raises(ValueError, match="unknown model"):
         create_model("alexnet")
+    # a variant's own setting may be repeated (walnet train --model walnet_no_pgm --no-pgm), not contradicted
+    assert create_model("walnet_no_pgm", **SMALL, use_pgm=False).decoder is None
+    with pytest.raises(ValueError, match="contradicts"):
+        create_model("walnet_crop", **SMALL, roi_method="rwm")
     with pytest.raises(ValueError, match="roi_method"):
         walnet.WALNet(**SMALL, roi_method="blur")
     assert set(BASELINES) <= set(model_names())

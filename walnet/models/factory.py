@@ -34,14 +34,15 @@ def create_model(name: str, num_classes: int = 3, pretrained: bool = False, **kw
       classifier), ``"convnextv2"``, ``"dpn"``, ``"repvit"``, ``"sequencer"``, ``"rexnet"``,
       ``"res2net"`` (timm models, see ``BASELINES``; kwargs go to ``timm.create_model``).
     """
-    if name == "walnet":
-        return WALNet(num_classes=num_classes, pretrained=pretrained, **kwargs)
-    if name == "walnet_no_rcm":
-        return WALNet(num_classes=num_classes, pretrained=pretrained, use_rcm=False, **kwargs)
-    if name == "walnet_no_pgm":
-        return WALNet(num_classes=num_classes, pretrained=pretrained, use_pgm=False, **kwargs)
-    if name.startswith("walnet_") and name[len("walnet_"):] in ops.ROI_METHODS:
-        return WALNet(num_classes=num_classes, pretrained=pretrained, roi_method=name[len("walnet_"):], **kwargs)
+    # What each WAL-Net variant fixes; kwargs may repeat a setting but not contradict it.
+    variants = {"walnet": {}, "walnet_no_rcm": {"use_rcm": False}, "walnet_no_pgm": {"use_pgm": False}}
+    variants.update({f"walnet_{m}": {"roi_method": m} for m in ops.ROI_METHODS})
+    if name in variants:
+        fixed = variants[name]
+        clash = {k: kwargs[k] for k in fixed if k in kwargs and kwargs[k] != fixed[k]}
+        if clash:
+            raise ValueError(f"model {name!r} sets {fixed}, which contradicts {clash}")
+        return WALNet(num_classes=num_classes, pretrained=pretrained, **{**kwargs, **fixed})
     if name in BASELINES:
         return timm.create_model(BASELINES[name], num_classes=num_classes, pretrained=pretrained, **kwargs)
     raise ValueError(f"unknown model {name!r}; choose one of {model_names()}")
