@@ -73,4 +73,7 @@ def test_train_command_writes_a_run_and_resumes(tmp_path):
     assert sum(map(sum, result["confusion"])) == result["images"]
     for key in ("accuracy", "macro_f1", "kappa", "auc_micro", "seg_iou", "pseudo_iou"):
         assert key in result
+    assert result["figures"] == ["roc.png", "confusion.png", "segmentation.png"]
+    for name in result["figures"]:
+        assert (run / name).stat().st_size > 1000, name
     assert "accuracy" in scored.stdout

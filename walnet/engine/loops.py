@@ -6,10 +6,13 @@ Batches are dicts from :class:`walnet.data.PlaqueDataset` (``image`` in [0, 1], 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from walnet.engine.distributed import all_reduce_sum
 from walnet.engine.metrics import classification_metrics, mask_iou_dice
 from walnet.models.walnet import WALNetOutput, walnet_loss
 
@@ -25,20 +28,26 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def train_one_epoch(model, pgm, loader, optimizer, epoch: int, device, scaler=None, amp_dtype=None) -> dict:
-    """Trains for one epoch; returns mean total / classification / segmentation loss and accuracy.
+def train_one_epoch(model, pgm, loader, optimizer, epoch: int, device, scaler=None, amp_dtype=None,
+                    progress: bool | None = False) -> dict:
+    """Trains for one epoch; returns mean total / classification / segmentation loss and accuracy
+    (over all processes when a torch.distributed group is up).
 
     The PGM builds pseudo masks from the model's own attention maps at every step (no gradient).
+    ``model`` may be wrapped (DistributedDataParallel, torch.compile). ``progress``: a tqdm bar
+    on stderr (None: only when stderr is a terminal).
     """
     device = torch.device(device)
     model.train()
-    sums = torch.zeros(4, device=device)  # total, cls, seg, correct
-    seen = 0
-    for batch in loader:
+    # WAL-Net takes the epoch (RCM warm-up); look through DDP's wrapper to find out.
+    takes_epoch = hasattr(getattr(model, "module", model), "rcm_active")
+    sums = torch.zeros(5, device=device)  # total, cls, seg (each x batch size), correct, seen
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress is None else not progress)
+    for batch in bar:
         images = batch["image"].to(device, non_blocking=True)
         target = torch.as_tensor(batch["label"]).to(device, non_blocking=True)
         with _autocast(device, amp_dtype):
-            out = _as_output(model(images, epoch=epoch) if hasattr(model, "rcm_active") else model(images))
+            out = _as_output(model(images, epoch=epoch) if takes_epoch else model(images))
         pseudo = pgm(images, out.attention) if (pgm is not None and out.seg_logits is not None) else None
         parts = walnet_loss(out, target, pseudo)
         optimizer.zero_grad(set_to_none=True)
@@ -51,20 +60,49 @@ def train_one_epoch(model, pgm, loader, optimizer, epoch: int, device, scaler=No
             optimizer.step()
         n = images.shape[0]
         correct = (out.logits.argmax(dim=1) == target).sum()
-        sums += torch.stack([parts.total.detach() * n, parts.cls.detach() * n, parts.seg.detach() * n, correct.float()])
-        seen += n
-    total, cls, seg, correct = (sums / max(seen, 1)).tolist()
+        sums += torch.stack([parts.total.detach() * n, parts.cls.detach() * n, parts.seg.detach() * n,
+                             correct.float(), sums.new_tensor(n)])
+    all_reduce_sum(sums)
+    total, cls, seg, correct = (sums[:4] / sums[4].clamp_min(1)).tolist()
     return {"loss": total, "cls_loss": cls, "seg_loss": seg, "accuracy": correct}
 
 
+@dataclass
+class EvalOutputs:
+    """What :func:`evaluate` fills in when passed as ``outputs=`` (the raw arrays behind the
+    figures of :mod:`walnet.engine.figures`).
+
+    ``targets`` int64 [N] and ``probs`` float [N,K] of every sample, in loader order. The first
+    ``panel`` samples that have a true mask (and a model with a segmentation head) are kept for
+    a segmentation panel: ``images`` float [M,3,H,W] at input resolution, ``pred`` (argmax of
+    the segmentation), ``pseudo`` (PGM mask, 255 = ignored; None without a PGM) and ``truth``
+    (nearest-resized), uint8 [M,h,w] at the segmentation's resolution, and ``indices`` (the
+    samples' ``index`` in the dataset). ``images`` is None when no sample qualified.
+    """
+
+    panel: int = 0
+    targets: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    images: np.ndarray | None = None
+    pseudo: np.ndarray | None = None
+    pred: np.ndarray | None = None
+    truth: np.ndarray | None = None
+    indices: list[int] = field(default_factory=list)
+
+
 @torch.no_grad()
-def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None) -> dict:
+def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
+             outputs: EvalOutputs | None = None) -> dict:
     """Class metrics (:func:`classification_metrics`) of the whole loader, plus, where the data
     has true masks, mean IoU / Dice of the predicted segmentation and of the PGM's pseudo masks
-    (``seg_iou``, ``seg_dice``, ``pseudo_iou``, ``pseudo_dice``; absent without masks)."""
+    (``seg_iou``, ``seg_dice``, ``pseudo_iou``, ``pseudo_dice``; absent without masks).
+
+    Pass an :class:`EvalOutputs` as ``outputs`` to also receive the targets, probabilities and
+    up to ``outputs.panel`` samples' images and masks (the return value stays the same)."""
     device = torch.device(device)
     model.eval()
     targets, probs, seg_scores, pseudo_scores = [], [], [], []
+    kept = []  # panel samples: (index, image, pseudo, pred, truth)
     for batch in loader:
         images = batch["image"].to(device)
         with _autocast(device, amp_dtype):
@@ -83,7 +121,17 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None) 
             seg_scores.append(mask_iou_dice(pred[i], small[i]))
             if pseudo is not None and (pseudo[i] != 255).all():
                 pseudo_scores.append(mask_iou_dice(pseudo[i] == 1, small[i]))
+            if outputs is not None and len(kept) < outputs.panel:
+                index = int(batch["index"][i]) if "index" in batch else len(kept)
+                kept.append((index, images[i].float().cpu().numpy(), None if pseudo is None else pseudo[i],
+                             pred[i].astype(np.uint8), small[i].astype(np.uint8)))
     result = classification_metrics(torch.cat(targets).numpy(), torch.cat(probs).numpy(), class_names)
+    if outputs is not None:
+        outputs.targets, outputs.probs = torch.cat(targets).numpy(), torch.cat(probs).numpy()
+        if kept:
+            outputs.indices = [k[0] for k in kept]
+            outputs.images, outputs.pred, outputs.truth = (np.stack([k[j] for k in kept]) for j in (1, 3, 4))
+            outputs.pseudo = None if kept[0][2] is None else np.stack([k[2] for k in kept])
     for name, scores in (("seg", seg_scores), ("pseudo", pseudo_scores)):
         if scores:
             result[f"{name}_iou"] = float(np.mean([s[0] for s in scores]))

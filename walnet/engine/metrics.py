@@ -41,6 +41,27 @@ def roc_auc(scores, positive) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def roc_curve(scores, positive) -> tuple[np.ndarray, np.ndarray]:
+    """ROC curve of binary `positive` labels ranked by `scores`: false- and true-positive rates,
+    one point per distinct score (descending thresholds, tied scores form one step) after a
+    leading (0, 0), so the curve ends at (1, 1). Equal to ``sklearn.metrics.roc_curve(...,
+    drop_intermediate=False)``; its trapezoid area is :func:`roc_auc`. A rate whose class is
+    absent is NaN (as in scikit-learn)."""
+    scores, positive = np.asarray(scores, dtype=float).ravel(), np.asarray(positive, dtype=bool).ravel()
+    if scores.shape != positive.shape:
+        raise ValueError(f"scores has {scores.size} values but positive has {positive.size}")
+    order = np.argsort(-scores, kind="stable")
+    scores, positive = scores[order], positive[order]
+    # the last index of every run of equal scores: one threshold per distinct score
+    ends = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1] if scores.size else np.zeros(0, dtype=np.int64)
+    tps = np.cumsum(positive)[ends]
+    fps = ends + 1 - tps
+    n_pos, n_neg = int(positive.sum()), int(scores.size - positive.sum())
+    tpr = np.r_[0, tps] / n_pos if n_pos else np.full(ends.size + 1, np.nan)
+    fpr = np.r_[0, fps] / n_neg if n_neg else np.full(ends.size + 1, np.nan)
+    return fpr.astype(float), tpr.astype(float)
+
+
 def classification_metrics(target, probs, class_names=None) -> dict:
     """All the paper's metrics from true labels [N] and class probabilities [N,K].
 

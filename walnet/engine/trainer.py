@@ -18,10 +18,12 @@ import numpy as np
 import torch
 
 from walnet.data import PlaqueDataset, load_split, read_csv, save_split, scan_image_folder, split_indices
+from walnet.engine import distributed
 from walnet.engine.checkpoint import load_checkpoint, save_checkpoint
-from walnet.engine.loops import evaluate, train_one_epoch
+from walnet.engine.loops import EvalOutputs, evaluate, train_one_epoch
 from walnet.models import PseudoMaskGenerator, create_model
 
+PANEL_SAMPLES = 6  # rows of the segmentation panel of `walnet evaluate`
 METRIC_FIELDS = ("epoch", "loss", "cls_loss", "seg_loss", "train_accuracy", "val_accuracy", "val_macro_f1")
 
 
@@ -77,73 +79,147 @@ def _model_kwargs(args) -> dict:
     return kw
 
 
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch: its data order and random draws are then the same whether or not
+    the run was resumed just before it."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _amp_dtype(args, device: torch.device) -> torch.dtype | None:
+    """--amp: float16 autocast (with a gradient scaler) on CUDA, bfloat16 elsewhere."""
+    if not getattr(args, "amp", False):
+        return None
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def _keep_rows_before(path: Path, epoch: int) -> None:
+    """Drops the metrics rows of epochs >= `epoch` (written by a run killed before its checkpoint)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def _append_row(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, METRIC_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
 def train(args) -> dict:
     """Runs the epochs of ``args`` (an argparse namespace of ``walnet train``); returns the last
-    epoch's metrics row."""
-    output = Path(args.output)
+    epoch's metrics row (empty on ranks other than 0).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) this is one process of a DDP run: each process
+    trains on its share of every epoch (DistributedSampler), rank 0 validates, logs and writes
+    the files. Every epoch is seeded from (seed, epoch), so a run resumed from ``last.pt``
+    ends exactly as an uninterrupted one (same machine, same thread count).
+    """
+    ctx = distributed.setup(pick_device(args.device))
+    try:
+        return _train(args, ctx)
+    finally:
+        distributed.cleanup(ctx)
+
+
+def _train(args, ctx: distributed.DistContext) -> dict:
+    output, device = Path(args.output), ctx.device
     if (output / "last.pt").exists() and not args.resume:
         raise FileExistsError(f"{output} already holds a training run; pass --resume {output / 'last.pt'} "
                               "to continue it, or choose another --output")
-    output.mkdir(parents=True, exist_ok=True)
+    sync_bn = getattr(args, "sync_bn", False)
+    if sync_bn and device.type != "cuda":
+        raise ValueError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only)")
     _seed_everything(args.seed)
-    device = pick_device(args.device)
     records, classes = load_records(args.data_dir, args.csv)
-    splits = assign_splits(records, output, args.seed)
+    if ctx.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        splits = assign_splits(records, output, args.seed)
+    distributed.barrier(ctx)  # the other ranks read the split file rank 0 wrote
+    if not ctx.is_main:
+        splits = assign_splits(records, output, args.seed)
     train_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "train"], args.size, args.skip_bad)
     val_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "val"], args.size, args.skip_bad)
-    if train_set.skipped or val_set.skipped:
+    if (train_set.skipped or val_set.skipped) and ctx.is_main:
         print(f"skipped {train_set.skipped + val_set.skipped} unreadable image(s) (--skip-bad)", flush=True)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"the split left {len(train_set)} training and {len(val_set)} validation images")
-    generator = torch.Generator().manual_seed(args.seed)
-    train_loader = torch.utils.data.DataLoader(train_set, args.batch_size, shuffle=True, num_workers=args.workers,
-                                               generator=generator)
-    val_loader = torch.utils.data.DataLoader(val_set, args.batch_size, num_workers=args.workers)
+    sampler = torch.utils.data.DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=args.seed)
+    pin = device.type == "cuda"
+    train_loader = torch.utils.data.DataLoader(train_set, args.batch_size, sampler=sampler,
+                                               num_workers=args.workers, pin_memory=pin)
+    val_loader = torch.utils.data.DataLoader(val_set, args.batch_size, num_workers=args.workers, pin_memory=pin)
     model = create_model(args.model, num_classes=len(classes), pretrained=args.pretrained, **_model_kwargs(args))
+    if sync_bn and ctx.enabled:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    amp_dtype = _amp_dtype(args, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     pgm = PseudoMaskGenerator() if args.model.startswith("walnet") and not args.no_pgm else None
     start, best = 0, -1.0
     if args.resume:
         state = load_checkpoint(args.resume, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start, best = int(state["epoch"]) + 1, float(state.get("best_accuracy", -1.0))
-    with open(output / "args.json", "w") as f:
-        json.dump({k: v for k, v in vars(args).items() if k != "run"}, f, indent=2, default=str)
-    net = torch.compile(model) if args.compile else model
+    saved_args = json.loads(json.dumps({k: v for k, v in vars(args).items() if k != "run"}, default=str))
     metrics_path = output / "metrics.csv"
-    new_log = not metrics_path.exists()
+    if ctx.is_main:
+        with open(output / "args.json", "w") as f:
+            json.dump(saved_args, f, indent=2)
+        _keep_rows_before(metrics_path, start)
+    net = model
+    if ctx.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if pin else None)
+    net = torch.compile(net) if args.compile else net
     row = {}
     for epoch in range(start, args.epochs):
-        stats = train_one_epoch(net, pgm, train_loader, optimizer, epoch, device)
-        val = evaluate(net, val_loader, device, class_names=classes)
-        row = {"epoch": epoch, "loss": stats["loss"], "cls_loss": stats["cls_loss"], "seg_loss": stats["seg_loss"],
-               "train_accuracy": stats["accuracy"], "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
-        with open(metrics_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, METRIC_FIELDS)
-            if new_log:
-                writer.writeheader()
-                new_log = False
-            writer.writerow(row)
-        print(f"epoch {epoch}: loss {row['loss']:.4f} (cls {row['cls_loss']:.4f}, seg {row['seg_loss']:.4f}), "
-              f"train acc {row['train_accuracy']:.3f}, val acc {row['val_accuracy']:.3f}", flush=True)
-        best = max(best, val["accuracy"])
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                 "best_accuracy": best, "args": json.loads(json.dumps(vars(args), default=str)),
-                 "classes": list(classes)}
-        state["args"].pop("run", None)
-        save_checkpoint(output / "last.pt", state)
-        if val["accuracy"] >= best:
-            save_checkpoint(output / "best.pt", state)
+        _seed_everything(_epoch_seed(args.seed, epoch))
+        sampler.set_epoch(epoch)
+        stats = train_one_epoch(net, pgm, train_loader, optimizer, epoch, device, scaler, amp_dtype,
+                                progress=None if ctx.is_main else False)
+        if ctx.is_main:
+            # DDP's forward talks to the other ranks, so rank 0 validates the bare model.
+            val = evaluate(model if ctx.enabled else net, val_loader, device, class_names=classes,
+                           amp_dtype=amp_dtype)
+            row = {"epoch": epoch, "loss": stats["loss"], "cls_loss": stats["cls_loss"],
+                   "seg_loss": stats["seg_loss"], "train_accuracy": stats["accuracy"],
+                   "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
+            _append_row(metrics_path, row)
+            print(f"epoch {epoch}: loss {row['loss']:.4f} (cls {row['cls_loss']:.4f}, seg {row['seg_loss']:.4f}), "
+                  f"train acc {row['train_accuracy']:.3f}, val acc {row['val_accuracy']:.3f}", flush=True)
+            best = max(best, val["accuracy"])
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch,
+                     "best_accuracy": best, "args": saved_args, "classes": list(classes)}
+            save_checkpoint(output / "last.pt", state)
+            if val["accuracy"] >= best:
+                save_checkpoint(output / "best.pt", state)
+        distributed.barrier(ctx)
     return row
 
 
 def evaluate_run(args) -> dict:
     """``walnet evaluate``: rebuilds the model of a checkpoint (its args and class map), scores
-    it on one split of the data (the run's saved split), writes ``metrics.json``; returns it."""
+    it on one split of the data (the run's saved split), writes ``metrics.json``; returns it.
+
+    Unless ``args.no_figures``, also writes ``roc.png`` (paper Fig. 4), ``confusion.png``
+    (Fig. 5) and, where the split has true masks and the model a segmentation head,
+    ``segmentation.png`` (Fig. 6); their names are listed under ``"figures"`` in the result."""
     ckpt = Path(args.checkpoint)
     state = load_checkpoint(ckpt, map_location="cpu")
     train_args = argparse.Namespace(**state["args"])
@@ -158,10 +234,29 @@ def evaluate_run(args) -> dict:
     model = model.to(device)
     pgm = PseudoMaskGenerator() if train_args.model.startswith("walnet") and not train_args.no_pgm else None
     loader = torch.utils.data.DataLoader(dataset, args.batch_size, num_workers=args.workers)
-    result = evaluate(model, loader, device, pgm=pgm, class_names=classes)
+    figures = not getattr(args, "no_figures", False)
+    outputs = EvalOutputs(panel=PANEL_SAMPLES if figures else 0)
+    result = evaluate(model, loader, device, pgm=pgm, class_names=classes, outputs=outputs)
     result.update(split=args.split, images=len(dataset), checkpoint=str(ckpt), epoch=int(state["epoch"]))
+    if figures:
+        result["figures"] = ["roc.png", "confusion.png"] + (["segmentation.png"] if outputs.images is not None else [])
     out = Path(args.output) if args.output else ckpt.parent
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "metrics.json", "w") as f:
         json.dump(result, f, indent=2)
+    if figures:
+        _write_figures(out, result, outputs, dataset, classes)
     return result
+
+
+def _write_figures(out: Path, result: dict, outputs: EvalOutputs, dataset, classes) -> None:
+    from walnet.engine import figures  # matplotlib only when figures are asked for
+
+    tag = f"{result['split']} split, {result['images']} images"
+    figures.roc_figure(out / "roc.png", outputs.targets, outputs.probs, classes, title=f"ROC ({tag})")
+    figures.confusion_figure(out / "confusion.png", result["confusion"], classes, title=f"Confusion ({tag})")
+    if outputs.images is not None:
+        records = [dataset.records[i] for i in outputs.indices]
+        titles = [f"{r.path.name}\n{classes[r.label]}" for r in records]
+        figures.segmentation_panel(out / "segmentation.png", outputs.images, outputs.pseudo, outputs.pred,
+                                   outputs.truth, titles)

@@ -1,0 +1,172 @@
+"""``walnet experiment``: aggregation over seeds, table files, presets, and a tiny end-to-end run."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from walnet.cli import build_parser
+from walnet.engine.experiment import (PAPER_METRICS, TABLES, aggregate, flags_from_namespace, run_experiment,
+                                      to_markdown, write_csv)
+from walnet.models import model_names
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = [k for k, _ in PAPER_METRICS]
+
+
+def _runs(seed=0):
+    rng = np.random.default_rng(seed)
+    runs = []
+    for config, n in (("a", 5), ("b", 3), ("c", 1)):
+        for s in range(n):
+            runs.append({"config": config, "seed": s, **{k: float(rng.uniform(0.5, 0.9)) for k in KEYS},
+                         "auc_micro": 0.5})
+    return runs
+
+
+def test_aggregate_matches_numpy():
+    runs = _runs()
+    rows = aggregate(runs, KEYS, labels={"a": "Method A"})
+    assert [r["config"] for r in rows] == ["a", "b", "c"]
+    assert [r["label"] for r in rows] == ["Method A", "b", "c"]
+    assert [r["n_seeds"] for r in rows] == [5, 3, 1]
+    for row in rows:
+        for key in KEYS:
+            values = np.array([r[key] for r in runs if r["config"] == row["config"]])
+            assert row[f"{key}_mean"] == pytest.approx(values.mean(), abs=1e-12)
+            if len(values) > 1:
+                assert row[f"{key}_std"] == pytest.approx(values.std(ddof=1), abs=1e-12)
+            else:
+                assert math.isnan(row[f"{key}_std"])  # one seed: no sample std
+    assert "auc_micro_mean" not in rows[0]  # only the requested metrics
+
+
+def test_aggregate_missing_metric_is_nan():
+    rows = aggregate([{"config": "x", "accuracy": 0.5}, {"config": "x", "accuracy": 0.7}], ["accuracy", "kappa"])
+    assert rows[0]["accuracy_mean"] == pytest.approx(0.6) and math.isnan(rows[0]["kappa_mean"])
+
+
+def test_markdown_shape_and_cells():
+    runs = [{"config": c, "seed": s, **{k: v for k in KEYS}}
+            for c, vals in (("p", (0.80, 0.82)), ("q", (0.90, 0.86)), ("r", (0.70, 0.70))) for s, v in enumerate(vals)]
+    rows = aggregate(runs, KEYS, labels={"p": "P", "q": "WAL-Net", "r": "R"})
+    md = to_markdown(rows, title="Table X")
+    lines = md.strip().splitlines()
+    assert lines[0] == "Table X; mean (sample std) over 2 seed(s)."
+    table = [line for line in lines if line.startswith("|")]
+    assert table[0] == "| Method | Accuracy ↑ | F1-score ↑ | Kappa ↑ | Precision ↑ | Recall ↑ |"
+    assert len(table) == 2 + 3 and all(line.count("|") == 7 for line in table)
+    cells = [c.strip() for c in table[3].strip("|").split("|")]
+    assert cells[0] == "WAL-Net" and cells[1] == f"**0.880** ({np.std([0.90, 0.86], ddof=1):.3f})"  # best: bold
+    assert [c.strip() for c in table[2].strip("|").split("|")][1] == "<u>0.810</u> (0.014)"        # 2nd: underline
+    assert [c.strip() for c in table[4].strip("|").split("|")][1] == "0.700 (0.000)"
+    # a single seed has no std; unequal seed counts get a Seeds column
+    one = to_markdown(aggregate(runs[:3], KEYS))
+    assert "(–)" in one and one.splitlines()[0].endswith("| Seeds |")
+
+
+def test_csv_shape(tmp_path):
+    rows = aggregate(_runs(), KEYS)
+    path = write_csv(rows, tmp_path / "t.csv", KEYS)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        data = list(reader)
+    assert reader.fieldnames == ["config", "label", "n_seeds"] + [f"{k}_{s}" for k in KEYS for s in ("mean", "std")]
+    assert [d["config"] for d in data] == ["a", "b", "c"] and [d["n_seeds"] for d in data] == ["5", "3", "1"]
+    assert float(data[0]["accuracy_mean"]) == pytest.approx(rows[0]["accuracy_mean"])
+    assert data[2]["accuracy_std"] == ""  # undefined std of one seed
+
+
+def test_presets_follow_the_paper():
+    assert set(TABLES) == {"table1", "table2", "table3"}
+    assert [label for _, label in TABLES["table1"].rows] == [
+        "ConvNext-V2", "DPN", "RepVit", "Sequencer", "RexNet", "Res2Net", "ResNeSt", "WAL-Net (Ours)"]
+    assert TABLES["table2"].rows == (("walnet_no_pgm", "w/o RCM & PGM"), ("walnet_no_rcm", "w/o RCM"),
+                                     ("walnet", "WAL-Net"))
+    assert [label for _, label in TABLES["table3"].rows] == ["rwm", "bg rm", "bg rm & crop", "crop", "dilated crop"]
+    for preset in TABLES.values():
+        assert all(model in model_names() for model, _ in preset.rows)
+    assert [name for _, name in PAPER_METRICS] == ["Accuracy", "F1-score", "Kappa", "Precision", "Recall"]
+
+
+def test_cli_passes_train_flags_through():
+    args = build_parser().parse_args(["experiment", "--table", "table2", "--csv", "x.csv", "--output", "o",
+                                      "--epochs", "3", "-b", "4", "--pretrained", "--device", "cpu"])
+    assert args.seeds == "0,1,2,3,4"
+    train = build_parser().parse_args(["train", "--csv", "x.csv", "--output", "o",
+                                       *flags_from_namespace(args, args.train_actions)])
+    defaults = build_parser().parse_args(["train", "--csv", "x.csv", "--output", "o"])
+    assert (train.epochs, train.batch_size, train.pretrained, train.device) == (3, 4, True, "cpu")
+    for key in ("lr", "size", "backbone", "rcm_warmup", "attention_channels", "workers"):
+        assert getattr(train, key) == getattr(defaults, key), key
+    evaluate = build_parser().parse_args(["evaluate", "--checkpoint", "c", "--csv", "x.csv",
+                                          *flags_from_namespace(args, args.eval_actions)])
+    assert evaluate.device == "cpu"
+    with pytest.raises(SystemExit):  # the experiment sets the model itself
+        build_parser().parse_args(["experiment", "--table", "table1", "--csv", "x", "--output", "o", "--model", "m"])
+
+
+def test_run_experiment_rejects_unknown_models(tmp_path):
+    with pytest.raises(ValueError, match="unknown model"):
+        run_experiment(["walnet", "nonet"], tmp_path, seeds=[0], csv_path="x.csv")
+
+
+def test_experiment_end_to_end_reuses_and_resumes(tmp_path, capsys):
+    from walnet.data import phantom
+
+    csv_path = phantom.generate(tmp_path / "ph", n=30, seed=0, size=48)
+    out = tmp_path / "exp"
+    flags = ["--epochs", "1", "--backbone", "resnet18", "--attention-channels", "8", "--size", "48", "-b", "8",
+             "--rcm-warmup", "0", "--device", "cpu"]
+    eval_flags = []
+    if any("--no-figures" in a.option_strings for a in build_parser().parse_args(
+            ["experiment", "--models", "walnet", "--csv", "x", "--output", "o"]).eval_actions):
+        eval_flags = ["--no-figures"]  # figures are not what this test checks
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "walnet", "experiment", "--models", "walnet_no_pgm,walnet_no_rcm",
+                           "--seeds", "0,1", "--csv", str(csv_path), "--output", str(out), *flags, *eval_flags],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "| Method | Accuracy ↑" in done.stdout and "walnet_no_rcm" in done.stdout
+    runs = [out / "runs" / m / f"seed{s}" for m in ("walnet_no_pgm", "walnet_no_rcm") for s in (0, 1)]
+    for run in runs:
+        for name in ("args.json", "split.csv", "best.pt", "last.pt", "metrics.json"):
+            assert (run / name).is_file(), run / name
+    for name in ("experiment.csv", "experiment.md", "experiment_runs.csv"):
+        assert (out / name).is_file(), name
+    with open(out / "experiment.csv", newline="") as f:
+        first = list(csv.DictReader(f))
+    assert [r["config"] for r in first] == ["walnet_no_pgm", "walnet_no_rcm"] and {r["n_seeds"] for r in first} == {"2"}
+    with open(out / "experiment_runs.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+    # the same experiment again: finished runs are reused; a run without metrics.json resumes
+    mtimes = {run: (run / "metrics.json").stat().st_mtime_ns for run in runs}
+    (runs[-1] / "metrics.json").unlink()
+    last_mtime = (runs[-1] / "last.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    rows = run_experiment(["walnet_no_pgm", "walnet_no_rcm"], out, seeds=[0, 1], csv_path=str(csv_path),
+                          train_flags=flags, eval_flags=eval_flags)
+    log = capsys.readouterr().out
+    assert log.count("reusing finished run") == 3 and log.count("resuming interrupted run") == 1
+    assert "training into" not in log and "warning" not in log
+    for run in runs[:-1]:
+        assert (run / "metrics.json").stat().st_mtime_ns == mtimes[run]
+    assert (runs[-1] / "metrics.json").is_file()
+    assert (runs[-1] / "last.pt").stat().st_mtime_ns == last_mtime  # all epochs were done: no training
+    with open(out / "experiment.csv", newline="") as f:
+        again = list(csv.DictReader(f))
+    assert again == first  # the rescored run gives the same numbers
+    assert [r["n_seeds"] for r in rows] == [2, 2]
+
+    # reusing a run trained with other settings says so
+    capsys.readouterr()
+    run_experiment(["walnet_no_pgm"], out, seeds=[0], csv_path=str(csv_path),
+                   train_flags=[*flags[:1], "2", *flags[2:]], eval_flags=eval_flags)
+    assert "epochs 1 != 2" in capsys.readouterr().out

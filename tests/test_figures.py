@@ -1,0 +1,163 @@
+"""ROC curve, the evaluation figures (valid PNGs, written atomically), the arrays `evaluate`
+collects for them, and `evaluate_run` writing them."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from walnet.data import PlaqueDataset, phantom, read_csv
+from walnet.engine import figures
+from walnet.engine.checkpoint import save_checkpoint
+from walnet.engine.loops import EvalOutputs, evaluate
+from walnet.engine.metrics import roc_auc, roc_curve
+from walnet.models import PseudoMaskGenerator, create_model
+
+CLASSES = ["hyperechoic", "hypoechoic", "mixed-echoic"]
+
+
+def _png(path, min_side=150, max_side=4000):
+    assert path.is_file()
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        img.load()  # decodes the whole file: a truncated PNG fails here
+        w, h = img.size
+    assert min_side <= w <= max_side and min_side <= h <= max_side, (w, h)
+    return w, h
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_roc_curve_matches_sklearn_and_roc_auc(seed):
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    scores = rng.integers(0, 6, n) / 5 if seed % 2 else rng.random(n)  # odd seeds: many ties
+    positive = rng.random(n) < 0.4
+    positive[:2] = [True, False]
+    fpr, tpr = roc_curve(scores, positive)
+    want_fpr, want_tpr, _ = sk.roc_curve(positive, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, want_fpr)
+    np.testing.assert_allclose(tpr, want_tpr)
+    assert (fpr[0], tpr[0]) == (0.0, 0.0) and (fpr[-1], tpr[-1]) == (1.0, 1.0)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(scores, positive), abs=1e-12)
+
+
+def test_roc_curve_edge_cases():
+    fpr, tpr = roc_curve([0.5, 0.5, 0.5], [True, False, True])  # one threshold: straight diagonal
+    np.testing.assert_array_equal(fpr, [0, 1])
+    np.testing.assert_array_equal(tpr, [0, 1])
+    fpr, tpr = roc_curve([0.1, 0.9], [True, True])  # no negatives: FPR undefined, like sklearn
+    assert np.isnan(fpr).all() and tpr[-1] == 1
+    with pytest.raises(ValueError, match="positive"):
+        roc_curve([0.1, 0.2], [True])
+
+
+def test_roc_and_confusion_figures(tmp_path):
+    rng = np.random.default_rng(0)
+    targets = np.array([0, 1, 2] * 10)
+    probs = rng.dirichlet(np.ones(3), size=30)
+    probs[np.arange(30), targets] += 0.5
+    probs /= probs.sum(axis=1, keepdims=True)
+    _png(figures.roc_figure(tmp_path / "roc.png", targets, probs, CLASSES))
+    # a class absent from the targets has no curve, but the figure is still drawn
+    _png(figures.roc_figure(tmp_path / "roc2.png", torch.tensor([0, 1, 0, 1]), torch.rand(4, 3), CLASSES))
+    _png(figures.confusion_figure(tmp_path / "confusion.png", [[5, 1, 0], [2, 7, 1], [0, 0, 0]], CLASSES))
+    with pytest.raises(ValueError, match="square"):
+        figures.confusion_figure(tmp_path / "bad.png", [[1, 2, 3]], CLASSES)
+    with pytest.raises(ValueError, match=r"\[N,K\]"):
+        figures.roc_figure(tmp_path / "bad.png", targets, probs[:5], CLASSES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png", "roc.png", "roc2.png"]
+
+
+def test_segmentation_panel_with_and_without_masks(tmp_path):
+    m, size = 3, 48
+    images = torch.rand(m, 3, size, size)
+    pseudo = torch.randint(0, 2, (m, 12, 12), dtype=torch.uint8)
+    pseudo[0] = 255  # an uninformative sample: drawn grey
+    pred = np.random.default_rng(0).integers(0, 2, (m, 12, 12)).astype(np.uint8)
+    truth = np.zeros((m, 12, 12), np.uint8)
+    truth[:, 4:8, 4:8] = 1
+    full = _png(figures.segmentation_panel(tmp_path / "full.png", images, pseudo, pred, truth,
+                                           titles=["a.png", "b.png", "c.png"]))
+    # no masks at all: the image column alone; HWC 0..255 images are accepted too
+    alone = _png(figures.segmentation_panel(tmp_path / "alone.png", (images.permute(0, 2, 3, 1) * 255).numpy()),
+                 min_side=100)
+    assert alone[0] < full[0] and alone[1] == full[1]
+    with Image.open(tmp_path / "full.png") as img:
+        rgb = np.asarray(img.convert("RGB"))
+    assert (np.abs(rgb.astype(int) - 128) <= 2).all(axis=-1).sum() > 100  # the grey of the 255 sample
+    with pytest.raises(ValueError, match="masks for"):
+        figures.segmentation_panel(tmp_path / "bad.png", images, pred=pred[:2])
+
+
+def test_a_failed_figure_leaves_no_file(tmp_path, monkeypatch):
+    (tmp_path / "roc.png").write_bytes(b"old")
+
+    def broken(self, f, **kw):
+        f.write(b"\x89PNG half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(figures.Figure, "savefig", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        figures.roc_figure(tmp_path / "roc.png", [0, 1], [[0.6, 0.4], [0.3, 0.7]])
+    assert [p.name for p in tmp_path.iterdir()] == ["roc.png"]
+    assert (tmp_path / "roc.png").read_bytes() == b"old"
+
+
+def _tiny_run(tmp_path, n=12):
+    csv_path = phantom.generate(tmp_path / "ph", n=n, seed=0, size=48)
+    torch.manual_seed(0)
+    model = create_model("walnet", num_classes=3, backbone="resnet18", attention_channels=8, rcm_warmup_epochs=1)
+    args = dict(model="walnet", backbone="resnet18", size=48, attention_channels=8, rcm_warmup=1, roi_method=None,
+                no_rcm=False, no_pgm=False, seed=0)
+    ckpt = save_checkpoint(tmp_path / "run" / "best.pt",
+                           {"model": model.state_dict(), "args": args, "classes": CLASSES, "epoch": 0})
+    return csv_path, model, ckpt
+
+
+def test_evaluate_collects_the_figure_arrays(tmp_path):
+    csv_path, model, _ = _tiny_run(tmp_path, n=8)
+    records, classes = read_csv(csv_path)
+    records[1] = records[1].__class__(records[1].path, records[1].label)  # one sample without a mask
+    loader = torch.utils.data.DataLoader(PlaqueDataset(records, size=48), batch_size=3)
+    plain = evaluate(model, loader, "cpu", pgm=PseudoMaskGenerator(), class_names=classes)
+    outputs = EvalOutputs(panel=4)
+    result = evaluate(model, loader, "cpu", pgm=PseudoMaskGenerator(), class_names=classes, outputs=outputs)
+    assert result == plain
+    np.testing.assert_array_equal(outputs.targets, [r.label for r in records])
+    assert outputs.probs.shape == (8, 3)
+    np.testing.assert_allclose(outputs.probs.sum(axis=1), 1, atol=1e-5)
+    assert outputs.indices == [0, 2, 3, 4]  # the first four samples that have a true mask
+    assert outputs.images.shape == (4, 3, 48, 48)
+    for masks in (outputs.pseudo, outputs.pred, outputs.truth):
+        assert masks.shape == (4, 12, 12) and masks.dtype == np.uint8
+    assert set(np.unique(outputs.pred)) <= {0, 1} and set(np.unique(outputs.pseudo)) <= {0, 1, 255}
+    # without a PGM there are no pseudo masks; without the argument nothing is collected
+    no_pgm = EvalOutputs(panel=2)
+    evaluate(model, loader, "cpu", outputs=no_pgm)
+    assert no_pgm.pseudo is None and no_pgm.images.shape[0] == 2
+
+
+@pytest.mark.parametrize("no_figures", [False, True])
+def test_evaluate_run_writes_figures(tmp_path, no_figures):
+    from walnet.engine.trainer import evaluate_run
+
+    csv_path, _, ckpt = _tiny_run(tmp_path)
+    out = tmp_path / "scores"
+    args = argparse.Namespace(checkpoint=str(ckpt), data_dir=None, csv=str(csv_path), split="train", output=str(out),
+                              batch_size=4, workers=0, device="cpu", skip_bad=False, no_figures=no_figures)
+    result = evaluate_run(args)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == result and saved["images"] > 0
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    if no_figures:
+        assert pngs == [] and "figures" not in saved
+    else:
+        assert saved["figures"] == ["roc.png", "confusion.png", "segmentation.png"]
+        assert pngs == sorted(saved["figures"])
+        for name in pngs:
+            _png(out / name)

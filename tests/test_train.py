@@ -1,0 +1,96 @@
+"""``walnet train`` beyond one plain run: resume after a kill, DDP on gloo, mixed precision."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from walnet.cli import build_parser
+from walnet.data import phantom
+from walnet.engine.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+# Same thread count in every process, so the runs compared below do the same arithmetic.
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return phantom.generate(tmp_path_factory.mktemp("ph") / "data", n=40, seed=2, size=48)
+
+
+def _train_args(data, run, *extra):
+    return ["train", "--csv", str(data), "--output", str(run), "--backbone", "resnet18", "--attention-channels", "8",
+            "--size", "48", "-b", "8", "--rcm-warmup", "1", "--device", "cpu", *extra]
+
+
+def _rows(run):
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_resume_after_kill_matches_uninterrupted_run(data, tmp_path):
+    cmd = [sys.executable, "-m", "walnet"]
+    whole = tmp_path / "whole"
+    done = subprocess.run(cmd + _train_args(data, whole, "--epochs", "3"), env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(cmd + _train_args(data, cut, "--epochs", "3"), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (cut / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)  # epoch 0 is saved; epoch 1 has started
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(_rows(cut)) < 3
+    resumed = subprocess.run(cmd + _train_args(data, cut, "--epochs", "3", "--resume", str(cut / "last.pt")),
+                             env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+
+    assert _rows(cut) == _rows(whole)  # every loss and accuracy, to the last digit
+    a = torch.load(whole / "last.pt", weights_only=True)
+    b = torch.load(cut / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_ddp_two_cpu_processes_on_gloo(data, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "walnet",
+           *_train_args(data, run, "--epochs", "2")]
+    done = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("epoch 1:") == 1  # rank 0 alone logs
+    assert [r["epoch"] for r in _rows(run)] == ["0", "1"]
+    for row in _rows(run):
+        assert all(math.isfinite(float(row[k])) for k in ("loss", "cls_loss", "seg_loss"))
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and not any(k.startswith("module.") for k in state["model"])
+
+
+def test_amp_on_cpu_trains_in_bfloat16(data, tmp_path):
+    args = build_parser().parse_args(_train_args(data, tmp_path / "amp", "--epochs", "1", "--amp"))
+    row = train(args)
+    assert all(math.isfinite(row[k]) for k in ("loss", "cls_loss", "seg_loss"))
+    state = torch.load(tmp_path / "amp" / "last.pt", weights_only=True)
+    assert "scaler" in state and state["args"]["amp"] is True
+
+
+def test_sync_bn_needs_cuda(data, tmp_path):
+    args = build_parser().parse_args(_train_args(data, tmp_path / "sbn", "--epochs", "1", "--sync-bn"))
+    with pytest.raises(ValueError, match="--sync-bn"):
+        train(args)

@@ -1,0 +1,238 @@
+"""``walnet experiment``: train and score every config x seed, then tabulate mean (std) over seeds
+in the shape of the paper's Tables 1-3.
+
+Layout under ``output/``: ``runs/<config>/seed<k>/`` (a ``walnet train`` run folder plus the
+``metrics.json`` of ``walnet evaluate`` on its test split), ``<table>.csv`` (one row per config),
+``<table>_runs.csv`` (one row per run) and ``<table>.md``. Finished runs are reused, interrupted
+ones resumed, so re-running the same command continues an experiment.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+#: The paper's table columns (Tables 1-3), as (metrics.json key, column header).
+PAPER_METRICS: tuple[tuple[str, str], ...] = (
+    ("accuracy", "Accuracy"),
+    ("macro_f1", "F1-score"),
+    ("kappa", "Kappa"),
+    ("macro_precision", "Precision"),
+    ("macro_recall", "Recall"),
+)
+
+
+@dataclass(frozen=True)
+class TablePreset:
+    """One of the paper's tables: its caption and (model name, row label) pairs in paper order."""
+
+    title: str
+    rows: tuple[tuple[str, str], ...]
+
+
+#: The paper's Tables 1-3. Table 3's "dilated crop" row is plain ``walnet`` (dilated_crop is its
+#: default ROI method), so the three tables share the WAL-Net runs as the paper's rows do.
+TABLES: dict[str, TablePreset] = {
+    "table1": TablePreset(
+        "Table 1: performance comparison of classification methods",
+        (("convnextv2", "ConvNext-V2"), ("dpn", "DPN"), ("repvit", "RepVit"), ("sequencer", "Sequencer"),
+         ("rexnet", "RexNet"), ("res2net", "Res2Net"), ("resnest", "ResNeSt"), ("walnet", "WAL-Net (Ours)")),
+    ),
+    "table2": TablePreset(
+        "Table 2: ablation study for the RCM and PGM modules",
+        (("walnet_no_pgm", "w/o RCM & PGM"), ("walnet_no_rcm", "w/o RCM"), ("walnet", "WAL-Net")),
+    ),
+    "table3": TablePreset(
+        "Table 3: ROI augmentation methods of the RCM",
+        (("walnet_rwm", "rwm"), ("walnet_bg_rm", "bg rm"), ("walnet_bg_rm_crop", "bg rm & crop"),
+         ("walnet_crop", "crop"), ("walnet", "dilated crop")),
+    ),
+}
+
+#: Paper seeds: "the averages obtained after five random experiments".
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+
+#: Train settings that may differ between a reused run and the request without changing its result.
+_IGNORED_ARGS = {"output", "resume", "run", "command", "device", "workers"}
+
+
+def aggregate(runs: Iterable[Mapping], metrics: Sequence[str] = tuple(k for k, _ in PAPER_METRICS),
+              labels: Mapping[str, str] | None = None) -> list[dict]:
+    """Mean and sample standard deviation (ddof=1) over seeds, one row per config.
+
+    ``runs``: per-run dicts holding ``"config"`` and the metric keys (e.g. a ``metrics.json``
+    plus ``config``/``seed``). Rows come in order of first appearance, as
+    ``{"config", "label", "n_seeds", "<metric>_mean", "<metric>_std", ...}``. The std of a single
+    seed is NaN (undefined; shown as "–"); a metric missing from every run of a config is NaN.
+    """
+    groups: dict[str, list[Mapping]] = {}
+    for run in runs:
+        groups.setdefault(run["config"], []).append(run)
+    rows = []
+    for config, group in groups.items():
+        row = {"config": config, "label": (labels or {}).get(config, config), "n_seeds": len(group)}
+        for key in metrics:
+            values = np.array([float(r[key]) for r in group if r.get(key) is not None], dtype=np.float64)
+            row[f"{key}_mean"] = float(values.mean()) if values.size else math.nan
+            row[f"{key}_std"] = float(values.std(ddof=1)) if values.size > 1 else math.nan
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def to_markdown(rows: Sequence[Mapping], metrics: Sequence[tuple[str, str]] = PAPER_METRICS, title: str | None = None,
+                digits: int = 3) -> str:
+    """A Markdown table like the paper's: a "Method" column of row labels, then one
+    "mean (std)" column per metric, as fractions. As in the paper's Table 1, the best mean of a
+    column is **bold** and the second best <u>underlined</u> (higher is better for all five)."""
+    seeds = sorted({r["n_seeds"] for r in rows})
+    lines = []
+    if title:
+        caption = f"mean (sample std) over {seeds[0]} seed(s)" if len(seeds) == 1 else "mean (sample std) over seeds"
+        lines += [f"{title}; {caption}.", ""]
+    with_n = len(seeds) > 1
+    header = ["Method"] + [f"{name} ↑" for _, name in metrics] + (["Seeds"] if with_n else [])
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    ranks = {}
+    for key, _ in metrics:
+        means = sorted({round(r[f"{key}_mean"], digits) for r in rows if not math.isnan(r[f"{key}_mean"])},
+                       reverse=True)
+        ranks[key] = means[:2] if len(rows) >= 3 else means[:1] if len(rows) == 2 else []
+    for r in rows:
+        cells = [str(r["label"])]
+        for key, _ in metrics:
+            mean = r[f"{key}_mean"]
+            text = _fmt(mean, digits)
+            top = ranks[key]
+            if not math.isnan(mean) and top and round(mean, digits) == top[0]:
+                text = f"**{text}**"
+            elif not math.isnan(mean) and len(top) > 1 and round(mean, digits) == top[1]:
+                text = f"<u>{text}</u>"
+            cells.append(f"{text} ({_fmt(r[f'{key}_std'], digits)})")
+        if with_n:
+            cells.append(str(r["n_seeds"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[Mapping], path, metrics: Sequence[str] = tuple(k for k, _ in PAPER_METRICS)) -> Path:
+    """One line per config: config, label, n_seeds, then ``<metric>_mean``, ``<metric>_std``
+    per metric (full precision; an undefined std is an empty cell)."""
+    fields = ["config", "label", "n_seeds"] + [f"{k}_{s}" for k in metrics for s in ("mean", "std")]
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+    return path
+
+
+def _write_runs_csv(runs: Sequence[Mapping], path: Path, metrics: Sequence[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["config", "seed", *metrics, "epoch", "images"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(runs)
+
+
+def _differences(requested, run_dir: Path) -> list[str]:
+    """Train settings in ``run_dir/args.json`` that differ from the ``requested`` namespace."""
+    try:
+        saved = json.loads((run_dir / "args.json").read_text())
+    except (OSError, ValueError):
+        return []
+    wanted = json.loads(json.dumps({k: v for k, v in vars(requested).items() if k not in _IGNORED_ARGS}, default=str))
+    return [f"{k} {saved.get(k)!r} != {v!r}" for k, v in wanted.items() if k in saved and saved[k] != v]
+
+
+def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *, seeds: Sequence[int] = DEFAULT_SEEDS,
+                   csv_path: str | None = None, data_dir: str | None = None, train_flags: Sequence[str] = (),
+                   eval_flags: Sequence[str] = (), name: str = "experiment", title: str | None = None,
+                   log: Callable[[str], None] = print) -> list[dict]:
+    """Trains every config for every seed, scores its ``best.pt`` on the test split, and writes
+    ``output/<name>.csv``, ``output/<name>_runs.csv`` and ``output/<name>.md``; returns the
+    aggregated rows (see :func:`aggregate`) and logs the Markdown table.
+
+    ``configs``: model names (see ``walnet.models.model_names()``) or (model name, row label)
+    pairs. ``train_flags`` / ``eval_flags``: extra ``walnet train`` / ``walnet evaluate``
+    arguments (e.g. ``["--epochs", "30", "-b", "8"]``), parsed by the CLI's own parser so every
+    flag keeps its default. Each run lives in ``output/runs/<model>/seed<k>/``: a run with a
+    ``metrics.json`` is reused as it is, one with a ``last.pt`` only is resumed (``--resume``).
+    """
+    from walnet.cli import build_parser
+    from walnet.engine.trainer import evaluate_run, train
+    from walnet.models import model_names
+
+    pairs = [(c, c) if isinstance(c, str) else (c[0], c[1]) for c in configs]
+    unknown = [m for m, _ in pairs if m not in model_names()]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; choose from {model_names()}")
+    if not pairs or not seeds:
+        raise ValueError("an experiment needs at least one config and one seed")
+    if len(set(seeds)) != len(seeds) or len({m for m, _ in pairs}) != len(pairs):
+        raise ValueError(f"configs and seeds must not repeat: {[m for m, _ in pairs]}, {list(seeds)}")
+    if (csv_path is None) == (data_dir is None):
+        raise ValueError("give exactly one of csv_path (--csv) and data_dir (--data-dir)")
+    data = ["--csv", str(csv_path)] if csv_path is not None else ["--data-dir", str(data_dir)]
+    output = Path(output)
+    parser = build_parser()
+    metric_keys = [k for k, _ in PAPER_METRICS]
+    results = []
+    for model, _ in pairs:
+        for seed in seeds:
+            run_dir = output / "runs" / model / f"seed{seed}"
+            tag = f"[{model} seed {seed}]"
+            argv = ["train", *data, "--output", str(run_dir), "--model", model, "--seed", str(seed), *train_flags]
+            train_args = parser.parse_args(argv)
+            metrics_file = run_dir / "metrics.json"
+            if metrics_file.is_file():
+                log(f"{tag} reusing finished run {run_dir} (metrics.json exists)")
+                diff = _differences(train_args, run_dir)
+                if diff:
+                    log(f"{tag} warning: that run was trained with other settings: {'; '.join(diff)} "
+                        f"(delete {run_dir} to retrain it)")
+                result = json.loads(metrics_file.read_text())
+            else:
+                if (run_dir / "last.pt").is_file():
+                    log(f"{tag} resuming interrupted run {run_dir} from last.pt")
+                    train_args = parser.parse_args(argv + ["--resume", str(run_dir / "last.pt")])
+                else:
+                    log(f"{tag} training into {run_dir}")
+                train(train_args)
+                # best.pt is written just after last.pt; fall back if interrupted in between
+                ckpt = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
+                result = evaluate_run(parser.parse_args(["evaluate", "--checkpoint", str(ckpt), *data, *eval_flags]))
+            log(f"{tag} test: " + ", ".join(f"{n} {result[k]:.3f}" for k, n in PAPER_METRICS if k in result))
+            results.append({**result, "config": model, "seed": seed})
+    rows = aggregate(results, metric_keys, labels=dict(pairs))
+    output.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, output / f"{name}.csv", metric_keys)
+    _write_runs_csv(results, output / f"{name}_runs.csv", metric_keys)
+    markdown = to_markdown(rows, PAPER_METRICS, title=title or name)
+    (output / f"{name}.md").write_text(markdown)
+    log(markdown)
+    return rows
+
+
+def flags_from_namespace(args, actions) -> list[str]:
+    """The command-line arguments that reproduce ``args``' values of the argparse ``actions``
+    (used to pass ``walnet experiment``'s copies of the train/evaluate flags through)."""
+    argv = []
+    for action in actions:
+        value = getattr(args, action.dest, None)
+        flag = next((s for s in action.option_strings if s.startswith("--")), action.option_strings[0])
+        if action.nargs == 0:  # store_true / store_false / store_const
+            if value != action.default:
+                argv.append(flag)
+        elif value is not None:
+            argv += [flag, *map(str, value)] if isinstance(value, (list, tuple)) else [flag, str(value)]
+    return argv

@@ -1,0 +1,159 @@
+"""PNG figures of an evaluation, after the paper: ROC curves (Fig. 4), the confusion matrix
+(Fig. 5) and a segmentation panel (Fig. 6: image | pseudo mask | prediction | truth).
+
+Drawn with matplotlib's object API on the Agg canvas (no pyplot, so no global figure state and
+no display needed). Every PNG is written to a temporary name in the target folder and renamed
+over the final name, so a crash never leaves a half-written figure under that name.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from walnet.engine.metrics import roc_auc, roc_curve
+
+IGNORE = 255
+# mask colours: background, foreground, ignored / unknown (255)
+_MASK_COLOURS = {0: (0.0, 0.0, 0.0), 1: (1.0, 1.0, 1.0), IGNORE: (0.5, 0.5, 0.5)}
+
+
+def _numpy(x) -> np.ndarray | None:
+    if x is None:
+        return None
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _save(fig: Figure, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def roc_figure(path, targets, probs, class_names=None, title: str = "ROC") -> Path:
+    """One-vs-rest ROC curve of every class and the micro-average (all classes' scores pooled),
+    AUC in the legend, chance diagonal dashed. `targets` [N] class indices, `probs` [N,K].
+    A class absent from `targets` (no curve possible) is listed with "AUC n/a"."""
+    targets = _numpy(targets).astype(np.int64).ravel()
+    probs = _numpy(probs).astype(float)
+    if probs.ndim != 2 or probs.shape[0] != targets.size:
+        raise ValueError(f"probs must be [N,K] with N = {targets.size}, got {probs.shape}")
+    k = probs.shape[1]
+    names = list(class_names) if class_names is not None else [str(c) for c in range(k)]
+    fig = Figure(figsize=(5.5, 5), dpi=100)
+    ax = fig.add_subplot()
+    curves = [(names[c], probs[:, c], targets == c, "-") for c in range(k)]
+    curves.append(("micro-average", probs.ravel(), (np.eye(k, dtype=bool)[targets]).ravel(), "--"))
+    for name, scores, positive, style in curves:
+        auc = roc_auc(scores, positive)
+        if np.isnan(auc):
+            ax.plot([], [], style, label=f"{name} (AUC n/a)")
+            continue
+        fpr, tpr = roc_curve(scores, positive)
+        ax.plot(fpr, tpr, style, linewidth=1.8, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="False positive rate", ylabel="True positive rate", title=title)
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def confusion_figure(path, confusion, class_names=None, title: str = "Confusion matrix") -> Path:
+    """Confusion matrix [K,K] (rows true, columns predicted): colour is the row-normalised
+    rate (recall per true class), each cell annotated with its count and rate."""
+    cm = _numpy(confusion).astype(np.int64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion must be a square [K,K] matrix, got shape {cm.shape}")
+    k = cm.shape[0]
+    names = list(class_names) if class_names is not None else [str(c) for c in range(k)]
+    rows = cm.sum(axis=1, keepdims=True)
+    rate = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows != 0)
+    fig = Figure(figsize=(1.3 * k + 3, 1.2 * k + 2), dpi=100)
+    ax = fig.add_subplot()
+    im = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{cm[i, j]}\n{rate[i, j]:.0%}", ha="center", va="center",
+                    color="white" if rate[i, j] > 0.5 else "black", fontsize="medium")
+    ax.set_xticks(range(k), names, rotation=30, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set(xlabel="Predicted", ylabel="True", title=title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _mask_rgb(mask: np.ndarray) -> np.ndarray:
+    rgb = np.zeros((*mask.shape, 3))
+    for value, colour in _MASK_COLOURS.items():
+        rgb[mask == value] = colour
+    rgb[(mask != 0) & (mask != 1) & (mask != IGNORE)] = _MASK_COLOURS[1]
+    return rgb
+
+
+def _image_rgb(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
+        image = image.transpose(1, 2, 0)  # CHW -> HWC
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    image = image.astype(float)
+    if image.max(initial=0) > 1.0:
+        image = image / 255.0
+    return np.clip(image, 0, 1)
+
+
+def segmentation_panel(path, images, pseudo=None, pred=None, truth=None, titles=None,
+                       column_titles=("image", "pseudo mask", "prediction", "true mask")) -> Path:
+    """A row per sample, columns image | pseudo mask | predicted mask | true mask (paper Fig. 6).
+
+    `images` [M,3,H,W] or [M,H,W,3] (or [M,H,W]) in [0,1] (or 0..255); each mask argument is
+    [M,h,w] with 0 = background, 1 = plaque, 255 = ignored / unknown (drawn grey), or None to
+    leave its column out. Masks may have another resolution than the images. `titles` (one per
+    row, e.g. file names) label the rows."""
+    images = _numpy(images)
+    if images is None or images.shape[0] == 0:
+        raise ValueError("segmentation_panel needs at least one image")
+    m = images.shape[0]
+    columns = [(column_titles[0], images, _image_rgb)]
+    for name, masks in zip(column_titles[1:], (pseudo, pred, truth)):
+        masks = _numpy(masks)
+        if masks is None:
+            continue
+        if masks.shape[0] != m:
+            raise ValueError(f"{name}: {masks.shape[0]} masks for {m} images")
+        columns.append((name, masks, _mask_rgb))
+    if titles is not None and len(titles) != m:
+        raise ValueError(f"{len(titles)} titles for {m} images")
+    fig = Figure(figsize=(2.2 * len(columns), 2.2 * m + 0.3), dpi=100)
+    axes = fig.subplots(m, len(columns), squeeze=False)
+    for row in range(m):
+        for col, (name, data, to_rgb) in enumerate(columns):
+            ax = axes[row, col]
+            ax.imshow(to_rgb(np.asarray(data[row])), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize="medium")
+        if titles is not None:
+            axes[row, 0].set_ylabel(str(titles[row]), fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)

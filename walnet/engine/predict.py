@@ -1,0 +1,149 @@
+"""``walnet predict``: class probabilities of images (files and/or folders) from a checkpoint,
+as a CSV file, and optionally the predicted plaque masks as PNGs.
+
+The model is rebuilt from the checkpoint as ``walnet evaluate`` does (its train args and class
+map), and the images are read as in training (:class:`walnet.data.PlaqueDataset`: RGB, resized
+to the train size, scaled to [0, 1]).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record
+from walnet.engine.checkpoint import load_checkpoint
+from walnet.engine.loops import _as_output
+from walnet.engine.trainer import _model_kwargs, pick_device
+from walnet.models import create_model
+
+
+def collect_images(inputs, exclude: Path | None = None) -> list[Path]:
+    """The image files of `inputs` (files and/or folders), in order: a file as given, a folder
+    scanned recursively for :data:`IMAGE_EXTENSIONS` (sorted; files under `exclude` skipped).
+    The same file named twice is kept once. A missing input or a folder without images is an
+    error naming it."""
+    found: dict[Path, Path] = {}
+    skip = exclude.resolve() if exclude is not None else None
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            images = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                            and not (skip is not None and p.resolve().is_relative_to(skip)))
+            if not images:
+                raise ValueError(f"folder {item} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+        elif item.is_file():
+            images = [item]
+        else:
+            raise FileNotFoundError(f"input {item} does not exist")
+        for p in images:
+            found.setdefault(p.resolve(), p)
+    if not found:
+        raise ValueError("no input images given")
+    return list(found.values())
+
+
+def _mask_names(paths: list[Path]) -> list[str]:
+    """``<stem>.png`` per image; a stem seen before gets ``_1``, ``_2``, ... (first free name)."""
+    used, names = set(), []
+    for p in paths:
+        name, k = f"{p.stem}.png", 0
+        while name in used:
+            k += 1
+            name = f"{p.stem}_{k}.png"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_model(checkpoint, device="cpu") -> tuple[torch.nn.Module, tuple[str, ...], argparse.Namespace]:
+    """The model of a training checkpoint (rebuilt from its train args, weights loaded, in eval
+    mode, on `device`), its class names and its train args."""
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    train_args = argparse.Namespace(**state["args"])
+    classes = tuple(state["classes"])
+    model = create_model(train_args.model, num_classes=len(classes), **_model_kwargs(train_args))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), classes, train_args
+
+
+@torch.no_grad()
+def predict(checkpoint, inputs, output_csv, masks_dir=None, batch_size: int = 16, device="auto",
+            workers: int = 0, overwrite: bool = False) -> dict:
+    """Classifies the images of `inputs` (files and/or folders, see :func:`collect_images`) with
+    the model of `checkpoint` and writes `output_csv`: ``path, predicted, prob_<class>...`` (one
+    row per image, class columns in the checkpoint's class-map order), plus a ``mask`` column
+    when `masks_dir` is given.
+
+    With `masks_dir`, each image's predicted segmentation (argmax of the segmentation head,
+    resized nearest to the original image size, 0 / 255 8-bit) is written there as
+    ``<image stem>.png`` (``<stem>_1.png``, ... for repeated stems); a model without a
+    segmentation head (baselines, ``walnet_no_pgm``) is then an error.
+
+    An existing CSV (or mask file) is only replaced with ``overwrite=True``; the CSV is written
+    atomically once every image is done. A missing or unreadable image is an error naming it.
+    Returns a summary: ``images``, ``output``, ``masks`` (folder or None), ``counts`` per class.
+    """
+    output_csv = Path(output_csv)
+    if output_csv.exists() and not overwrite:
+        raise FileExistsError(f"{output_csv} already exists; pass --overwrite to replace it")
+    masks_dir = Path(masks_dir) if masks_dir is not None else None
+    paths = collect_images(inputs, exclude=masks_dir)
+    device = pick_device(device)
+    model, classes, train_args = load_model(checkpoint, device)
+    mask_names = None
+    if masks_dir is not None:
+        if getattr(model, "decoder", None) is None:
+            raise ValueError(f"model {train_args.model!r} of {checkpoint} has no segmentation head; "
+                             "--masks needs a WAL-Net with its PGM (not a baseline or walnet_no_pgm)")
+        mask_names = _mask_names(paths)
+        taken = [n for n in mask_names if (masks_dir / n).exists()]
+        if taken and not overwrite:
+            raise FileExistsError(f"{masks_dir / taken[0]} already exists ({len(taken)} mask file(s) would be "
+                                  "replaced); pass --overwrite to replace them")
+        masks_dir.mkdir(parents=True, exist_ok=True)
+    dataset = PlaqueDataset([Record(p, 0) for p in paths], size=int(train_args.size))
+    loader = torch.utils.data.DataLoader(dataset, batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    probs = np.zeros((len(paths), len(classes)), dtype=np.float32)
+    for batch in loader:
+        index = batch["index"].numpy()
+        out = _as_output(model(batch["image"].to(device)))
+        probs[index] = torch.softmax(out.logits.float(), dim=1).cpu().numpy()
+        if mask_names is not None:
+            seg = (out.seg_logits.argmax(dim=1) * 255).to(torch.uint8).cpu().numpy()
+            for i, mask in zip(index, seg):
+                with Image.open(paths[i]) as original:  # the dataset has read it: only its size here
+                    size = original.size
+                Image.fromarray(mask).resize(size, Image.NEAREST).save(masks_dir / mask_names[i])
+    predicted = probs.argmax(axis=1)
+
+    def write(f):
+        writer = csv.writer(f)
+        writer.writerow(["path", "predicted", *(f"prob_{c}" for c in classes), *(["mask"] if mask_names else [])])
+        for i, p in enumerate(paths):
+            row = [str(p), classes[predicted[i]], *(f"{float(x):.9g}" for x in probs[i])]
+            writer.writerow(row + ([str(masks_dir / mask_names[i])] if mask_names else []))
+
+    _atomic_write(output_csv, write)
+    counts = {c: int((predicted == k).sum()) for k, c in enumerate(classes)}
+    return {"images": len(paths), "output": str(output_csv), "masks": str(masks_dir) if masks_dir else None,
+            "counts": counts}
