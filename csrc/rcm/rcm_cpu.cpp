@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -45,6 +46,144 @@ at::Tensor mask_boxes_cpu(const at::Tensor& prob_, int64_t H, int64_t W, double 
   return out;
 }
 
+struct Strides {
+  int64_t N, C, H, W;
+};
+
+Strides strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+// Planes per parallel task at least, so that small maps (7x7: 49 values a plane) are not split
+// finer than the cost of waking a thread.
+int64_t plane_grain(int64_t plane_size) { return std::max<int64_t>(1, 32768 / plane_size); }
+
+// Nearest taps of one sample, tabulated once for all its channels: the source offset of every
+// output row (box origin included) and whether it repeats the previous row (it is then a copy of
+// that output row), and the source column of every output column as int32 (the index loads are
+// the gather's main cost besides the copy itself).
+struct NearestTaps {
+  std::vector<int64_t> row;
+  std::vector<uint8_t> repeat;
+  std::vector<int32_t> col;
+  bool unit_cols = false;  // col[ox] == ox: a row is a plain copy
+  bool identity = false;   // the box is the whole map and the size unchanged: a plane is a copy
+
+  NearestTaps(int64_t OH, int64_t OW) : row(OH), repeat(OH), col(OW) {}
+
+  void tabulate(const Box& b, int64_t H, int64_t W, int64_t sH, int64_t sW) {
+    const int64_t OH = static_cast<int64_t>(row.size()), OW = static_cast<int64_t>(col.size());
+    const int64_t ch = b.y2 - b.y1 + 1, cw = b.x2 - b.x1 + 1;
+    for (int64_t oy = 0, prev = -1; oy < OH; ++oy) {
+      const int64_t ry = nearest_src(oy, ch, OH);
+      row[oy] = (b.y1 + ry) * sH + b.x1 * sW;
+      repeat[oy] = ry == prev;
+      prev = ry;
+    }
+    for (int64_t ox = 0; ox < OW; ++ox) col[ox] = static_cast<int32_t>(nearest_src(ox, cw, OW));
+    unit_cols = cw == OW;
+    identity = unit_cols && ch == OH && ch == H && cw == W;
+  }
+};
+
+// Largest dense output plane gathered through one flat table of source offsets: a 7x7 plane is
+// then one 49-step loop, not 7 row loops. Larger planes keep the rows, whose repeats are copies.
+constexpr int64_t kFlatPlane = 1024;
+
+// Nearest crop-resize of planes [begin, end) (plane = n * C + c) with unit W strides, a sample
+// at a time so that its taps are tabulated once.
+template <typename scalar_t>
+void crop_nearest_planes(const scalar_t* pf, const Strides& is, scalar_t* po, const Strides& os, const int32_t* pb,
+                         int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW, int64_t begin, int64_t end) {
+  NearestTaps taps(OH, OW);
+  // int32 offsets must reach the whole input plane.
+  const bool flat = OH * OW <= kFlatPlane && os.H == OW && (H - 1) * is.H + W < (int64_t(1) << 31);
+  std::vector<int32_t> table(flat ? OH * OW : 0);
+  const bool dense = is.H == W && os.H == OW;  // planes without gaps between rows
+  for (int64_t plane = begin; plane < end;) {
+    const int64_t n = plane / C, c0 = plane % C, c1 = std::min(C, c0 + (end - plane));
+    plane += c1 - c0;
+    taps.tabulate(rcm::load_box(pb, n, H, W), H, W, is.H, 1);
+    const scalar_t* in = pf + n * is.N;
+    scalar_t* out = po + n * os.N;
+    if (taps.identity && dense) {
+      if (is.C == H * W && os.C == H * W) {
+        std::copy_n(in + c0 * is.C, (c1 - c0) * H * W, out + c0 * os.C);
+      } else {
+        for (int64_t c = c0; c < c1; ++c) std::copy_n(in + c * is.C, H * W, out + c * os.C);
+      }
+      continue;
+    }
+    if (flat) {
+      int32_t* __restrict__ t = table.data();
+      for (int64_t oy = 0; oy < OH; ++oy)
+        for (int64_t ox = 0; ox < OW; ++ox) t[oy * OW + ox] = static_cast<int32_t>(taps.row[oy] + taps.col[ox]);
+      const int64_t size = OH * OW;
+      int64_t c = c0;
+      // Four channels per pass: one index load for four copies.
+      for (; c + 4 <= c1; c += 4) {
+        const scalar_t* __restrict__ i0 = in + c * is.C;
+        const scalar_t* __restrict__ i1 = i0 + is.C;
+        const scalar_t* __restrict__ i2 = i1 + is.C;
+        const scalar_t* __restrict__ i3 = i2 + is.C;
+        scalar_t* __restrict__ o0 = out + c * os.C;
+        scalar_t* __restrict__ o1 = o0 + os.C;
+        scalar_t* __restrict__ o2 = o1 + os.C;
+        scalar_t* __restrict__ o3 = o2 + os.C;
+        for (int64_t k = 0; k < size; ++k) {
+          const int32_t j = t[k];
+          o0[k] = i0[j], o1[k] = i1[j], o2[k] = i2[j], o3[k] = i3[j];
+        }
+      }
+      for (; c < c1; ++c) {
+        const scalar_t* __restrict__ i0 = in + c * is.C;
+        scalar_t* __restrict__ o0 = out + c * os.C;
+        for (int64_t k = 0; k < size; ++k) o0[k] = i0[t[k]];
+      }
+      continue;
+    }
+    const int32_t* __restrict__ cols = taps.col.data();
+    for (int64_t c = c0; c < c1; ++c) {
+      const scalar_t* ip = in + c * is.C;
+      scalar_t* op = out + c * os.C;
+      for (int64_t oy = 0; oy < OH; ++oy) {
+        scalar_t* __restrict__ orow = op + oy * os.H;
+        if (taps.repeat[oy]) {  // upsampling repeats a source row: copy the output row above
+          std::copy_n(orow - os.H, OW, orow);
+          continue;
+        }
+        const scalar_t* __restrict__ irow = ip + taps.row[oy];
+        if (taps.unit_cols) {
+          std::copy_n(irow, OW, orow);
+        } else {
+          for (int64_t ox = 0; ox < OW; ++ox) orow[ox] = irow[cols[ox]];
+        }
+      }
+    }
+  }
+}
+
+// Nearest crop-resize of channels_last maps (unit C strides), output rows [begin, end)
+// (row = n * OH + oy): every output pixel is a copy of the C channels of one source pixel.
+template <typename scalar_t>
+void crop_nearest_pixels(const scalar_t* pf, const Strides& is, scalar_t* po, const Strides& os, const int32_t* pb,
+                         int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW, int64_t begin, int64_t end) {
+  NearestTaps taps(OH, OW);
+  int64_t tabulated = -1;
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t n = r / OH, oy = r % OH;
+    if (n != tabulated) {
+      taps.tabulate(rcm::load_box(pb, n, H, W), H, W, is.H, is.W);
+      tabulated = n;
+    }
+    scalar_t* orow = po + n * os.N + oy * os.H;
+    if (taps.repeat[oy] && oy > 0 && os.W == C) {
+      std::copy_n(orow - os.H, OW * C, orow);
+      continue;
+    }
+    const scalar_t* irow = pf + n * is.N + taps.row[oy];
+    for (int64_t ox = 0; ox < OW; ++ox) std::copy_n(irow + taps.col[ox] * is.W, C, orow + ox * os.W);
+  }
+}
+
 at::Tensor crop_resize_cpu(const at::Tensor& features, const at::Tensor& boxes_, int64_t OH, int64_t OW,
                            bool bilinear) {
   check_features(features, "features");
@@ -53,43 +192,40 @@ at::Tensor crop_resize_cpu(const at::Tensor& features, const at::Tensor& boxes_,
   const auto boxes = boxes_.contiguous();
   const int64_t N = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
   auto out = at::empty({N, C, OH, OW}, features.options().memory_format(features.suggest_memory_format()));
+  if (out.numel() == 0) return out;
   const int32_t* pb = boxes.const_data_ptr<int32_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "crop_resize_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* pf = features.const_data_ptr<scalar_t>();
     scalar_t* po = out.mutable_data_ptr<scalar_t>();
+    const Strides is = strides_of(features), os = strides_of(out);
+    if (!bilinear && is.W == 1 && os.W == 1) {
+      at::parallel_for(0, N * C, plane_grain(OH * OW), [&](int64_t begin, int64_t end) {
+        crop_nearest_planes(pf, is, po, os, pb, C, H, W, OH, OW, begin, end);
+      });
+      return;
+    }
+    if (!bilinear && is.C == 1 && os.C == 1) {
+      at::parallel_for(0, N * OH, plane_grain(OW * C), [&](int64_t begin, int64_t end) {
+        crop_nearest_pixels(pf, is, po, os, pb, C, H, W, OH, OW, begin, end);
+      });
+      return;
+    }
     // Strides as locals: the compiler cannot prove that writes through `po` leave them unchanged.
-    const int64_t isN = features.stride(0), isC = features.stride(1), isH = features.stride(2), isW = features.stride(3);
-    const int64_t osN = out.stride(0), osC = out.stride(1), osH = out.stride(2), osW = out.stride(3);
-    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+    const int64_t isH = is.H, isW = is.W, osH = os.H, osW = os.W;
+    at::parallel_for(0, N * C, plane_grain(OH * OW), [&](int64_t begin, int64_t end) {
       std::vector<Tap<T>> ty(OH), tx(OW);
-      std::vector<int64_t> cols(OW);  // nearest: source column of each output column
-      int64_t tabulated = -1;         // the sample whose taps are in ty / tx
+      int64_t tabulated = -1;  // the sample whose taps are in ty / tx
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t n = plane / C, c = plane % C;
         const Box b = rcm::load_box(pb, n, H, W);
         if (n != tabulated) {
           for (int64_t oy = 0; oy < OH; ++oy) ty[oy] = resize_tap<T>(oy, b.y2 - b.y1 + 1, OH, bilinear);
           for (int64_t ox = 0; ox < OW; ++ox) tx[ox] = resize_tap<T>(ox, b.x2 - b.x1 + 1, OW, bilinear);
-          for (int64_t ox = 0; ox < OW; ++ox) cols[ox] = tx[ox].i0;
           tabulated = n;
         }
-        const scalar_t* in = pf + n * isN + c * isC;
-        scalar_t* o = po + n * osN + c * osC;
-        if (!bilinear && isW == 1 && osW == 1) {
-          // Nearest on rows of unit stride: a plain gather per source row, and a copy of the
-          // previous output row where upsampling repeats a source row (same values as crop_value).
-          for (int64_t oy = 0; oy < OH; ++oy) {
-            scalar_t* orow = o + oy * osH;
-            if (oy > 0 && ty[oy].i0 == ty[oy - 1].i0) {
-              std::copy_n(orow - osH, OW, orow);
-              continue;
-            }
-            const scalar_t* irow = in + (b.y1 + ty[oy].i0) * isH + b.x1;
-            for (int64_t ox = 0; ox < OW; ++ox) orow[ox] = irow[cols[ox]];
-          }
-          continue;
-        }
+        const scalar_t* in = pf + n * is.N + c * is.C;
+        scalar_t* o = po + n * os.N + c * os.C;
         for (int64_t oy = 0; oy < OH; ++oy) {
           scalar_t* orow = o + oy * osH;
           for (int64_t ox = 0; ox < OW; ++ox)
