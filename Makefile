@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # ninja and the venv's tools first on PATH (torch's extension builder looks for ninja there).
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: test build venv bench bench-table ctest device-check clean
+.PHONY: test build venv demo bench bench-table ctest device-check clean
 
 test: build
 	$(PY) -m pytest
@@ -22,6 +22,12 @@ $(VENV)/.stamp-deps: requirements-dev.txt
 # Incremental (ninja) in-place build of walnet._C; prints the nvcc lines when CUDA is built.
 build: venv
 	$(PY) setup.py build_ext --inplace
+
+# The whole pipeline on the embedded phantom (no data, no download, CPU): phantom -> train ->
+# evaluate -> $(DEMO_DIR)/report.md with figures. Prints the test accuracy and pseudo-mask IoU.
+DEMO_DIR ?= demo-output
+demo: build
+	$(PY) -m walnet demo --output $(DEMO_DIR)
 
 bench: build
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-only -p no:randomly

@@ -72,9 +72,9 @@ class EvalOutputs:
     """What :func:`evaluate` fills in when passed as ``outputs=`` (the raw arrays behind the
     figures of :mod:`walnet.engine.figures`).
 
-    ``targets`` int64 [N] and ``probs`` float [N,K] of every sample, in loader order. The first
-    ``panel`` samples that have a true mask (and a model with a segmentation head) are kept for
-    a segmentation panel: ``images`` float [M,3,H,W] at input resolution, ``pred`` (argmax of
+    ``targets`` int64 [N] and ``probs`` float [N,K] of every sample, in loader order. Up to
+    ``panel`` samples that have a true mask (and a model with a segmentation head), the first
+    ceil(panel / K) of each class, are kept for a segmentation panel: ``images`` float [M,3,H,W] at input resolution, ``pred`` (argmax of
     the segmentation), ``pseudo`` (PGM mask, 255 = ignored; None without a PGM) and ``truth``
     (nearest-resized), uint8 [M,h,w] at the segmentation's resolution, and ``indices`` (the
     samples' ``index`` in the dataset). ``images`` is None when no sample qualified.
@@ -103,6 +103,11 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
     model.eval()
     targets, probs, seg_scores, pseudo_scores = [], [], [], []
     kept = []  # panel samples: (index, image, pseudo, pred, truth)
+    shown = {}  # panel samples per class: the panel shows every class, not the first one only
+
+    def per_class(out):
+        return -(-outputs.panel // out.logits.shape[1])
+
     for batch in loader:
         images = batch["image"].to(device)
         with _autocast(device, amp_dtype):
@@ -121,7 +126,9 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
             seg_scores.append(mask_iou_dice(pred[i], small[i]))
             if pseudo is not None and (pseudo[i] != 255).all():
                 pseudo_scores.append(mask_iou_dice(pseudo[i] == 1, small[i]))
-            if outputs is not None and len(kept) < outputs.panel:
+            label = int(batch["label"][i])
+            if outputs is not None and len(kept) < outputs.panel and shown.get(label, 0) < per_class(out):
+                shown[label] = shown.get(label, 0) + 1
                 index = int(batch["index"][i]) if "index" in batch else len(kept)
                 kept.append((index, images[i].float().cpu().numpy(), None if pseudo is None else pseudo[i],
                              pred[i].astype(np.uint8), small[i].astype(np.uint8)))
