@@ -1,6 +1,7 @@
 """Checkpoints written atomically and read without executing code (weights_only=True)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -8,16 +9,18 @@ from pathlib import Path
 import torch
 
 
-def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Writes `state` (tensors, numbers, strings, lists, dicts) to `path` atomically: a temporary
-    file in the same folder, flushed to disk, then renamed over the target, so a crash never
-    leaves a truncated checkpoint and an existing one is only replaced by a complete file."""
+@contextlib.contextmanager
+def atomic_open(path: str | Path):
+    """Opens a temporary file (binary, write) next to `path` and renames it over `path` when the
+    block ends without an error (after flushing it to disk); on an error it is removed. A crash
+    therefore never leaves a truncated file under `path`, and an existing one is only replaced
+    by a complete file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -25,7 +28,14 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    """Writes `state` (tensors, numbers, strings, lists, dicts) to `path` atomically
+    (:func:`atomic_open`)."""
+    with atomic_open(path) as f:
+        torch.save(state, f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -7,14 +7,13 @@ over the final name, so a crash never leaves a half-written figure under that na
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from walnet.engine.checkpoint import atomic_open
 from walnet.engine.metrics import roc_auc, roc_curve
 
 IGNORE = 255
@@ -31,19 +30,10 @@ def _numpy(x) -> np.ndarray | None:
 
 
 def _save(fig: Figure, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png")
+    return Path(path)
 
 
 def roc_figure(path, targets, probs, class_names=None, title: str = "ROC") -> Path:
