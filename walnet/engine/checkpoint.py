@@ -10,16 +10,16 @@ import torch
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path):
-    """Opens a temporary file (binary, write) next to `path` and renames it over `path` when the
-    block ends without an error (after flushing it to disk); on an error it is removed. A crash
-    therefore never leaves a truncated file under `path`, and an existing one is only replaced
-    by a complete file."""
+def atomic_open(path: str | Path, text: bool = False):
+    """Opens a temporary file (for writing; binary, or text with ``text=True``) next to `path`
+    and renames it over `path` when the block ends without an error (after flushing it to
+    disk); on an error it is removed. A crash therefore never leaves a truncated file under
+    `path`, and an existing one is only replaced by a complete file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with (os.fdopen(fd, "w", newline="") if text else os.fdopen(fd, "wb")) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

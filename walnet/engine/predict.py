@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ import torch
 from PIL import Image
 
 from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record
-from walnet.engine.checkpoint import load_checkpoint
+from walnet.engine.checkpoint import atomic_open, load_checkpoint
 from walnet.engine.loops import _as_output
 from walnet.engine.trainer import _model_kwargs, pick_device
 from walnet.models import create_model
@@ -60,19 +58,6 @@ def _mask_names(paths: list[Path]) -> list[str]:
         used.add(name)
         names.append(name)
     return names
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_model(checkpoint, device="cpu") -> tuple[torch.nn.Module, tuple[str, ...], argparse.Namespace]:
@@ -136,14 +121,12 @@ def predict(checkpoint, inputs, output_csv, masks_dir=None, batch_size: int = 16
                 Image.fromarray(mask).resize(size, Image.NEAREST).save(masks_dir / mask_names[i])
     predicted = probs.argmax(axis=1)
 
-    def write(f):
+    with atomic_open(output_csv, text=True) as f:
         writer = csv.writer(f)
         writer.writerow(["path", "predicted", *(f"prob_{c}" for c in classes), *(["mask"] if mask_names else [])])
         for i, p in enumerate(paths):
             row = [str(p), classes[predicted[i]], *(f"{float(x):.9g}" for x in probs[i])]
             writer.writerow(row + ([str(masks_dir / mask_names[i])] if mask_names else []))
-
-    _atomic_write(output_csv, write)
     counts = {c: int((predicted == k).sum()) for k, c in enumerate(classes)}
     return {"images": len(paths), "output": str(output_csv), "masks": str(masks_dir) if masks_dir else None,
             "counts": counts}
