@@ -117,6 +117,12 @@ def test_run_experiment_rejects_unknown_models(tmp_path):
         run_experiment(["walnet", "nonet"], tmp_path, seeds=[0], csv_path="x.csv")
 
 
+def test_run_experiment_refuses_torchrun(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="torchrun"):
+        run_experiment(["walnet"], tmp_path, seeds=[0], csv_path="x.csv")
+
+
 def test_experiment_end_to_end_reuses_and_resumes(tmp_path, capsys):
     from walnet.data import phantom
 

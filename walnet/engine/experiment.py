@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -176,6 +177,10 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
     unknown = [m for m, _ in pairs if m not in model_names()]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; choose from {model_names()}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # every rank would train, score and write the same runs at once
+        raise ValueError("walnet experiment runs as one process, not under torchrun; "
+                         "use torchrun for single `walnet train` runs")
     if not pairs or not seeds:
         raise ValueError("an experiment needs at least one config and one seed")
     if len(set(seeds)) != len(seeds) or len({m for m, _ in pairs}) != len(pairs):
