@@ -99,30 +99,35 @@ def rcm_inputs(n: int, device: str = "cpu", seed: int = 0, levels=RCM_LEVELS, se
 
 
 def authors_rcm(features_list, seg_logits, threshold: float = 0.5):
-    """The authors' RCM ("dilated_crop"): per level, a Python loop over the batch that resizes
-    the sample's mask, finds its box with torch.where (a host sync per sample), dilates it by
-    r = W/7 with int() truncation and clamping, slices the crop and nearest-resizes it back to
-    the level's size. A sample without foreground keeps its features."""
-    prob = torch.softmax(seg_logits.float(), dim=1)[:, 1]
-    mask = (prob >= threshold).float()
+    """The authors' RCM ("dilated_crop"), step for step as in their published model code
+    (a610lab/WAL-Net, model_file/model_our.py, region_crop_module; rewritten here, device-
+    agnostic), called once per level: softmax of the segmentation, threshold to a 0/1 mask,
+    nearest-resize the batch's masks to the level, a zero-filled output; then a Python loop over
+    the batch that finds the box with torch.where and four int() reads of its min/max (host
+    syncs), dilates it by r = W/7 with int() truncation and clamping, slices the crop,
+    nearest-resizes it back to the level's size and copies it into the output. A sample without
+    foreground keeps its features."""
     out = []
     for f in features_list:
         n, _, h, w = f.shape
         r = w / 7
-        rows = []
+        prob = torch.softmax(seg_logits, 1)[:, 1:2]
+        mask = prob.clone()
+        mask[mask < threshold] = 0
+        mask[mask >= threshold] = 1.0
+        mask = F.interpolate(mask, size=(h, w), mode="nearest")
+        result = torch.zeros(f.shape, dtype=f.dtype, device=f.device)
         for i in range(n):
-            m = F.interpolate(mask[i][None, None], size=(h, w), mode="nearest")[0, 0]
-            ys, xs = torch.where(m > 0)
+            ys, xs = torch.where(mask[i, 0] == 1)
             if len(ys) == 0:
-                rows.append(f[i : i + 1])
+                result[i] = f[i]
                 continue
-            y1 = max(int(ys.min().item() - r), 0)
-            x1 = max(int(xs.min().item() - r), 0)
-            y2 = min(int(ys.max().item() + r), h - 1)
-            x2 = min(int(xs.max().item() + r), w - 1)
+            y1, x1, y2, x2 = int(ys.min()), int(xs.min()), int(ys.max()), int(xs.max())
+            y1, x1 = max(int(y1 - r), 0), max(int(x1 - r), 0)
+            y2, x2 = min(int(y2 + r), h - 1), min(int(x2 + r), w - 1)
             crop = f[i : i + 1, :, y1 : y2 + 1, x1 : x2 + 1]
-            rows.append(F.interpolate(crop, size=(h, w), mode="nearest"))
-        out.append(torch.cat(rows))
+            result[i] = F.interpolate(crop, size=(h, w), mode="nearest")[0]
+        out.append(result)
     return out
 
 
