@@ -107,6 +107,21 @@ def test_value_checks_can_be_disabled_without_nan():
     assert (fused[0] == 0).all() and not torch.isnan(fused).any()
 
 
+def test_value_checks_context_restores_the_setting():
+    a1, a2, a3, lab = _inputs()
+    a1 = a1.clone()
+    a1[0, 3, 3] = float("nan")
+    with ops.value_checks(False):
+        assert (ops.pseudo_mask(a1, a2, a3, lab)[0] == 255).all()
+        with pytest.raises(RuntimeError, match="inner"), ops.value_checks(True):
+            with pytest.raises(ValueError, match="a1"):
+                ops.pseudo_mask(a1, a2, a3, lab)
+            raise RuntimeError("inner")  # leaving by an exception restores the setting too
+        assert (ops.pseudo_mask(a1, a2, a3, lab)[0] == 255).all()
+    with pytest.raises(ValueError, match="a1 contains NaN"):
+        ops.pseudo_mask(a1, a2, a3, lab)
+
+
 def test_direct_op_call_checks_shapes():
     """torch.ops.walnet.* called without the wrapper must still refuse mismatched shapes."""
     require_kernel("cpu")

@@ -15,6 +15,7 @@ import torch
 
 from walnet.cli import build_parser
 from walnet.data import phantom
+from walnet.engine import trainer
 from walnet.engine.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,3 +95,24 @@ def test_sync_bn_needs_cuda(data, tmp_path):
     args = build_parser().parse_args(_train_args(data, tmp_path / "sbn", "--epochs", "1", "--sync-bn"))
     with pytest.raises(ValueError, match="--sync-bn"):
         train(args)
+
+
+def test_diverged_training_stops_with_a_clear_error(data, tmp_path, monkeypatch):
+    args = build_parser().parse_args(_train_args(data, tmp_path / "nan", "--epochs", "3", "--lr", "1e30"))
+    with pytest.raises(FloatingPointError, match="loss of epoch 0 is nan; no checkpoint was written"):
+        train(args)
+    assert not (tmp_path / "nan" / "last.pt").exists()
+
+    # a loss that turns NaN in epoch 1: epoch 0's checkpoint and metrics row stay, nothing of epoch 1 is saved
+    real = trainer.train_one_epoch
+
+    def nan_from_epoch_1(*a, **kw):
+        stats = real(*a, **kw)
+        return {**stats, "loss": math.nan} if a[4] == 1 else stats
+
+    monkeypatch.setattr(trainer, "train_one_epoch", nan_from_epoch_1)
+    run = tmp_path / "late"
+    with pytest.raises(FloatingPointError, match="epoch 1 .*last.pt keeps epoch 0"):
+        train(build_parser().parse_args(_train_args(data, run, "--epochs", "3")))
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 0
+    assert [r["epoch"] for r in _rows(run)] == ["0"]

@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (FileExistsError, FileNotFoundError, ValueError, FloatingPointError) as exc:
         print(f"walnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -9,14 +9,17 @@ epoch, args, class map). An output folder that already holds a run is only conti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
+import math
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from walnet import ops
 from walnet.data import PlaqueDataset, load_split, read_csv, save_split, scan_image_folder, split_indices
 from walnet.engine import distributed
 from walnet.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -190,8 +193,16 @@ def _train(args, ctx: distributed.DistContext) -> dict:
     for epoch in range(start, args.epochs):
         _seed_everything(_epoch_seed(args.seed, epoch))
         sampler.set_epoch(epoch)
-        stats = train_one_epoch(net, pgm, train_loader, optimizer, epoch, device, scaler, amp_dtype,
-                                progress=None if ctx.is_main else False)
+        # On CUDA the ops' NaN checks would cost host syncs every step; the kernels already turn
+        # non-finite attention into ignored pseudo masks, and a diverged loss is caught below.
+        with ops.value_checks(False) if device.type == "cuda" else contextlib.nullcontext():
+            stats = train_one_epoch(net, pgm, train_loader, optimizer, epoch, device, scaler, amp_dtype,
+                                    progress=None if ctx.is_main else False)
+        if not math.isfinite(stats["loss"]):
+            kept = f"{output / 'last.pt'} keeps epoch {epoch - 1}" if epoch > 0 and (output / "last.pt").exists() \
+                else "no checkpoint was written"
+            raise FloatingPointError(f"training diverged: the loss of epoch {epoch} is {stats['loss']}; {kept} "
+                                     "(try a lower --lr)")
         if ctx.is_main:
             # DDP's forward talks to the other ranks, so rank 0 validates the bare model.
             val = evaluate(model if ctx.enabled else net, val_loader, device, class_names=classes,

@@ -1,6 +1,6 @@
 """walnet operators: compiled CPU/CUDA kernels with pure-PyTorch references (reference.py)."""
 from walnet.ops import reference
-from walnet.ops._checks import set_value_checks
+from walnet.ops._checks import set_value_checks, value_checks
 from walnet.ops._library import built_backends
 from walnet.ops.felzenszwalb import felzenszwalb, segment_counts
 from walnet.ops.pgm import fuse_attention, pseudo_mask, superpixel_mean
@@ -21,4 +21,5 @@ __all__ = [
     "segment_counts",
     "set_value_checks",
     "superpixel_mean",
+    "value_checks",
 ]

@@ -7,6 +7,7 @@ torch.compile traces or a CUDA graph captures, and can be switched off with
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 
@@ -19,6 +20,18 @@ def set_value_checks(enabled: bool) -> None:
     """Turn the data-reading input checks of walnet ops on or off (default on)."""
     global _value_checks
     _value_checks = bool(enabled)
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool):
+    """Within the block, the data-reading input checks are on or off (see
+    :func:`set_value_checks`); the previous setting is restored afterwards."""
+    global _value_checks
+    previous, _value_checks = _value_checks, bool(enabled)
+    try:
+        yield
+    finally:
+        _value_checks = previous
 
 
 def value_checks_enabled() -> bool:
