@@ -91,6 +91,15 @@ def test_amp_on_cpu_trains_in_bfloat16(data, tmp_path):
     assert "scaler" in state and state["args"]["amp"] is True
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_amp_on_cuda_uses_float16_and_a_gradient_scaler(data, tmp_path):
+    args = build_parser().parse_args(_train_args(data, tmp_path / "amp", "--epochs", "1", "--amp") + ["--device", "cuda"])
+    row = train(args)
+    assert all(math.isfinite(row[k]) for k in ("loss", "cls_loss", "seg_loss"))
+    state = torch.load(tmp_path / "amp" / "last.pt", weights_only=True)
+    assert state["scaler"] and state["scaler"]["scale"] > 0
+
+
 def test_sync_bn_needs_cuda(data, tmp_path):
     args = build_parser().parse_args(_train_args(data, tmp_path / "sbn", "--epochs", "1", "--sync-bn"))
     with pytest.raises(ValueError, match="--sync-bn"):
