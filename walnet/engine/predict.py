@@ -7,7 +7,6 @@ to the train size, scaled to [0, 1]).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 from pathlib import Path
 
@@ -16,10 +15,9 @@ import torch
 from PIL import Image
 
 from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record
-from walnet.engine.checkpoint import atomic_open, load_checkpoint
+from walnet.engine.checkpoint import atomic_open
 from walnet.engine.loops import _as_output
-from walnet.engine.trainer import _model_kwargs, pick_device
-from walnet.models import create_model
+from walnet.engine.trainer import load_trained, pick_device
 
 
 def collect_images(inputs, exclude: Path | None = None) -> list[Path]:
@@ -60,17 +58,6 @@ def _mask_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def load_model(checkpoint, device="cpu") -> tuple[torch.nn.Module, tuple[str, ...], argparse.Namespace]:
-    """The model of a training checkpoint (rebuilt from its train args, weights loaded, in eval
-    mode, on `device`), its class names and its train args."""
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    train_args = argparse.Namespace(**state["args"])
-    classes = tuple(state["classes"])
-    model = create_model(train_args.model, num_classes=len(classes), **_model_kwargs(train_args))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), classes, train_args
-
-
 @torch.no_grad()
 def predict(checkpoint, inputs, output_csv, masks_dir=None, batch_size: int = 16, device="auto",
             workers: int = 0, overwrite: bool = False) -> dict:
@@ -94,7 +81,7 @@ def predict(checkpoint, inputs, output_csv, masks_dir=None, batch_size: int = 16
     masks_dir = Path(masks_dir) if masks_dir is not None else None
     paths = collect_images(inputs, exclude=masks_dir)
     device = pick_device(device)
-    model, classes, train_args = load_model(checkpoint, device)
+    model, classes, train_args, _ = load_trained(checkpoint, device)
     mask_names = None
     if masks_dir is not None:
         if getattr(model, "decoder", None) is None:

@@ -22,7 +22,7 @@ import torch
 from walnet import ops
 from walnet.data import PlaqueDataset, load_split, read_csv, save_split, scan_image_folder, split_indices
 from walnet.engine import distributed
-from walnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from walnet.engine.checkpoint import atomic_open, load_checkpoint, save_checkpoint
 from walnet.engine.loops import EvalOutputs, evaluate, train_one_epoch
 from walnet.models import PseudoMaskGenerator, create_model
 
@@ -224,6 +224,17 @@ def _train(args, ctx: distributed.DistContext) -> dict:
     return row
 
 
+def load_trained(checkpoint, device="cpu") -> tuple[torch.nn.Module, tuple[str, ...], argparse.Namespace, dict]:
+    """The model of a ``walnet train`` checkpoint, rebuilt from its train args with its weights,
+    in eval mode on `device`; its class names, its train args and the whole checkpoint."""
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    train_args = argparse.Namespace(**state["args"])
+    classes = tuple(state["classes"])
+    model = create_model(train_args.model, num_classes=len(classes), **_model_kwargs(train_args))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), classes, train_args, state
+
+
 def evaluate_run(args) -> dict:
     """``walnet evaluate``: rebuilds the model of a checkpoint (its args and class map), scores
     it on one split of the data (the run's saved split), writes ``metrics.json``; returns it.
@@ -232,17 +243,13 @@ def evaluate_run(args) -> dict:
     (Fig. 5) and, where the split has true masks and the model a segmentation head,
     ``segmentation.png`` (Fig. 6); their names are listed under ``"figures"`` in the result."""
     ckpt = Path(args.checkpoint)
-    state = load_checkpoint(ckpt, map_location="cpu")
-    train_args = argparse.Namespace(**state["args"])
     device = pick_device(args.device)
-    records, classes = load_records(args.data_dir, args.csv, tuple(state["classes"]))
+    model, classes, train_args, state = load_trained(ckpt, device)
+    records, classes = load_records(args.data_dir, args.csv, classes)
     splits = assign_splits(records, ckpt.parent, train_args.seed)
     dataset = PlaqueDataset([r for r, s in zip(records, splits) if s == args.split], train_args.size, args.skip_bad)
     if len(dataset) == 0:
         raise ValueError(f"no images in the {args.split!r} split")
-    model = create_model(train_args.model, num_classes=len(classes), **_model_kwargs(train_args))
-    model.load_state_dict(state["model"])
-    model = model.to(device)
     pgm = PseudoMaskGenerator() if train_args.model.startswith("walnet") and not train_args.no_pgm else None
     loader = torch.utils.data.DataLoader(dataset, args.batch_size, num_workers=args.workers)
     figures = not getattr(args, "no_figures", False)
@@ -253,7 +260,7 @@ def evaluate_run(args) -> dict:
         result["figures"] = ["roc.png", "confusion.png"] + (["segmentation.png"] if outputs.images is not None else [])
     out = Path(args.output) if args.output else ckpt.parent
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "metrics.json", "w") as f:
+    with atomic_open(out / "metrics.json", text=True) as f:
         json.dump(result, f, indent=2)
     if figures:
         _write_figures(out, result, outputs, dataset, classes)
