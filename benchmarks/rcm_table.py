@@ -67,6 +67,27 @@ def forward_backward(fn, levels):
     return run
 
 
+def per_level(n: int, device: str, min_run_time: float, threads: int) -> None:
+    """crop_resize alone per level (forward, nearest backward) beside a clone of the level:
+    the copy is the floor of any op that writes the cropped map."""
+    levels, seg = rcm_inputs(n, device)
+    prob = torch.softmax(seg.float(), dim=1)[:, 1]
+    print(f"\ncrop_resize per level, N = {n} (ms)\n")
+    print("| level | forward | backward | clone |")
+    print("|---|---:|---:|---:|")
+    totals = [0.0, 0.0, 0.0]
+    for f in levels:
+        h, w = f.shape[-2:]
+        boxes = ops.mask_boxes(prob, (h, w))
+        grad = torch.randn_like(f)
+        fwd = _ms(lambda: ops.crop_resize(f, boxes), min_run_time, threads)
+        bwd = _ms(lambda: torch.ops.walnet.crop_resize_backward(grad, boxes, h, w, False), min_run_time, threads)
+        copy = _ms(f.clone, min_run_time, threads)
+        print(f"| {f.shape[1]}x{h}² | {fwd:.3f} | {bwd:.3f} | {copy:.3f} |")
+        totals = [t + v for t, v in zip(totals, (fwd, bwd, copy))]
+    print("| all four | " + " | ".join(f"{t:.3f}" for t in totals) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -75,6 +96,7 @@ def main() -> None:
     parser.add_argument(
         "--no-value-checks", action="store_true", help="run walnet without its NaN check (sync-free on CUDA)"
     )
+    parser.add_argument("--per-level", action="store_true", help="also time crop_resize per level against a clone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.no_value_checks:
@@ -96,6 +118,8 @@ def main() -> None:
                 ms = {name: _ms(forward_backward(fn, levels), **run) for name, fn in fns.items()}
             w, a, r = ms["walnet"], ms["authors"], ms["roi_align"]
             print(f"| {n} | {label} | {w:.3f} | {a:.3f} | {r:.3f} | {a / w:.1f}× | {r / w:.1f}× |")
+    if args.per_level:
+        per_level(RCM_BATCHES[0], args.device, **run)
 
 
 if __name__ == "__main__":
