@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../common/checks.h"
+#include "../common/strides.h"
 #include "rcm.h"
 
 // x86 builds shuffle upsampled rows with AVX2 where the CPU has it (checked at run time).
@@ -56,12 +57,6 @@ at::Tensor mask_boxes_cpu(const at::Tensor& prob_, int64_t H, int64_t W, double 
   return out;
 }
 
-struct Strides {
-  int64_t N, C, H, W;
-};
-
-Strides strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
-
 // Planes per parallel task at least, so that small maps (7x7: 49 values a plane) are not split
 // finer than the cost of waking a thread.
 int64_t plane_grain(int64_t plane_size) { return std::max<int64_t>(1, 32768 / plane_size); }
@@ -97,7 +92,7 @@ struct NearestTaps {
 // Nearest crop-resize of planes c0..c1 of one sample, row by row: repeated source rows are
 // copies of the output row above, the others a gather (a copy where the columns are the crop's).
 template <typename scalar_t>
-void crop_rows(const scalar_t* in, const Strides& is, scalar_t* out, const Strides& os, const NearestTaps& taps,
+void crop_rows(const scalar_t* in, const Strides4& is, scalar_t* out, const Strides4& os, const NearestTaps& taps,
                int64_t c0, int64_t c1) {
   const int64_t OH = static_cast<int64_t>(taps.row.size()), OW = static_cast<int64_t>(taps.col.size());
   const int32_t* __restrict__ cols = taps.col.data();
@@ -160,8 +155,8 @@ struct RowShuffles {
 };
 
 template <size_t kBytes>
-__attribute__((target("avx2"))) void crop_rows_shuffled(const char* in, const Strides& is, char* out,
-                                                        const Strides& os, const NearestTaps& taps,
+__attribute__((target("avx2"))) void crop_rows_shuffled(const char* in, const Strides4& is, char* out,
+                                                        const Strides4& os, const NearestTaps& taps,
                                                         const RowShuffles& sh, int64_t c0, int64_t c1) {
   const int64_t OH = static_cast<int64_t>(taps.row.size());
   const int64_t chunks = static_cast<int64_t>(sh.src.size());
@@ -203,7 +198,7 @@ constexpr int64_t kFlatPlane = 1024;
 // Nearest crop-resize of planes [begin, end) (plane = n * C + c) with unit W strides, a sample
 // at a time so that its taps are tabulated once.
 template <typename scalar_t>
-void crop_nearest_planes(const scalar_t* pf, const Strides& is, scalar_t* po, const Strides& os, const int32_t* pb,
+void crop_nearest_planes(const scalar_t* pf, const Strides4& is, scalar_t* po, const Strides4& os, const int32_t* pb,
                          int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW, int64_t begin, int64_t end) {
   NearestTaps taps(OH, OW);
   // int32 offsets must reach the whole input plane.
@@ -270,7 +265,7 @@ void crop_nearest_planes(const scalar_t* pf, const Strides& is, scalar_t* po, co
 // Nearest crop-resize of channels_last maps (unit C strides), output rows [begin, end)
 // (row = n * OH + oy): every output pixel is a copy of the C channels of one source pixel.
 template <typename scalar_t>
-void crop_nearest_pixels(const scalar_t* pf, const Strides& is, scalar_t* po, const Strides& os, const int32_t* pb,
+void crop_nearest_pixels(const scalar_t* pf, const Strides4& is, scalar_t* po, const Strides4& os, const int32_t* pb,
                          int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW, int64_t begin, int64_t end) {
   NearestTaps taps(OH, OW);
   int64_t tabulated = -1;
@@ -304,7 +299,7 @@ at::Tensor crop_resize_cpu(const at::Tensor& features, const at::Tensor& boxes_,
     using T = at::opmath_type<scalar_t>;
     const scalar_t* pf = features.const_data_ptr<scalar_t>();
     scalar_t* po = out.mutable_data_ptr<scalar_t>();
-    const Strides is = strides_of(features), os = strides_of(out);
+    const Strides4 is = strides_of(features), os = strides_of(out);
     if (!bilinear && is.W == 1 && os.W == 1) {
       at::parallel_for(0, N * C, plane_grain(OH * OW), [&](int64_t begin, int64_t end) {
         crop_nearest_planes(pf, is, po, os, pb, C, H, W, OH, OW, begin, end);
@@ -384,7 +379,7 @@ void nearest_row_grad(const scalar_t* grow, int64_t gW, const Readers& cols, int
 // increasing ox. Same bits as the gather (and the CUDA kernel), at the cost of one pass over the
 // gradient. The readers of every source row and column are tabulated once per sample.
 template <typename T, typename scalar_t>
-void nearest_planes_grad(const scalar_t* pg, const Strides& gs, scalar_t* po, const Strides& os, const int32_t* pb,
+void nearest_planes_grad(const scalar_t* pg, const Strides4& gs, scalar_t* po, const Strides4& os, const int32_t* pb,
                          int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW, int64_t begin, int64_t end) {
   Readers rows, cols;
   // float and double sum straight into a unit-stride output row; half and bfloat16 in T.
@@ -459,7 +454,7 @@ at::Tensor crop_resize_backward_cpu(const at::Tensor& grad, const at::Tensor& bo
     using T = at::opmath_type<scalar_t>;
     const scalar_t* pg = grad.const_data_ptr<scalar_t>();
     scalar_t* po = out.mutable_data_ptr<scalar_t>();
-    const Strides gs = strides_of(grad), os = strides_of(out);
+    const Strides4 gs = strides_of(grad), os = strides_of(out);
     if (!bilinear) {
       at::parallel_for(0, N * C, plane_grain(OH * OW), [&](int64_t begin, int64_t end) {
         nearest_planes_grad<T>(pg, gs, po, os, pb, C, H, W, OH, OW, begin, end);

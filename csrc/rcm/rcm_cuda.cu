@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "../common/checks.h"
+#include "../common/strides.h"
 #include "../common/cuda_launch.cuh"
 #include "rcm.h"
 
@@ -15,15 +16,6 @@ namespace walnet {
 namespace {
 
 using rcm::Box;
-
-// Strides of an [N,C,H,W] tensor, passed by value to the kernels.
-struct Strides4 {
-  int64_t n, c, h, w;
-};
-
-Strides4 strides_of(const at::Tensor& t) {
-  return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
-}
 
 template <typename scalar_t>
 __global__ void mask_boxes_kernel(const scalar_t* prob, int64_t h, int64_t w, int64_t H, int64_t W,
@@ -64,8 +56,8 @@ __global__ void crop_resize_kernel(const scalar_t* in, Strides4 is, const int32_
     const Box b = rcm::load_box(boxes, n, H, W);
     const Tap<T> ty = resize_tap<T>(oy, b.y2 - b.y1 + 1, OH, bilinear);
     const Tap<T> tx = resize_tap<T>(ox, b.x2 - b.x1 + 1, OW, bilinear);
-    out[n * os.n + c * os.c + oy * os.h + ox * os.w] =
-        static_cast<scalar_t>(rcm::crop_value<T>(in + n * is.n + c * is.c, is.h, is.w, b, ty, tx, bilinear));
+    out[n * os.N + c * os.C + oy * os.H + ox * os.W] =
+        static_cast<scalar_t>(rcm::crop_value<T>(in + n * is.N + c * is.C, is.H, is.W, b, ty, tx, bilinear));
   }
 }
 
@@ -80,10 +72,10 @@ __global__ void crop_resize_backward_kernel(const scalar_t* grad, Strides4 gs, c
     T value = T(0);
     if (iy >= b.y1 && iy <= b.y2 && ix >= b.x1 && ix <= b.x2) {
       const int64_t ch = b.y2 - b.y1 + 1, cw = b.x2 - b.x1 + 1, ry = iy - b.y1, rx = ix - b.x1;
-      value = rcm::crop_grad<T>(grad + n * gs.n + c * gs.c, gs.h, gs.w, ch, cw, OH, OW, ry, rx,
+      value = rcm::crop_grad<T>(grad + n * gs.N + c * gs.C, gs.H, gs.W, ch, cw, OH, OW, ry, rx,
                                 readers_of<T>(ry, ch, OH, bilinear), readers_of<T>(rx, cw, OW, bilinear), bilinear);
     }
-    out[n * os.n + c * os.c + iy * os.h + ix * os.w] = static_cast<scalar_t>(value);
+    out[n * os.N + c * os.C + iy * os.H + ix * os.W] = static_cast<scalar_t>(value);
   }
 }
 

@@ -41,7 +41,8 @@ def train_one_epoch(model, pgm, loader, optimizer, epoch: int, device, scaler=No
     model.train()
     # WAL-Net takes the epoch (RCM warm-up); look through DDP's wrapper to find out.
     takes_epoch = hasattr(getattr(model, "module", model), "rcm_active")
-    sums = torch.zeros(5, device=device)  # total, cls, seg (each x batch size), correct, seen
+    sums = torch.zeros(4, device=device)  # total, cls, seg (each x batch size), correct
+    seen = 0
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress is None else not progress)
     for batch in bar:
         images = batch["image"].to(device, non_blocking=True)
@@ -60,10 +61,11 @@ def train_one_epoch(model, pgm, loader, optimizer, epoch: int, device, scaler=No
             optimizer.step()
         n = images.shape[0]
         correct = (out.logits.argmax(dim=1) == target).sum()
-        sums += torch.stack([parts.total.detach() * n, parts.cls.detach() * n, parts.seg.detach() * n,
-                             correct.float(), sums.new_tensor(n)])
-    all_reduce_sum(sums)
-    total, cls, seg, correct = (sums[:4] / sums[4].clamp_min(1)).tolist()
+        sums += torch.stack([parts.total.detach() * n, parts.cls.detach() * n, parts.seg.detach() * n, correct.float()])
+        seen += n
+    # the image count joins the sums only here, so the steps copy nothing from the host
+    totals = all_reduce_sum(torch.cat([sums, sums.new_tensor([seen])]))
+    total, cls, seg, correct = (totals[:4] / totals[4].clamp_min(1)).tolist()
     return {"loss": total, "cls_loss": cls, "seg_loss": seg, "accuracy": correct}
 
 
