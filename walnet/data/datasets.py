@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-PAPER_CLASSES = ("hyperechoic", "hypoechoic", "mixed-echoic")
+from walnet.constants import IGNORE_INDEX, PLAQUE_CLASSES as PAPER_CLASSES
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -111,7 +112,7 @@ class PlaqueDataset(torch.utils.data.Dataset):
     """Images (and masks, where given) of a list of :class:`Record`.
 
     Each item is a dict: ``image`` float [3,size,size] in [0,1], ``label`` int, ``mask`` uint8
-    [size,size] in {0,1} (all 255 = unknown when the record has no mask), ``index``.
+    [size,size] in {0,1} (all IGNORE_INDEX = 255 = unknown when the record has no mask), ``index``.
     A missing or unreadable image raises an error naming the file; with ``skip_bad=True`` such
     records are dropped at construction and counted in ``skipped``.
     """
@@ -147,5 +148,5 @@ class PlaqueDataset(torch.utils.data.Dataset):
             m = self._prepare(_open(r.mask_path, "L"), r.box, Image.NEAREST)
             mask = torch.from_numpy((np.asarray(m) > 127).astype(np.uint8))
         else:
-            mask = torch.full((self.size, self.size), 255, dtype=torch.uint8)
+            mask = torch.full((self.size, self.size), IGNORE_INDEX, dtype=torch.uint8)
         return {"image": image, "label": r.label, "mask": mask, "index": index}

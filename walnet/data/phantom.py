@@ -46,10 +46,12 @@ import pathlib
 import numpy as np
 from scipy import ndimage
 
+from walnet.constants import PLAQUE_CLASSES
+
 __all__ = ["CLASSES", "PAPER_COUNTS", "class_counts", "generate", "render_sample"]
 
 #: Class names, index = label.
-CLASSES = ("hyperechoic", "hypoechoic", "mixed-echoic")
+CLASSES = PLAQUE_CLASSES
 #: Per-class image counts of the paper's dataset (1270 images).
 PAPER_COUNTS = (301, 605, 364)
 

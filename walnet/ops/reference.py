@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from walnet.constants import IGNORE_INDEX
+
 __all__ = [
     "IGNORE_INDEX",
     "ROI_METHODS",
@@ -22,9 +24,6 @@ __all__ = [
     "superpixel_mean",
 ]
 
-#: Pseudo-mask value of a sample whose fused attention carries no information; it is skipped by
-#: ``CrossEntropyLoss(ignore_index=255)``.
-IGNORE_INDEX = 255
 
 
 def _opmath(*tensors: torch.Tensor) -> torch.dtype:

@@ -1,0 +1,8 @@
+"""Values shared by several layers of walnet (data, ops, models, engine), defined once here."""
+
+#: Mask value that carries no label: a pseudo mask of a sample whose attention is uninformative,
+#: or a true mask that is unknown. ``CrossEntropyLoss(ignore_index=IGNORE_INDEX)`` skips it.
+IGNORE_INDEX = 255
+
+#: The paper's plaque classes, in label order (0 hyperechoic, 1 hypoechoic, 2 mixed-echoic).
+PLAQUE_CLASSES = ("hyperechoic", "hypoechoic", "mixed-echoic")
