@@ -24,7 +24,9 @@ echo "== tests"
 echo "== compute-sanitizer"
 SANITIZER=${SANITIZER:-compute-sanitizer}
 command -v "$SANITIZER" >/dev/null || SANITIZER=/usr/local/cuda/bin/compute-sanitizer
-CUDA_TESTS=(tests/test_pgm.py tests/test_rcm.py tests/test_felzenszwalb.py -k "cuda" -q -x -p no:cacheprovider)
+OP_TESTS=(tests/test_pgm.py tests/test_mask_boxes.py tests/test_crop_resize.py tests/test_crop_resize_backward.py
+          tests/test_roi_crop.py tests/test_felzenszwalb.py)
+CUDA_TESTS=("${OP_TESTS[@]}" -k "cuda" -q -x -p no:cacheprovider)
 for tool in memcheck racecheck synccheck initcheck; do
   echo "-- $tool"
   WALNET_SANITIZER=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool "$tool" --error-exitcode 1 \
