@@ -1,13 +1,10 @@
-"""Metrics against scikit-learn on fixed predictions; atomic, code-free checkpoints."""
+"""Classification and mask metrics against scikit-learn on fixed predictions, and their edge cases."""
 from __future__ import annotations
-
-import pickle
 
 import numpy as np
 import pytest
-import torch
 
-from walnet.engine import classification_metrics, confusion_matrix, load_checkpoint, mask_iou_dice, save_checkpoint
+from walnet.engine import classification_metrics, confusion_matrix, mask_iou_dice
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -53,29 +50,3 @@ def test_metric_edge_cases():
     b = np.zeros((4, 4), bool)
     b[1:3] = True
     assert mask_iou_dice(a, b) == pytest.approx((4 / 12, 8 / 16))
-
-
-def test_checkpoint_atomic_and_weights_only(tmp_path):
-    state = {"model": {"w": torch.arange(3.0)}, "epoch": 4, "args": {"lr": 1e-4}, "classes": ["a", "b"]}
-    path = save_checkpoint(tmp_path / "ckpt" / "last.pt", state)
-    loaded = load_checkpoint(path)
-    assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["epoch"] == 4
-    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary left behind
-
-    class Boom:  # an object whose unpickling would run code
-        def __reduce__(self):
-            return (exec, ("raise SystemExit('code ran')",))
-
-    bad = tmp_path / "evil.pt"
-    bad.write_bytes(pickle.dumps({"x": Boom()}, protocol=2))
-    with pytest.raises(pickle.UnpicklingError):
-        load_checkpoint(bad)
-
-    class Unsaveable:
-        def __reduce__(self):
-            raise RuntimeError("cannot pickle")
-
-    with pytest.raises(RuntimeError, match="cannot pickle"):
-        save_checkpoint(path, {"x": Unsaveable()})
-    assert torch.equal(load_checkpoint(path)["model"]["w"], state["model"]["w"])  # old file intact
-    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
