@@ -1,12 +1,32 @@
-"""Inputs and baselines shared by the benchmark suites and the ratio-table scripts."""
+"""What the benchmark suites and the ratio-table scripts share: the timing helper and the table
+scripts' timing options, and the inputs and baselines of each op."""
 from __future__ import annotations
 
+import argparse
 import functools
 import platform
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.benchmark import Timer
+
+
+def median_ms(fn, min_run_time: float, threads: int) -> float:
+    """Median time of fn() in milliseconds (torch.utils.benchmark's blocked_autorange for at least
+    min_run_time seconds at `threads` CPU threads), after one untimed call: a warm-up that also
+    pays CUDA's lazy initialisation."""
+    fn()
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=threads)
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser, threads_help: str = "CPU threads for every contender"):
+    """The options every ratio table takes: --device, --threads and --min-run-time."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help=threads_help)
+    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
+
 
 #: (N, H) of the PGM benchmarks: 56^2 maps (a 224^2 input) at three batch sizes, and 224^2 maps.
 PGM_CONFIGS = [(8, 56), (32, 56), (256, 56), (8, 224)]

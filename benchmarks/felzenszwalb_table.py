@@ -26,11 +26,10 @@ import warnings
 
 import numpy as np
 import torch
-from torch.utils.benchmark import Timer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import add_timing_arguments, machine, median_ms  # noqa: E402
 from walnet import ops  # noqa: E402
 
 #: (N, size) of the table; the pytest-benchmark suite uses the first.
@@ -103,20 +102,12 @@ def walnet_backends(device: str) -> list[str]:
     return ["exact", "parallel"] if device == "cpu" else ["auto", "parallel"]
 
 
-def _ms(fn, min_run_time: float, threads: int) -> float:
-    fn()  # warm-up (and CUDA lazy init)
-    timer = Timer("fn()", globals={"fn": fn}, num_threads=threads)
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads of the first rows (default 1)")
+    add_timing_arguments(parser, threads_help="CPU threads of the first rows (default 1)")
     parser.add_argument("--all-threads", type=int, default=os.cpu_count() or 1,
                         help="CPU threads of the second rows (default: all cores)")
     parser.add_argument("--no-all-threads", action="store_true", help="only measure at --threads")
-    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device here")
@@ -138,13 +129,13 @@ def main() -> None:
         u, x = fz_inputs(n, size, args.device)
         run = dict(min_run_time=args.min_run_time)
         torch.set_num_threads(args.threads)
-        sk = _ms(lambda: skimage_per_image(u), threads=args.threads, **run)
+        sk = median_ms(lambda: skimage_per_image(u), threads=args.threads, **run)
         _, rounds = ops.felzenszwalb(x, scale, sigma, min_size, backend="parallel", return_rounds=True)
         mean_rounds = rounds.double().mean(0).tolist()
         for threads in thread_counts:
             torch.set_num_threads(threads)
             ms = [
-                _ms(lambda b=b: ops.felzenszwalb(x, scale, sigma, min_size, backend=b), threads=threads, **run)
+                median_ms(lambda b=b: ops.felzenszwalb(x, scale, sigma, min_size, backend=b), threads=threads, **run)
                 for b in backends
             ]
             cells = " | ".join(f"{m:.3f}" for m in ms)

@@ -8,25 +8,23 @@ import os
 import sys
 
 import torch
-from torch.utils.benchmark import Timer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import PGM_CONFIGS, machine, paper_pseudo_mask, pgm_inputs  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    PGM_CONFIGS,
+    add_timing_arguments,
+    machine,
+    median_ms,
+    paper_pseudo_mask,
+    pgm_inputs,
+)
 from walnet import ops  # noqa: E402
-
-
-def _ms(fn, min_run_time: float, threads: int) -> float:
-    fn()  # warm-up (and CUDA lazy init)
-    timer = Timer("fn()", globals={"fn": fn}, num_threads=threads)
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for every contender")
-    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
+    add_timing_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"pseudo_mask on {args.device}: {machine(args.device)}")
@@ -36,9 +34,9 @@ def main() -> None:
     for n, size in PGM_CONFIGS:
         a1, a2, a3, lab = pgm_inputs(n, size, args.device)
         run = dict(min_run_time=args.min_run_time, threads=args.threads)
-        kernel = _ms(lambda: ops.pseudo_mask(a1, a2, a3, lab, backend="kernel"), **run)
-        ref = _ms(lambda: ops.pseudo_mask(a1, a2, a3, lab, backend="reference"), **run)
-        paper = _ms(lambda: paper_pseudo_mask(a1, a2, a3, lab), **run)
+        kernel = median_ms(lambda: ops.pseudo_mask(a1, a2, a3, lab, backend="kernel"), **run)
+        ref = median_ms(lambda: ops.pseudo_mask(a1, a2, a3, lab, backend="reference"), **run)
+        paper = median_ms(lambda: paper_pseudo_mask(a1, a2, a3, lab), **run)
         print(f"| {n} x {size}² | {kernel:.3f} | {ref:.3f} | {paper:.1f} | {ref / kernel:.1f}× | {paper / kernel:.0f}× |")
 
 

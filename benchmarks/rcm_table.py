@@ -13,25 +13,20 @@ import os
 import sys
 
 import torch
-from torch.utils.benchmark import Timer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import (  # noqa: E402
     RCM_BATCHES,
     RCM_LEVELS,
+    add_timing_arguments,
     authors_rcm,
     machine,
+    median_ms,
     rcm_inputs,
     roi_align_rois,
 )
 from walnet import ops  # noqa: E402
-
-
-def _ms(fn, min_run_time: float, threads: int) -> float:
-    fn()  # warm-up (and CUDA lazy init)
-    timer = Timer("fn()", globals={"fn": fn}, num_threads=threads)
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 def contenders(seg_logits, levels):
@@ -80,9 +75,9 @@ def per_level(n: int, device: str, min_run_time: float, threads: int) -> None:
         h, w = f.shape[-2:]
         boxes = ops.mask_boxes(prob, (h, w))
         grad = torch.randn_like(f)
-        fwd = _ms(lambda: ops.crop_resize(f, boxes), min_run_time, threads)
-        bwd = _ms(lambda: torch.ops.walnet.crop_resize_backward(grad, boxes, h, w, False), min_run_time, threads)
-        copy = _ms(f.clone, min_run_time, threads)
+        fwd = median_ms(lambda: ops.crop_resize(f, boxes), min_run_time, threads)
+        bwd = median_ms(lambda: torch.ops.walnet.crop_resize_backward(grad, boxes, h, w, False), min_run_time, threads)
+        copy = median_ms(f.clone, min_run_time, threads)
         print(f"| {f.shape[1]}x{h}² | {fwd:.3f} | {bwd:.3f} | {copy:.3f} |")
         totals = [t + v for t, v in zip(totals, (fwd, bwd, copy))]
     print("| all four | " + " | ".join(f"{t:.3f}" for t in totals) + " |")
@@ -90,9 +85,7 @@ def per_level(n: int, device: str, min_run_time: float, threads: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for every contender")
-    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
+    add_timing_arguments(parser)
     parser.add_argument(
         "--no-value-checks", action="store_true", help="run walnet without its NaN check (sync-free on CUDA)"
     )
@@ -113,9 +106,9 @@ def main() -> None:
         fns = contenders(seg, levels)
         for label in ("forward", "forward+backward"):
             if label == "forward":
-                ms = {name: _ms(lambda fn=fn: fn(levels), **run) for name, fn in fns.items()}
+                ms = {name: median_ms(lambda fn=fn: fn(levels), **run) for name, fn in fns.items()}
             else:
-                ms = {name: _ms(forward_backward(fn, levels), **run) for name, fn in fns.items()}
+                ms = {name: median_ms(forward_backward(fn, levels), **run) for name, fn in fns.items()}
             w, a, r = ms["walnet"], ms["authors"], ms["roi_align"]
             print(f"| {n} | {label} | {w:.3f} | {a:.3f} | {r:.3f} | {a / w:.1f}× | {r / w:.1f}× |")
     if args.per_level:
