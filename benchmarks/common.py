@@ -1,5 +1,5 @@
 """What the benchmark suites and the ratio-table scripts share: the timing helper and the table
-scripts' timing options, and the inputs and baselines of each op."""
+scripts' timing options, the devices, and the inputs and baselines of each op."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.benchmark import Timer
+
+#: Devices of the pytest-benchmark suites: the CPU, and CUDA where a GPU is present.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def synced(fn, device: str):
+    """fn as one benchmark round: a closure returning fn()'s result once the device's queued work
+    is done, so a round times the work, not only its launch."""
+
+    def run():
+        out = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return run
 
 
 def median_ms(fn, min_run_time: float, threads: int) -> float:

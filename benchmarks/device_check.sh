@@ -35,10 +35,9 @@ for tool in memcheck racecheck synccheck initcheck; do
 done
 
 echo "== benchmarks"
-"$PY" benchmarks/pgm_table.py --device cuda
-"$PY" benchmarks/pgm_table.py --device cpu
-"$PY" benchmarks/rcm_table.py --device cuda
-"$PY" benchmarks/rcm_table.py --device cpu
-"$PY" benchmarks/felzenszwalb_table.py --device cuda
-"$PY" benchmarks/felzenszwalb_table.py --device cpu
+for table in pgm_table rcm_table felzenszwalb_table; do
+  for device in cuda cpu; do  # the CPU row beside the GPU's, for comparison
+    "$PY" "benchmarks/$table.py" --device "$device"
+  done
+done
 "$PY" benchmarks/step_table.py --device cuda

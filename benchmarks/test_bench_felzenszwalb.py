@@ -7,18 +7,12 @@ from unittest import mock
 
 import numpy as np
 import pytest
-import torch
 
+from benchmarks.common import DEVICES, synced
 from benchmarks.felzenszwalb_table import FZ_CONFIGS, FZ_PARAMS, fz_inputs, skimage_per_image
 from walnet import ops
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 N, SIZE = FZ_CONFIGS[0]
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -31,14 +25,11 @@ def test_felzenszwalb(benchmark, device, impl):
     u, x = fz_inputs(N, SIZE, device)
     benchmark.group = f"felzenszwalb N={N} {SIZE}x{SIZE}"
 
-    def run():
-        if impl == "skimage":
-            return skimage_per_image(u)
-        out = ops.felzenszwalb(x, *FZ_PARAMS, backend=impl)
-        _sync(device)
-        return out
-
-    out = benchmark(run)
+    if impl == "skimage":
+        fn = lambda: skimage_per_image(u)  # noqa: E731
+    else:
+        fn = lambda: ops.felzenszwalb(x, *FZ_PARAMS, backend=impl)  # noqa: E731
+    out = benchmark(synced(fn, device))
     assert len(out) == N and tuple(out[0].shape) == (SIZE, SIZE)
 
 

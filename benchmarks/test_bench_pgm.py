@@ -3,17 +3,10 @@ reference ops and the authors' per-sample path on the same inputs."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-from benchmarks.common import PGM_CONFIGS, paper_pseudo_mask, pgm_inputs
+from benchmarks.common import DEVICES, PGM_CONFIGS, paper_pseudo_mask, pgm_inputs, synced
 from walnet import ops
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -24,13 +17,9 @@ def test_pseudo_mask(benchmark, device, impl, config):
     a1, a2, a3, lab = pgm_inputs(n, size, device)
     benchmark.group = f"pseudo_mask {device} N={n} {size}x{size}"
 
-    def run():
-        if impl == "paper":
-            out = paper_pseudo_mask(a1, a2, a3, lab)
-        else:
-            out = ops.pseudo_mask(a1, a2, a3, lab, backend=impl)
-        _sync(device)
-        return out
-
-    out = benchmark(run)
+    if impl == "paper":
+        fn = lambda: paper_pseudo_mask(a1, a2, a3, lab)  # noqa: E731
+    else:
+        fn = lambda: ops.pseudo_mask(a1, a2, a3, lab, backend=impl)  # noqa: E731
+    out = benchmark(synced(fn, device))
     assert out.shape == (n, size, size)

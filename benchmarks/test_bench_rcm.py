@@ -6,17 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.common import RCM_BATCHES, authors_rcm, rcm_inputs
+from benchmarks.common import DEVICES, RCM_BATCHES, authors_rcm, rcm_inputs, synced
 from benchmarks.rcm_table import contenders, forward_backward
 from walnet import ops
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 N = RCM_BATCHES[0]
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -27,13 +21,7 @@ def test_roi_crop(benchmark, device, impl, pass_):
     fn = contenders(seg, levels)[impl]
     benchmark.group = f"roi_crop {device} N={N} {pass_}"
     step = (lambda: fn(levels)) if pass_ == "forward" else forward_backward(fn, levels)
-
-    def run():
-        out = step()
-        _sync(device)
-        return out
-
-    out = benchmark(run)
+    out = benchmark(synced(step, device))
     assert [tuple(o.shape) for o in out] == [tuple(f.shape) for f in levels]
 
 
