@@ -26,7 +26,8 @@ def option(default=MISSING, doc: str = ""):
     return field(default=default, metadata={"doc": doc})
 
 
-def _option_name(name: str) -> str:
+def flag_of(name: str) -> str:
+    """The command-line option of a field (``batch_size`` -> ``--batch-size``), as messages name it."""
     return "--" + name.replace("_", "-")
 
 
@@ -111,7 +112,7 @@ def _check_at_least(config, minimum: int, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
         if value < minimum:
-            raise ValueError(f"{_option_name(name)} must be at least {minimum}, got {value}")
+            raise ValueError(f"{flag_of(name)} must be at least {minimum}, got {value}")
 
 
 def _check_given(config, *names: str) -> None:
