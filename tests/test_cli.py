@@ -50,6 +50,12 @@ def test_train_command_writes_a_run_and_resumes(tmp_path):
     assert done.returncode == 0, done.stderr
     for name in ("args.json", "split.csv", "metrics.csv", "last.pt", "best.pt"):
         assert (run / name).is_file(), name
+    # args.json is the run's config: the command line's options, every other one at its default
+    from walnet.engine.config import TrainConfig
+
+    config = TrainConfig(csv=data / "labels.csv", output=run, backbone="resnet18", attention_channels=8, size=48,
+                         batch_size=8, rcm_warmup=1, device="cpu", epochs=2)
+    assert json.loads((run / "args.json").read_text()) == config.to_dict()
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["0", "1"]

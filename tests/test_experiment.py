@@ -6,14 +6,16 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from walnet.cli import build_parser
-from walnet.engine.experiment import (PAPER_METRICS, TABLES, aggregate, flags_from_namespace, run_experiment,
-                                      to_markdown, write_csv)
+from walnet import cli
+from walnet.engine import experiment
+from walnet.engine.config import EvalConfig, TrainConfig
+from walnet.engine.experiment import PAPER_METRICS, TABLES, aggregate, run_experiment, to_markdown, write_csv
 from walnet.models import model_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,32 +97,30 @@ def test_presets_follow_the_paper():
     assert [name for _, name in PAPER_METRICS] == ["Accuracy", "F1-score", "Kappa", "Precision", "Recall"]
 
 
-def test_cli_passes_train_flags_through():
-    args = build_parser().parse_args(["experiment", "--table", "table2", "--csv", "x.csv", "--output", "o",
-                                      "--epochs", "3", "-b", "4", "--pretrained", "--device", "cpu"])
-    assert args.seeds == "0,1,2,3,4"
-    train = build_parser().parse_args(["train", "--csv", "x.csv", "--output", "o",
-                                       *flags_from_namespace(args, args.train_actions)])
-    defaults = build_parser().parse_args(["train", "--csv", "x.csv", "--output", "o"])
-    assert (train.epochs, train.batch_size, train.pretrained, train.device) == (3, 4, True, "cpu")
-    for key in ("lr", "size", "backbone", "rcm_warmup", "attention_channels", "workers"):
-        assert getattr(train, key) == getattr(defaults, key), key
-    evaluate = build_parser().parse_args(["evaluate", "--checkpoint", "c", "--csv", "x.csv",
-                                          *flags_from_namespace(args, args.eval_actions)])
-    assert evaluate.device == "cpu"
+def test_cli_builds_the_templates_from_the_train_and_evaluate_options(monkeypatch):
+    calls = []
+    monkeypatch.setattr(experiment, "run_experiment", lambda *a, **kw: calls.append((a, kw)))
+    assert cli.main(["experiment", "--table", "table2", "--csv", "x.csv", "--output", "o", "--epochs", "3", "-b", "4",
+                     "--pretrained", "--device", "cpu", "--no-figures"]) == 0
+    (configs, output), kw = calls[0]
+    assert configs == TABLES["table2"].rows and output == "o" and kw["seeds"] == [0, 1, 2, 3, 4]
+    # the given options, every other one at the train / evaluate default
+    assert kw["train"] == TrainConfig(csv="x.csv", output="o", epochs=3, batch_size=4, pretrained=True, device="cpu")
+    assert kw["evaluate"] == EvalConfig(checkpoint="best.pt", csv="x.csv", device="cpu", no_figures=True)
     with pytest.raises(SystemExit):  # the experiment sets the model itself
-        build_parser().parse_args(["experiment", "--table", "table1", "--csv", "x", "--output", "o", "--model", "m"])
+        cli.build_parser().parse_args(["experiment", "--table", "table1", "--csv", "x", "--output", "o",
+                                       "--model", "m"])
 
 
 def test_run_experiment_rejects_unknown_models(tmp_path):
     with pytest.raises(ValueError, match="unknown model"):
-        run_experiment(["walnet", "nonet"], tmp_path, seeds=[0], csv_path="x.csv")
+        run_experiment(["walnet", "nonet"], tmp_path, seeds=[0], train=TrainConfig(csv="x.csv", output=tmp_path))
 
 
 def test_run_experiment_refuses_torchrun(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="torchrun"):
-        run_experiment(["walnet"], tmp_path, seeds=[0], csv_path="x.csv")
+        run_experiment(["walnet"], tmp_path, seeds=[0], train=TrainConfig(csv="x.csv", output=tmp_path))
 
 
 def test_experiment_end_to_end_reuses_and_resumes(tmp_path, capsys):
@@ -130,13 +130,13 @@ def test_experiment_end_to_end_reuses_and_resumes(tmp_path, capsys):
     out = tmp_path / "exp"
     flags = ["--epochs", "1", "--backbone", "resnet18", "--attention-channels", "8", "--size", "48", "-b", "8",
              "--rcm-warmup", "0", "--device", "cpu"]
-    eval_flags = []
-    if any("--no-figures" in a.option_strings for a in build_parser().parse_args(
-            ["experiment", "--models", "walnet", "--csv", "x", "--output", "o"]).eval_actions):
-        eval_flags = ["--no-figures"]  # figures are not what this test checks
+    # the same settings as templates for the Python API; figures are not what this test checks
+    train = TrainConfig(csv=csv_path, output=out, epochs=1, backbone="resnet18", attention_channels=8, size=48,
+                        batch_size=8, rcm_warmup=0, device="cpu")
+    evaluate = EvalConfig(checkpoint="best.pt", csv=csv_path, device="cpu", no_figures=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, "-m", "walnet", "experiment", "--models", "walnet_no_pgm,walnet_no_rcm",
-                           "--seeds", "0,1", "--csv", str(csv_path), "--output", str(out), *flags, *eval_flags],
+                           "--seeds", "0,1", "--csv", str(csv_path), "--output", str(out), *flags, "--no-figures"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "| Method | Accuracy ↑" in done.stdout and "walnet_no_rcm" in done.stdout
@@ -157,8 +157,7 @@ def test_experiment_end_to_end_reuses_and_resumes(tmp_path, capsys):
     (runs[-1] / "metrics.json").unlink()
     last_mtime = (runs[-1] / "last.pt").stat().st_mtime_ns
     capsys.readouterr()
-    rows = run_experiment(["walnet_no_pgm", "walnet_no_rcm"], out, seeds=[0, 1], csv_path=str(csv_path),
-                          train_flags=flags, eval_flags=eval_flags)
+    rows = run_experiment(["walnet_no_pgm", "walnet_no_rcm"], out, seeds=[0, 1], train=train, evaluate=evaluate)
     log = capsys.readouterr().out
     assert log.count("reusing finished run") == 3 and log.count("resuming interrupted run") == 1
     assert "training into" not in log and "warning" not in log
@@ -173,6 +172,5 @@ def test_experiment_end_to_end_reuses_and_resumes(tmp_path, capsys):
 
     # reusing a run trained with other settings says so
     capsys.readouterr()
-    run_experiment(["walnet_no_pgm"], out, seeds=[0], csv_path=str(csv_path),
-                   train_flags=[*flags[:1], "2", *flags[2:]], eval_flags=eval_flags)
+    run_experiment(["walnet_no_pgm"], out, seeds=[0], train=replace(train, epochs=2), evaluate=evaluate)
     assert "epochs 1 != 2" in capsys.readouterr().out

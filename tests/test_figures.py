@@ -2,7 +2,6 @@
 collects for them, and `evaluate_run` writing them."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -13,6 +12,7 @@ from PIL import Image
 from walnet.data import PlaqueDataset, phantom, read_csv
 from walnet.engine import figures
 from walnet.engine.checkpoint import save_checkpoint
+from walnet.engine.config import EvalConfig, TrainConfig
 from walnet.engine.loops import EvalOutputs, evaluate
 from walnet.engine.metrics import roc_auc, roc_curve
 from walnet.models import PseudoMaskGenerator, create_model
@@ -112,10 +112,10 @@ def _tiny_run(tmp_path, n=12):
     csv_path = phantom.generate(tmp_path / "ph", n=n, seed=0, size=48)
     torch.manual_seed(0)
     model = create_model("walnet", num_classes=3, backbone="resnet18", attention_channels=8, rcm_warmup_epochs=1)
-    args = dict(model="walnet", backbone="resnet18", size=48, attention_channels=8, rcm_warmup=1, roi_method=None,
-                no_rcm=False, no_pgm=False, seed=0)
+    args = TrainConfig(csv=csv_path, output=tmp_path / "run", backbone="resnet18", size=48, attention_channels=8,
+                       rcm_warmup=1)
     ckpt = save_checkpoint(tmp_path / "run" / "best.pt",
-                           {"model": model.state_dict(), "args": args, "classes": CLASSES, "epoch": 0})
+                           {"model": model.state_dict(), "args": args.to_dict(), "classes": CLASSES, "epoch": 0})
     return csv_path, model, ckpt
 
 
@@ -154,9 +154,9 @@ def test_evaluate_run_writes_figures(tmp_path, no_figures):
 
     csv_path, _, ckpt = _tiny_run(tmp_path)
     out = tmp_path / "scores"
-    args = argparse.Namespace(checkpoint=str(ckpt), data_dir=None, csv=str(csv_path), split="train", output=str(out),
-                              batch_size=4, workers=0, device="cpu", skip_bad=False, no_figures=no_figures)
-    result = evaluate_run(args)
+    config = EvalConfig(checkpoint=ckpt, csv=csv_path, split="train", output=out, batch_size=4, device="cpu",
+                        no_figures=no_figures)
+    result = evaluate_run(config)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == result and saved["images"] > 0
     pngs = sorted(p.name for p in out.glob("*.png"))

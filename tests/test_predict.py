@@ -16,6 +16,7 @@ from PIL import Image
 
 from walnet.data import PlaqueDataset, Record, phantom
 from walnet.engine.checkpoint import save_checkpoint
+from walnet.engine.config import PredictConfig, TrainConfig
 from walnet.engine.predict import collect_images, predict
 from walnet.models import create_model
 
@@ -34,9 +35,9 @@ def _checkpoint(path: Path, model_name="walnet") -> tuple[Path, torch.nn.Module]
     with torch.no_grad():
         for head in model.heads:
             head.weight.normal_(0, 0.5)
-    args = dict(model=model_name, backbone="resnet18", size=48, attention_channels=8, rcm_warmup=1, roi_method=None,
-                no_rcm=False, no_pgm=False, seed=0, epochs=1, batch_size=8)
-    save_checkpoint(path, {"model": model.state_dict(), "args": args, "classes": CLASSES, "epoch": 0})
+    args = TrainConfig(csv="labels.csv", output=path.parent, model=model_name, backbone="resnet18", size=48,
+                       attention_channels=8, rcm_warmup=1, epochs=1, batch_size=8)
+    save_checkpoint(path, {"model": model.state_dict(), "args": args.to_dict(), "classes": CLASSES, "epoch": 0})
     return path, model.eval()
 
 
@@ -79,6 +80,21 @@ def test_predict_function(setup, tmp_path):
             assert mask.size == src.size and mask.mode == "L"
             assert set(np.unique(np.asarray(mask))) <= {0, 255}
     assert Path(rows[6]["mask"]).name == "wide.png"
+
+
+def test_predict_takes_a_config_or_keywords(setup, tmp_path):
+    root, ckpt, _ = setup
+    images = root / "ph" / "images"
+    by_keywords = predict(ckpt, [images], tmp_path / "a.csv", batch_size=4, device="cpu")
+    config = PredictConfig(checkpoint=ckpt, inputs=[images], output=tmp_path / "b.csv", batch_size=4, device="cpu")
+    by_config = predict(config)
+    assert by_config == {**by_keywords, "output": str(tmp_path / "b.csv")}
+    assert [r["prob_hypoechoic"] for r in _read(tmp_path / "a.csv")] == [r["prob_hypoechoic"]
+                                                                         for r in _read(tmp_path / "b.csv")]
+    with pytest.raises(ValueError, match="either a PredictConfig or"):
+        predict(config, device="cpu")
+    with pytest.raises(TypeError):  # an option predict does not have
+        predict(ckpt, [images], tmp_path / "c.csv", colour=True)
 
 
 def test_predict_refuses_to_overwrite(setup, tmp_path):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from walnet.cli import build_parser
 from walnet.data import phantom
 from walnet.engine import trainer
+from walnet.engine.config import TrainConfig
 from walnet.engine.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,9 +28,17 @@ def data(tmp_path_factory):
     return phantom.generate(tmp_path_factory.mktemp("ph") / "data", n=40, seed=2, size=48)
 
 
+#: A run small enough for a CPU test, as config fields (and, below, as command-line flags).
+SMALL = dict(backbone="resnet18", attention_channels=8, size=48, batch_size=8, rcm_warmup=1, device="cpu")
+
+
 def _train_args(data, run, *extra):
-    return ["train", "--csv", str(data), "--output", str(run), "--backbone", "resnet18", "--attention-channels", "8",
-            "--size", "48", "-b", "8", "--rcm-warmup", "1", "--device", "cpu", *extra]
+    flags = [item for k, v in SMALL.items() for item in ("--" + k.replace("_", "-"), str(v))]
+    return ["train", "--csv", str(data), "--output", str(run), *flags, *extra]
+
+
+def _config(data, run, **values):
+    return TrainConfig(csv=data, output=run, **{**SMALL, **values})
 
 
 def _rows(run):
@@ -84,8 +92,7 @@ def test_ddp_two_cpu_processes_on_gloo(data, tmp_path):
 
 
 def test_amp_on_cpu_trains_in_bfloat16(data, tmp_path):
-    args = build_parser().parse_args(_train_args(data, tmp_path / "amp", "--epochs", "1", "--amp"))
-    row = train(args)
+    row = train(_config(data, tmp_path / "amp", epochs=1, amp=True))
     assert all(math.isfinite(row[k]) for k in ("loss", "cls_loss", "seg_loss"))
     state = torch.load(tmp_path / "amp" / "last.pt", weights_only=True)
     assert "scaler" in state and state["args"]["amp"] is True
@@ -93,23 +100,20 @@ def test_amp_on_cpu_trains_in_bfloat16(data, tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_amp_on_cuda_uses_float16_and_a_gradient_scaler(data, tmp_path):
-    args = build_parser().parse_args(_train_args(data, tmp_path / "amp", "--epochs", "1", "--amp") + ["--device", "cuda"])
-    row = train(args)
+    row = train(_config(data, tmp_path / "amp", epochs=1, amp=True, device="cuda"))
     assert all(math.isfinite(row[k]) for k in ("loss", "cls_loss", "seg_loss"))
     state = torch.load(tmp_path / "amp" / "last.pt", weights_only=True)
     assert state["scaler"] and state["scaler"]["scale"] > 0
 
 
 def test_sync_bn_needs_cuda(data, tmp_path):
-    args = build_parser().parse_args(_train_args(data, tmp_path / "sbn", "--epochs", "1", "--sync-bn"))
     with pytest.raises(ValueError, match="--sync-bn"):
-        train(args)
+        train(_config(data, tmp_path / "sbn", epochs=1, sync_bn=True))
 
 
 def test_diverged_training_stops_with_a_clear_error(data, tmp_path, monkeypatch):
-    args = build_parser().parse_args(_train_args(data, tmp_path / "nan", "--epochs", "3", "--lr", "1e30"))
     with pytest.raises(FloatingPointError, match="loss of epoch 0 is nan; no checkpoint was written"):
-        train(args)
+        train(_config(data, tmp_path / "nan", epochs=3, lr=1e30))
     assert not (tmp_path / "nan" / "last.pt").exists()
 
     # a loss that turns NaN in epoch 1: epoch 0's checkpoint and metrics row stay, nothing of epoch 1 is saved
@@ -122,6 +126,6 @@ def test_diverged_training_stops_with_a_clear_error(data, tmp_path, monkeypatch)
     monkeypatch.setattr(trainer, "train_one_epoch", nan_from_epoch_1)
     run = tmp_path / "late"
     with pytest.raises(FloatingPointError, match="epoch 1 .*last.pt keeps epoch 0"):
-        train(build_parser().parse_args(_train_args(data, run, "--epochs", "3")))
+        train(_config(data, run, epochs=3))
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 0
     assert [r["epoch"] for r in _rows(run)] == ["0"]

@@ -1,13 +1,21 @@
 """The ``walnet`` command line (``walnet <command> ...`` or ``python -m walnet <command> ...``).
 
-Commands so far: ``phantom`` (write the embedded synthetic dataset), ``train``, ``evaluate``
-(metrics and figures), ``predict`` and ``experiment`` (seeds x models -> the paper's tables).
+Commands: ``phantom`` (write the embedded synthetic dataset), ``train``, ``evaluate`` (metrics
+and figures), ``predict``, ``experiment`` (seeds x models -> the paper's tables) and ``demo``.
+
+This is the one module that knows argparse: the options of train, evaluate, predict and demo
+are the fields of their configs (:mod:`walnet.engine.config`, which holds the defaults and
+help texts); each command builds its config from the parsed options and hands it to the engine.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
+import typing
+from dataclasses import MISSING, fields
+
+from walnet.engine.config import SPLITS, DemoConfig, EvalConfig, PredictConfig, TrainConfig, field_kind, flag_of
+from walnet.engine.experiment import DEFAULT_SEEDS, TABLES
 
 
 def _phantom(args: argparse.Namespace) -> int:
@@ -18,49 +26,71 @@ def _phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Flags other than :func:`~walnet.engine.config.flag_of`'s ``--<field-name>``.
+_FLAGS = {"batch_size": ("-b", "--batch-size"), "workers": ("-j", "--workers"), "masks_dir": ("--masks",)}
+#: argparse settings that the fields' types do not imply.
+_EXTRA = {"split": {"choices": SPLITS}, "masks_dir": {"metavar": "DIR"}, "inputs": {"metavar": "INPUT"}}
+
+
+def _add_option(parser, config: type, name: str) -> None:
+    """Adds the option of `config`'s field `name`: its flags (``--<name>`` or :data:`_FLAGS`),
+    type, default and help from the field. A field without a default is a required option; a
+    tuple of paths takes the positional arguments."""
+    f = next(f for f in fields(config) if f.name == name)
+    kind = field_kind(config, name)
+    kw = dict(_EXTRA.get(name, {}), help=f.metadata["doc"])
+    if typing.get_origin(kind) is tuple:
+        parser.add_argument(name, nargs="+", **kw)
+        return
+    if kind is bool:
+        kw["action"] = "store_true"  # every flag-like field defaults to False
+    elif kind in (int, float):
+        kw["type"] = kind
+    if f.default is MISSING:
+        kw["required"] = True
+    else:
+        kw["default"] = f.default
+    parser.add_argument(*_FLAGS.get(name, (flag_of(name),)), dest=name, **kw)
+
+
+def _add_options(parser, config: type, skip=()) -> None:
+    """One option per field of `config` but those in `skip`, in field order; ``data_dir`` and
+    ``csv`` as a required pair of which exactly one is given."""
+    data = None
+    for f in fields(config):
+        if f.name in skip:
+            continue
+        if f.name in ("data_dir", "csv"):
+            data = data or parser.add_mutually_exclusive_group(required=True)
+            _add_option(data, config, f.name)
+        else:
+            _add_option(parser, config, f.name)
+
+
+def _config(config: type, args: argparse.Namespace, skip=(), **values):
+    """`config` built from `values` and the parsed options named after its other fields (but
+    those in `skip`, which keep their defaults)."""
+    names = [f.name for f in fields(config) if f.name not in skip and f.name not in values]
+    return config(**{name: getattr(args, name) for name in names}, **values)
+
+
 def _train(args: argparse.Namespace) -> int:
     from walnet.engine.trainer import train
 
-    train(args)
+    train(_config(TrainConfig, args))
     return 0
 
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model (WAL-Net by default) on an ImageFolder tree or a CSV file")
-    data = p.add_mutually_exclusive_group(required=True)
-    data.add_argument("--data-dir", help="ImageFolder root: <dir>/<class>/<image>")
-    data.add_argument("--csv", help="CSV: path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]")
-    p.add_argument("--output", required=True, help="run folder (args, split, metrics.csv, last.pt, best.pt)")
-    p.add_argument("--model", default="walnet", help="walnet, walnet_no_rcm, walnet_no_pgm, walnet_<roi method>, "
-                   "or a baseline (resnest, convnextv2, dpn, repvit, sequencer, rexnet, res2net)")
-    p.add_argument("--backbone", default="resnest50d", help="timm backbone of WAL-Net")
-    p.add_argument("--pretrained", action="store_true", help="load pretrained backbone weights (downloads)")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("-b", "--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=224, help="input side in pixels")
-    p.add_argument("--amp", action="store_true", help="mixed precision: float16 + gradient scaler on CUDA, "
-                   "bfloat16 on CPU")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA only)")
-    p.add_argument("-j", "--workers", type=int, default=0, help="data loader processes")
-    p.add_argument("--resume", help="checkpoint (last.pt) to continue from")
-    p.add_argument("--roi-method", help="RCM method (default dilated_crop)")
-    p.add_argument("--no-rcm", action="store_true")
-    p.add_argument("--no-pgm", action="store_true")
-    p.add_argument("--rcm-warmup", type=int, default=20, help="epochs with the RCM off at the start")
-    p.add_argument("--attention-channels", type=int, default=2048, help="inner channels of the attention gates")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
+    _add_options(p, TrainConfig)
     p.set_defaults(run=_train)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from walnet.engine.trainer import evaluate_run
 
-    r = evaluate_run(args)
+    r = evaluate_run(_config(EvalConfig, args))
     extra = "".join(f", {k} {r[k]:.3f}" for k in ("seg_iou", "pseudo_iou") if k in r)
     print(f"{r['split']} ({r['images']} images): accuracy {r['accuracy']:.3f}, macro F1 {r['macro_f1']:.3f}, "
           f"kappa {r['kappa']:.3f}, micro AUC {r['auc_micro']:.3f}{extra}")
@@ -69,26 +99,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score a checkpoint on a split: metrics.json (accuracy, F1, kappa, AUC, IoU)")
-    p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a run (its folder holds split.csv)")
-    data = p.add_mutually_exclusive_group(required=True)
-    data.add_argument("--data-dir")
-    data.add_argument("--csv")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--output", help="folder for metrics.json (default: the checkpoint's folder)")
-    p.add_argument("-b", "--batch-size", type=int, default=16)
-    p.add_argument("-j", "--workers", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--skip-bad", action="store_true")
-    p.add_argument("--no-figures", action="store_true",
-                   help="skip roc.png, confusion.png and segmentation.png (metrics.json only)")
+    _add_options(p, EvalConfig)
     p.set_defaults(run=_evaluate)
 
 
 def _predict(args: argparse.Namespace) -> int:
     from walnet.engine.predict import predict
 
-    r = predict(args.checkpoint, args.inputs, args.output, masks_dir=args.masks, batch_size=args.batch_size,
-                device=args.device, workers=args.workers, overwrite=args.overwrite)
+    r = predict(_config(PredictConfig, args))
     counts = ", ".join(f"{c} {n}" for c, n in r["counts"].items())
     masks = f"; masks in {r['masks']}" if r["masks"] else ""
     print(f"predicted {r['images']} image(s) ({counts}): {r['output']}{masks}")
@@ -97,33 +115,19 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="class probabilities of images or folders -> CSV (and optional mask PNGs)")
-    p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a run")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (scanned recursively)")
-    p.add_argument("--output", required=True, help="CSV: path,predicted,prob_<class>... (never overwritten "
-                   "without --overwrite)")
-    p.add_argument("--masks", metavar="DIR", help="also write each image's predicted plaque mask (0/255 PNG, "
-                   "original size) here; needs a model with a segmentation head")
-    p.add_argument("-b", "--batch-size", type=int, default=16)
-    p.add_argument("-j", "--workers", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing CSV / mask files")
+    _add_options(p, PredictConfig)
     p.set_defaults(run=_predict)
 
 
-#: Flags that ``walnet experiment`` sets itself per run instead of passing them through.
-_EXPERIMENT_OWN_TRAIN = {"help", "data_dir", "csv", "output", "model", "seed", "resume",
-                         "roi_method", "no_rcm", "no_pgm"}
-_EXPERIMENT_OWN_EVAL = {"help", "checkpoint", "data_dir", "csv", "split", "output", "batch_size"}
-
-
-def _passthrough(sub, command: str, own: set) -> list:
-    # the train/evaluate parsers' own actions (private _actions, as argparse's parents= uses them),
-    # so flags added to those commands later are passed through with their names and defaults
-    return [a for a in sub.choices[command]._actions if a.dest not in own]
+#: Train fields ``walnet experiment`` does not offer: it sets them per run, or (the ROI method
+#: and the ablations) the model name implies them.
+_EXPERIMENT_SETS_TRAIN = {"output", "model", "seed", "resume", "roi_method", "no_rcm", "no_pgm"}
+#: Evaluate fields it sets per run; the batch size is train's (-b), so scoring keeps its default.
+_EXPERIMENT_SETS_EVAL = {"checkpoint", "split", "output", "batch_size"}
 
 
 def _experiment(args: argparse.Namespace) -> int:
-    from walnet.engine.experiment import TABLES, flags_from_namespace, run_experiment
+    from walnet.engine.experiment import run_experiment
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -133,9 +137,10 @@ def _experiment(args: argparse.Namespace) -> int:
         configs, name, title = TABLES[args.table].rows, args.table, TABLES[args.table].title
     else:
         configs, name, title = [m.strip() for m in args.models.split(",") if m.strip()], "experiment", None
-    run_experiment(configs, args.output, seeds=seeds, csv_path=args.csv, data_dir=args.data_dir,
-                   train_flags=flags_from_namespace(args, args.train_actions),
-                   eval_flags=flags_from_namespace(args, args.eval_actions), name=name, title=title)
+    # templates: run_experiment sets each run's output, model and seed, and scores its best.pt
+    train = _config(TrainConfig, args, skip=_EXPERIMENT_SETS_TRAIN - {"output"})
+    evaluate = _config(EvalConfig, args, skip=_EXPERIMENT_SETS_EVAL, checkpoint="best.pt")
+    run_experiment(configs, args.output, seeds=seeds, train=train, evaluate=evaluate, name=name, title=title)
     return 0
 
 
@@ -143,46 +148,36 @@ def _add_experiment(sub) -> None:
     p = sub.add_parser("experiment", help="configs x seeds -> train, evaluate, mean (std) tables like the paper's "
                        "Tables 1-3 (<output>/<table>.md and .csv)")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--table", choices=("table1", "table2", "table3"), help="the paper's Table 1 (methods), "
+    which.add_argument("--table", choices=tuple(TABLES), help="the paper's Table 1 (methods), "
                        "2 (RCM/PGM ablation) or 3 (ROI methods)")
     which.add_argument("--models", help="comma-separated model names (as train --model), e.g. walnet,walnet_no_rcm")
-    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (paper: five runs)")
-    data = p.add_mutually_exclusive_group(required=True)
-    data.add_argument("--data-dir", help="ImageFolder root: <dir>/<class>/<image>")
-    data.add_argument("--csv", help="CSV: path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]")
+    p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)),
+                   help="comma-separated seeds (paper: five runs)")
     p.add_argument("--output", required=True, help="experiment folder: runs/<model>/seed<k>/, <table>.csv/.md; "
                    "finished runs are reused, interrupted ones resumed")
-    train_actions = _passthrough(sub, "train", _EXPERIMENT_OWN_TRAIN)
-    known = {a.dest for a in train_actions}
-    eval_actions = _passthrough(sub, "evaluate", _EXPERIMENT_OWN_EVAL)
-    for action in train_actions + [a for a in eval_actions if a.dest not in known]:
-        p._add_action(copy.copy(action))  # a copy: _add_action re-points action.container
-    p.set_defaults(run=_experiment, train_actions=train_actions, eval_actions=eval_actions)
+    _add_options(p, TrainConfig, skip=_EXPERIMENT_SETS_TRAIN)
+    # the options both commands have (data, device, workers, skip_bad) are added once, for both
+    _add_options(p, EvalConfig, skip=_EXPERIMENT_SETS_EVAL | {f.name for f in fields(TrainConfig)})
+    p.set_defaults(run=_experiment)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from walnet.engine.demo import DemoConfig, run_demo, summary
+    from walnet.engine.demo import run_demo, summary
 
-    config = DemoConfig(n=args.n, size=args.size, epochs=args.epochs, backbone=args.backbone, seed=args.seed,
-                        device=args.device)
-    result = run_demo(args.output, config)
+    result = run_demo(args.output, _config(DemoConfig, args, skip=_DEMO_FIXED))
     print(summary(result))
     print(f"report: {args.output}/report.md")
     return 0
 
 
-def _add_demo(sub) -> None:
-    from walnet.engine.demo import DemoConfig  # dataclasses only: cheap to import
+#: The demo's settings that its command line does not offer (its fixed training budget).
+_DEMO_FIXED = {"attention_channels", "batch_size", "lr", "rcm_warmup"}
 
-    d = DemoConfig()
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="phantom -> train WAL-Net -> evaluate -> report.md, in minutes on a CPU")
     p.add_argument("--output", default="demo-output", help="folder for the phantom, the run and report.md")
-    p.add_argument("--n", type=int, default=d.n, help="phantom images")
-    p.add_argument("--size", type=int, default=d.size, help="image side in pixels")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--backbone", default=d.backbone)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device, help="cpu (default), cuda, auto")
+    _add_options(p, DemoConfig, skip=_DEMO_FIXED)
     p.set_defaults(run=_demo)
 
 

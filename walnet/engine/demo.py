@@ -14,30 +14,19 @@ all epochs are done) and re-evaluates, so no earlier result is thrown away.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 
+from walnet.engine.config import DemoConfig, EvalConfig, TrainConfig
 
-@dataclass(frozen=True)
-class DemoConfig:
-    """The demo's data and training budget (defaults: about 3.5 minutes on 2 CPU cores)."""
-
-    n: int = 800
-    size: int = 96
-    epochs: int = 8
-    backbone: str = "resnet18"
-    attention_channels: int = 64
-    batch_size: int = 16
-    lr: float = 1e-3
-    rcm_warmup: int = 4
-    seed: int = 0
-    device: str = "cpu"
+#: The demo's settings that are also train settings, passed on as they are.
+_TRAIN_SETTINGS = ("size", "epochs", "backbone", "attention_channels", "batch_size", "lr", "rcm_warmup", "seed",
+                   "device")
 
 
 def run_demo(output: str | Path, config: DemoConfig = DemoConfig()) -> dict:
     """Runs the demo into ``output``; returns the test metrics (``evaluate_run``'s dict) plus
     ``chance`` (share of the test split's most frequent class) and ``seconds``."""
-    from walnet.cli import build_parser
     from walnet.data import phantom
     from walnet.engine.trainer import evaluate_run, train
 
@@ -46,17 +35,12 @@ def run_demo(output: str | Path, config: DemoConfig = DemoConfig()) -> dict:
     c = config
     csv_path = phantom.generate(output / "phantom", n=c.n, seed=c.seed, size=c.size)
     run = output / "run"
-    argv = ["train", "--csv", str(csv_path), "--output", str(run), "--backbone", c.backbone,
-            "--attention-channels", str(c.attention_channels), "--size", str(c.size), "-b", str(c.batch_size),
-            "--lr", str(c.lr), "--epochs", str(c.epochs), "--rcm-warmup", str(c.rcm_warmup),
-            "--seed", str(c.seed), "--device", c.device]
+    train_config = TrainConfig(csv=csv_path, output=run, **{k: getattr(c, k) for k in _TRAIN_SETTINGS})
     if (run / "last.pt").exists():
         print(f"continuing the demo run in {run}", flush=True)
-        argv += ["--resume", str(run / "last.pt")]
-    parser = build_parser()
-    train(parser.parse_args(argv))
-    result = evaluate_run(parser.parse_args(["evaluate", "--checkpoint", str(run / "best.pt"), "--csv",
-                                             str(csv_path), "--split", "test", "--device", c.device]))
+        train_config = replace(train_config, resume=run / "last.pt")
+    train(train_config)
+    result = evaluate_run(EvalConfig(checkpoint=run / "best.pt", csv=csv_path, split="test", device=c.device))
     counts = [sum(row) for row in result["confusion"]]
     result["chance"] = max(counts) / sum(counts)
     result["seconds"] = time.monotonic() - start
@@ -74,7 +58,7 @@ def report(result: dict, config: DemoConfig, run: Path) -> str:
         "# walnet demo: WAL-Net on the synthetic phantom",
         "",
         f"Trained for {config.epochs} epochs on {config.device} in {result['seconds']:.0f} s (data, training and "
-        "evaluation). Configuration: " + ", ".join(f"{k}={v}" for k, v in asdict(config).items()) + ".",
+        "evaluation). Configuration: " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()) + ".",
         "",
         f"Test split: {result['images']} images, best checkpoint (epoch {result['epoch']}).",
         "",

@@ -12,11 +12,13 @@ import csv
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from walnet.engine.config import EvalConfig, TrainConfig
 
 #: The paper's table columns (Tables 1-3), as (metrics.json key, column header).
 PAPER_METRICS: tuple[tuple[str, str], ...] = (
@@ -59,7 +61,7 @@ TABLES: dict[str, TablePreset] = {
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 
 #: Train settings that may differ between a reused run and the request without changing its result.
-_IGNORED_ARGS = {"output", "resume", "run", "command", "device", "workers"}
+_IGNORED_SETTINGS = {"output", "resume", "device", "workers"}
 
 
 def aggregate(runs: Iterable[Mapping], metrics: Sequence[str] = tuple(k for k, _ in PAPER_METRICS),
@@ -145,32 +147,34 @@ def _write_runs_csv(runs: Sequence[Mapping], path: Path, metrics: Sequence[str])
         writer.writerows(runs)
 
 
-def _differences(requested, run_dir: Path) -> list[str]:
-    """Train settings in ``run_dir/args.json`` that differ from the ``requested`` namespace."""
+def _differences(requested: TrainConfig, run_dir: Path) -> list[str]:
+    """Train settings in ``run_dir/args.json`` that differ from the ``requested`` config."""
     try:
         saved = json.loads((run_dir / "args.json").read_text())
     except (OSError, ValueError):
         return []
-    wanted = json.loads(json.dumps({k: v for k, v in vars(requested).items() if k not in _IGNORED_ARGS}, default=str))
+    wanted = {k: v for k, v in requested.to_dict().items() if k not in _IGNORED_SETTINGS}
     return [f"{k} {saved.get(k)!r} != {v!r}" for k, v in wanted.items() if k in saved and saved[k] != v]
 
 
-def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *, seeds: Sequence[int] = DEFAULT_SEEDS,
-                   csv_path: str | None = None, data_dir: str | None = None, train_flags: Sequence[str] = (),
-                   eval_flags: Sequence[str] = (), name: str = "experiment", title: str | None = None,
+def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *, train: TrainConfig,
+                   evaluate: EvalConfig | None = None, seeds: Sequence[int] = DEFAULT_SEEDS,
+                   name: str = "experiment", title: str | None = None,
                    log: Callable[[str], None] = print) -> list[dict]:
     """Trains every config for every seed, scores its ``best.pt`` on the test split, and writes
     ``output/<name>.csv``, ``output/<name>_runs.csv`` and ``output/<name>.md``; returns the
     aggregated rows (see :func:`aggregate`) and logs the Markdown table.
 
     ``configs``: model names (see ``walnet.models.model_names()``) or (model name, row label)
-    pairs. ``train_flags`` / ``eval_flags``: extra ``walnet train`` / ``walnet evaluate``
-    arguments (e.g. ``["--epochs", "30", "-b", "8"]``), parsed by the CLI's own parser so every
-    flag keeps its default. Each run lives in ``output/runs/<model>/seed<k>/``: a run with a
-    ``metrics.json`` is reused as it is, one with a ``last.pt`` only is resumed (``--resume``).
+    pairs. ``train``: the template of every run: its data is the experiment's, its other
+    settings (epochs, batch size, ...) every run's; each run replaces its ``output``, ``model``,
+    ``seed`` and ``resume``. ``evaluate``: the template of every scoring (batch size, figures,
+    ...); each replaces its ``checkpoint``, data, ``split`` (test) and ``output`` (the run
+    folder). Without it, the scorings take :class:`EvalConfig`'s defaults and ``train``'s device,
+    workers and ``skip_bad``. Each run lives in ``output/runs/<model>/seed<k>/``: a run with a
+    ``metrics.json`` is reused as it is, one with a ``last.pt`` only is resumed.
     """
-    from walnet.cli import build_parser
-    from walnet.engine.trainer import evaluate_run, train
+    from walnet.engine.trainer import evaluate_run, train as train_run
     from walnet.models import model_names
 
     pairs = [(c, c) if isinstance(c, str) else (c[0], c[1]) for c in configs]
@@ -185,23 +189,26 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
         raise ValueError("an experiment needs at least one config and one seed")
     if len(set(seeds)) != len(seeds) or len({m for m, _ in pairs}) != len(pairs):
         raise ValueError(f"configs and seeds must not repeat: {[m for m, _ in pairs]}, {list(seeds)}")
-    if (csv_path is None) == (data_dir is None):
-        raise ValueError("give exactly one of csv_path (--csv) and data_dir (--data-dir)")
-    data = ["--csv", str(csv_path)] if csv_path is not None else ["--data-dir", str(data_dir)]
+    data = dict(csv=train.csv, data_dir=train.data_dir)
+
+    def scoring(checkpoint: Path) -> EvalConfig:
+        if evaluate is None:
+            return EvalConfig(checkpoint=checkpoint, **data, device=train.device, workers=train.workers,
+                              skip_bad=train.skip_bad)
+        return replace(evaluate, checkpoint=checkpoint, **data, split="test", output=None)
+
     output = Path(output)
-    parser = build_parser()
     metric_keys = [k for k, _ in PAPER_METRICS]
     results = []
     for model, _ in pairs:
         for seed in seeds:
             run_dir = output / "runs" / model / f"seed{seed}"
             tag = f"[{model} seed {seed}]"
-            argv = ["train", *data, "--output", str(run_dir), "--model", model, "--seed", str(seed), *train_flags]
-            train_args = parser.parse_args(argv)
+            run = replace(train, output=run_dir, model=model, seed=seed, resume=None)
             metrics_file = run_dir / "metrics.json"
             if metrics_file.is_file():
                 log(f"{tag} reusing finished run {run_dir} (metrics.json exists)")
-                diff = _differences(train_args, run_dir)
+                diff = _differences(run, run_dir)
                 if diff:
                     log(f"{tag} warning: that run was trained with other settings: {'; '.join(diff)} "
                         f"(delete {run_dir} to retrain it)")
@@ -209,13 +216,13 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
             else:
                 if (run_dir / "last.pt").is_file():
                     log(f"{tag} resuming interrupted run {run_dir} from last.pt")
-                    train_args = parser.parse_args(argv + ["--resume", str(run_dir / "last.pt")])
+                    run = replace(run, resume=run_dir / "last.pt")
                 else:
                     log(f"{tag} training into {run_dir}")
-                train(train_args)
+                train_run(run)
                 # best.pt is written just after last.pt; fall back if interrupted in between
                 ckpt = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
-                result = evaluate_run(parser.parse_args(["evaluate", "--checkpoint", str(ckpt), *data, *eval_flags]))
+                result = evaluate_run(scoring(ckpt))
             log(f"{tag} test: " + ", ".join(f"{n} {result[k]:.3f}" for k, n in PAPER_METRICS if k in result))
             results.append({**result, "config": model, "seed": seed})
     rows = aggregate(results, metric_keys, labels=dict(pairs))
@@ -226,18 +233,3 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
     (output / f"{name}.md").write_text(markdown)
     log(markdown)
     return rows
-
-
-def flags_from_namespace(args, actions) -> list[str]:
-    """The command-line arguments that reproduce ``args``' values of the argparse ``actions``
-    (used to pass ``walnet experiment``'s copies of the train/evaluate flags through)."""
-    argv = []
-    for action in actions:
-        value = getattr(args, action.dest, None)
-        flag = next((s for s in action.option_strings if s.startswith("--")), action.option_strings[0])
-        if action.nargs == 0:  # store_true / store_false / store_const
-            if value != action.default:
-                argv.append(flag)
-        elif value is not None:
-            argv += [flag, *map(str, value)] if isinstance(value, (list, tuple)) else [flag, str(value)]
-    return argv

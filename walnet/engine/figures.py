@@ -13,12 +13,12 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from walnet.constants import IGNORE_INDEX
 from walnet.engine.checkpoint import atomic_open
 from walnet.engine.metrics import roc_auc, roc_curve
 
-IGNORE = 255
-# mask colours: background, foreground, ignored / unknown (255)
-_MASK_COLOURS = {0: (0.0, 0.0, 0.0), 1: (1.0, 1.0, 1.0), IGNORE: (0.5, 0.5, 0.5)}
+# mask colours: background, foreground, ignored / unknown
+_MASK_COLOURS = {0: (0.0, 0.0, 0.0), 1: (1.0, 1.0, 1.0), IGNORE_INDEX: (0.5, 0.5, 0.5)}
 
 
 def _numpy(x) -> np.ndarray | None:
@@ -94,7 +94,7 @@ def _mask_rgb(mask: np.ndarray) -> np.ndarray:
     rgb = np.zeros((*mask.shape, 3))
     for value, colour in _MASK_COLOURS.items():
         rgb[mask == value] = colour
-    rgb[(mask != 0) & (mask != 1) & (mask != IGNORE)] = _MASK_COLOURS[1]
+    rgb[(mask != 0) & (mask != 1) & (mask != IGNORE_INDEX)] = _MASK_COLOURS[1]
     return rgb
 
 
@@ -116,7 +116,7 @@ def segmentation_panel(path, images, pseudo=None, pred=None, truth=None, titles=
     """A row per sample, columns image | pseudo mask | predicted mask | true mask (paper Fig. 6).
 
     `images` [M,3,H,W] or [M,H,W,3] (or [M,H,W]) in [0,1] (or 0..255); each mask argument is
-    [M,h,w] with 0 = background, 1 = plaque, 255 = ignored / unknown (drawn grey), or None to
+    [M,h,w] with 0 = background, 1 = plaque, IGNORE_INDEX (255) = ignored / unknown (drawn grey), or None to
     leave its column out. Masks may have another resolution than the images. `titles` (one per
     row, e.g. file names) label the rows."""
     images = _numpy(images)

@@ -1,7 +1,8 @@
 """One training epoch and one evaluation pass of WAL-Net (or a baseline classifier).
 
 Batches are dicts from :class:`walnet.data.PlaqueDataset` (``image`` in [0, 1], ``label``,
-``mask`` with 255 = unknown). Running sums stay on the device and are read once per epoch.
+``mask`` with :data:`~walnet.constants.IGNORE_INDEX` = unknown). Running sums stay on the device
+and are read once per epoch.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from walnet.constants import IGNORE_INDEX
 from walnet.engine.distributed import all_reduce_sum
 from walnet.engine.metrics import classification_metrics, mask_iou_dice
 from walnet.models.walnet import WALNetOutput, walnet_loss
@@ -76,10 +78,11 @@ class EvalOutputs:
 
     ``targets`` int64 [N] and ``probs`` float [N,K] of every sample, in loader order. Up to
     ``panel`` samples that have a true mask (and a model with a segmentation head), the first
-    ceil(panel / K) of each class, are kept for a segmentation panel: ``images`` float [M,3,H,W] at input resolution, ``pred`` (argmax of
-    the segmentation), ``pseudo`` (PGM mask, 255 = ignored; None without a PGM) and ``truth``
-    (nearest-resized), uint8 [M,h,w] at the segmentation's resolution, and ``indices`` (the
-    samples' ``index`` in the dataset). ``images`` is None when no sample qualified.
+    ceil(panel / K) of each class, are kept for a segmentation panel: ``images`` float [M,3,H,W]
+    at input resolution, ``pred`` (argmax of the segmentation), ``pseudo`` (PGM mask,
+    IGNORE_INDEX = ignored; None without a PGM) and ``truth`` (nearest-resized), uint8 [M,h,w]
+    at the segmentation's resolution, and ``indices`` (the samples' ``index`` in the dataset).
+    ``images`` is None when no sample qualified.
     """
 
     panel: int = 0
@@ -117,7 +120,7 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
         targets.append(torch.as_tensor(batch["label"]).cpu())
         probs.append(torch.softmax(out.logits.float(), dim=1).cpu())
         truth = batch["mask"]
-        known = (truth != 255).flatten(1).all(dim=1)
+        known = (truth != IGNORE_INDEX).flatten(1).all(dim=1)
         if out.seg_logits is None or not bool(known.any()):
             continue
         small = torch.nn.functional.interpolate(truth[:, None].float(), size=out.seg_logits.shape[-2:], mode="nearest")
@@ -126,7 +129,7 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
         pseudo = pgm(images, out.attention).cpu().numpy() if pgm is not None else None
         for i in np.flatnonzero(known.numpy()):
             seg_scores.append(mask_iou_dice(pred[i], small[i]))
-            if pseudo is not None and (pseudo[i] != 255).all():
+            if pseudo is not None and (pseudo[i] != IGNORE_INDEX).all():
                 pseudo_scores.append(mask_iou_dice(pseudo[i] == 1, small[i]))
             label = int(batch["label"][i])
             if outputs is not None and len(kept) < outputs.panel and shown.get(label, 0) < per_class(out):

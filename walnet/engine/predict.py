@@ -1,7 +1,7 @@
 """``walnet predict``: class probabilities of images (files and/or folders) from a checkpoint,
 as a CSV file, and optionally the predicted plaque masks as PNGs.
 
-The model is rebuilt from the checkpoint as ``walnet evaluate`` does (its train args and class
+The model is rebuilt from the checkpoint as ``walnet evaluate`` does (its train config and class
 map), and the images are read as in training (:class:`walnet.data.PlaqueDataset`: RGB, resized
 to the train size, scaled to [0, 1]).
 """
@@ -16,6 +16,7 @@ from PIL import Image
 
 from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record
 from walnet.engine.checkpoint import atomic_open
+from walnet.engine.config import PredictConfig
 from walnet.engine.loops import _as_output
 from walnet.engine.trainer import load_trained, pick_device
 
@@ -58,13 +59,15 @@ def _mask_names(paths: list[Path]) -> list[str]:
     return names
 
 
-@torch.no_grad()
-def predict(checkpoint, inputs, output_csv, masks_dir=None, batch_size: int = 16, device="auto",
-            workers: int = 0, overwrite: bool = False) -> dict:
-    """Classifies the images of `inputs` (files and/or folders, see :func:`collect_images`) with
-    the model of `checkpoint` and writes `output_csv`: ``path, predicted, prob_<class>...`` (one
-    row per image, class columns in the checkpoint's class-map order), plus a ``mask`` column
-    when `masks_dir` is given.
+def predict(config: PredictConfig | str | Path, inputs=None, output_csv=None, **options) -> dict:
+    """Classifies the images of ``inputs`` (files and/or folders, see :func:`collect_images`)
+    with the model of ``checkpoint`` and writes ``output``: ``path, predicted, prob_<class>...``
+    (one row per image, class columns in the checkpoint's class-map order), plus a ``mask``
+    column when ``masks_dir`` is given.
+
+    ``config``: a :class:`PredictConfig`, or the checkpoint, with the inputs and the output CSV
+    next to it and :class:`PredictConfig`'s other fields as keywords
+    (``predict(ckpt, [folder], "p.csv", device="cpu")``).
 
     With `masks_dir`, each image's predicted segmentation (argmax of the segmentation head,
     resized nearest to the original image size, 0 / 255 8-bit) is written there as
@@ -75,17 +78,27 @@ def predict(checkpoint, inputs, output_csv, masks_dir=None, batch_size: int = 16
     atomically once every image is done. A missing or unreadable image is an error naming it.
     Returns a summary: ``images``, ``output``, ``masks`` (folder or None), ``counts`` per class.
     """
-    output_csv = Path(output_csv)
+    if not isinstance(config, PredictConfig):
+        config = PredictConfig(checkpoint=config, inputs=inputs, output=output_csv, **options)
+    elif inputs is not None or output_csv is not None or options:
+        raise ValueError("pass either a PredictConfig or the checkpoint, inputs, output and options, not both")
+    return _predict(config)
+
+
+@torch.no_grad()
+def _predict(config: PredictConfig) -> dict:
+    overwrite = config.overwrite
+    output_csv = Path(config.output)
     if output_csv.exists() and not overwrite:
         raise FileExistsError(f"{output_csv} already exists; pass --overwrite to replace it")
-    masks_dir = Path(masks_dir) if masks_dir is not None else None
-    paths = collect_images(inputs, exclude=masks_dir)
-    device = pick_device(device)
-    model, classes, train_args, _ = load_trained(checkpoint, device)
+    masks_dir = Path(config.masks_dir) if config.masks_dir is not None else None
+    paths = collect_images(config.inputs, exclude=masks_dir)
+    device = pick_device(config.device)
+    model, classes, trained, _ = load_trained(config.checkpoint, device)
     mask_names = None
     if masks_dir is not None:
         if getattr(model, "decoder", None) is None:
-            raise ValueError(f"model {train_args.model!r} of {checkpoint} has no segmentation head; "
+            raise ValueError(f"model {trained.model!r} of {config.checkpoint} has no segmentation head; "
                              "--masks needs a WAL-Net with its PGM (not a baseline or walnet_no_pgm)")
         mask_names = _mask_names(paths)
         taken = [n for n in mask_names if (masks_dir / n).exists()]
@@ -93,8 +106,9 @@ def predict(checkpoint, inputs, output_csv, masks_dir=None, batch_size: int = 16
             raise FileExistsError(f"{masks_dir / taken[0]} already exists ({len(taken)} mask file(s) would be "
                                   "replaced); pass --overwrite to replace them")
         masks_dir.mkdir(parents=True, exist_ok=True)
-    dataset = PlaqueDataset([Record(p, 0) for p in paths], size=int(train_args.size))
-    loader = torch.utils.data.DataLoader(dataset, batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    dataset = PlaqueDataset([Record(p, 0) for p in paths], size=trained.size)
+    loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=config.workers,
+                                         pin_memory=device.type == "cuda")
     probs = np.zeros((len(paths), len(classes)), dtype=np.float32)
     for batch in loader:
         index = batch["index"].numpy()

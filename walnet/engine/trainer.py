@@ -1,14 +1,13 @@
 """The runs behind ``walnet train`` and ``walnet evaluate``: data, split, model, epochs, logs,
 checkpoints, scores.
 
-Outputs in ``output/``: ``args.json``, ``split.csv`` (reused on later runs), ``metrics.csv``
-(one row per epoch), ``last.pt`` and ``best.pt`` (written atomically; model, optimizer, scaler,
-epoch, args, class map). An output folder that already holds a run is only continued with
-``resume`` (never overwritten).
+Outputs in ``output/``: ``args.json`` (the :class:`TrainConfig`, ``to_dict()``), ``split.csv``
+(reused on later runs), ``metrics.csv`` (one row per epoch), ``last.pt`` and ``best.pt`` (written
+atomically; model, optimizer, scaler, epoch, the config under ``"args"``, class map). An output
+folder that already holds a run is only continued with ``resume`` (never overwritten).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import json
@@ -23,6 +22,7 @@ from walnet import ops
 from walnet.data import PlaqueDataset, load_split, read_csv, save_split, scan_image_folder, split_indices
 from walnet.engine import distributed
 from walnet.engine.checkpoint import atomic_open, load_checkpoint, save_checkpoint
+from walnet.engine.config import EvalConfig, TrainConfig
 from walnet.engine.loops import EvalOutputs, evaluate, train_one_epoch
 from walnet.models import PseudoMaskGenerator, create_model
 
@@ -69,15 +69,16 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _model_kwargs(args) -> dict:
-    if not args.model.startswith("walnet"):
+def _model_kwargs(config: TrainConfig) -> dict:
+    if not config.model.startswith("walnet"):
         return {}
-    kw = dict(backbone=args.backbone, rcm_warmup_epochs=args.rcm_warmup, attention_channels=args.attention_channels)
-    if args.roi_method:
-        kw["roi_method"] = args.roi_method
-    if args.no_rcm:
+    kw = dict(backbone=config.backbone, rcm_warmup_epochs=config.rcm_warmup,
+              attention_channels=config.attention_channels)
+    if config.roi_method:
+        kw["roi_method"] = config.roi_method
+    if config.no_rcm:
         kw["use_rcm"] = False
-    if args.no_pgm:
+    if config.no_pgm:
         kw["use_pgm"] = False
     return kw
 
@@ -88,9 +89,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def _amp_dtype(args, device: torch.device) -> torch.dtype | None:
+def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """--amp: float16 autocast (with a gradient scaler) on CUDA, bfloat16 elsewhere."""
-    if not getattr(args, "amp", False):
+    if not config.amp:
         return None
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
@@ -118,80 +119,80 @@ def _append_row(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
-def train(args) -> dict:
-    """Runs the epochs of ``args`` (an argparse namespace of ``walnet train``); returns the last
-    epoch's metrics row (empty on ranks other than 0).
+def train(config: TrainConfig) -> dict:
+    """Runs the epochs of ``config`` (``walnet train``); returns the last epoch's metrics row
+    (empty on ranks other than 0).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) this is one process of a DDP run: each process
     trains on its share of every epoch (DistributedSampler), rank 0 validates, logs and writes
     the files. Every epoch is seeded from (seed, epoch), so a run resumed from ``last.pt``
     ends exactly as an uninterrupted one (same machine, same thread count).
     """
-    ctx = distributed.setup(pick_device(args.device))
+    ctx = distributed.setup(pick_device(config.device))
     try:
-        return _train(args, ctx)
+        return _train(config, ctx)
     finally:
         distributed.cleanup(ctx)
 
 
-def _train(args, ctx: distributed.DistContext) -> dict:
-    output, device = Path(args.output), ctx.device
-    if (output / "last.pt").exists() and not args.resume:
+def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
+    output, device = Path(config.output), ctx.device
+    if (output / "last.pt").exists() and not config.resume:
         raise FileExistsError(f"{output} already holds a training run; pass --resume {output / 'last.pt'} "
                               "to continue it, or choose another --output")
-    sync_bn = getattr(args, "sync_bn", False)
+    sync_bn = config.sync_bn
     if sync_bn and device.type != "cuda":
         raise ValueError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only)")
-    _seed_everything(args.seed)
-    records, classes = load_records(args.data_dir, args.csv)
+    _seed_everything(config.seed)
+    records, classes = load_records(config.data_dir, config.csv)
     if ctx.is_main:
         output.mkdir(parents=True, exist_ok=True)
-        splits = assign_splits(records, output, args.seed)
+        splits = assign_splits(records, output, config.seed)
     distributed.barrier(ctx)  # the other ranks read the split file rank 0 wrote
     if not ctx.is_main:
-        splits = assign_splits(records, output, args.seed)
-    train_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "train"], args.size, args.skip_bad)
-    val_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "val"], args.size, args.skip_bad)
+        splits = assign_splits(records, output, config.seed)
+    train_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "train"], config.size, config.skip_bad)
+    val_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "val"], config.size, config.skip_bad)
     if (train_set.skipped or val_set.skipped) and ctx.is_main:
         print(f"skipped {train_set.skipped + val_set.skipped} unreadable image(s) (--skip-bad)", flush=True)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"the split left {len(train_set)} training and {len(val_set)} validation images")
-    sampler = torch.utils.data.DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=args.seed)
+    sampler = torch.utils.data.DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed)
     pin = device.type == "cuda"
-    train_loader = torch.utils.data.DataLoader(train_set, args.batch_size, sampler=sampler,
-                                               num_workers=args.workers, pin_memory=pin)
-    val_loader = torch.utils.data.DataLoader(val_set, args.batch_size, num_workers=args.workers, pin_memory=pin)
-    model = create_model(args.model, num_classes=len(classes), pretrained=args.pretrained, **_model_kwargs(args))
+    train_loader = torch.utils.data.DataLoader(train_set, config.batch_size, sampler=sampler,
+                                               num_workers=config.workers, pin_memory=pin)
+    val_loader = torch.utils.data.DataLoader(val_set, config.batch_size, num_workers=config.workers, pin_memory=pin)
+    model = create_model(config.model, num_classes=len(classes), pretrained=config.pretrained, **_model_kwargs(config))
     if sync_bn and ctx.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
-    if args.channels_last:
+    if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    amp_dtype = _amp_dtype(args, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    amp_dtype = _amp_dtype(config, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    pgm = PseudoMaskGenerator() if args.model.startswith("walnet") and not args.no_pgm else None
+    pgm = PseudoMaskGenerator() if config.model.startswith("walnet") and not config.no_pgm else None
     start, best = 0, -1.0
-    if args.resume:
-        state = load_checkpoint(args.resume, map_location=device)
+    if config.resume:
+        state = load_checkpoint(config.resume, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start, best = int(state["epoch"]) + 1, float(state.get("best_accuracy", -1.0))
-    saved_args = json.loads(json.dumps({k: v for k, v in vars(args).items() if k != "run"}, default=str))
+    saved = config.to_dict()
     metrics_path = output / "metrics.csv"
     if ctx.is_main:
         with open(output / "args.json", "w") as f:
-            json.dump(saved_args, f, indent=2)
+            json.dump(saved, f, indent=2)
         _keep_rows_before(metrics_path, start)
     net = model
     if ctx.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if pin else None)
-    net = torch.compile(net) if args.compile else net
+    net = torch.compile(net) if config.compile else net
     row = {}
-    for epoch in range(start, args.epochs):
-        _seed_everything(_epoch_seed(args.seed, epoch))
+    for epoch in range(start, config.epochs):
+        _seed_everything(_epoch_seed(config.seed, epoch))
         sampler.set_epoch(epoch)
         # On CUDA the ops' NaN checks would cost host syncs every step; the kernels already turn
         # non-finite attention into ignored pseudo masks, and a diverged loss is caught below.
@@ -216,7 +217,7 @@ def _train(args, ctx: distributed.DistContext) -> dict:
             best = max(best, val["accuracy"])
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch,
-                     "best_accuracy": best, "args": saved_args, "classes": list(classes)}
+                     "best_accuracy": best, "args": saved, "classes": list(classes)}
             save_checkpoint(output / "last.pt", state)
             if val["accuracy"] >= best:
                 save_checkpoint(output / "best.pt", state)
@@ -224,41 +225,44 @@ def _train(args, ctx: distributed.DistContext) -> dict:
     return row
 
 
-def load_trained(checkpoint, device="cpu") -> tuple[torch.nn.Module, tuple[str, ...], argparse.Namespace, dict]:
-    """The model of a ``walnet train`` checkpoint, rebuilt from its train args with its weights,
-    in eval mode on `device`; its class names, its train args and the whole checkpoint."""
+def load_trained(checkpoint, device="cpu") -> tuple[torch.nn.Module, tuple[str, ...], TrainConfig, dict]:
+    """The model of a ``walnet train`` checkpoint, rebuilt from its train config with its
+    weights, in eval mode on `device`; its class names, its train config and the whole
+    checkpoint."""
     state = load_checkpoint(checkpoint, map_location="cpu")
-    train_args = argparse.Namespace(**state["args"])
+    # not strict: checkpoints of other walnet versions may hold keys that are no options here
+    trained = TrainConfig.from_dict(state["args"], strict=False)
     classes = tuple(state["classes"])
-    model = create_model(train_args.model, num_classes=len(classes), **_model_kwargs(train_args))
+    model = create_model(trained.model, num_classes=len(classes), **_model_kwargs(trained))
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), classes, train_args, state
+    return model.to(device).eval(), classes, trained, state
 
 
-def evaluate_run(args) -> dict:
-    """``walnet evaluate``: rebuilds the model of a checkpoint (its args and class map), scores
-    it on one split of the data (the run's saved split), writes ``metrics.json``; returns it.
+def evaluate_run(config: EvalConfig) -> dict:
+    """``walnet evaluate``: rebuilds the model of a checkpoint (its train config and class map),
+    scores it on one split of the data (the run's saved split), writes ``metrics.json``; returns
+    it.
 
-    Unless ``args.no_figures``, also writes ``roc.png`` (paper Fig. 4), ``confusion.png``
+    Unless ``no_figures``, also writes ``roc.png`` (paper Fig. 4), ``confusion.png``
     (Fig. 5) and, where the split has true masks and the model a segmentation head,
     ``segmentation.png`` (Fig. 6); their names are listed under ``"figures"`` in the result."""
-    ckpt = Path(args.checkpoint)
-    device = pick_device(args.device)
-    model, classes, train_args, state = load_trained(ckpt, device)
-    records, classes = load_records(args.data_dir, args.csv, classes)
-    splits = assign_splits(records, ckpt.parent, train_args.seed)
-    dataset = PlaqueDataset([r for r, s in zip(records, splits) if s == args.split], train_args.size, args.skip_bad)
+    ckpt = Path(config.checkpoint)
+    device = pick_device(config.device)
+    model, classes, trained, state = load_trained(ckpt, device)
+    records, classes = load_records(config.data_dir, config.csv, classes)
+    splits = assign_splits(records, ckpt.parent, trained.seed)
+    dataset = PlaqueDataset([r for r, s in zip(records, splits) if s == config.split], trained.size, config.skip_bad)
     if len(dataset) == 0:
-        raise ValueError(f"no images in the {args.split!r} split")
-    pgm = PseudoMaskGenerator() if train_args.model.startswith("walnet") and not train_args.no_pgm else None
-    loader = torch.utils.data.DataLoader(dataset, args.batch_size, num_workers=args.workers)
-    figures = not getattr(args, "no_figures", False)
+        raise ValueError(f"no images in the {config.split!r} split")
+    pgm = PseudoMaskGenerator() if trained.model.startswith("walnet") and not trained.no_pgm else None
+    loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=config.workers)
+    figures = not config.no_figures
     outputs = EvalOutputs(panel=PANEL_SAMPLES if figures else 0)
     result = evaluate(model, loader, device, pgm=pgm, class_names=classes, outputs=outputs)
-    result.update(split=args.split, images=len(dataset), checkpoint=str(ckpt), epoch=int(state["epoch"]))
+    result.update(split=config.split, images=len(dataset), checkpoint=str(ckpt), epoch=int(state["epoch"]))
     if figures:
         result["figures"] = ["roc.png", "confusion.png"] + (["segmentation.png"] if outputs.images is not None else [])
-    out = Path(args.output) if args.output else ckpt.parent
+    out = Path(config.output) if config.output else ckpt.parent
     out.mkdir(parents=True, exist_ok=True)
     with atomic_open(out / "metrics.json", text=True) as f:
         json.dump(result, f, indent=2)

@@ -1,0 +1,194 @@
+"""The run configs (:mod:`walnet.engine.config`): the command line builds exactly them, they
+check their values, survive JSON, read old checkpoints' args, and the engine never imports the
+command line."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from dataclasses import FrozenInstanceError, fields
+from pathlib import Path
+
+import pytest
+
+from walnet import cli
+from walnet.engine import demo, predict, trainer
+from walnet.engine.config import DemoConfig, EvalConfig, PredictConfig, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINE = ROOT / "walnet" / "engine"
+
+
+def _built(monkeypatch, module, name, argv, result=None):
+    """The config that ``walnet <argv>`` hands to ``module.name`` (replaced by a recorder)."""
+    seen = []
+    monkeypatch.setattr(module, name, lambda *a, **kw: seen.append((a, kw)) or result)
+    assert cli.main(argv) == 0
+    assert len(seen) == 1 and not seen[0][1]
+    return seen[0][0]
+
+
+def test_cli_defaults_are_the_config_defaults(monkeypatch):
+    (config,) = _built(monkeypatch, trainer, "train", ["train", "--csv", "x", "--output", "y"])
+    assert config == TrainConfig(csv="x", output="y")
+    scores = dict(split="test", images=1, accuracy=1.0, macro_f1=1.0, kappa=1.0, auc_micro=1.0)
+    (config,) = _built(monkeypatch, trainer, "evaluate_run", ["evaluate", "--checkpoint", "c", "--data-dir", "d"],
+                       scores)
+    assert config == EvalConfig(checkpoint="c", data_dir="d")
+    summary = dict(images=1, counts={}, output="o.csv", masks=None)
+    (config,) = _built(monkeypatch, predict, "predict", ["predict", "--checkpoint", "c", "a.png", "b", "--output",
+                                                         "o.csv"], summary)
+    assert config == PredictConfig(checkpoint="c", inputs=("a.png", "b"), output="o.csv")
+    monkeypatch.setattr(demo, "summary", lambda result: "")
+    output, config = _built(monkeypatch, demo, "run_demo", ["demo"])
+    assert (output, config) == ("demo-output", DemoConfig())
+
+
+def test_cli_passes_every_option_on(monkeypatch):
+    argv = ["train", "--data-dir", "d", "--output", "o", "--model", "walnet_no_rcm", "--backbone", "resnet18",
+            "--pretrained", "--epochs", "3", "-b", "2", "--lr", "0.5", "--seed", "7", "--size", "64", "--amp",
+            "--channels-last", "--compile", "--sync-bn", "-j", "2", "--resume", "o/last.pt", "--roi-method", "crop",
+            "--no-rcm", "--no-pgm", "--rcm-warmup", "0", "--attention-channels", "16", "--device", "cpu",
+            "--skip-bad"]
+    (config,) = _built(monkeypatch, trainer, "train", argv)
+    assert config == TrainConfig(data_dir="d", output="o", model="walnet_no_rcm", backbone="resnet18", pretrained=True,
+                                 epochs=3, batch_size=2, lr=0.5, seed=7, size=64, amp=True, channels_last=True,
+                                 compile=True, sync_bn=True, workers=2, resume="o/last.pt", roi_method="crop",
+                                 no_rcm=True, no_pgm=True, rcm_warmup=0, attention_channels=16, device="cpu",
+                                 skip_bad=True)
+    # every field is one option of its command, and no option is left out of the config
+    for config_type, argv in ((TrainConfig, ["train", "--csv", "x", "--output", "y"]),
+                              (EvalConfig, ["evaluate", "--checkpoint", "c", "--csv", "x"]),
+                              (PredictConfig, ["predict", "--checkpoint", "c", "i", "--output", "o"])):
+        parsed = set(vars(cli.build_parser().parse_args(argv))) - {"command", "run"}
+        assert parsed == {f.name for f in fields(config_type)}, config_type.__name__
+
+
+@pytest.mark.parametrize("config", [
+    TrainConfig(csv=Path("data/labels.csv"), output=Path("runs/a"), lr=1, amp=True, resume="runs/a/last.pt"),
+    EvalConfig(checkpoint="r/best.pt", data_dir="d", split="val", no_figures=True),
+    PredictConfig(checkpoint="r/best.pt", inputs=[Path("x.png"), "folder"], output="p.csv", masks_dir="m"),
+    DemoConfig(n=30, lr=0.01),
+], ids=lambda c: type(c).__name__)
+def test_json_round_trip(config):
+    text = json.dumps(config.to_dict())
+    again = type(config).from_dict(json.loads(text))
+    assert again == config and again.to_dict() == config.to_dict()
+    assert list(config.to_dict()) == [f.name for f in fields(config)]
+
+
+def test_paths_and_numbers_are_normalised():
+    config = TrainConfig(csv=Path("a.csv"), output=Path("out"), lr=1)
+    assert config.csv == "a.csv" and config.output == "out" and type(config.lr) is float
+    assert PredictConfig(checkpoint="c", inputs=Path("one.png"), output="o").inputs == ("one.png",)
+    with pytest.raises(FrozenInstanceError):
+        config.epochs = 3
+
+
+def test_from_dict_is_strict_unless_told_otherwise():
+    saved = TrainConfig(csv="x", output="y").to_dict()
+    with pytest.raises(ValueError, match=r"TrainConfig has no option\(s\) \['command'\]"):
+        TrainConfig.from_dict({**saved, "command": "train"})
+    with pytest.raises(TypeError):  # the constructor itself takes no unknown keyword either
+        TrainConfig(csv="x", output="y", command="train")
+    assert TrainConfig.from_dict({**saved, "command": "train"}, strict=False) == TrainConfig(csv="x", output="y")
+    # a key missing from an older checkpoint takes its default
+    del saved["skip_bad"]
+    assert TrainConfig.from_dict(saved).skip_bad is False
+
+
+def test_old_style_checkpoint_args_are_read(tmp_path):
+    """Checkpoints whose "args" is a parsed command line (with "command") load into a TrainConfig."""
+    torch = pytest.importorskip("torch")
+    from walnet.engine.checkpoint import save_checkpoint
+    from walnet.models import create_model
+
+    model = create_model("walnet", num_classes=3, backbone="resnet18", attention_channels=8, rcm_warmup_epochs=1)
+    config = TrainConfig(csv="ph/labels.csv", output=str(tmp_path), backbone="resnet18", attention_channels=8,
+                         rcm_warmup=1, size=48, epochs=2)
+    args = {"command": "train", **config.to_dict()}
+    ckpt = save_checkpoint(tmp_path / "last.pt", {"model": model.state_dict(), "args": args,
+                                                   "classes": ["a", "b", "c"], "epoch": 1})
+    loaded, classes, trained, state = trainer.load_trained(ckpt)
+    assert trained == config and classes == ("a", "b", "c") and state["epoch"] == 1
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(output="o"), r"exactly one of data_dir \(--data-dir\) and csv \(--csv\)"),
+    (dict(csv="x", data_dir="d", output="o"), "exactly one of data_dir"),
+    (dict(csv="x", output=""), "output must not be empty"),
+    (dict(csv="x", output="o", epochs=0), "--epochs must be at least 1, got 0"),
+    (dict(csv="x", output="o", batch_size=-2), "--batch-size must be at least 1"),
+    (dict(csv="x", output="o", size=0), "--size must be at least 1"),
+    (dict(csv="x", output="o", attention_channels=0), "--attention-channels must be at least 1"),
+    (dict(csv="x", output="o", workers=-1), "--workers must be at least 0"),
+    (dict(csv="x", output="o", rcm_warmup=-1), "--rcm-warmup must be at least 0"),
+    (dict(csv="x", output="o", lr=0.0), "--lr must be a positive number"),
+    (dict(csv="x", output="o", lr=float("nan")), "--lr must be a positive number"),
+    (dict(csv="x", output="o", epochs="3"), "epochs must be an integer, got '3'"),
+    (dict(csv="x", output="o", epochs=2.0), "epochs must be an integer"),
+    (dict(csv="x", output="o", seed=True), "seed must be an integer"),
+    (dict(csv="x", output="o", amp=1), "amp must be True or False"),
+    (dict(csv=3, output="o"), "csv must be a string or path"),
+])
+def test_train_config_rejects_bad_values(values, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**values)
+
+
+@pytest.mark.parametrize("config_type, values, message", [
+    (EvalConfig, dict(checkpoint="c"), "exactly one of data_dir"),
+    (EvalConfig, dict(checkpoint="", csv="x"), "checkpoint must not be empty"),
+    (EvalConfig, dict(checkpoint="c", csv="x", split="dev"), r"--split must be one of \('train', 'val', 'test'\)"),
+    (EvalConfig, dict(checkpoint="c", csv="x", batch_size=0), "--batch-size must be at least 1"),
+    (PredictConfig, dict(checkpoint="c", inputs=[], output="o"), "inputs must not be empty"),
+    (PredictConfig, dict(checkpoint="c", inputs=[1], output="o"), "inputs must be a sequence of paths"),
+    (PredictConfig, dict(checkpoint="c", inputs=["i"], output="o", workers=-1), "--workers must be at least 0"),
+    (DemoConfig, dict(n="800"), "n must be an integer"),
+])
+def test_eval_predict_demo_configs_reject_bad_values(config_type, values, message):
+    with pytest.raises(ValueError, match=message):
+        config_type(**values)
+
+
+def test_a_bad_value_on_the_command_line_is_a_usage_error(capsys):
+    assert cli.main(["train", "--csv", "x", "--output", "y", "--epochs", "0"]) == 2
+    assert "walnet train: error: --epochs must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_every_field_has_a_doc():
+    for config_type in (TrainConfig, EvalConfig, PredictConfig, DemoConfig):
+        assert config_type.__doc__
+        for f in fields(config_type):
+            assert f.metadata.get("doc"), f"{config_type.__name__}.{f.name}"
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add(node.module or "")
+    return names
+
+
+def test_no_engine_module_imports_the_command_line():
+    modules = sorted(ENGINE.glob("*.py"))
+    assert len(modules) >= 10
+    for path in modules:
+        imported = _imports(path)  # module level and inside functions alike
+        assert not {n for n in imported if n == "walnet.cli" or n.startswith("walnet.cli.")}, path.name
+        assert "argparse" not in imported, path.name
+    # and importing every engine module works with the command line made unimportable
+    code = ("import sys; sys.modules['walnet.cli'] = None\n"
+            "import importlib, pkgutil, walnet.engine\n"
+            "for m in pkgutil.iter_modules(walnet.engine.__path__):\n"
+            "    importlib.import_module('walnet.engine.' + m.name)\n"
+            "print(sorted(n for n in sys.modules if n.startswith('walnet.engine.')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert {f"walnet.engine.{p.stem}" for p in modules if p.stem != "__init__"} <= set(ast.literal_eval(done.stdout))

@@ -1,0 +1,222 @@
+"""The settings of the engine's runs as frozen dataclasses: :class:`TrainConfig`
+(``walnet train``), :class:`EvalConfig` (``walnet evaluate``), :class:`PredictConfig`
+(``walnet predict``) and :class:`DemoConfig` (``walnet demo``).
+
+Each field carries its default and a one-line doc (``field.metadata["doc"]``); the command line
+reads both from here, so a default is written once. Values are checked on construction
+(:class:`ValueError` naming the option); paths are kept as strings, so :meth:`to_dict` is plain
+JSON and :meth:`from_dict` reads it back into an equal config (a run's ``args.json`` and the
+``"args"`` of its checkpoints are ``TrainConfig.to_dict()``).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+
+#: The splits a run's data is divided into (``split.csv``).
+SPLITS = ("train", "val", "test")
+
+
+def option(default=MISSING, doc: str = ""):
+    """A config field with its default (none: required) and its doc (the option's help)."""
+    return field(default=default, metadata={"doc": doc})
+
+
+def flag_of(name: str) -> str:
+    """The command-line option of a field (``batch_size`` -> ``--batch-size``), as messages name it."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Config:
+    """Type checks, normalisation and (de)serialisation shared by the configs below."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            # frozen: the normalised value replaces the given one before anyone can see it
+            object.__setattr__(self, f.name, _coerce(type(self), f.name, getattr(self, f.name)))
+        self._check()
+
+    def _check(self) -> None:
+        """Checks between values that their types do not express (overridden per config)."""
+
+    def to_dict(self) -> dict:
+        """The fields as a JSON-compatible dict (tuples become lists)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: typing.Mapping, *, strict: bool = True):
+        """The config of ``data`` (e.g. :meth:`to_dict`'s output); missing fields take their
+        defaults. A key that is not a field is an error unless ``strict=False`` (reading a
+        checkpoint whose args hold keys this version does not know)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in data if k not in names)
+        if unknown and strict:
+            raise ValueError(f"{cls.__name__} has no option(s) {unknown}; known: {sorted(names)}")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+_WANTED = {bool: "True or False", int: "an integer", float: "a number", str: "a string or path"}
+
+
+def field_kind(config: type, name: str):
+    """The type of `config`'s field `name` without its ``| None``: bool, int, float, str or
+    ``tuple[str, ...]``."""
+    hint = _type_hints(config)[name]
+    if isinstance(hint, types.UnionType):  # X | None: the fields' only unions
+        return next(t for t in typing.get_args(hint) if t is not type(None))
+    return hint
+
+
+def _coerce(config: type, name: str, value):
+    """`value` as the field's type: paths as str (so the config is plain JSON), an int as float
+    where a float is asked for; anything else is a ValueError naming the field. The command line
+    always passes the right types, so these errors name the Python field."""
+    if value is None and isinstance(_type_hints(config)[name], types.UnionType):
+        return None
+    kind = field_kind(config, name)
+    if typing.get_origin(kind) is tuple:  # tuple[str, ...]: one path or several
+        items = (value,) if isinstance(value, (str, os.PathLike)) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, (str, os.PathLike)) for v in items):
+            raise ValueError(f"{name} must be a sequence of paths, got {value!r}")
+        return tuple(os.fspath(v) for v in items)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)  # bool is an int subclass
+    if kind is str and isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    if kind is float and is_number:
+        return float(value)
+    if (kind is int and is_number and isinstance(value, int)) or (kind is bool and isinstance(value, bool)):
+        return value
+    raise ValueError(f"{name} must be {_WANTED[kind]}, got {value!r}")
+
+
+def _check_data(config) -> None:
+    if (config.data_dir is None) == (config.csv is None):
+        raise ValueError("give exactly one of data_dir (--data-dir) and csv (--csv)")
+
+
+def _check_at_least(config, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < minimum:
+            raise ValueError(f"{flag_of(name)} must be at least {minimum}, got {value}")
+
+
+def _check_given(config, *names: str) -> None:
+    # a missing one is already a TypeError of the constructor; this catches "" and ()
+    for name in names:
+        if not getattr(config, name):
+            raise ValueError(f"{name} must not be empty")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(_Config):
+    """``walnet train``: what to train on what, for how long, where to write the run."""
+
+    data_dir: str | None = option(None, "ImageFolder root: <dir>/<class>/<image>")
+    csv: str | None = option(None, "CSV: path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]")
+    output: str = option(doc="run folder (args, split, metrics.csv, last.pt, best.pt)")
+    model: str = option("walnet", "walnet, walnet_no_rcm, walnet_no_pgm, walnet_<roi method>, or a baseline "
+                        "(resnest, convnextv2, dpn, repvit, sequencer, rexnet, res2net)")
+    backbone: str = option("resnest50d", "timm backbone of WAL-Net")
+    pretrained: bool = option(False, "load pretrained backbone weights (downloads)")
+    epochs: int = option(100, "epochs to train (a resumed run continues up to this count)")
+    batch_size: int = option(8, "images per step (per process under torchrun)")
+    lr: float = option(1e-4, "Adam learning rate (paper: 1e-4)")
+    seed: int = option(0, "seed of the split, the initial weights and every epoch's draws")
+    size: int = option(224, "input side in pixels")
+    amp: bool = option(False, "mixed precision: float16 + gradient scaler on CUDA, bfloat16 on CPU")
+    channels_last: bool = option(False, "channels-last memory format for the model")
+    compile: bool = option(False, "torch.compile the model")
+    sync_bn: bool = option(False, "SyncBatchNorm across torchrun processes (CUDA only)")
+    workers: int = option(0, "data loader processes")
+    resume: str | None = option(None, "checkpoint (last.pt) to continue from")
+    roi_method: str | None = option(None, "RCM method (default dilated_crop)")
+    no_rcm: bool = option(False, "WAL-Net without its RCM")
+    no_pgm: bool = option(False, "WAL-Net without its PGM (and segmentation head)")
+    rcm_warmup: int = option(20, "epochs with the RCM off at the start")
+    attention_channels: int = option(2048, "inner channels of the attention gates")
+    device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing")
+
+    def _check(self) -> None:
+        _check_data(self)
+        _check_given(self, "output")
+        _check_at_least(self, 1, "epochs", "batch_size", "size", "attention_channels")
+        _check_at_least(self, 0, "workers", "rcm_warmup")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(_Config):
+    """``walnet evaluate``: which checkpoint to score on which split of which data."""
+
+    checkpoint: str = option(doc="best.pt or last.pt of a run (its folder holds split.csv)")
+    data_dir: str | None = option(None, "ImageFolder root: <dir>/<class>/<image>")
+    csv: str | None = option(None, "CSV: path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]")
+    split: str = option("test", "the split to score")
+    output: str | None = option(None, "folder for metrics.json (default: the checkpoint's folder)")
+    batch_size: int = option(16, "images per batch")
+    workers: int = option(0, "data loader processes")
+    device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing")
+    no_figures: bool = option(False, "skip roc.png, confusion.png and segmentation.png (metrics.json only)")
+
+    def _check(self) -> None:
+        _check_given(self, "checkpoint")
+        _check_data(self)
+        if self.split not in SPLITS:
+            raise ValueError(f"--split must be one of {SPLITS}, got {self.split!r}")
+        _check_at_least(self, 1, "batch_size")
+        _check_at_least(self, 0, "workers")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictConfig(_Config):
+    """``walnet predict``: which checkpoint classifies which images, and where the results go."""
+
+    checkpoint: str = option(doc="best.pt or last.pt of a run")
+    inputs: tuple[str, ...] = option(doc="image files and/or folders (scanned recursively)")
+    output: str = option(doc="CSV: path,predicted,prob_<class>... (never overwritten without --overwrite)")
+    masks_dir: str | None = option(None, "also write each image's predicted plaque mask (0/255 PNG, original "
+                                   "size) here; needs a model with a segmentation head")
+    batch_size: int = option(16, "images per batch")
+    workers: int = option(0, "data loader processes")
+    device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    overwrite: bool = option(False, "replace an existing CSV / mask files")
+
+    def _check(self) -> None:
+        _check_given(self, "checkpoint", "inputs", "output")
+        _check_at_least(self, 1, "batch_size")
+        _check_at_least(self, 0, "workers")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig(_Config):
+    """``walnet demo``: the phantom's size and the training budget (defaults: about 3.5 minutes
+    on 2 CPU cores)."""
+
+    n: int = option(800, "phantom images")
+    size: int = option(96, "image side in pixels")
+    epochs: int = option(8, "epochs to train")
+    backbone: str = option("resnet18", "timm backbone of WAL-Net")
+    attention_channels: int = option(64, "inner channels of the attention gates")
+    batch_size: int = option(16, "images per step")
+    lr: float = option(1e-3, "Adam learning rate")
+    rcm_warmup: int = option(4, "epochs with the RCM off at the start")
+    seed: int = option(0, "seed of the phantom and of the run")
+    device: str = option("cpu", "cpu (default), cuda, auto")
