@@ -99,6 +99,10 @@ WALNET_HD int32_t join_roots(int32_t* parent, int32_t a, int32_t b) {
 // touching either component, so committing it now gives exactly the sequential result, and the
 // winners of one round touch disjoint roots.
 
+// Sorted edges considered per round: the threads of the CUDA kernel's per-image block, and the
+// CPU's window, so that both backends run (and report) the same rounds.
+constexpr int kWindow = 1024;
+
 constexpr int32_t kNoBid = 0x7fffffff;
 
 WALNET_HD void bid(int32_t* slot, int32_t position) {

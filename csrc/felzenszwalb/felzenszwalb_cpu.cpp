@@ -16,9 +16,6 @@
 namespace walnet {
 namespace {
 
-// Window of sorted edges considered per round: the CUDA kernel's block size.
-constexpr int64_t kWindow = 1024;
-
 struct ImageScratch {
   std::vector<double> tmp, smooth, weight, ew;
   std::vector<int32_t> p, q, ep, eq, parent, size, bids, ra, rb;
@@ -112,9 +109,9 @@ int32_t run_sequential(const fz::PassState& st, int64_t E) {
 int32_t run_reservations(const fz::PassState& st, int64_t E) {
   int32_t rounds = 0;
   int64_t start = 0;
-  std::vector<uint8_t> bidding(kWindow);
+  std::vector<uint8_t> bidding(fz::kWindow);
   while (start < E) {
-    const int64_t end = std::min(start + kWindow, E);
+    const int64_t end = std::min(start + fz::kWindow, E);
     ++rounds;
     for (int64_t i = start; i < end; ++i) bidding[i - start] = !st.decided[i] && fz::bid_step(st, i);
     for (int64_t i = start; i < end; ++i)

@@ -21,7 +21,7 @@
 namespace walnet {
 namespace {
 
-constexpr int kWindow = 1024;  // threads of the per-image block = sorted edges per round
+using fz::kWindow;  // threads of the per-image block = sorted edges per round
 
 #define WALNET_GRID_STRIDE(i, total) \
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (total); i += int64_t(gridDim.x) * blockDim.x)
