@@ -23,9 +23,6 @@ namespace {
 
 using fz::kWindow;  // threads of the per-image block = sorted edges per round
 
-#define WALNET_GRID_STRIDE(i, total) \
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (total); i += int64_t(gridDim.x) * blockDim.x)
-
 // The Gaussian kernel by value (a kernel argument), so no host-to-device copy is needed.
 constexpr int kMaxTaps = 64;  // radius <= 63: sigma up to 15.6
 struct Taps {

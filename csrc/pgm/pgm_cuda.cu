@@ -83,7 +83,7 @@ template <typename scalar_t, typename T>
 __global__ void fuse_write_kernel(const scalar_t* a1, const scalar_t* a2, const scalar_t* a3,
                                   Geometry g, const FuseStats<T>* stats, int64_t total, T* out) {
   const int64_t HW = g.H * g.W;
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kBlock) {
+  WALNET_GRID_STRIDE(i, total) {
     const int64_t n = i / HW, p = i % HW;
     out[i] = pgm::fused_value(a1 + n * HW, a2 + n * g.h2 * g.w2, a3 + n * g.h3 * g.w3, g, p / g.W,
                               p % g.W, stats[n]);
@@ -101,7 +101,7 @@ __global__ void mask_accumulate_kernel(const scalar_t* a1, const scalar_t* a2, c
                                        const index_t* labels, Geometry g, const FuseStats<T>* stats,
                                        double scale, int64_t total, int64_t* sums, int* counts) {
   const int64_t HW = g.H * g.W;
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kBlock) {
+  WALNET_GRID_STRIDE(i, total) {
     const int64_t n = i / HW, p = i % HW;
     const index_t lab = labels[i];
     if (!stats[n].ok || !pgm::valid_label(lab, HW)) continue;
@@ -115,7 +115,7 @@ template <typename T, typename index_t>
 __global__ void mask_write_kernel(const index_t* labels, const FuseStats<T>* stats, int64_t HW,
                                   const int64_t* sums, const int* counts, double scale, double threshold,
                                   int64_t total, uint8_t* out) {
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kBlock) {
+  WALNET_GRID_STRIDE(i, total) {
     const int64_t n = i / HW;
     const index_t lab = labels[i];
     if (!stats[n].ok || !pgm::valid_label(lab, HW)) {
@@ -140,7 +140,7 @@ __global__ void max_abs_kernel(const scalar_t* values, int64_t HW, double* max_a
 template <typename scalar_t, typename index_t>
 __global__ void mean_accumulate_kernel(const scalar_t* values, const index_t* labels, const double* max_abs,
                                        int64_t HW, int64_t total, int64_t* sums, int* counts) {
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kBlock) {
+  WALNET_GRID_STRIDE(i, total) {
     const int64_t n = i / HW;
     const index_t lab = labels[i];
     if (!pgm::is_finite(max_abs[n]) || !pgm::valid_label(lab, HW)) continue;
@@ -152,7 +152,7 @@ __global__ void mean_accumulate_kernel(const scalar_t* values, const index_t* la
 template <typename scalar_t, typename index_t>
 __global__ void mean_write_kernel(const index_t* labels, const double* max_abs, int64_t HW, const int64_t* sums,
                                   const int* counts, int64_t total, scalar_t* out) {
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kBlock) {
+  WALNET_GRID_STRIDE(i, total) {
     const int64_t n = i / HW;
     const index_t lab = labels[i];
     if (!pgm::is_finite(max_abs[n]) || !pgm::valid_label(lab, HW)) {

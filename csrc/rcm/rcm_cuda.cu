@@ -51,7 +51,7 @@ __global__ void crop_resize_kernel(const scalar_t* in, Strides4 is, const int32_
                                    int64_t W, int64_t OH, int64_t OW, bool bilinear, scalar_t* out, Strides4 os,
                                    int64_t total) {
   using T = at::opmath_type<scalar_t>;
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kBlock) {
+  WALNET_GRID_STRIDE(i, total) {
     const int64_t ox = i % OW, oy = (i / OW) % OH, c = (i / (OW * OH)) % C, n = i / (OW * OH * C);
     const Box b = rcm::load_box(boxes, n, H, W);
     const Tap<T> ty = resize_tap<T>(oy, b.y2 - b.y1 + 1, OH, bilinear);
@@ -66,7 +66,7 @@ __global__ void crop_resize_backward_kernel(const scalar_t* grad, Strides4 gs, c
                                             int64_t H, int64_t W, int64_t OH, int64_t OW, bool bilinear,
                                             scalar_t* out, Strides4 os, int64_t total) {
   using T = at::opmath_type<scalar_t>;
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kBlock) {
+  WALNET_GRID_STRIDE(i, total) {
     const int64_t ix = i % W, iy = (i / W) % H, c = (i / (W * H)) % C, n = i / (W * H * C);
     const Box b = rcm::load_box(boxes, n, H, W);
     T value = T(0);
