@@ -17,6 +17,7 @@ namespace {
 
 using pgm::FuseStats;
 using pgm::Geometry;
+using pgm::geometry_of;
 using pgm::MinMax;
 
 // Block-wide min/max; the result is returned to every thread of the block.
@@ -164,10 +165,6 @@ __global__ void mean_write_kernel(const index_t* labels, const double* max_abs, 
   }
 }
 
-Geometry geometry_of(const at::Tensor& a1, const at::Tensor& a2, const at::Tensor& a3) {
-  return {a1.size(1), a1.size(2), a2.size(1), a2.size(2), a3.size(1), a3.size(2)};
-}
-
 // Launches the statistics kernel into a byte buffer that holds one FuseStats<T> per sample.
 template <typename scalar_t, typename T>
 at::Tensor launch_fuse_stats(const at::Tensor& a1, const at::Tensor& a2, const at::Tensor& a3, const Geometry& g) {
@@ -186,7 +183,7 @@ at::Tensor fuse_attention_cuda(const at::Tensor& a1_, const at::Tensor& a2_, con
   const auto a1 = a1_.contiguous(), a2 = a2_.contiguous(), a3 = a3_.contiguous();
   const Geometry g = geometry_of(a1, a2, a3);
   const int64_t N = a1.size(0), total = N * g.H * g.W;
-  auto out = at::empty({N, g.H, g.W}, a1.options().dtype(a1.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  auto out = at::empty({N, g.H, g.W}, a1.options().dtype(pgm::opmath_dtype(a1.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a1.scalar_type(), "fuse_attention_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     const auto stats = launch_fuse_stats<scalar_t, T>(a1, a2, a3, g);
