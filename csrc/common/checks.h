@@ -51,4 +51,18 @@ inline void check_boxes(const at::Tensor& boxes, const at::Tensor& features) {
   TORCH_CHECK(boxes.device() == features.device(), "boxes must be on ", features.device());
 }
 
+// A size an op makes, H x W; `op` and `what` name it in the error ("mask_boxes: the target size").
+inline void check_size(int64_t H, int64_t W, const char* op, const char* what) {
+  TORCH_CHECK(H > 0 && W > 0, op, ": the ", what, " size must be positive, got ", H, "x", W);
+}
+
+// crop_resize (t: the features, H x W: the output size) and its backward (t: the output's
+// gradient, H x W: the input size).
+inline void check_crop(const at::Tensor& t, const char* name, const at::Tensor& boxes, int64_t H, int64_t W,
+                       const char* op, const char* what) {
+  check_features(t, name);
+  check_boxes(boxes, t);
+  check_size(H, W, op, what);
+}
+
 }  // namespace walnet

@@ -32,7 +32,7 @@ using rcm::Box;
 
 at::Tensor mask_boxes_cpu(const at::Tensor& prob_, int64_t H, int64_t W, double threshold, double dilation) {
   check_map(prob_, "prob");
-  TORCH_CHECK(H > 0 && W > 0, "mask_boxes: the target size must be positive, got ", H, "x", W);
+  check_size(H, W, "mask_boxes", "target");
   const auto prob = prob_.contiguous();
   const int64_t N = prob.size(0), h = prob.size(1), w = prob.size(2);
   auto out = at::empty({N, 4}, prob.options().dtype(at::kInt));
@@ -287,12 +287,10 @@ void crop_nearest_pixels(const scalar_t* pf, const Strides4& is, scalar_t* po, c
 
 at::Tensor crop_resize_cpu(const at::Tensor& features, const at::Tensor& boxes_, int64_t OH, int64_t OW,
                            bool bilinear) {
-  check_features(features, "features");
-  check_boxes(boxes_, features);
-  TORCH_CHECK(OH > 0 && OW > 0, "crop_resize: the output size must be positive, got ", OH, "x", OW);
+  check_crop(features, "features", boxes_, OH, OW, "crop_resize", "output");
   const auto boxes = boxes_.contiguous();
   const int64_t N = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
-  auto out = at::empty({N, C, OH, OW}, features.options().memory_format(features.suggest_memory_format()));
+  auto out = rcm::crop_output(features, OH, OW);
   if (out.numel() == 0) return out;
   const int32_t* pb = boxes.const_data_ptr<int32_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "crop_resize_cpu", [&] {
@@ -443,12 +441,10 @@ void nearest_planes_grad(const scalar_t* pg, const Strides4& gs, scalar_t* po, c
 
 at::Tensor crop_resize_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes_, int64_t H, int64_t W,
                                     bool bilinear) {
-  check_features(grad, "grad");
-  check_boxes(boxes_, grad);
-  TORCH_CHECK(H > 0 && W > 0, "crop_resize_backward: the input size must be positive, got ", H, "x", W);
+  check_crop(grad, "grad", boxes_, H, W, "crop_resize_backward", "input");
   const auto boxes = boxes_.contiguous();
   const int64_t N = grad.size(0), C = grad.size(1), OH = grad.size(2), OW = grad.size(3);
-  auto out = at::empty({N, C, H, W}, grad.options().memory_format(grad.suggest_memory_format()));
+  auto out = rcm::crop_output(grad, H, W);
   const int32_t* pb = boxes.const_data_ptr<int32_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "crop_resize_backward_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
