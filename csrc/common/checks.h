@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 namespace walnet {
 
 inline void check_map(const at::Tensor& t, const char* name) {
@@ -63,6 +65,16 @@ inline void check_crop(const at::Tensor& t, const char* name, const at::Tensor& 
   check_features(t, name);
   check_boxes(boxes, t);
   check_size(H, W, op, what);
+}
+
+// Felzenszwalb's images, float64 [N,C,H,W] (pixel indices and segment sizes are int32), and its
+// merge parameters: k = scale / 255 >= 0 (k = 0: only the min_size pass merges) and min_size.
+inline void check_images(const at::Tensor& images, double k, int64_t min_size) {
+  TORCH_CHECK(images.dim() == 4, "images must be [N,C,H,W], got ", images.dim(), " dimensions");
+  TORCH_CHECK(images.scalar_type() == at::kDouble, "images must be float64, got ", images.scalar_type());
+  TORCH_CHECK(images.size(1) > 0 && images.size(2) > 0 && images.size(3) > 0, "images must have C, H, W > 0");
+  TORCH_CHECK(images.size(2) * images.size(3) < (int64_t(1) << 30), "images must have fewer than 2^30 pixels");
+  TORCH_CHECK(std::isfinite(k) && k >= 0 && min_size >= 0, "felzenszwalb: k must be finite and >= 0, and min_size >= 0");
 }
 
 }  // namespace walnet

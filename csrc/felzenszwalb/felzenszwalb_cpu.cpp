@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../common/checks.h"
 #include "felzenszwalb.h"
 
 namespace walnet {
@@ -144,11 +145,7 @@ void segment_image(const double* img, int64_t C, int64_t H, int64_t W, at::Array
 
 std::tuple<at::Tensor, at::Tensor> felzenszwalb_cpu(const at::Tensor& images_, at::ArrayRef<double> weights,
                                                     double k, int64_t min_size, bool parallel) {
-  TORCH_CHECK(images_.dim() == 4, "images must be [N,C,H,W], got ", images_.dim(), " dimensions");
-  TORCH_CHECK(images_.scalar_type() == at::kDouble, "images must be float64, got ", images_.scalar_type());
-  TORCH_CHECK(images_.size(1) > 0 && images_.size(2) > 0 && images_.size(3) > 0, "images must have C, H, W > 0");
-  TORCH_CHECK(images_.size(2) * images_.size(3) < (int64_t(1) << 30), "images must have fewer than 2^30 pixels");
-  TORCH_CHECK(k > 0 && min_size >= 0, "felzenszwalb: k must be > 0 and min_size >= 0");
+  check_images(images_, k, min_size);
   const auto images = images_.contiguous();
   const int64_t N = images.size(0), C = images.size(1), H = images.size(2), W = images.size(3);
   auto labels = at::empty({N, H, W}, images.options().dtype(at::kInt));

@@ -15,6 +15,7 @@
 
 #include <tuple>
 
+#include "../common/checks.h"
 #include "../common/cuda_launch.cuh"
 #include "felzenszwalb.h"
 
@@ -131,11 +132,7 @@ __global__ void __launch_bounds__(kWindow) kruskal_kernel(ImageBuffers b, int64_
 
 std::tuple<at::Tensor, at::Tensor> felzenszwalb_cuda(const at::Tensor& images_, at::ArrayRef<double> weights,
                                                      double k, int64_t min_size, bool /*parallel: always*/) {
-  TORCH_CHECK(images_.dim() == 4, "images must be [N,C,H,W], got ", images_.dim(), " dimensions");
-  TORCH_CHECK(images_.scalar_type() == at::kDouble, "images must be float64, got ", images_.scalar_type());
-  TORCH_CHECK(images_.size(1) > 0 && images_.size(2) > 0 && images_.size(3) > 0, "images must have C, H, W > 0");
-  TORCH_CHECK(images_.size(2) * images_.size(3) < (int64_t(1) << 30), "images must have fewer than 2^30 pixels");
-  TORCH_CHECK(k > 0 && min_size >= 0, "felzenszwalb: k must be > 0 and min_size >= 0");
+  check_images(images_, k, min_size);
   const c10::cuda::CUDAGuard guard(images_.device());
   const auto stream = at::cuda::getCurrentCUDAStream();
   const auto images = images_.contiguous();
