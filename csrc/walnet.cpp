@@ -25,6 +25,8 @@ TORCH_LIBRARY(walnet, m) {
   m.def("crop_resize(Tensor features, Tensor boxes, int out_height, int out_width, bool bilinear) -> Tensor");
   m.def("crop_resize_backward(Tensor grad, Tensor boxes, int in_height, int in_width, bool bilinear) -> Tensor");
   // Felzenszwalb superpixels (DESIGN.md §4). weights: scipy's Gaussian kernel, centre first;
-  // k = scale / 255. Returns labels [N,H,W] int32 and the reservation rounds [N,2] int32.
-  m.def("felzenszwalb(Tensor images, float[] weights, float k, int min_size, bool parallel) -> (Tensor, Tensor)");
+  // k = scale / 255. reservations: Kruskal by deterministic reservations (the GPU's algorithm)
+  // rather than skimage's sequential Kruskal; both give the same labels. Returns labels [N,H,W]
+  // int32 and the reservation rounds [N,2] int32 (0 for the sequential algorithm).
+  m.def("felzenszwalb(Tensor images, float[] weights, float k, int min_size, bool reservations) -> (Tensor, Tensor)");
 }

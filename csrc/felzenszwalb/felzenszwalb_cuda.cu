@@ -1,4 +1,6 @@
-// CUDA kernel of the Felzenszwalb op, exact: the same labels as the CPU op, bit for bit.
+// CUDA kernel of the Felzenszwalb op: the same labels as the CPU op, bit for bit. It always runs
+// Kruskal by deterministic reservations (the `reservations` argument is ignored: both
+// algorithms give the same labels).
 // Per batch: Gaussian smoothing (rows, then columns) and edge weights in float64 without FMA;
 // a segmented stable sort of every image's edges by weight (CUB); then one thread block per
 // image runs Kruskal by deterministic reservations — the rounds of felzenszwalb.h, a window of
@@ -131,7 +133,7 @@ __global__ void __launch_bounds__(kWindow) kruskal_kernel(ImageBuffers b, int64_
 }
 
 std::tuple<at::Tensor, at::Tensor> felzenszwalb_cuda(const at::Tensor& images_, at::ArrayRef<double> weights,
-                                                     double k, int64_t min_size, bool /*parallel: always*/) {
+                                                     double k, int64_t min_size, bool /*reservations: always*/) {
   check_images(images_, k, min_size);
   const c10::cuda::CUDAGuard guard(images_.device());
   const auto stream = at::cuda::getCurrentCUDAStream();
