@@ -1,5 +1,5 @@
-// Input checks shared by the CPU and CUDA entry points. The Python wrappers raise friendlier
-// errors first; these keep a direct torch.ops.walnet.* call memory-safe.
+// Input checks shared by the CPU and CUDA entry points (docs/design.md §2). The Python wrappers
+// raise friendlier errors first; these keep a direct torch.ops.walnet.* call memory-safe.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -1,4 +1,4 @@
-// Per-element logic of the Felzenszwalb op (DESIGN.md §4), shared by the CPU and CUDA builds:
+// Per-element logic of the Felzenszwalb op (docs/design.md §6), shared by the CPU and CUDA builds:
 // scipy's Gaussian smoothing sample, skimage's edge list and weights, the float32-rounded merge
 // predicate, union-find, and the round logic of Kruskal by deterministic reservations.
 //

@@ -1,4 +1,4 @@
-// Per-element logic of the PGM ops (DESIGN.md §3), shared by the CPU and CUDA backends.
+// Per-element logic of the PGM ops (docs/design.md §4), shared by the CPU and CUDA backends.
 //
 // Everything that decides a value lives here as WALNET_HD inline functions, so the CPU build
 // runs the very arithmetic the GPU runs and the CPU tests cover both. The arithmetic order

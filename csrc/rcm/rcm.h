@@ -1,4 +1,4 @@
-// Per-element logic of the RCM ops (DESIGN.md §2), shared by the CPU and CUDA backends:
+// Per-element logic of the RCM ops (docs/design.md §5), shared by the CPU and CUDA backends:
 // the dilated box of a mask, and the crop-resize gather and its transpose (the backward, also a
 // gather: every source pixel sums the output pixels that read it, in a fixed order). The
 // host-side helper at the end makes the result tensor both entry points return.
