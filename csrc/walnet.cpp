@@ -1,5 +1,6 @@
-// Every walnet operator schema, in one place. Kernels register themselves per backend in
-// csrc/<op>/<op>_{cpu,cuda}; fake kernels and autograd are registered in walnet/ops/_library.py.
+// Every walnet operator schema, in one place (docs/design.md §2). Kernels register themselves
+// per backend in csrc/<op>/<op>_{cpu,cuda}; fake kernels and autograd are registered in
+// walnet/ops/_library.py.
 #include <torch/library.h>
 
 #ifdef WALNET_PYTHON_MODULE
@@ -16,15 +17,17 @@ PyObject* PyInit__C(void) {
 #endif
 
 TORCH_LIBRARY(walnet, m) {
-  // PGM (DESIGN.md §3)
+  // PGM (docs/design.md §4)
   m.def("fuse_attention(Tensor a1, Tensor a2, Tensor a3) -> Tensor");
   m.def("superpixel_mean(Tensor values, Tensor labels) -> Tensor");
   m.def("pseudo_mask(Tensor a1, Tensor a2, Tensor a3, Tensor labels, float threshold) -> Tensor");
-  // RCM (DESIGN.md §2)
+  // RCM (docs/design.md §5)
   m.def("mask_boxes(Tensor prob, int height, int width, float threshold, float dilation) -> Tensor");
   m.def("crop_resize(Tensor features, Tensor boxes, int out_height, int out_width, bool bilinear) -> Tensor");
   m.def("crop_resize_backward(Tensor grad, Tensor boxes, int in_height, int in_width, bool bilinear) -> Tensor");
-  // Felzenszwalb superpixels (DESIGN.md §4). weights: scipy's Gaussian kernel, centre first;
-  // k = scale / 255. Returns labels [N,H,W] int32 and the reservation rounds [N,2] int32.
-  m.def("felzenszwalb(Tensor images, float[] weights, float k, int min_size, bool parallel) -> (Tensor, Tensor)");
+  // Felzenszwalb superpixels (docs/design.md §6). weights: scipy's Gaussian kernel, centre first;
+  // k = scale / 255. reservations: Kruskal by deterministic reservations (the GPU's algorithm)
+  // rather than skimage's sequential Kruskal; both give the same labels. Returns labels [N,H,W]
+  // int32 and the reservation rounds [N,2] int32 (0 for the sequential algorithm).
+  m.def("felzenszwalb(Tensor images, float[] weights, float k, int min_size, bool reservations) -> (Tensor, Tensor)");
 }

@@ -1,8 +1,10 @@
-// Input checks shared by the CPU and CUDA entry points. The Python wrappers raise friendlier
-// errors first; these keep a direct torch.ops.walnet.* call memory-safe.
+// Input checks shared by the CPU and CUDA entry points (docs/design.md §2). The Python wrappers
+// raise friendlier errors first; these keep a direct torch.ops.walnet.* call memory-safe.
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <cmath>
 
 namespace walnet {
 
@@ -49,6 +51,30 @@ inline void check_boxes(const at::Tensor& boxes, const at::Tensor& features) {
               "boxes must be [N,4] with the features' N, got ", boxes.sizes());
   TORCH_CHECK(boxes.scalar_type() == at::kInt, "boxes must be int32, got ", boxes.scalar_type());
   TORCH_CHECK(boxes.device() == features.device(), "boxes must be on ", features.device());
+}
+
+// A size an op makes, H x W; `op` and `what` name it in the error ("mask_boxes: the target size").
+inline void check_size(int64_t H, int64_t W, const char* op, const char* what) {
+  TORCH_CHECK(H > 0 && W > 0, op, ": the ", what, " size must be positive, got ", H, "x", W);
+}
+
+// crop_resize (t: the features, H x W: the output size) and its backward (t: the output's
+// gradient, H x W: the input size).
+inline void check_crop(const at::Tensor& t, const char* name, const at::Tensor& boxes, int64_t H, int64_t W,
+                       const char* op, const char* what) {
+  check_features(t, name);
+  check_boxes(boxes, t);
+  check_size(H, W, op, what);
+}
+
+// Felzenszwalb's images, float64 [N,C,H,W] (pixel indices and segment sizes are int32), and its
+// merge parameters: k = scale / 255 >= 0 (k = 0: only the min_size pass merges) and min_size.
+inline void check_images(const at::Tensor& images, double k, int64_t min_size) {
+  TORCH_CHECK(images.dim() == 4, "images must be [N,C,H,W], got ", images.dim(), " dimensions");
+  TORCH_CHECK(images.scalar_type() == at::kDouble, "images must be float64, got ", images.scalar_type());
+  TORCH_CHECK(images.size(1) > 0 && images.size(2) > 0 && images.size(3) > 0, "images must have C, H, W > 0");
+  TORCH_CHECK(images.size(2) * images.size(3) < (int64_t(1) << 30), "images must have fewer than 2^30 pixels");
+  TORCH_CHECK(std::isfinite(k) && k >= 0 && min_size >= 0, "felzenszwalb: k must be finite and >= 0, and min_size >= 0");
 }
 
 }  // namespace walnet

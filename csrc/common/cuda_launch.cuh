@@ -1,5 +1,5 @@
-// Launch configuration shared by the CUDA kernels: a fixed block size and a grid for
-// grid-stride loops (any grid size gives the same results; the cap only bounds launch size).
+// Launch configuration shared by the CUDA kernels: a fixed block size, a grid for grid-stride
+// loops (any grid size gives the same results; the cap only bounds launch size), and the loop.
 #pragma once
 
 #include <cstdint>
@@ -15,3 +15,8 @@ inline int grid_for(int64_t n) {
 }
 
 }  // namespace walnet
+
+// A grid-stride loop over [0, total): every thread of the grid starts at its own index and steps
+// by the number of threads in the grid, so each index is visited once whatever the grid size.
+#define WALNET_GRID_STRIDE(i, total) \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (total); i += int64_t(gridDim.x) * blockDim.x)

@@ -1,4 +1,4 @@
-// Per-element logic of the Felzenszwalb op (DESIGN.md §4), shared by the CPU and CUDA builds:
+// Per-element logic of the Felzenszwalb op (docs/design.md §6), shared by the CPU and CUDA builds:
 // scipy's Gaussian smoothing sample, skimage's edge list and weights, the float32-rounded merge
 // predicate, union-find, and the round logic of Kruskal by deterministic reservations.
 //
@@ -98,6 +98,10 @@ WALNET_HD int32_t join_roots(int32_t* parent, int32_t a, int32_t b) {
 // current roots (atomic min); an edge that holds both bids is the earliest undecided edge
 // touching either component, so committing it now gives exactly the sequential result, and the
 // winners of one round touch disjoint roots.
+
+// Sorted edges considered per round: the threads of the CUDA kernel's per-image block, and the
+// CPU's window, so that both backends run (and report) the same rounds.
+constexpr int kWindow = 1024;
 
 constexpr int32_t kNoBid = 0x7fffffff;
 

@@ -1,7 +1,8 @@
-// CPU kernel of the Felzenszwalb op: images in parallel across threads, each run serially.
-// parallel=false: skimage's sequential Kruskal (exact). parallel=true: the GPU algorithm —
-// Kruskal by deterministic reservations, round by round with the same step functions the CUDA
-// kernel runs — so this machine tests the GPU's rounds; both give the same labels.
+// CPU kernel of the Felzenszwalb op: images in parallel across threads, each run serially, by
+// one of two algorithms that give the same labels (skimage's). reservations=false: skimage's
+// sequential Kruskal. reservations=true: the GPU's algorithm, Kruskal by deterministic
+// reservations, round by round with the same step functions the CUDA kernel runs, so that a
+// CPU-only build tests the GPU's rounds.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -11,13 +12,11 @@
 #include <tuple>
 #include <vector>
 
+#include "../common/checks.h"
 #include "felzenszwalb.h"
 
 namespace walnet {
 namespace {
-
-// Window of sorted edges considered per round: the CUDA kernel's block size.
-constexpr int64_t kWindow = 1024;
 
 struct ImageScratch {
   std::vector<double> tmp, smooth, weight, ew;
@@ -112,9 +111,9 @@ int32_t run_sequential(const fz::PassState& st, int64_t E) {
 int32_t run_reservations(const fz::PassState& st, int64_t E) {
   int32_t rounds = 0;
   int64_t start = 0;
-  std::vector<uint8_t> bidding(kWindow);
+  std::vector<uint8_t> bidding(fz::kWindow);
   while (start < E) {
-    const int64_t end = std::min(start + kWindow, E);
+    const int64_t end = std::min(start + fz::kWindow, E);
     ++rounds;
     for (int64_t i = start; i < end; ++i) bidding[i - start] = !st.decided[i] && fz::bid_step(st, i);
     for (int64_t i = start; i < end; ++i)
@@ -127,7 +126,7 @@ int32_t run_reservations(const fz::PassState& st, int64_t E) {
 }
 
 void segment_image(const double* img, int64_t C, int64_t H, int64_t W, at::ArrayRef<double> weights, double k,
-                   int64_t min_size, bool parallel, ImageScratch& s, int32_t* labels, int32_t* rounds) {
+                   int64_t min_size, bool reservations, ImageScratch& s, int32_t* labels, int32_t* rounds) {
   const int64_t HW = H * W, E = fz::edge_counts(H, W).total();
   smooth_image(img, C, H, W, weights, s);
   sorted_edges(C, H, W, s);
@@ -140,18 +139,14 @@ void segment_image(const double* img, int64_t C, int64_t H, int64_t W, at::Array
     st.min_size_pass = pass == 1;
     s.decided.assign(E, 0);
     st.decided = s.decided.data();
-    rounds[pass] = parallel ? run_reservations(st, E) : run_sequential(st, E);
+    rounds[pass] = reservations ? run_reservations(st, E) : run_sequential(st, E);
   }
   fz::number_components(s.parent.data(), HW, labels);
 }
 
 std::tuple<at::Tensor, at::Tensor> felzenszwalb_cpu(const at::Tensor& images_, at::ArrayRef<double> weights,
-                                                    double k, int64_t min_size, bool parallel) {
-  TORCH_CHECK(images_.dim() == 4, "images must be [N,C,H,W], got ", images_.dim(), " dimensions");
-  TORCH_CHECK(images_.scalar_type() == at::kDouble, "images must be float64, got ", images_.scalar_type());
-  TORCH_CHECK(images_.size(1) > 0 && images_.size(2) > 0 && images_.size(3) > 0, "images must have C, H, W > 0");
-  TORCH_CHECK(images_.size(2) * images_.size(3) < (int64_t(1) << 30), "images must have fewer than 2^30 pixels");
-  TORCH_CHECK(k > 0 && min_size >= 0, "felzenszwalb: k must be > 0 and min_size >= 0");
+                                                    double k, int64_t min_size, bool reservations) {
+  check_images(images_, k, min_size);
   const auto images = images_.contiguous();
   const int64_t N = images.size(0), C = images.size(1), H = images.size(2), W = images.size(3);
   auto labels = at::empty({N, H, W}, images.options().dtype(at::kInt));
@@ -162,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor> felzenszwalb_cpu(const at::Tensor& images_, a
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     ImageScratch scratch;
     for (int64_t n = begin; n < end; ++n)
-      segment_image(pi + n * C * H * W, C, H, W, weights, k, min_size, parallel, scratch, pl + n * H * W, pr + 2 * n);
+      segment_image(pi + n * C * H * W, C, H, W, weights, k, min_size, reservations, scratch, pl + n * H * W, pr + 2 * n);
   });
   return {labels, rounds};
 }

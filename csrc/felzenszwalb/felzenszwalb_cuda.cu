@@ -1,4 +1,6 @@
-// CUDA kernel of the Felzenszwalb op, exact: the same labels as the CPU op, bit for bit.
+// CUDA kernel of the Felzenszwalb op: the same labels as the CPU op, bit for bit. It always runs
+// Kruskal by deterministic reservations (the `reservations` argument is ignored: both
+// algorithms give the same labels).
 // Per batch: Gaussian smoothing (rows, then columns) and edge weights in float64 without FMA;
 // a segmented stable sort of every image's edges by weight (CUB); then one thread block per
 // image runs Kruskal by deterministic reservations — the rounds of felzenszwalb.h, a window of
@@ -15,16 +17,14 @@
 
 #include <tuple>
 
+#include "../common/checks.h"
 #include "../common/cuda_launch.cuh"
 #include "felzenszwalb.h"
 
 namespace walnet {
 namespace {
 
-constexpr int kWindow = 1024;  // threads of the per-image block = sorted edges per round
-
-#define WALNET_GRID_STRIDE(i, total) \
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (total); i += int64_t(gridDim.x) * blockDim.x)
+using fz::kWindow;  // threads of the per-image block = sorted edges per round
 
 // The Gaussian kernel by value (a kernel argument), so no host-to-device copy is needed.
 constexpr int kMaxTaps = 64;  // radius <= 63: sigma up to 15.6
@@ -133,12 +133,8 @@ __global__ void __launch_bounds__(kWindow) kruskal_kernel(ImageBuffers b, int64_
 }
 
 std::tuple<at::Tensor, at::Tensor> felzenszwalb_cuda(const at::Tensor& images_, at::ArrayRef<double> weights,
-                                                     double k, int64_t min_size, bool /*parallel: always*/) {
-  TORCH_CHECK(images_.dim() == 4, "images must be [N,C,H,W], got ", images_.dim(), " dimensions");
-  TORCH_CHECK(images_.scalar_type() == at::kDouble, "images must be float64, got ", images_.scalar_type());
-  TORCH_CHECK(images_.size(1) > 0 && images_.size(2) > 0 && images_.size(3) > 0, "images must have C, H, W > 0");
-  TORCH_CHECK(images_.size(2) * images_.size(3) < (int64_t(1) << 30), "images must have fewer than 2^30 pixels");
-  TORCH_CHECK(k > 0 && min_size >= 0, "felzenszwalb: k must be > 0 and min_size >= 0");
+                                                     double k, int64_t min_size, bool /*reservations: always*/) {
+  check_images(images_, k, min_size);
   const c10::cuda::CUDAGuard guard(images_.device());
   const auto stream = at::cuda::getCurrentCUDAStream();
   const auto images = images_.contiguous();

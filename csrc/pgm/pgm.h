@@ -1,10 +1,13 @@
-// Per-element logic of the PGM ops (DESIGN.md §3), shared by the CPU and CUDA backends.
+// Per-element logic of the PGM ops (docs/design.md §4), shared by the CPU and CUDA backends.
 //
 // Everything that decides a value lives here as WALNET_HD inline functions, so the CPU build
 // runs the very arithmetic the GPU runs and the CPU tests cover both. The arithmetic order
 // follows walnet/ops/reference.py exactly (normalise each map, multiply left to right,
-// normalise the product), which makes fuse_attention bitwise equal to the reference.
+// normalise the product), which makes fuse_attention bitwise equal to the reference. The
+// host-side helpers at the end read the shapes and dtypes both entry points need.
 #pragma once
+
+#include <ATen/core/Tensor.h>
 
 #include <cmath>
 #include <cstdint>
@@ -144,6 +147,16 @@ WALNET_HD bool valid_label(index_t label, int64_t n_pixels) {
 WALNET_HD uint8_t binarise(double mean, double threshold) {
   return mean >= threshold ? uint8_t(1) : uint8_t(0);
 }
+
+// --- Host side: what the CPU and CUDA entry points read off their tensors ------------------
+
+// The geometry of a batch of attention maps that check_attention accepted.
+inline Geometry geometry_of(const at::Tensor& a1, const at::Tensor& a2, const at::Tensor& a3) {
+  return {a1.size(1), a1.size(2), a2.size(1), a2.size(2), a3.size(1), a3.size(2)};
+}
+
+// dtype of the fused map: the math type of the maps (float64 for float64, else float32).
+inline at::ScalarType opmath_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 }  // namespace pgm
 }  // namespace walnet

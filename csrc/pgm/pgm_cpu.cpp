@@ -21,15 +21,8 @@ namespace {
 
 using pgm::FuseStats;
 using pgm::Geometry;
+using pgm::geometry_of;
 using pgm::MinMax;
-
-Geometry geometry_of(const at::Tensor& a1, const at::Tensor& a2, const at::Tensor& a3) {
-  return {a1.size(1), a1.size(2), a2.size(1), a2.size(2), a3.size(1), a3.size(2)};
-}
-
-at::ScalarType opmath_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 // Per-thread buffers for one sample of a given geometry.
 template <typename T>
@@ -125,7 +118,7 @@ at::Tensor fuse_attention_cpu(const at::Tensor& a1_, const at::Tensor& a2_, cons
   const auto a1 = a1_.contiguous(), a2 = a2_.contiguous(), a3 = a3_.contiguous();
   const Geometry g = geometry_of(a1, a2, a3);
   const int64_t N = a1.size(0), HW = g.H * g.W;
-  auto out = at::empty({N, g.H, g.W}, a1.options().dtype(opmath_dtype(a1.scalar_type())));
+  auto out = at::empty({N, g.H, g.W}, a1.options().dtype(pgm::opmath_dtype(a1.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a1.scalar_type(), "fuse_attention_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t *p1 = a1.const_data_ptr<scalar_t>(), *p2 = a2.const_data_ptr<scalar_t>(),

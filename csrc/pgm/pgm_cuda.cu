@@ -17,6 +17,7 @@ namespace {
 
 using pgm::FuseStats;
 using pgm::Geometry;
+using pgm::geometry_of;
 using pgm::MinMax;
 
 // Block-wide min/max; the result is returned to every thread of the block.
@@ -83,7 +84,7 @@ template <typename scalar_t, typename T>
 __global__ void fuse_write_kernel(const scalar_t* a1, const scalar_t* a2, const scalar_t* a3,
                                   Geometry g, const FuseStats<T>* stats, int64_t total, T* out) {
   const int64_t HW = g.H * g.W;
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kBlock) {
+  WALNET_GRID_STRIDE(i, total) {
     const int64_t n = i / HW, p = i % HW;
     out[i] = pgm::fused_value(a1 + n * HW, a2 + n * g.h2 * g.w2, a3 + n * g.h3 * g.w3, g, p / g.W,
                               p % g.W, stats[n]);
@@ -101,7 +102,7 @@ __global__ void mask_accumulate_kernel(const scalar_t* a1, const scalar_t* a2, c
                                        const index_t* labels, Geometry g, const FuseStats<T>* stats,
                                        double scale, int64_t total, int64_t* sums, int* counts) {
   const int64_t HW = g.H * g.W;
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kBlock) {
+  WALNET_GRID_STRIDE(i, total) {
     const int64_t n = i / HW, p = i % HW;
     const index_t lab = labels[i];
     if (!stats[n].ok || !pgm::valid_label(lab, HW)) continue;
@@ -115,7 +116,7 @@ template <typename T, typename index_t>
 __global__ void mask_write_kernel(const index_t* labels, const FuseStats<T>* stats, int64_t HW,
                                   const int64_t* sums, const int* counts, double scale, double threshold,
                                   int64_t total, uint8_t* out) {
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kBlock) {
+  WALNET_GRID_STRIDE(i, total) {
     const int64_t n = i / HW;
     const index_t lab = labels[i];
     if (!stats[n].ok || !pgm::valid_label(lab, HW)) {
@@ -140,7 +141,7 @@ __global__ void max_abs_kernel(const scalar_t* values, int64_t HW, double* max_a
 template <typename scalar_t, typename index_t>
 __global__ void mean_accumulate_kernel(const scalar_t* values, const index_t* labels, const double* max_abs,
                                        int64_t HW, int64_t total, int64_t* sums, int* counts) {
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kBlock) {
+  WALNET_GRID_STRIDE(i, total) {
     const int64_t n = i / HW;
     const index_t lab = labels[i];
     if (!pgm::is_finite(max_abs[n]) || !pgm::valid_label(lab, HW)) continue;
@@ -152,7 +153,7 @@ __global__ void mean_accumulate_kernel(const scalar_t* values, const index_t* la
 template <typename scalar_t, typename index_t>
 __global__ void mean_write_kernel(const index_t* labels, const double* max_abs, int64_t HW, const int64_t* sums,
                                   const int* counts, int64_t total, scalar_t* out) {
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kBlock) {
+  WALNET_GRID_STRIDE(i, total) {
     const int64_t n = i / HW;
     const index_t lab = labels[i];
     if (!pgm::is_finite(max_abs[n]) || !pgm::valid_label(lab, HW)) {
@@ -162,10 +163,6 @@ __global__ void mean_write_kernel(const index_t* labels, const double* max_abs, 
     const int64_t slot = n * HW + lab;
     out[i] = static_cast<scalar_t>(pgm::segment_mean(sums[slot], counts[slot], pgm::fixed_point_scale(max_abs[n], HW)));
   }
-}
-
-Geometry geometry_of(const at::Tensor& a1, const at::Tensor& a2, const at::Tensor& a3) {
-  return {a1.size(1), a1.size(2), a2.size(1), a2.size(2), a3.size(1), a3.size(2)};
 }
 
 // Launches the statistics kernel into a byte buffer that holds one FuseStats<T> per sample.
@@ -186,7 +183,7 @@ at::Tensor fuse_attention_cuda(const at::Tensor& a1_, const at::Tensor& a2_, con
   const auto a1 = a1_.contiguous(), a2 = a2_.contiguous(), a3 = a3_.contiguous();
   const Geometry g = geometry_of(a1, a2, a3);
   const int64_t N = a1.size(0), total = N * g.H * g.W;
-  auto out = at::empty({N, g.H, g.W}, a1.options().dtype(a1.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  auto out = at::empty({N, g.H, g.W}, a1.options().dtype(pgm::opmath_dtype(a1.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a1.scalar_type(), "fuse_attention_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     const auto stats = launch_fuse_stats<scalar_t, T>(a1, a2, a3, g);

@@ -1,7 +1,10 @@
-// Per-element logic of the RCM ops (DESIGN.md §2), shared by the CPU and CUDA backends:
+// Per-element logic of the RCM ops (docs/design.md §5), shared by the CPU and CUDA backends:
 // the dilated box of a mask, and the crop-resize gather and its transpose (the backward, also a
-// gather: every source pixel sums the output pixels that read it, in a fixed order).
+// gather: every source pixel sums the output pixels that read it, in a fixed order). The
+// host-side helper at the end makes the result tensor both entry points return.
 #pragma once
+
+#include <ATen/ATen.h>
 
 #include <cstdint>
 
@@ -82,6 +85,15 @@ WALNET_HD T crop_grad(const scalar_t* grad, int64_t gH, int64_t gW, int64_t ch, 
     acc += wy * row;
   }
   return acc;
+}
+
+// --- Host side, shared by the CPU and CUDA entry points -------------------------------------
+
+// The result of crop_resize (t: the features, H x W: the output size) or of its backward (t: the
+// output's gradient, H x W: the input size): t's batch and channels, in t's memory format, so
+// that channels_last stays channels_last.
+inline at::Tensor crop_output(const at::Tensor& t, int64_t H, int64_t W) {
+  return at::empty({t.size(0), t.size(1), H, W}, t.options().memory_format(t.suggest_memory_format()));
 }
 
 }  // namespace rcm

@@ -51,7 +51,7 @@ __global__ void crop_resize_kernel(const scalar_t* in, Strides4 is, const int32_
                                    int64_t W, int64_t OH, int64_t OW, bool bilinear, scalar_t* out, Strides4 os,
                                    int64_t total) {
   using T = at::opmath_type<scalar_t>;
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kBlock) {
+  WALNET_GRID_STRIDE(i, total) {
     const int64_t ox = i % OW, oy = (i / OW) % OH, c = (i / (OW * OH)) % C, n = i / (OW * OH * C);
     const Box b = rcm::load_box(boxes, n, H, W);
     const Tap<T> ty = resize_tap<T>(oy, b.y2 - b.y1 + 1, OH, bilinear);
@@ -66,7 +66,7 @@ __global__ void crop_resize_backward_kernel(const scalar_t* grad, Strides4 gs, c
                                             int64_t H, int64_t W, int64_t OH, int64_t OW, bool bilinear,
                                             scalar_t* out, Strides4 os, int64_t total) {
   using T = at::opmath_type<scalar_t>;
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kBlock) {
+  WALNET_GRID_STRIDE(i, total) {
     const int64_t ix = i % W, iy = (i / W) % H, c = (i / (W * H)) % C, n = i / (W * H * C);
     const Box b = rcm::load_box(boxes, n, H, W);
     T value = T(0);
@@ -81,7 +81,7 @@ __global__ void crop_resize_backward_kernel(const scalar_t* grad, Strides4 gs, c
 
 at::Tensor mask_boxes_cuda(const at::Tensor& prob_, int64_t H, int64_t W, double threshold, double dilation) {
   check_map(prob_, "prob");
-  TORCH_CHECK(H > 0 && W > 0, "mask_boxes: the target size must be positive, got ", H, "x", W);
+  check_size(H, W, "mask_boxes", "target");
   const c10::cuda::CUDAGuard guard(prob_.device());
   const auto prob = prob_.contiguous();
   const int64_t N = prob.size(0);
@@ -95,42 +95,41 @@ at::Tensor mask_boxes_cuda(const at::Tensor& prob_, int64_t H, int64_t W, double
   return out;
 }
 
-at::Tensor crop_resize_cuda(const at::Tensor& features, const at::Tensor& boxes_, int64_t OH, int64_t OW,
-                            bool bilinear) {
-  check_features(features, "features");
-  check_boxes(boxes_, features);
-  TORCH_CHECK(OH > 0 && OW > 0, "crop_resize: the output size must be positive, got ", OH, "x", OW);
-  const c10::cuda::CUDAGuard guard(features.device());
-  const auto boxes = boxes_.contiguous();
-  const int64_t N = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
-  auto out = at::empty({N, C, OH, OW}, features.options().memory_format(features.suggest_memory_format()));
+// crop_resize_kernel and crop_resize_backward_kernel take the same arguments: `in` (the features,
+// or the output's gradient), the boxes, C, the features' H x W, the output's OH x OW, and `out`
+// (the output, or the features' gradient), one thread per element of `out`.
+template <typename scalar_t, typename Kernel>
+void launch_crop(Kernel kernel, const at::Tensor& in, const at::Tensor& boxes_, int64_t H, int64_t W, int64_t OH,
+                 int64_t OW, bool bilinear, at::Tensor& out) {
   const int64_t total = out.numel();
-  if (total == 0) return out;
+  if (total == 0) return;
+  const auto boxes = boxes_.contiguous();
+  kernel<<<grid_for(total), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+      in.const_data_ptr<scalar_t>(), strides_of(in), boxes.const_data_ptr<int32_t>(), in.size(1), H, W, OH, OW,
+      bilinear, out.mutable_data_ptr<scalar_t>(), strides_of(out), total);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor crop_resize_cuda(const at::Tensor& features, const at::Tensor& boxes, int64_t OH, int64_t OW,
+                            bool bilinear) {
+  check_crop(features, "features", boxes, OH, OW, "crop_resize", "output");
+  const c10::cuda::CUDAGuard guard(features.device());
+  auto out = rcm::crop_output(features, OH, OW);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "crop_resize_cuda", [&] {
-    crop_resize_kernel<scalar_t><<<grid_for(total), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-        features.const_data_ptr<scalar_t>(), strides_of(features), boxes.const_data_ptr<int32_t>(), C, H, W, OH, OW,
-        bilinear, out.mutable_data_ptr<scalar_t>(), strides_of(out), total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_crop<scalar_t>(crop_resize_kernel<scalar_t>, features, boxes, features.size(2), features.size(3), OH, OW,
+                          bilinear, out);
   });
   return out;
 }
 
-at::Tensor crop_resize_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes_, int64_t H, int64_t W,
+at::Tensor crop_resize_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes, int64_t H, int64_t W,
                                      bool bilinear) {
-  check_features(grad, "grad");
-  check_boxes(boxes_, grad);
-  TORCH_CHECK(H > 0 && W > 0, "crop_resize_backward: the input size must be positive, got ", H, "x", W);
+  check_crop(grad, "grad", boxes, H, W, "crop_resize_backward", "input");
   const c10::cuda::CUDAGuard guard(grad.device());
-  const auto boxes = boxes_.contiguous();
-  const int64_t N = grad.size(0), C = grad.size(1), OH = grad.size(2), OW = grad.size(3);
-  auto out = at::empty({N, C, H, W}, grad.options().memory_format(grad.suggest_memory_format()));
-  const int64_t total = out.numel();
-  if (total == 0) return out;
+  auto out = rcm::crop_output(grad, H, W);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "crop_resize_backward_cuda", [&] {
-    crop_resize_backward_kernel<scalar_t><<<grid_for(total), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-        grad.const_data_ptr<scalar_t>(), strides_of(grad), boxes.const_data_ptr<int32_t>(), C, H, W, OH, OW, bilinear,
-        out.mutable_data_ptr<scalar_t>(), strides_of(out), total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_crop<scalar_t>(crop_resize_backward_kernel<scalar_t>, grad, boxes, H, W, grad.size(2), grad.size(3),
+                          bilinear, out);
   });
   return out;
 }

@@ -1,0 +1,28 @@
+// Internal to the RCM CPU kernels, which are split by code path: the op entry points and the
+// generic forward (rcm_forward_cpu.cpp) call the nearest forward's fast paths
+// (rcm_nearest_cpu.cpp) and register the backward (rcm_backward_cpu.cpp) declared here.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace walnet {
+namespace rcm {
+
+// Planes per parallel task at least, so that small maps (7x7: 49 values a plane) are not split
+// finer than the cost of waking a thread.
+inline int64_t plane_grain(int64_t plane_size) { return std::max<int64_t>(1, 32768 / plane_size); }
+
+// Nearest crop_resize of `features` into `out` (allocated, non-empty) through a fast path:
+// unit W strides (planes of rows) or unit C strides (channels_last pixels). Returns false,
+// writing nothing, when neither tensor pair has such strides.
+bool crop_nearest_cpu(const at::Tensor& features, const int32_t* boxes, at::Tensor& out);
+
+// The CPU kernel of crop_resize_backward, both modes.
+at::Tensor crop_resize_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes, int64_t H, int64_t W,
+                                    bool bilinear);
+
+}  // namespace rcm
+}  // namespace walnet
