@@ -93,7 +93,8 @@ def run_demo(threads: int) -> str:
     echoing its output to stderr as it goes; returns its stdout. Raises CheckError if it fails."""
     with tempfile.TemporaryDirectory(prefix="walnet-demo-check-") as tmp:
         cmd = [sys.executable, "-m", "walnet", "demo", "--output", str(Path(tmp) / "demo")]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        # unbuffered: the demo's epoch lines show as they come, not all at the end
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         print(f"running (OMP_NUM_THREADS={threads}):", " ".join(cmd), file=sys.stderr, flush=True)
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
         lines = []
