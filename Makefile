@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # ninja and the venv's tools first on PATH (torch's extension builder looks for ninja there).
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: test build venv demo bench bench-table ctest device-check clean
+.PHONY: test build venv demo demo-check bench bench-table ctest device-check clean
 
 test: build
 	$(PY) -m pytest
@@ -28,6 +28,12 @@ build: venv
 DEMO_DIR ?= demo-output
 demo: build
 	$(PY) -m walnet demo --output $(DEMO_DIR)
+
+# Runs the demo into a fresh temporary folder and fails, printing both lines and the differing
+# numbers, when its printed result differs from the line quoted in README.md's demo-output block
+# (the elapsed seconds aside). `$(PY) tools/check_readme_demo.py --log FILE` checks saved output.
+demo-check: build
+	$(PY) tools/check_readme_demo.py
 
 bench: build
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-only -p no:randomly

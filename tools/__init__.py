@@ -1,0 +1,1 @@
+"""Developer tools of the walnet repository (run from a checkout; not part of the package)."""
