@@ -26,7 +26,7 @@ SANITIZER=${SANITIZER:-compute-sanitizer}
 command -v "$SANITIZER" >/dev/null || SANITIZER=/usr/local/cuda/bin/compute-sanitizer
 OP_TESTS=(tests/test_fuse_attention.py tests/test_superpixel_mean.py tests/test_pseudo_mask.py tests/test_pgm.py
           tests/test_mask_boxes.py tests/test_crop_resize.py tests/test_crop_resize_backward.py tests/test_roi_crop.py
-          tests/test_felzenszwalb.py)
+          tests/test_felzenszwalb.py tests/test_felzenszwalb_api.py tests/test_felzenszwalb_skimage.py)
 CUDA_TESTS=("${OP_TESTS[@]}" -k "cuda" -q -x -p no:cacheprovider)
 for tool in memcheck racecheck synccheck initcheck; do
   echo "-- $tool"

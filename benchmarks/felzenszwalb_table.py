@@ -1,5 +1,5 @@
-"""Prints the Felzenszwalb ratio table: walnet.ops.felzenszwalb on a batch (the sequential
-"exact" kernel and the "parallel" one, Kruskal by deterministic reservations) vs
+"""Prints the Felzenszwalb ratio table: walnet.ops.felzenszwalb on a batch (the "sequential"
+algorithm and "reservations", Kruskal by deterministic reservations) vs
 skimage.segmentation.felzenszwalb called once per image, as users call it (numpy's own argsort,
 unpatched). Run: python benchmarks/felzenszwalb_table.py [--device cuda] [--threads K].
 
@@ -14,7 +14,7 @@ the device, so the columns compare the segmentation, not the host-to-device copy
 Rows are measured at --threads (default 1) and, unless --no-all-threads, at all cores. skimage is
 single-threaded: it is timed once per shape, under --threads, and compared to both rows.
 The rounds column is the mean per image of the reservation rounds of the merge pass / the
-min_size pass (return_rounds=True, backend="parallel"). All rows of one run come from the same
+min_size pass (return_rounds=True, algorithm="reservations"). All rows of one run come from the same
 machine and process."""
 from __future__ import annotations
 
@@ -98,8 +98,9 @@ def skimage_per_image(images_u8: np.ndarray, scale=FZ_PARAMS[0], sigma=FZ_PARAMS
     return [felzenszwalb(img, scale=scale, sigma=sigma, min_size=min_size, channel_axis=-1) for img in images_u8]
 
 
-def walnet_backends(device: str) -> list[str]:
-    return ["exact", "parallel"] if device == "cpu" else ["auto", "parallel"]
+def walnet_algorithms(device: str) -> list[str]:
+    """The algorithms the device's kernel runs ("auto" is the device's own)."""
+    return ["sequential", "reservations"] if device == "cpu" else ["auto", "reservations"]
 
 
 def main() -> None:
@@ -115,28 +116,28 @@ def main() -> None:
     if not args.no_all_threads and args.all_threads != args.threads:
         thread_counts.append(args.all_threads)
     torch.set_num_threads(args.threads)
-    backends = walnet_backends(args.device)
+    algorithms = walnet_algorithms(args.device)
     scale, sigma, min_size = FZ_PARAMS
     print(f"felzenszwalb on {args.device}: {machine(args.device)}")
     print(f"torch {torch.__version__}, walnet backends {sorted(ops.built_backends())}; "
           f"scale={scale:g}, sigma={sigma:g}, min_size={min_size}; skimage once per image, single-threaded\n")
-    names = [f"walnet {b} (ms)" for b in backends]
-    ratios = [f"skimage / {b}" for b in backends]
+    names = [f"walnet {a} (ms)" for a in algorithms]
+    ratios = [f"skimage / {a}" for a in algorithms]
     header = ["N x size", "threads", *names, "skimage (ms)", *ratios, "rounds merge / min_size"]
     print("| " + " | ".join(header) + " |")
-    print("|---|---:|" + "---:|" * (2 * len(backends) + 2))
+    print("|---|---:|" + "---:|" * (2 * len(algorithms) + 2))
     for n, size in FZ_CONFIGS:
         u, x = fz_inputs(n, size, args.device)
         run = dict(min_run_time=args.min_run_time)
         torch.set_num_threads(args.threads)
         sk = median_ms(lambda: skimage_per_image(u), threads=args.threads, **run)
-        _, rounds = ops.felzenszwalb(x, scale, sigma, min_size, backend="parallel", return_rounds=True)
+        _, rounds = ops.felzenszwalb(x, scale, sigma, min_size, algorithm="reservations", return_rounds=True)
         mean_rounds = rounds.double().mean(0).tolist()
         for threads in thread_counts:
             torch.set_num_threads(threads)
             ms = [
-                median_ms(lambda b=b: ops.felzenszwalb(x, scale, sigma, min_size, backend=b), threads=threads, **run)
-                for b in backends
+                median_ms(lambda a=a: ops.felzenszwalb(x, scale, sigma, min_size, algorithm=a), threads=threads, **run)
+                for a in algorithms
             ]
             cells = " | ".join(f"{m:.3f}" for m in ms)
             rcells = " | ".join(f"{sk / m:.1f}×" for m in ms)

@@ -1,5 +1,5 @@
 """pytest-benchmark suite of the Felzenszwalb op (run: make bench). One group at 8 x 56² (scale
-64, sigma 0.5, min_size 10, the PGM's setting) compares walnet's exact and parallel kernels on the
+64, sigma 0.5, min_size 10, the PGM's setting) compares walnet's sequential and reservations algorithms on the
 batch with skimage called once per image (inputs: see benchmarks/felzenszwalb_table.py)."""
 from __future__ import annotations
 
@@ -16,30 +16,30 @@ N, SIZE = FZ_CONFIGS[0]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", ["exact", "parallel", "skimage"])
+@pytest.mark.parametrize("impl", ["sequential", "reservations", "skimage"])
 def test_felzenszwalb(benchmark, device, impl):
     if impl == "skimage" and device != "cpu":
         pytest.skip("skimage runs on the CPU")
-    if impl == "exact" and device != "cpu":
-        impl = "auto"  # the device's default kernel
+    if impl == "sequential" and device != "cpu":
+        impl = "auto"  # the device's own algorithm
     u, x = fz_inputs(N, SIZE, device)
     benchmark.group = f"felzenszwalb N={N} {SIZE}x{SIZE}"
 
     if impl == "skimage":
         fn = lambda: skimage_per_image(u)  # noqa: E731
     else:
-        fn = lambda: ops.felzenszwalb(x, *FZ_PARAMS, backend=impl)  # noqa: E731
+        fn = lambda: ops.felzenszwalb(x, *FZ_PARAMS, algorithm=impl)  # noqa: E731
     out = benchmark(synced(fn, device))
     assert len(out) == N and tuple(out[0].shape) == (SIZE, SIZE)
 
 
-@pytest.mark.parametrize("backend", ["exact", "parallel"])
-def test_walnet_equals_skimage(backend):
+@pytest.mark.parametrize("algorithm", ["sequential", "reservations"])
+def test_walnet_equals_skimage(algorithm):
     """The contenders compute the same thing: walnet equals skimage (with a stable argsort, which
     is walnet's tie rule) on the benchmark images."""
     real = np.argsort
     u, x = fz_inputs(N, SIZE)
     with mock.patch("numpy.argsort", lambda a, *args, **kw: real(a, kind="stable")):
         want = np.stack(skimage_per_image(u))
-    got = ops.felzenszwalb(x, *FZ_PARAMS, backend=backend)
+    got = ops.felzenszwalb(x, *FZ_PARAMS, algorithm=algorithm)
     assert np.array_equal(got.numpy(), want)

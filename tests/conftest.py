@@ -22,3 +22,17 @@ def require_kernel(device: str) -> None:
     """Kernel-vs-reference tests are meaningless (and must not pass vacuously) without a kernel."""
     if device not in ops.built_backends():
         pytest.fail(f"walnet was built without {device} kernels: {ops.built_backends()}")
+
+
+def spy_on(monkeypatch, owner, name: str) -> list:
+    """Replaces ``owner.<name>`` (for the test) by a wrapper that records every call's positional
+    arguments in the returned list and then calls the original."""
+    calls = []
+    real = getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls

@@ -15,6 +15,18 @@ from walnet.ops import _library
 def test_cpu_kernels_built():
     assert _library.LOAD_ERROR is None, _library.LOAD_ERROR
     assert "cpu" in ops.built_backends()
+    assert _library.LOADED
+
+
+def test_out_of_date_build_is_not_used(monkeypatch):
+    """A library built from older sources that lacks an op is refused as a whole, with a reason
+    that names the missing op and the fix (every op then runs its reference)."""
+    monkeypatch.setattr(_library, "_defined", lambda op: op not in ("felzenszwalb", "mask_boxes"))
+    reason = _library._load()
+    assert "out of date" in reason and "walnet::mask_boxes, walnet::felzenszwalb" in reason
+    assert "make build" in reason
+    monkeypatch.undo()
+    assert _library._load() is None
 
 
 def _nvcc_present():

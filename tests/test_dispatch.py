@@ -9,19 +9,13 @@ import torch
 from walnet import ops
 from walnet.ops import _library, reference
 
+from conftest import spy_on
 from pgm_inputs import small_inputs
 
 
 def test_reference_backend_and_force_env(monkeypatch):
     a1, a2, a3, lab = small_inputs()
-    calls = []
-    real = reference.pseudo_mask
-
-    def spy(*args):
-        calls.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(reference, "pseudo_mask", spy)
+    calls = spy_on(monkeypatch, reference, "pseudo_mask")
     ops.pseudo_mask(a1, a2, a3, lab, backend="reference")
     assert len(calls) == 1
     ops.pseudo_mask(a1, a2, a3, lab)  # auto: the kernel

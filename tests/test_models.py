@@ -8,6 +8,8 @@ import walnet
 from walnet import ops
 from walnet.models import BASELINES, create_model, model_names
 
+from conftest import spy_on
+
 SMALL = dict(backbone="resnet18", attention_channels=16, rcm_warmup_epochs=2)
 
 
@@ -158,6 +160,10 @@ def test_create_model_names():
         create_model("walnet_crop", **SMALL, roi_method="rwm")
     with pytest.raises(ValueError, match="roi_method"):
         walnet.WALNet(**SMALL, roi_method="blur")
+    with pytest.raises(ValueError, match="backend"):
+        walnet.WALNet(**SMALL, backend="exact")
+    with pytest.raises(ValueError, match="backend"):
+        walnet.PseudoMaskGenerator(backend="cuda")
     assert set(BASELINES) <= set(model_names())
 
 
@@ -168,3 +174,20 @@ def test_baselines_build_and_run(name):
     with torch.no_grad():
         logits = model(torch.rand(1, 3, 224, 224))
     assert logits.shape == (1, 3) and torch.isfinite(logits).all()
+
+
+def test_pgm_reference_backend_reaches_every_op(monkeypatch):
+    """PseudoMaskGenerator(backend="reference") runs the reference Felzenszwalb and pseudo_mask
+    (one backend word for every op), and its mask equals the kernels' bit for bit."""
+    from walnet.ops import reference
+
+    fz_calls = spy_on(monkeypatch, reference, "felzenszwalb")
+    mask_calls = spy_on(monkeypatch, reference, "pseudo_mask")
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 24, 24)
+    attention = [torch.rand(2, 1, 12, 12), torch.rand(2, 1, 6, 6), torch.rand(2, 1, 3, 3)]
+    kernel = walnet.PseudoMaskGenerator()(images, attention)
+    assert fz_calls == [] and mask_calls == []
+    ref = walnet.PseudoMaskGenerator(backend="reference")(images, attention)
+    assert len(fz_calls) == 1 and len(mask_calls) == 1
+    assert torch.equal(ref, kernel)

@@ -1,4 +1,4 @@
-"""Datasets of plaque images: an ImageFolder tree or a CSV file (DESIGN.md §5).
+"""Datasets of plaque images: an ImageFolder tree or a CSV file (docs/design.md §7).
 
 ImageFolder: ``root/<class>/*.png|jpg|...``. CSV: ``path,label[,patient_id][,mask_path][,split]``
 plus optional ROI box columns ``y1,x1,y2,x2`` (pixels, inclusive) to crop as the paper's

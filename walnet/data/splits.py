@@ -1,4 +1,4 @@
-"""Train / validation / test splits: 6:2:2, stratified by class, grouped by patient (DESIGN.md §5).
+"""Train / validation / test splits: 6:2:2, stratified by class, grouped by patient (docs/design.md §7).
 
 No patient ever appears in two splits. The split is saved to a CSV file beside the outputs and
 reused, so every run of an experiment sees the same partition.

@@ -1,4 +1,4 @@
-"""Grid attention gate (Schlemper et al., the paper's ref. [18]) as WAL-Net uses it (DESIGN.md §2)."""
+"""Grid attention gate (Schlemper et al., the paper's ref. [18]) as WAL-Net uses it (docs/design.md §3)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""WAL-Net (paper Fig. 1; DESIGN.md §2): shared timm encoder with three attention gates, a
+"""WAL-Net (paper Fig. 1; docs/design.md §3): shared timm encoder with three attention gates, a
 DeepLabV3+ segmentation decoder trained from PGM pseudo masks, the RCM, and four linear heads."""
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ class WALNet(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
+        if backend not in ops.BACKENDS:
+            raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
         if roi_method not in ops.ROI_METHODS:
             raise ValueError(f"roi_method must be one of {ops.ROI_METHODS}, got {roi_method!r}")
         if num_classes < 2:
@@ -102,16 +104,20 @@ class WALNet(nn.Module):
 
 
 class PseudoMaskGenerator(nn.Module):
-    """The PGM (paper §3.1, DESIGN.md §3): Felzenszwalb superpixels of the [0, 1] image at A1's
+    """The PGM (paper §3.1, docs/design.md §4): Felzenszwalb superpixels of the [0, 1] image at A1's
     size, the fused attention map's mean per superpixel, binarised. No gradient.
 
     ``forward(images [N,C,H,W] in [0,1], attention (A1, A2, A3)) -> uint8 [N,H1,W1]`` in
-    {0, 1, 255}; 255 marks samples whose attention carries no information.
+    {0, 1, 255}; 255 marks samples whose attention carries no information. The superpixel
+    parameters default to the paper's (scale 64, sigma 0.5, min_size 10), not to
+    :func:`walnet.ops.felzenszwalb`'s (scikit-image's), and are passed to it explicitly.
     """
 
     def __init__(self, scale: float = 64.0, sigma: float = 0.5, min_size: int = 10, threshold: float = 0.18,
                  backend: str = "auto"):
         super().__init__()
+        if backend not in ops.BACKENDS:
+            raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
         self.scale, self.sigma, self.min_size, self.threshold = scale, sigma, min_size, threshold
         self.backend = backend
 
@@ -119,8 +125,7 @@ class PseudoMaskGenerator(nn.Module):
     def forward(self, images: torch.Tensor, attention) -> torch.Tensor:
         a1, a2, a3 = (a.detach() for a in attention)
         small = F.interpolate(images.detach().float(), size=a1.shape[-2:], mode="nearest")
-        fz_backend = "reference" if self.backend == "reference" else "auto"
-        labels = ops.felzenszwalb(small, self.scale, self.sigma, self.min_size, backend=fz_backend)
+        labels = ops.felzenszwalb(small, self.scale, self.sigma, self.min_size, backend=self.backend)
         return ops.pseudo_mask(a1, a2, a3, labels, self.threshold, backend=self.backend)
 
 

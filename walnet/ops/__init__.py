@@ -1,13 +1,17 @@
-"""walnet operators: compiled CPU/CUDA kernels with pure-PyTorch references (reference.py)."""
+"""walnet operators: compiled CPU/CUDA kernels with pure-PyTorch references (reference.py).
+
+Every op takes ``backend`` (one of :data:`BACKENDS`; see docs/design.md §2)."""
+from walnet.constants import IGNORE_INDEX
 from walnet.ops import reference
-from walnet.ops._checks import set_value_checks, value_checks
+from walnet.ops._checks import BACKENDS, set_value_checks, value_checks
 from walnet.ops._library import built_backends
-from walnet.ops.felzenszwalb import felzenszwalb, segment_counts
+from walnet.ops.felzenszwalb import ALGORITHMS, felzenszwalb, segment_counts
 from walnet.ops.pgm import fuse_attention, pseudo_mask, superpixel_mean
 from walnet.ops.rcm import ROI_METHODS, crop_resize, mask_boxes, roi_crop
-from walnet.ops.reference import IGNORE_INDEX
 
 __all__ = [
+    "ALGORITHMS",
+    "BACKENDS",
     "IGNORE_INDEX",
     "ROI_METHODS",
     "built_backends",

@@ -1,4 +1,4 @@
-"""Input validation shared by the public op wrappers.
+"""Input validation of the public op wrappers: the one home of their argument checks.
 
 Shape, dtype and device checks are free. Value checks (NaN in maps, labels out of range) read
 data, which on CUDA costs one host synchronisation: they run by default, are skipped while
@@ -40,12 +40,20 @@ def value_checks_enabled() -> bool:
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
+#: How every op may be asked to run: the compiled kernel where built ("auto"), the kernel or an
+#: error ("kernel"), or the pure-PyTorch reference ("reference").
 BACKENDS = ("auto", "kernel", "reference")
 
 
-def check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+def check_choice(value, name: str, choices: tuple) -> str:
+    """`value` if it is one of `choices`, else a ValueError naming the argument."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_backend(backend) -> str:
+    return check_choice(backend, "backend", BACKENDS)
 
 
 def check_tensor(t, name: str) -> None:
@@ -124,10 +132,87 @@ def check_values(maps: dict[str, torch.Tensor], labels: torch.Tensor | None = No
             )
 
 
-def check_real(x, name: str) -> float:
+def check_real(x, name: str, *, min_value: float | None = None) -> float:
+    """`x` as a finite float (>= `min_value` where given), else an error naming `name`."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
     x = float(x)
     if x != x or x in (float("inf"), float("-inf")):
         raise ValueError(f"{name} must be finite, got {x}")
+    if min_value is not None and x < min_value:
+        raise ValueError(f"{name} must be >= {min_value:g}, got {x}")
     return x
+
+
+def check_int(x, name: str, *, min_value: int | None = None) -> int:
+    """`x` as an int (>= `min_value` where given), else an error naming `name`."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(x).__name__}")
+    x = int(x)
+    if min_value is not None and x < min_value:
+        raise ValueError(f"{name} must be >= {min_value}, got {x}")
+    return x
+
+
+def check_size(size, name: str = "size") -> tuple[int, int]:
+    """A pair of positive ints (H, W)."""
+    if (
+        not isinstance(size, (tuple, list, torch.Size))
+        or len(size) != 2
+        or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size)
+    ):
+        raise TypeError(f"{name} must be a pair of ints (H, W), got {size!r}")
+    if size[0] < 1 or size[1] < 1:
+        raise ValueError(f"{name} must be positive, got {tuple(size)}")
+    return int(size[0]), int(size[1])
+
+
+def as_features(t, name: str = "features", *, empty_batch: bool = False) -> torch.Tensor:
+    """Validates a floating [N,C,H,W] tensor with C, H, W >= 1 (and N >= 1 unless `empty_batch`);
+    returns it as it is (gradients flow)."""
+    check_tensor(t, name)
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must have shape [N,C,H,W], got {tuple(t.shape)}")
+    if t.shape[0] == 0 and not empty_batch:
+        raise ValueError(f"{name} is an empty batch (N = 0)")
+    if min(t.shape[1:]) == 0:
+        raise ValueError(f"{name} must have non-empty C, H and W, got {tuple(t.shape)}")
+    return t
+
+
+def as_boxes(boxes, features: torch.Tensor) -> torch.Tensor:
+    """Validates integer [N,4] boxes (y1, x1, y2, x2), inclusive, inside `features`' maps; returns
+    them as int32. The bounds are a value check (read from the data)."""
+    check_tensor(boxes, "boxes")
+    if boxes.is_floating_point() or boxes.is_complex() or boxes.dtype == torch.bool:
+        raise TypeError(f"boxes must be an integer tensor, got {boxes.dtype}")
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape [N,4] (y1, x1, y2, x2), got {tuple(boxes.shape)}")
+    check_same_batch(boxes, "boxes", features, "features")
+    check_same_device(boxes, "boxes", features, "features")
+    if value_checks_enabled():
+        H, W = features.shape[-2:]
+        y1, x1, y2, x2 = boxes.long().unbind(1)
+        bad = (y1 < 0) | (x1 < 0) | (y2 >= H) | (x2 >= W) | (y1 > y2) | (x1 > x2)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"boxes[{i}] = {boxes[i].tolist()} is not a box (y1, x1, y2, x2) with "
+                f"0 <= y1 <= y2 < {H} and 0 <= x1 <= x2 < {W}"
+            )
+    return boxes.to(torch.int32)
+
+
+def as_seg_logits(t, levels: list[torch.Tensor], level_names: list[str]) -> torch.Tensor:
+    """Validates segmentation logits [N,2,h,w] of the batch and device of every feature level."""
+    check_tensor(t, "seg_logits")
+    if not t.is_floating_point():
+        raise TypeError(f"seg_logits must be a floating-point tensor, got {t.dtype}")
+    if t.dim() != 4 or t.shape[1] != 2:
+        raise ValueError(f"seg_logits must have shape [N,2,h,w], got {tuple(t.shape)}")
+    for f, name in zip(levels, level_names):
+        check_same_batch(t, "seg_logits", f, name)
+        check_same_device(t, "seg_logits", f, name)
+    return t

@@ -1,15 +1,15 @@
-"""Public PGM ops (DESIGN.md §3): fused attention, per-superpixel mean, pseudo mask.
+"""Public PGM ops (docs/design.md §4): fused attention, per-superpixel mean, pseudo mask.
 
 Each wrapper validates its input (clear errors before any kernel runs), then calls the compiled
 kernel for the tensors' device, or the reference in walnet.ops.reference where none is built
 (``backend="reference"`` or ``WALNET_FORCE_REFERENCE=1`` force the reference). The PGM has no
-gradient: inputs are detached.
+gradient: inputs are detached. The ops' fake kernels (for torch.compile) are registered here.
 """
 from __future__ import annotations
 
 import torch
 
-from walnet.ops import _checks, reference
+from walnet.ops import _checks, _library, reference
 from walnet.ops._dispatch import use_kernel
 
 __all__ = ["fuse_attention", "superpixel_mean", "pseudo_mask"]
@@ -103,3 +103,18 @@ def pseudo_mask(
     if use_kernel("pseudo_mask", a1.device, backend):
         return torch.ops.walnet.pseudo_mask(a1, a2, a3, labels, threshold)
     return reference.pseudo_mask(a1, a2, a3, labels, threshold)
+
+
+if _library.LOADED:
+
+    @torch.library.register_fake("walnet::fuse_attention")
+    def _fuse_attention_fake(a1, a2, a3):
+        return a1.new_empty(a1.shape, dtype=reference.opmath_dtype(a1))
+
+    @torch.library.register_fake("walnet::superpixel_mean")
+    def _superpixel_mean_fake(values, labels):
+        return torch.empty_like(values, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("walnet::pseudo_mask")
+    def _pseudo_mask_fake(a1, a2, a3, labels, threshold):
+        return a1.new_empty(a1.shape, dtype=torch.uint8)

@@ -1,54 +1,21 @@
-"""Public RCM ops (DESIGN.md §2): boxes from the predicted mask, batched crop-resize, ROI methods.
+"""Public RCM ops (docs/design.md §5): boxes from the predicted mask, batched crop-resize, ROI methods.
 
 The authors loop over the batch in Python and find each box with a host sync; these ops take the
 whole batch at once and never read data back to the host on the kernel path (apart from the
-optional value checks, see walnet.ops.set_value_checks).
+optional value checks, see walnet.ops.set_value_checks). The ops' fake kernels and the autograd
+formula of crop_resize are registered here.
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
 
-from walnet.ops import _checks, reference
+from walnet.ops import _checks, _library, reference
 from walnet.ops._dispatch import use_kernel
 from walnet.ops.reference import ROI_METHODS
 
 __all__ = ["mask_boxes", "crop_resize", "roi_crop", "ROI_METHODS"]
 
 MODES = ("nearest", "bilinear")
-
-
-def _check_size(size, name: str = "size") -> tuple[int, int]:
-    if (
-        not isinstance(size, (tuple, list, torch.Size))
-        or len(size) != 2
-        or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size)
-    ):
-        raise TypeError(f"{name} must be a pair of ints (H, W), got {size!r}")
-    if size[0] < 1 or size[1] < 1:
-        raise ValueError(f"{name} must be positive, got {tuple(size)}")
-    return int(size[0]), int(size[1])
-
-
-def _check_dilation(dilation) -> float:
-    dilation = _checks.check_real(dilation, "dilation")
-    if dilation < 0:
-        raise ValueError(f"dilation must be >= 0, got {dilation}")
-    return dilation
-
-
-def _check_features(features, name: str = "features") -> torch.Tensor:
-    _checks.check_tensor(features, name)
-    if not features.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {features.dtype}")
-    if features.dim() != 4:
-        raise ValueError(f"{name} must have shape [N,C,H,W], got {tuple(features.shape)}")
-    if features.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (N = 0)")
-    if min(features.shape[1:]) == 0:
-        raise ValueError(f"{name} must have non-empty C, H and W, got {tuple(features.shape)}")
-    return features
 
 
 def mask_boxes(
@@ -74,34 +41,13 @@ def mask_boxes(
         foreground.
     """
     prob = _checks.as_map(fg_prob, "fg_prob")
-    H, W = _check_size(size)
+    H, W = _checks.check_size(size)
     threshold = _checks.check_real(threshold, "threshold")
-    dilation = _check_dilation(dilation)
+    dilation = _checks.check_real(dilation, "dilation", min_value=0)
     _checks.check_values({"fg_prob": prob})
     if use_kernel("mask_boxes", prob.device, backend):
         return torch.ops.walnet.mask_boxes(prob, H, W, threshold, dilation)
     return reference.mask_boxes(prob, (H, W), threshold, dilation)
-
-
-def _check_boxes(boxes, features: torch.Tensor) -> torch.Tensor:
-    _checks.check_tensor(boxes, "boxes")
-    if boxes.is_floating_point() or boxes.is_complex() or boxes.dtype == torch.bool:
-        raise TypeError(f"boxes must be an integer tensor, got {boxes.dtype}")
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must have shape [N,4] (y1, x1, y2, x2), got {tuple(boxes.shape)}")
-    _checks.check_same_batch(boxes, "boxes", features, "features")
-    _checks.check_same_device(boxes, "boxes", features, "features")
-    if _checks.value_checks_enabled():
-        H, W = features.shape[-2:]
-        y1, x1, y2, x2 = boxes.long().unbind(1)
-        bad = (y1 < 0) | (x1 < 0) | (y2 >= H) | (x2 >= W) | (y1 > y2) | (x1 > x2)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(
-                f"boxes[{i}] = {boxes[i].tolist()} is not a box (y1, x1, y2, x2) with "
-                f"0 <= y1 <= y2 < {H} and 0 <= x1 <= x2 < {W}"
-            )
-    return boxes.to(torch.int32)
 
 
 def crop_resize(
@@ -129,11 +75,10 @@ def crop_resize(
         [N,C,H',W'] tensor of the features' dtype and memory format. The backward pass is a
         deterministic gather (no atomics).
     """
-    features = _check_features(features)
-    boxes = _check_boxes(boxes, features)
-    out_h, out_w = features.shape[-2:] if size is None else _check_size(size)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    features = _checks.as_features(features)
+    boxes = _checks.as_boxes(boxes, features)
+    out_h, out_w = features.shape[-2:] if size is None else _checks.check_size(size)
+    _checks.check_choice(mode, "mode", MODES)
     if use_kernel("crop_resize", features.device, backend):
         return torch.ops.walnet.crop_resize(features, boxes, out_h, out_w, mode == "bilinear")
     return reference.crop_resize(features, boxes, (out_h, out_w), mode)
@@ -168,21 +113,13 @@ def roi_crop(
     levels = [features] if single else list(features)
     if not levels:
         raise ValueError("features must be a tensor or a non-empty list of tensors")
-    for i, f in enumerate(levels):
-        _check_features(f, "features" if single else f"features[{i}]")
-    _checks.check_tensor(seg_logits, "seg_logits")
-    if not seg_logits.is_floating_point():
-        raise TypeError(f"seg_logits must be a floating-point tensor, got {seg_logits.dtype}")
-    if seg_logits.dim() != 4 or seg_logits.shape[1] != 2:
-        raise ValueError(f"seg_logits must have shape [N,2,h,w], got {tuple(seg_logits.shape)}")
-    for i, f in enumerate(levels):
-        name = "features" if single else f"features[{i}]"
-        _checks.check_same_batch(seg_logits, "seg_logits", f, name)
-        _checks.check_same_device(seg_logits, "seg_logits", f, name)
-    if method not in ROI_METHODS:
-        raise ValueError(f"method must be one of {ROI_METHODS}, got {method!r}")
+    names = ["features"] if single else [f"features[{i}]" for i in range(len(levels))]
+    for f, name in zip(levels, names):
+        _checks.as_features(f, name)
+    _checks.as_seg_logits(seg_logits, levels, names)
+    _checks.check_choice(method, "method", ROI_METHODS)
     threshold = _checks.check_real(threshold, "threshold")
-    dilation = _check_dilation(dilation)
+    dilation = _checks.check_real(dilation, "dilation", min_value=0)
     _checks.check_values({"seg_logits": seg_logits})
     device = seg_logits.device
     if not (use_kernel("mask_boxes", device, backend) and use_kernel("crop_resize", device, backend)):
@@ -195,4 +132,51 @@ def roi_crop(
         dilation,
         boxes_fn=lambda prob, size, t, d: torch.ops.walnet.mask_boxes(prob, size[0], size[1], t, d),
         crop_fn=lambda f, boxes: torch.ops.walnet.crop_resize(f, boxes, f.shape[2], f.shape[3], False),
+    )
+
+
+if _library.LOADED:
+
+    @torch.library.register_fake("walnet::mask_boxes")
+    def _mask_boxes_fake(prob, height, width, threshold, dilation):
+        return prob.new_empty((prob.shape[0], 4), dtype=torch.int32)
+
+    def _crop_like(features, height, width):
+        out = features.new_empty((features.shape[0], features.shape[1], height, width))
+        return out.contiguous(memory_format=torch._prims_common.suggest_memory_format(features))
+
+    @torch.library.register_fake("walnet::crop_resize")
+    def _crop_resize_fake(features, boxes, out_height, out_width, bilinear):
+        return _crop_like(features, out_height, out_width)
+
+    @torch.library.register_fake("walnet::crop_resize_backward")
+    def _crop_resize_backward_fake(grad, boxes, in_height, in_width, bilinear):
+        return _crop_like(grad, in_height, in_width)
+
+    # crop_resize is linear in the features: its backward is crop_resize_backward and vice versa
+    # (which also makes double backward work). Boxes are integers: no gradient.
+    def _crop_setup(ctx, inputs, output):
+        features, boxes, _, _, bilinear = inputs
+        ctx.save_for_backward(boxes)
+        ctx.in_size = tuple(features.shape[-2:])
+        ctx.bilinear = bilinear
+
+    def _crop_backward(ctx, grad):
+        (boxes,) = ctx.saved_tensors
+        grad_in = torch.ops.walnet.crop_resize_backward(grad, boxes, *ctx.in_size, ctx.bilinear)
+        return grad_in, None, None, None, None
+
+    def _crop_backward_setup(ctx, inputs, output):
+        grad, boxes, _, _, bilinear = inputs
+        ctx.save_for_backward(boxes)
+        ctx.out_size = tuple(grad.shape[-2:])
+        ctx.bilinear = bilinear
+
+    def _crop_backward_backward(ctx, gg):
+        (boxes,) = ctx.saved_tensors
+        return torch.ops.walnet.crop_resize(gg, boxes, *ctx.out_size, ctx.bilinear), None, None, None, None
+
+    torch.library.register_autograd("walnet::crop_resize", _crop_backward, setup_context=_crop_setup)
+    torch.library.register_autograd(
+        "walnet::crop_resize_backward", _crop_backward_backward, setup_context=_crop_backward_setup
     )

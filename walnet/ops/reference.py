@@ -26,7 +26,7 @@ __all__ = [
 
 
 
-def _opmath(*tensors: torch.Tensor) -> torch.dtype:
+def opmath_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """float64 if the maps are float64, else float32 (half precision is computed in float32)."""
     dtype = tensors[0].dtype
     for t in tensors[1:]:
@@ -46,7 +46,7 @@ def _minmax_normalise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _fuse(a1: torch.Tensor, a2: torch.Tensor, a3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 1: B and a per-sample flag telling whether B is informative (else B is set to 0)."""
-    dtype = _opmath(a1, a2, a3)
+    dtype = opmath_dtype(a1, a2, a3)
     size = tuple(a1.shape[-2:])
     ok = torch.ones(a1.shape[0], dtype=torch.bool, device=a1.device)
     product = None
@@ -63,7 +63,7 @@ def _fuse(a1: torch.Tensor, a2: torch.Tensor, a3: torch.Tensor) -> tuple[torch.T
 
 
 def fuse_attention(a1: torch.Tensor, a2: torch.Tensor, a3: torch.Tensor) -> torch.Tensor:
-    """Fused attention map B (DESIGN.md §3, steps 3; paper Eq. 1).
+    """Fused attention map B (docs/design.md §4; paper Eq. 1).
 
     a1 [N,H,W] sets the size; a2, a3 [N,h,w] (h <= H, w <= W) are nearest-upsampled to it. Each
     map is min-max normalised per sample, the three are multiplied, and the product is min-max
@@ -96,7 +96,7 @@ def superpixel_mean(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def pseudo_mask(
     a1: torch.Tensor, a2: torch.Tensor, a3: torch.Tensor, labels: torch.Tensor, threshold: float = 0.18
 ) -> torch.Tensor:
-    """PGM pseudo mask (DESIGN.md §3, steps 3-5): uint8 [N,H,W] in {0, 1, 255}.
+    """PGM pseudo mask (docs/design.md §4): uint8 [N,H,W] in {0, 1, 255}.
 
     1 where the superpixel mean of the fused map B is >= threshold, else 0; every pixel of a
     sample whose B carries no information is IGNORE_INDEX (255).
@@ -106,7 +106,7 @@ def pseudo_mask(
     return torch.where(ok[:, None, None], mask, torch.full_like(mask, IGNORE_INDEX))
 
 
-# --- RCM (DESIGN.md §2): boxes from the predicted mask, crop-resize of the features -----------
+# --- RCM (docs/design.md §5): boxes from the predicted mask, crop-resize of the features ------
 
 #: ROI methods of the paper's Table 3.
 ROI_METHODS = ("rwm", "bg_rm", "bg_rm_crop", "crop", "dilated_crop")
@@ -258,7 +258,7 @@ def roi_crop(
     return out[0] if single else out
 
 
-# --- Felzenszwalb (DESIGN.md §4) ---------------------------------------------------------------
+# --- Felzenszwalb (docs/design.md §6) ----------------------------------------------------------
 
 
 def gaussian_weights(sigma: float) -> list[float]:
@@ -279,7 +279,7 @@ def gaussian_weights(sigma: float) -> list[float]:
     return phi[radius:].tolist()
 
 
-def felzenszwalb(images: torch.Tensor, scale: float = 64.0, sigma: float = 0.5, min_size: int = 10) -> torch.Tensor:
+def felzenszwalb(images: torch.Tensor, scale: float = 1.0, sigma: float = 0.8, min_size: int = 20) -> torch.Tensor:
     """Felzenszwalb-Huttenlocher superpixels as scikit-image computes them, one image at a time
     (slow: plain Python, for tests on small images). images [N,C,H,W] float, used as float64;
     returns int32 [N,H,W] labels numbered by first appearance in raster order.
@@ -287,7 +287,8 @@ def felzenszwalb(images: torch.Tensor, scale: float = 64.0, sigma: float = 0.5, 
     Steps: scipy Gaussian smoothing (reflect, rows then columns); 8-connected edges (right,
     down, down-right, up-right, raster order) weighted by the Euclidean colour distance; edges
     sorted stably by weight; Kruskal merging while ``w < min(float32(cint + k/size))`` of both
-    sides (k = scale/255); then merging any edge whose sides are smaller than min_size.
+    sides (k = scale/255; nothing merges for scale 0); then merging any edge whose sides are
+    smaller than min_size. Defaults are skimage's.
     """
     import numpy as np
 
