@@ -2,7 +2,7 @@
 
 C++ kernels are always built. CUDA kernels are built when torch is a CUDA build and a CUDA
 toolkit is found; WALNET_CUDA=0/1 forces either way. The quirks of toolkits installed behind
-an nvcc wrapper script (DESIGN.md §6) are handled here, so a user sets no environment variable.
+an nvcc wrapper script (docs/design.md §8) are handled here, so a user sets no environment variable.
 """
 import glob
 import importlib.util

@@ -1,6 +1,6 @@
 // Every walnet operator schema, in one place (docs/design.md §2). Kernels register themselves
-// per backend in csrc/<op>/<op>_{cpu,cuda}; fake kernels and autograd are registered in
-// walnet/ops/_library.py.
+// per backend in csrc/<op>/<op>_{cpu,cuda}; fake kernels and autograd are registered next to
+// each op's Python wrapper (walnet/ops/pgm.py, rcm.py, felzenszwalb.py).
 #include <torch/library.h>
 
 #ifdef WALNET_PYTHON_MODULE

@@ -1,5 +1,5 @@
 // C++ smoke test of libwalnet: calls the registered PGM ops through the dispatcher and checks
-// them against plain loops written here from the definition (DESIGN.md §3).
+// them against plain loops written here from the definition (docs/design.md §4).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
