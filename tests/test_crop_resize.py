@@ -107,6 +107,51 @@ def test_crop_resize_bilinear_matches_interpolate(device, dtype, config):
         torch.testing.assert_close(out[0], features[0], rtol=0, atol=atol)
 
 
+# --- the reference on every device ---------------------------------------------------------
+
+
+class CudaScalarDivision(torch.overrides.TorchFunctionMode):
+    """Divides a floating tensor by a Python number as PyTorch's CUDA kernels do: a multiplication
+    by the reciprocal, computed in the tensor's dtype. It can round differently from division."""
+
+    DIVISIONS = (torch.Tensor.__truediv__, torch.Tensor.div, torch.div, torch.true_divide)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if (func in self.DIVISIONS and len(args) == 2 and not kwargs and isinstance(args[0], torch.Tensor)
+                and args[0].is_floating_point() and isinstance(args[1], (int, float))):
+            x, divisor = args
+            reciprocal = torch.tensor(1.0, dtype=x.dtype) / torch.tensor(float(divisor), dtype=x.dtype)
+            return x * reciprocal
+        return func(*args, **kwargs)
+
+
+def test_cuda_scalar_division_mode_changes_a_division():
+    """The emulation takes effect: 3 / 135 in float32 differs from 3 * (1 / 135)."""
+    x = torch.tensor([3.0])
+    with CudaScalarDivision():
+        emulated = x / 135
+    assert not torch.equal(emulated, x / torch.tensor([135.0]))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reference_is_device_independent(mode, dtype):
+    """The reference is the spec on every device: its index maths must not depend on how a device
+    divides. Under CUDA's division by a Python number (emulated on the CPU) every crop size from 1
+    to 80, resized up and down, gives the same output bits, equal to the kernel's."""
+    require_kernel("cpu")
+    features = feature_maps(80, 2, 80, 80, dtype=dtype, seed=3)
+    sizes = torch.arange(1, 81)
+    boxes = torch.stack([torch.zeros_like(sizes), torch.zeros_like(sizes), sizes - 1, sizes.flip(0) - 1], 1)
+    for size in ((28, 56), (135, 97), (7, 3)):
+        want = reference.crop_resize(features, boxes, size, mode)
+        with CudaScalarDivision():
+            got = reference.crop_resize(features, boxes, size, mode)
+        assert torch.equal(got, want), f"{mode} {dtype} to {size}"
+        assert torch.equal(ops.crop_resize(features, boxes, size, mode, backend="kernel"), want)
+
+
 # --- dtypes, layouts ----------------------------------------------------------------------
 
 

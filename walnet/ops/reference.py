@@ -112,11 +112,19 @@ def pseudo_mask(
 ROI_METHODS = ("rwm", "bg_rm", "bg_rm_crop", "crop", "dilated_crop")
 
 
+def _ratio(in_size: torch.Tensor, out_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """``in_size / out_size`` in `dtype`, correctly rounded on every device. PyTorch's CUDA
+    kernels divide a tensor by a Python number as a multiplication by its reciprocal, which can
+    round differently from the kernels' (and the CPU's) division; dividing by a tensor does not."""
+    numerator = in_size.to(dtype)
+    return numerator / torch.full_like(numerator, out_size)
+
+
 def nearest_source(dst: torch.Tensor, in_size: torch.Tensor, out_size: int) -> torch.Tensor:
     """Source index of PyTorch's legacy nearest resize, per element: ``dst`` [*] output indices,
     ``in_size`` broadcastable input lengths (>= 1). floor(dst * float32(in / out)), clamped."""
     in_size = torch.as_tensor(in_size, device=dst.device)
-    scale = in_size.to(torch.float32) / float(out_size)
+    scale = _ratio(in_size, out_size, torch.float32)
     src = torch.floor(dst.to(torch.float32) * scale).long()
     src = torch.minimum(src, in_size - 1)
     src = torch.where(in_size == out_size, dst, src)
@@ -161,7 +169,7 @@ def mask_boxes(
 def _bilinear_source(dst: torch.Tensor, in_size: torch.Tensor, out_size: int, dtype: torch.dtype):
     """Neighbours and weights of F.interpolate(mode="bilinear", align_corners=False) along one
     axis: i0, i1 [N, out] and their weights l0, l1."""
-    scale = in_size.to(dtype) / out_size
+    scale = _ratio(in_size, out_size, dtype)
     real = torch.clamp(scale * (dst.to(dtype) + 0.5) - 0.5, min=0)
     i0 = torch.minimum(real.long(), in_size - 1)
     i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
