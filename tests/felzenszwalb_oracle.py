@@ -13,7 +13,6 @@ float images go to both unchanged (walnet casts float32 to float64 exactly, as s
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from dataclasses import dataclass
 from unittest import mock
@@ -25,10 +24,6 @@ import torch
 from walnet import ops
 
 from conftest import require_kernel
-
-#: Set by benchmarks/device_check.sh for its compute-sanitizer runs: the CUDA tests then skip the
-#: 224^2 batches (thousands of reservation rounds, very slow under the sanitizer's tools).
-UNDER_SANITIZER = os.environ.get("WALNET_SANITIZER", "0") not in ("", "0")
 
 # --- the oracle ---------------------------------------------------------------------------
 

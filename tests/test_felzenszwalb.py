@@ -14,7 +14,7 @@ import torch
 from walnet import ops
 
 from conftest import DEVICES, HAS_CUDA
-from felzenszwalb_oracle import (BIG_GROUPS, CASES, PARAMS, PARAMS_224, UNDER_SANITIZER, assert_labels_equal, corpus,
+from felzenszwalb_oracle import (BIG_GROUPS, CASES, PARAMS, PARAMS_224, assert_labels_equal, corpus,
                                  group_float, kernel_variants, oracle, pid, require_op, shipped, skimage_labels,
                                  small_groups, smooth_noise, stable_argsort, tiefree_group, u8_to_walnet,
                                  variant_name)
@@ -294,8 +294,6 @@ def test_device_equals_sequential_cpu(device, group):
     """The device's default path (the GPU algorithm on CUDA) equals the CPU's sequential labels."""
     require_op(device)
     require_op("cpu")
-    if UNDER_SANITIZER and group in BIG_GROUPS:
-        pytest.skip("224^2 batches are too slow under compute-sanitizer")
     g = corpus()[group]
     for params in (PARAMS_224 if group in BIG_GROUPS else PARAMS[:4]):
         sequential = ops.felzenszwalb(g.images, *params, algorithm="sequential")

@@ -1,0 +1,88 @@
+"""Every walnet op once on small inputs on one device, each output compared bit for bit with the
+CPU kernel's: the program that benchmarks/device_check.sh runs under compute-sanitizer
+(memcheck, racecheck, synccheck). Small on purpose: the sanitizer's tools slow kernels down by
+orders of magnitude, so the whole test suite does not fit a device lease under them.
+
+Run: python benchmarks/sanitize_ops.py [--device cuda]. Exit status 1 when an output differs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from walnet import ops  # noqa: E402
+
+
+def _inputs(seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    n = 3
+    a1, a2, a3 = (torch.rand(n, h, w, generator=g) for h, w in ((20, 24), (10, 12), (5, 6)))
+    images = torch.rand(n, 3, 20, 24, generator=g, dtype=torch.float64)
+    labels = ops.felzenszwalb(images, 64, 0.5, 10)
+    levels = [torch.randn(n, c, s, s, generator=g) for c, s in ((8, 28), (16, 14), (32, 7), (64, 7))]
+    seg_logits = torch.randn(n, 2, 28, 28, generator=g)
+    seg_logits[0, 1] -= 100  # one sample without foreground
+    boxes = torch.tensor([[0, 0, 27, 27], [3, 5, 20, 9], [10, 10, 10, 10]], dtype=torch.int32)
+    return dict(a1=a1, a2=a2, a3=a3, images=images, labels=labels, levels=levels, seg_logits=seg_logits,
+                boxes=boxes, grad=torch.randn(n, 8, 17, 31, generator=g))
+
+
+def _run_ops(x: dict) -> dict:
+    """Every op's outputs for the inputs `x` (all on one device)."""
+    out = {
+        "fuse_attention": ops.fuse_attention(x["a1"], x["a2"], x["a3"]),
+        "superpixel_mean": ops.superpixel_mean(x["a1"], x["labels"]),
+        "pseudo_mask": ops.pseudo_mask(x["a1"], x["a2"], x["a3"], x["labels"]),
+        "mask_boxes": ops.mask_boxes(x["seg_logits"].softmax(1)[:, 1], (14, 14)),
+        "roi_crop": ops.roi_crop(x["levels"], x["seg_logits"]),
+    }
+    for images, name in ((x["images"], "rgb"), (x["images"][:, :1], "gray")):
+        out[f"felzenszwalb {name} auto"] = ops.felzenszwalb(images, 64, 0.5, 10)
+        # the same algorithm everywhere: the same rounds too
+        out[f"felzenszwalb {name} reservations"] = list(
+            ops.felzenszwalb(images, 64, 0.5, 10, algorithm="reservations", return_rounds=True))
+        out[f"felzenszwalb {name} scale 0"] = ops.felzenszwalb(images, 0, 0.8, 20)
+    for mode in ("nearest", "bilinear"):
+        f = x["levels"][0].clone().requires_grad_()
+        crop = ops.crop_resize(f, x["boxes"], (17, 31), mode)
+        (grad,) = torch.autograd.grad(crop, f, x["grad"])
+        out[f"crop_resize {mode}"], out[f"crop_resize {mode} backward"] = crop.detach(), grad
+    return out
+
+
+def _flatten(out: dict) -> dict:
+    flat = {}
+    for name, value in out.items():
+        for i, t in enumerate(value if isinstance(value, list) else [value]):
+            flat[f"{name}[{i}]" if isinstance(value, list) else name] = t
+    return flat
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type not in ops.built_backends():
+        print(f"walnet has no {device.type} kernels in this build: {sorted(ops.built_backends())}")
+        return 1
+    x = _inputs()
+    want = _flatten(_run_ops(x))
+    on_device = {k: [t.to(device) for t in v] if isinstance(v, list) else v.to(device) for k, v in x.items()}
+    got = _flatten(_run_ops(on_device))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    bad = [name for name in want if not torch.equal(got[name].cpu(), want[name])]
+    for name in want:
+        print(f"{'DIFFERS' if name in bad else 'ok':8s}{name} {tuple(want[name].shape)} {want[name].dtype}")
+    print(f"{len(want) - len(bad)} of {len(want)} outputs on {device} equal the CPU kernels'")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""benchmarks/sanitize_ops.py, the program device_check.sh runs under compute-sanitizer, works: on
+the CPU every op's output equals itself, and a wrong output is reported (exit status 1)."""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from benchmarks import sanitize_ops
+
+from conftest import require_kernel
+
+
+def test_runs_every_op_on_the_cpu(monkeypatch, capsys):
+    require_kernel("cpu")
+    monkeypatch.setattr(sys, "argv", ["sanitize_ops.py", "--device", "cpu"])
+    assert sanitize_ops.main() == 0
+    out = capsys.readouterr().out
+    for op in ("fuse_attention", "superpixel_mean", "pseudo_mask", "mask_boxes", "roi_crop[3]",
+               "felzenszwalb rgb reservations[1]", "crop_resize bilinear backward"):
+        assert f"ok      {op} " in out, op
+    assert "20 of 20 outputs on cpu equal" in out
+
+
+def test_reports_a_difference(monkeypatch, capsys):
+    require_kernel("cpu")
+    real = sanitize_ops._run_ops
+    calls = []
+
+    def second_run_differs(x):
+        out = real(x)
+        calls.append(1)
+        if len(calls) == 2:
+            out["pseudo_mask"] = torch.zeros_like(out["pseudo_mask"])
+        return out
+
+    monkeypatch.setattr(sanitize_ops, "_run_ops", second_run_differs)
+    monkeypatch.setattr(sys, "argv", ["sanitize_ops.py", "--device", "cpu"])
+    assert sanitize_ops.main() == 1
+    assert "DIFFERS pseudo_mask" in capsys.readouterr().out
