@@ -3,7 +3,8 @@
 # lease (about 8 minutes on an H100/H200 with a prebuilt extension).
 #   1. uses walnet/_C.abi3.so as it is when it loads with CUDA kernels (a prebuilt extension,
 #      carried to the machine), else builds one for the visible card;
-#   2. runs every CUDA test case (-k cuda), without stopping at the first failure;
+#   2. runs every CUDA case of the op and model tests (-k cuda), without stopping at the first
+#      failure;
 #   3. runs benchmarks/sanitize_ops.py (every op once, small inputs) under compute-sanitizer's
 #      memcheck, racecheck and synccheck;
 #   4. prints the GPU ratio tables (CPU_TABLES=1: the CPU rows too).
@@ -45,7 +46,13 @@ fi
 "$PY" -c "import walnet; b = walnet.built_backends(); print('built backends:', sorted(b)); assert 'cuda' in b" \
   || exit 1
 
-step "CUDA tests" "$LIMIT_TESTS" "$PY" -m pytest tests -q -k cuda -p no:cacheprovider -p no:randomly
+# The op and model tests: they need torch, timm and scikit-image only (a device image may lack the
+# engine's tqdm, matplotlib and scikit-learn).
+OP_TESTS=(tests/test_fuse_attention.py tests/test_superpixel_mean.py tests/test_pseudo_mask.py tests/test_pgm.py
+          tests/test_mask_boxes.py tests/test_crop_resize.py tests/test_crop_resize_backward.py tests/test_roi_crop.py
+          tests/test_felzenszwalb.py tests/test_felzenszwalb_api.py tests/test_felzenszwalb_skimage.py
+          tests/test_models.py)
+step "CUDA tests" "$LIMIT_TESTS" "$PY" -m pytest "${OP_TESTS[@]}" -q -k cuda -p no:cacheprovider -p no:randomly
 
 SANITIZER=${SANITIZER:-compute-sanitizer}
 command -v "$SANITIZER" >/dev/null || SANITIZER=/usr/local/cuda/bin/compute-sanitizer
