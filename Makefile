@@ -6,11 +6,12 @@ PY := $(VENV)/bin/python
 # ninja and the venv's tools first on PATH (torch's extension builder looks for ninja there).
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: test build venv demo demo-check bench bench-table ctest device-check clean
+.PHONY: test build venv demo demo-check package-check bench bench-table ctest device-check clean
 
 test: build
 	$(PY) -m pytest
 	$(MAKE) ctest
+	$(MAKE) package-check
 
 venv: $(VENV)/.stamp-deps
 
@@ -19,9 +20,28 @@ $(VENV)/.stamp-deps: requirements-dev.txt
 	$(PY) -m pip install -r requirements-dev.txt
 	touch $@
 
-# Incremental (ninja) in-place build of walnet._C; prints the nvcc lines when CUDA is built.
+# GPU archs of the development build: one (sm_90), so CI and `make` compile quickly. A wheel or
+# `pip install .` without TORCH_CUDA_ARCH_LIST builds for every arch of the installed torch.
+TORCH_CUDA_ARCH_LIST ?= 9.0
+export TORCH_CUDA_ARCH_LIST
+
+# Incremental (ninja) in-place build of walnet._C, then walnet installed into .venv in editable
+# mode (the `walnet` command included; `source .venv/bin/activate` puts it on the PATH).
 build: venv
 	$(PY) setup.py build_ext --inplace
+	$(MAKE) $(VENV)/.stamp-editable
+
+# The editable install links the source tree, so the in-place build above is what it imports;
+# WALNET_NO_EXTENSION=1 keeps pip from compiling the extension a second time.
+$(VENV)/.stamp-editable: pyproject.toml setup.py | venv
+	WALNET_NO_EXTENSION=1 $(PY) -m pip install --no-build-isolation --no-deps -e .
+	touch $@
+
+# From the sources to an installed wheel, as a user would: `python -m build` makes the sdist and
+# a CPU-only wheel from it, which is installed outside the source tree and imported there
+# (tools/check_package.py).
+package-check: venv
+	$(PY) tools/check_package.py
 
 # The whole pipeline on the embedded phantom (no data, no download, CPU): phantom -> train ->
 # evaluate -> $(DEMO_DIR)/report.md with figures. Prints the test accuracy and pseudo-mask IoU.
@@ -52,4 +72,4 @@ device-check:
 	bash benchmarks/device_check.sh
 
 clean:
-	rm -rf build build-cmake walnet/_C*.so
+	rm -rf build build-cmake walnet/_C*.so walnet/_build.json

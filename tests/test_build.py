@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import walnet
 from walnet import ops
 from walnet.ops import _library
 
@@ -22,11 +26,42 @@ def test_out_of_date_build_is_not_used(monkeypatch):
     """A library built from older sources that lacks an op is refused as a whole, with a reason
     that names the missing op and the fix (every op then runs its reference)."""
     monkeypatch.setattr(_library, "_defined", lambda op: op not in ("felzenszwalb", "mask_boxes"))
-    reason = _library._load()
+    reason = _library._load(_library.BUILD_INFO)
     assert "out of date" in reason and "walnet::mask_boxes, walnet::felzenszwalb" in reason
     assert "make build" in reason
     monkeypatch.undo()
-    assert _library._load() is None
+    assert _library._load(_library.BUILD_INFO) is None
+
+
+def test_build_record_matches_the_running_torch():
+    """The build wrote what it was compiled for next to the extension, and it is this torch."""
+    info = _library.BUILD_INFO
+    assert info is not None, f"{_library.BUILD_INFO_PATH} is missing"
+    assert info["torch"] == torch.__version__
+    assert info["walnet"] == walnet.__version__
+    assert ("cuda" in ops.built_backends()) == (info["cuda"] is not None) == bool(info["cuda_archs"])
+
+
+def test_another_torch_is_refused_before_loading():
+    reason = _library._load({"torch": "2.6.0+cpu"}, torch_version="2.14.1+cu130")
+    assert "built against torch 2.6.0+cpu but torch 2.14.1+cu130 is installed" in reason
+    assert "pip install --no-build-isolation" in reason
+
+
+def test_an_extension_that_fails_to_load_warns_loudly():
+    """Importing walnet with an extension that cannot load warns once, naming the reason and the
+    fix, and every op then runs its reference (no silent fallback)."""
+    code = ("import sys; sys.modules['walnet._C'] = None\n"
+            "import walnet, torch\n"
+            "print(sorted(walnet.built_backends()))\n"
+            "a = torch.rand(1, 4, 4)\n"
+            "print(walnet.ops.fuse_attention(a, a, a).shape)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", "torch.Size([1, 4, 4])"]
+    assert out.stderr.count("RuntimeWarning: walnet runs every op on its slow pure-PyTorch reference") == 1
+    assert "walnet._C failed to load" in out.stderr and "pip install --no-build-isolation" in out.stderr
 
 
 def _nvcc_present():

@@ -5,10 +5,9 @@ superpixels) are registered torch.library operators with CPU and CUDA kernels; p
 reference versions in :mod:`walnet.ops.reference` are their specification and fallback.
 """
 from walnet import models, ops
+from walnet._version import __version__
 from walnet.models import PseudoMaskGenerator, WALNet, create_model, walnet_loss
 from walnet.ops import built_backends
-
-__version__ = "0.1.0"
 
 __all__ = [
     "PseudoMaskGenerator",

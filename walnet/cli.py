@@ -10,6 +10,7 @@ help texts); each command builds its config from the parsed options and hands it
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import typing
 from dataclasses import MISSING, fields
@@ -181,9 +182,39 @@ def _add_demo(sub) -> None:
     p.set_defaults(run=_demo)
 
 
+def _info(args: argparse.Namespace) -> int:
+    from walnet.ops import build_info
+
+    info = build_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    archs = ", ".join([f"sm_{a.replace('.', '')}" for a in info["cuda_archs"]]
+                      + [f"compute_{a.replace('.', '')} (PTX)" for a in info["cuda_ptx"]]) or "none"
+    lines = [
+        f"walnet {info['walnet']}",
+        f"torch {info['torch']} (CUDA {info['cuda'] or 'none'})",
+        f"extension built for torch {info['built_for_torch'] or 'unknown'}, CUDA {info['built_for_cuda'] or 'none'}, "
+        f"archs {archs}, OpenMP {'yes' if info['openmp'] else 'no' if info['openmp'] is not None else 'unknown'}",
+        f"compiled kernels for: {', '.join(info['backends']) or 'nothing (every op runs its reference)'}",
+    ]
+    if info["load_error"]:
+        lines.append(f"not used: {info['load_error']}")
+    lines += [f"GPU {i}: {g['name']} (compute capability {g['capability']}), walnet's CUDA kernels "
+              f"{'run' if g['kernels_run'] else 'do not run'} on it" for i, g in enumerate(info["gpus"])]
+    print("\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from walnet._version import __version__
+
     parser = argparse.ArgumentParser(prog="walnet", description="WAL-Net for carotid plaque classification.")
+    parser.add_argument("--version", action="version", version=f"walnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("info", help="versions, what the compiled ops were built for, and where they run")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(run=_info)
     p = sub.add_parser("phantom", help="write the synthetic carotid-plaque dataset (images, masks, labels.csv)")
     p.add_argument("--out", required=True, help="output folder (must be empty, new, or an earlier phantom)")
     p.add_argument("--n", type=int, default=1270, help="number of images (paper's class ratio 301/605/364)")

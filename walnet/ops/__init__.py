@@ -4,7 +4,7 @@ Every op takes ``backend`` (one of :data:`BACKENDS`; see docs/design.md §2)."""
 from walnet.constants import IGNORE_INDEX
 from walnet.ops import reference
 from walnet.ops._checks import BACKENDS, set_value_checks, value_checks
-from walnet.ops._library import built_backends
+from walnet.ops._library import build_info, built_backends
 from walnet.ops.felzenszwalb import ALGORITHMS, felzenszwalb, segment_counts
 from walnet.ops.pgm import fuse_attention, pseudo_mask, superpixel_mean
 from walnet.ops.rcm import ROI_METHODS, crop_resize, mask_boxes, roi_crop
@@ -14,6 +14,7 @@ __all__ = [
     "BACKENDS",
     "IGNORE_INDEX",
     "ROI_METHODS",
+    "build_info",
     "built_backends",
     "crop_resize",
     "felzenszwalb",

@@ -3,13 +3,21 @@
 Every public op takes ``backend``: "auto" runs the compiled kernel for the inputs' device where
 this build has one (and the reference otherwise, or everywhere under
 ``WALNET_FORCE_REFERENCE=1``); "kernel" insists on a compiled kernel (RuntimeError if none);
-"reference" always runs walnet.ops.reference. See docs/design.md §2.
+"reference" always runs walnet.ops.reference. CUDA kernels run only on GPUs whose arch the
+build compiled; on another GPU "kernel" is an error naming the archs, "auto" warns and runs the
+reference. See docs/design.md §2 and §8.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 
 from walnet.ops import _checks, _library
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def kernel_device(op: str, device: torch.device, backend: str, *, host_fallback: bool = False) -> torch.device | None:
@@ -24,7 +32,13 @@ def kernel_device(op: str, device: torch.device, backend: str, *, host_fallback:
     if backend == "reference" or (backend == "auto" and _library.force_reference()):
         return None
     if _library.has_kernel(op, device.type):
-        return device
+        arch_error = _library.cuda_arch_error(_cuda_index(device)) if device.type == "cuda" else None
+        if arch_error is None:
+            return device
+        if backend == "kernel":
+            raise RuntimeError(arch_error)
+        fallback = "the CPU kernel" if host_fallback and _library.has_kernel(op, "cpu") else "the reference"
+        warnings.warn(f"{arch_error}; walnet runs {fallback} instead", RuntimeWarning, stacklevel=3)
     if host_fallback and _library.has_kernel(op, "cpu"):
         return torch.device("cpu")
     if backend == "kernel":

@@ -1,15 +1,19 @@
 """Loads the compiled operators (walnet._C) and answers which kernels this build has.
 
-Which kernels exist is asked of the dispatcher itself, so the answer is exactly what the loaded
-library registered, whatever the build flags were. A library that is missing, or built from
-older sources that lack one of :data:`OPS`, is not used at all: every op then runs its
-reference, and ``backend="kernel"`` says why. Each op's fake (meta) kernel and autograd formula
-are registered next to its wrapper (walnet/ops/pgm.py, rcm.py, felzenszwalb.py), when
-:data:`LOADED`.
+The extension is tied to the torch it was compiled against (it links libtorch's C++ symbols), so
+the build records that torch, its CUDA version and the compiled GPU archs in
+``walnet/_build.json``. The library is used only when it loads, defines every op of :data:`OPS`
+and was built for the running torch; otherwise every op runs its reference and importing walnet
+warns once, naming the reason and the fix (docs/design.md §8). Which kernels exist is asked of
+the dispatcher itself. Each op's fake kernel and autograd formula are registered next to its
+wrapper (walnet/ops/pgm.py, rcm.py, felzenszwalb.py), when :data:`LOADED`.
 """
 from __future__ import annotations
 
+import json
 import os
+import warnings
+from pathlib import Path
 
 import torch
 
@@ -24,6 +28,20 @@ OPS = (
     "felzenszwalb",
 )
 
+#: What the build recorded (see setup.py); None for a build without the record.
+BUILD_INFO_PATH = Path(__file__).resolve().parent.parent / "_build.json"
+
+_REBUILD = ("rebuild walnet against the installed torch: `pip install --no-build-isolation --force-reinstall "
+            "--no-deps .` in the source tree (or `make build` there)")
+
+
+def read_build_info(path: Path = BUILD_INFO_PATH) -> dict | None:
+    """The build record next to the extension, or None where there is none."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
 
 def _defined(op: str) -> bool:
     try:
@@ -33,22 +51,32 @@ def _defined(op: str) -> bool:
     return True
 
 
-def _load() -> str | None:
-    """Imports the extension (which runs its TORCH_LIBRARY registrations); the reason it cannot
-    be used, or None."""
+def _load(build_info: dict | None, torch_version: str = torch.__version__) -> str | None:
+    """Imports the extension (which runs its TORCH_LIBRARY registrations) where it was built for
+    `torch_version`; returns why it cannot be used, or None."""
+    built_for = (build_info or {}).get("torch")
+    if built_for is not None and built_for != torch_version:
+        # Loading it would resolve libtorch symbols of another version: refuse before importing.
+        return f"walnet._C was built against torch {built_for} but torch {torch_version} is installed; {_REBUILD}"
     try:
         from walnet import _C  # noqa: F401
-    except ImportError as exc:  # not built
-        return str(exc)
+    except ImportError as exc:
+        if "No module named" in str(exc):
+            return f"walnet._C is not built; {_REBUILD}"
+        return f"walnet._C failed to load ({exc}); {_REBUILD}"
     missing = [op for op in OPS if not _defined(op)]
     if missing:
         return f"walnet._C is out of date (it lacks walnet::{', walnet::'.join(missing)}); rebuild it: make build"
     return None
 
 
+BUILD_INFO = read_build_info()
 #: Why the compiled library is not used (None when it is).
-LOAD_ERROR: str | None = _load()
+LOAD_ERROR: str | None = _load(BUILD_INFO)
 LOADED = LOAD_ERROR is None
+if not LOADED:
+    warnings.warn(f"walnet runs every op on its slow pure-PyTorch reference: {LOAD_ERROR}", RuntimeWarning,
+                  stacklevel=2)
 
 # Asked once at import (registrations are static), which also keeps has_kernel traceable by
 # torch.compile.
@@ -75,3 +103,69 @@ def built_backends() -> set[str]:
 def force_reference() -> bool:
     """WALNET_FORCE_REFERENCE=1 makes backend="auto" use the reference ops everywhere."""
     return os.environ.get("WALNET_FORCE_REFERENCE", "0") not in ("", "0")
+
+
+def _version(arch: str) -> tuple[int, int]:
+    major, minor = arch.split(".")
+    return int(major), int(minor)
+
+
+def runs_on(capability: tuple[int, int], sass: list[str], ptx: list[str]) -> bool:
+    """Whether code compiled for the archs `sass` (machine code, "X.Y") and `ptx` (PTX, "X.Y")
+    runs on a GPU of compute `capability`: machine code for X.Y runs on X.Z with Z >= Y; PTX for
+    X.Y is compiled by the driver for any later GPU."""
+    major, minor = capability
+    return any(m == major and n <= minor for m, n in map(_version, sass)) or any(
+        (m, n) <= (major, minor) for m, n in map(_version, ptx)
+    )
+
+
+_ARCH_ERRORS: dict[int, str | None] = {}
+
+
+@torch.compiler.assume_constant_result
+def cuda_arch_error(index: int) -> str | None:
+    """Why this build's CUDA kernels cannot run on GPU `index` (its arch was not compiled), or
+    None. Asked of the driver once per GPU (no host synchronisation)."""
+    if index not in _ARCH_ERRORS:
+        sass, ptx = (BUILD_INFO or {}).get("cuda_archs"), (BUILD_INFO or {}).get("cuda_ptx", [])
+        capability = torch.cuda.get_device_capability(index)
+        error = None
+        if sass is not None and not runs_on(capability, sass, ptx):
+            name = torch.cuda.get_device_name(index)
+            compiled = ", ".join([f"sm_{a.replace('.', '')}" for a in sass] + [f"compute_{a.replace('.', '')}"
+                                                                               for a in ptx])
+            arch = f"{capability[0]}.{capability[1]}"
+            error = (f"walnet's CUDA kernels were compiled for {compiled}, which cannot run on {name} (compute "
+                     f"capability {arch}); rebuild with TORCH_CUDA_ARCH_LIST={arch} (or without "
+                     "TORCH_CUDA_ARCH_LIST, for every arch of the installed torch)")
+        _ARCH_ERRORS[index] = error
+    return _ARCH_ERRORS[index]
+
+
+def build_info() -> dict:
+    """What this install of walnet is and can run: its version, the running torch and CUDA, what
+    the extension was compiled for (torch, CUDA, GPU archs, OpenMP), the device types with
+    kernels, why the extension is not used (None when it is), and the visible GPUs."""
+    from walnet._version import __version__
+
+    info = BUILD_INFO or {}
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(i)
+            gpus.append({"name": torch.cuda.get_device_name(i), "capability": f"{major}.{minor}",
+                         "kernels_run": has_kernel("pseudo_mask", "cuda") and cuda_arch_error(i) is None})
+    return {
+        "walnet": __version__,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "built_for_torch": info.get("torch"),
+        "built_for_cuda": info.get("cuda"),
+        "cuda_archs": info.get("cuda_archs", []),
+        "cuda_ptx": info.get("cuda_ptx", []),
+        "openmp": info.get("openmp"),
+        "backends": sorted(built_backends()),
+        "load_error": LOAD_ERROR,
+        "gpus": gpus,
+    }
