@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <cstdint>
 
 namespace walnet {
 
@@ -54,8 +55,10 @@ inline void check_boxes(const at::Tensor& boxes, const at::Tensor& features) {
 }
 
 // A size an op makes, H x W; `op` and `what` name it in the error ("mask_boxes: the target size").
+// Sizes and box coordinates travel as int32 (the boxes tensor), so a size must fit one.
 inline void check_size(int64_t H, int64_t W, const char* op, const char* what) {
-  TORCH_CHECK(H > 0 && W > 0, op, ": the ", what, " size must be positive, got ", H, "x", W);
+  TORCH_CHECK(H > 0 && W > 0 && H <= INT32_MAX && W <= INT32_MAX, op, ": the ", what,
+              " size must be positive and below 2^31, got ", H, "x", W);
 }
 
 // crop_resize (t: the features, H x W: the output size) and its backward (t: the output's
@@ -65,6 +68,11 @@ inline void check_crop(const at::Tensor& t, const char* name, const at::Tensor& 
   check_features(t, name);
   check_boxes(boxes, t);
   check_size(H, W, op, what);
+}
+
+// mask_boxes' dilation: any non-negative value, +inf included (the box then spans the map).
+inline void check_dilation(double dilation) {
+  TORCH_CHECK(dilation >= 0, "mask_boxes: dilation must be >= 0 (and not NaN), got ", dilation);
 }
 
 // Felzenszwalb's images, float64 [N,C,H,W] (pixel indices and segment sizes are int32), and its

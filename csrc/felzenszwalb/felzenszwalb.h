@@ -80,6 +80,12 @@ WALNET_HD bool should_merge(double w, double cint_a, int32_t size_a, double cint
   return w < static_cast<double>(ta < tb ? ta : tb);
 }
 
+// min_size as the int32 that segment sizes are compared with. Any value above the largest image
+// (2^30 pixels, checks.h) merges exactly as much, so a larger one is clamped, never wrapped.
+WALNET_HD int32_t min_size_i32(int64_t min_size) {
+  return min_size > 0x7fffffff ? 0x7fffffff : static_cast<int32_t>(min_size);
+}
+
 // Union-find whose root is the smallest pixel index of its component (parent[x] <= x).
 WALNET_HD int32_t find_root(const int32_t* parent, int32_t x) {
   while (parent[x] < x) x = parent[x];

@@ -134,7 +134,7 @@ void segment_image(const double* img, int64_t C, int64_t H, int64_t W, at::Array
   for (int64_t p = 0; p < HW; ++p) s.parent[p] = static_cast<int32_t>(p);
   s.ra.resize(E), s.rb.resize(E);
   fz::PassState st{s.ep.data(), s.eq.data(), s.ew.data(), s.parent.data(), s.size.data(), s.cint.data(),
-                   s.bids.data(), nullptr, s.ra.data(), s.rb.data(), k, static_cast<int32_t>(min_size), false};
+                   s.bids.data(), nullptr, s.ra.data(), s.rb.data(), k, fz::min_size_i32(min_size), false};
   for (int pass = 0; pass < 2; ++pass) {
     st.min_size_pass = pass == 1;
     s.decided.assign(E, 0);

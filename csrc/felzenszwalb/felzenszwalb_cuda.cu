@@ -195,7 +195,7 @@ std::tuple<at::Tensor, at::Tensor> felzenszwalb_cuda(const at::Tensor& images_, 
                    state[2].mutable_data_ptr<int32_t>(), per_edge[0].mutable_data_ptr<int32_t>(),
                    per_edge[1].mutable_data_ptr<int32_t>(), cint.mutable_data_ptr<double>(),
                    decided.mutable_data_ptr<uint8_t>()};
-    kruskal_kernel<<<N, kWindow, 0, stream>>>(b, HW, E, k, static_cast<int32_t>(min_size),
+    kruskal_kernel<<<N, kWindow, 0, stream>>>(b, HW, E, k, fz::min_size_i32(min_size),
                                               labels.mutable_data_ptr<int32_t>(), rounds.mutable_data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {

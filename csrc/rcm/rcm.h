@@ -18,19 +18,33 @@ struct Box {
   int64_t y1, x1, y2, x2;
 };
 
+// int(v) clamped into [lo, hi], clamping first: v may be far outside int64 (a huge dilation), and
+// int() of a value in (-1, 0) is 0 anyway, so clamping before truncating gives the same result.
+WALNET_HD int64_t trunc_clamped(double v, int64_t lo, int64_t hi) {
+  v = v < static_cast<double>(lo) ? static_cast<double>(lo) : v;
+  v = v > static_cast<double>(hi) ? static_cast<double>(hi) : v;
+  return static_cast<int64_t>(v);
+}
+
 // Tight box -> dilated box, as the authors' Python: y1' = max(int(y1 - r), 0),
 // y2' = min(int(y2 + r), H - 1); int() truncates toward zero, like the cast.
 WALNET_HD Box dilate(const Box& b, int64_t H, int64_t W, double r) {
-  Box d;
-  d.y1 = static_cast<int64_t>(static_cast<double>(b.y1) - r);
-  d.x1 = static_cast<int64_t>(static_cast<double>(b.x1) - r);
-  d.y2 = static_cast<int64_t>(static_cast<double>(b.y2) + r);
-  d.x2 = static_cast<int64_t>(static_cast<double>(b.x2) + r);
-  d.y1 = d.y1 > 0 ? d.y1 : 0;
-  d.x1 = d.x1 > 0 ? d.x1 : 0;
-  d.y2 = d.y2 < H - 1 ? d.y2 : H - 1;
-  d.x2 = d.x2 < W - 1 ? d.x2 : W - 1;
-  return d;
+  return {trunc_clamped(static_cast<double>(b.y1) - r, 0, H - 1), trunc_clamped(static_cast<double>(b.x1) - r, 0, W - 1),
+          trunc_clamped(static_cast<double>(b.y2) + r, 0, H - 1), trunc_clamped(static_cast<double>(b.x2) + r, 0, W - 1)};
+}
+
+// Whether the nearest resize from `in` to `out` reads source index `src` (a shrink skips some).
+WALNET_HD bool is_read(int64_t src, int64_t in, int64_t out) {
+  return first_dst_from<float>(src, in, out, false) < first_dst_from<float>(src + 1, in, out, false);
+}
+
+// The target-space tight box of the resized mask from its source-space box (rows y1..y2, columns
+// x1..x2, each read by the resize): the nearest source index is non-decreasing in the target
+// index, so the box runs from the first target row reading y1 to the last one reading y2. This
+// costs O(log H) instead of a pass over the H x W target.
+WALNET_HD Box target_box(const Box& src, int64_t h, int64_t w, int64_t H, int64_t W) {
+  return {first_dst_from<float>(src.y1, h, H, false), first_dst_from<float>(src.x1, w, W, false),
+          first_dst_from<float>(src.y2 + 1, h, H, false) - 1, first_dst_from<float>(src.x2 + 1, w, W, false) - 1};
 }
 
 // Reads box n of an int32 [N,4] tensor, clamped into an H x W map so that a direct op call with
@@ -45,13 +59,12 @@ WALNET_HD Box load_box(const int32_t* boxes, int64_t n, int64_t H, int64_t W) {
   return box;
 }
 
-// Foreground test of the mask at target pixel (y, x): the probability map is nearest-resized
-// from h x w to H x W and compared with the threshold rounded to its dtype (as PyTorch's
-// `prob >= threshold` does), in the math type T, which holds both exactly.
+// Foreground test of source pixel (r, c) of the probability map: the value compared with the
+// threshold rounded to its dtype (as PyTorch's `prob >= threshold` does), in the math type T,
+// which holds both exactly. A target pixel is foreground when the source pixel it reads is.
 template <typename T, typename scalar_t>
-WALNET_HD bool is_foreground(const scalar_t* prob, int64_t h, int64_t w, int64_t H, int64_t W, int64_t y,
-                             int64_t x, scalar_t threshold) {
-  return static_cast<T>(prob[nearest_src(y, h, H) * w + nearest_src(x, w, W)]) >= static_cast<T>(threshold);
+WALNET_HD bool is_foreground(const scalar_t* prob, int64_t w, int64_t r, int64_t c, scalar_t threshold) {
+  return static_cast<T>(prob[r * w + c]) >= static_cast<T>(threshold);
 }
 
 // One output value of the crop-resize of a plane (strides sH, sW) with box b, given the row and

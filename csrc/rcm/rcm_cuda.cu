@@ -1,5 +1,5 @@
-// CUDA kernels of the RCM ops: mask_boxes with one block per sample (integer min/max in shared
-// memory), crop_resize with one thread per output element, and its backward with one thread per
+// CUDA kernels of the RCM ops: mask_boxes with one block per sample (integer min/max over the
+// source map in shared memory), crop_resize with one thread per output element, and its backward with one thread per
 // input element gathering the output pixels that read it (no atomics: deterministic).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -23,24 +23,26 @@ __global__ void mask_boxes_kernel(const scalar_t* prob, int64_t h, int64_t w, in
   __shared__ unsigned long long lo_y, lo_x;
   __shared__ long long hi_y, hi_x;
   if (threadIdx.x == 0) {
-    lo_y = H, lo_x = W, hi_y = -1, hi_x = -1;
+    lo_y = h, lo_x = w, hi_y = -1, hi_x = -1;
   }
   __syncthreads();
   const int64_t n = blockIdx.x;
   const scalar_t* p = prob + n * h * w;
-  for (int64_t i = threadIdx.x; i < H * W; i += kBlock) {
-    const int64_t y = i / W, x = i % W;
-    if (rcm::is_foreground<at::opmath_type<scalar_t>>(p, h, w, H, W, y, x, threshold)) {
-      atomicMin(&lo_y, static_cast<unsigned long long>(y));
-      atomicMin(&lo_x, static_cast<unsigned long long>(x));
-      atomicMax(&hi_y, static_cast<long long>(y));
-      atomicMax(&hi_x, static_cast<long long>(x));
+  // The box is found on the h x w source map, over the rows and columns the resize reads.
+  for (int64_t i = threadIdx.x; i < h * w; i += kBlock) {
+    const int64_t r = i / w, c = i % w;
+    if (rcm::is_read(r, h, H) && rcm::is_read(c, w, W) &&
+        rcm::is_foreground<at::opmath_type<scalar_t>>(p, w, r, c, threshold)) {
+      atomicMin(&lo_y, static_cast<unsigned long long>(r));
+      atomicMin(&lo_x, static_cast<unsigned long long>(c));
+      atomicMax(&hi_y, static_cast<long long>(r));
+      atomicMax(&hi_x, static_cast<long long>(c));
     }
   }
   __syncthreads();
   if (threadIdx.x == 0) {
     Box b{static_cast<int64_t>(lo_y), static_cast<int64_t>(lo_x), hi_y, hi_x};
-    b = b.y2 < 0 ? Box{0, 0, H - 1, W - 1} : rcm::dilate(b, H, W, r);
+    b = b.y2 < 0 ? Box{0, 0, H - 1, W - 1} : rcm::dilate(rcm::target_box(b, h, w, H, W), H, W, r);
     int32_t* o = out + 4 * n;
     o[0] = b.y1, o[1] = b.x1, o[2] = b.y2, o[3] = b.x2;
   }
@@ -82,6 +84,7 @@ __global__ void crop_resize_backward_kernel(const scalar_t* grad, Strides4 gs, c
 at::Tensor mask_boxes_cuda(const at::Tensor& prob_, int64_t H, int64_t W, double threshold, double dilation) {
   check_map(prob_, "prob");
   check_size(H, W, "mask_boxes", "target");
+  check_dilation(dilation);
   const c10::cuda::CUDAGuard guard(prob_.device());
   const auto prob = prob_.contiguous();
   const int64_t N = prob.size(0);

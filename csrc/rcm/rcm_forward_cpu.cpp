@@ -25,6 +25,7 @@ using rcm::plane_grain;
 at::Tensor mask_boxes_cpu(const at::Tensor& prob_, int64_t H, int64_t W, double threshold, double dilation) {
   check_map(prob_, "prob");
   check_size(H, W, "mask_boxes", "target");
+  check_dilation(dilation);
   const auto prob = prob_.contiguous();
   const int64_t N = prob.size(0), h = prob.size(1), w = prob.size(2);
   auto out = at::empty({N, 4}, prob.options().dtype(at::kInt));
@@ -32,15 +33,22 @@ at::Tensor mask_boxes_cpu(const at::Tensor& prob_, int64_t H, int64_t W, double 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, prob.scalar_type(), "mask_boxes_cpu", [&] {
     const scalar_t* pp = prob.const_data_ptr<scalar_t>();
     const auto thr = static_cast<scalar_t>(threshold);
+    // The source rows / columns the resize to H x W reads: the box is found on the h x w map.
+    std::vector<uint8_t> row_read(h), col_read(w);
+    for (int64_t r = 0; r < h; ++r) row_read[r] = rcm::is_read(r, h, H);
+    for (int64_t c = 0; c < w; ++c) col_read[c] = rcm::is_read(c, w, W);
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
-        Box b{H, W, -1, -1};
-        for (int64_t y = 0; y < H; ++y)
-          for (int64_t x = 0; x < W; ++x)
-            if (rcm::is_foreground<at::opmath_type<scalar_t>>(pp + n * h * w, h, w, H, W, y, x, thr)) {
-              b = {std::min(b.y1, y), std::min(b.x1, x), std::max(b.y2, y), std::max(b.x2, x)};
+        Box b{h, w, -1, -1};  // in source coordinates
+        for (int64_t r = 0; r < h; ++r) {
+          if (!row_read[r]) continue;
+          for (int64_t c = 0; c < w; ++c)
+            if (col_read[c] && rcm::is_foreground<at::opmath_type<scalar_t>>(pp + n * h * w, w, r, c, thr)) {
+              b = {std::min(b.y1, r), std::min(b.x1, c), std::max(b.y2, r), std::max(b.x2, c)};
             }
-        b = b.y2 < 0 ? Box{0, 0, H - 1, W - 1} : rcm::dilate(b, H, W, static_cast<double>(W) * dilation);
+        }
+        b = b.y2 < 0 ? Box{0, 0, H - 1, W - 1}
+                     : rcm::dilate(rcm::target_box(b, h, w, H, W), H, W, static_cast<double>(W) * dilation);
         int32_t* o = po + 4 * n;
         o[0] = b.y1, o[1] = b.x1, o[2] = b.y2, o[3] = b.x2;
       }

@@ -154,8 +154,12 @@ def check_int(x, name: str, *, min_value: int | None = None) -> int:
     return x
 
 
+#: Sizes and box coordinates reach the kernels as int32.
+MAX_SIZE = 2**31 - 1
+
+
 def check_size(size, name: str = "size") -> tuple[int, int]:
-    """A pair of positive ints (H, W)."""
+    """A pair of positive ints (H, W), each at most :data:`MAX_SIZE`."""
     if (
         not isinstance(size, (tuple, list, torch.Size))
         or len(size) != 2
@@ -164,6 +168,8 @@ def check_size(size, name: str = "size") -> tuple[int, int]:
         raise TypeError(f"{name} must be a pair of ints (H, W), got {size!r}")
     if size[0] < 1 or size[1] < 1:
         raise ValueError(f"{name} must be positive, got {tuple(size)}")
+    if size[0] > MAX_SIZE or size[1] > MAX_SIZE:
+        raise ValueError(f"{name} must be at most {MAX_SIZE} (2^31 - 1) per side, got {tuple(size)}")
     return int(size[0]), int(size[1])
 
 

@@ -21,6 +21,9 @@ __all__ = ["ALGORITHMS", "felzenszwalb", "segment_counts"]
 #: "auto": the device's own ("sequential" on the CPU, "reservations" on CUDA).
 ALGORITHMS = ("auto", "sequential", "reservations")
 
+#: Largest smoothing sigma (a kernel radius of 4 * sigma taps; scipy would build it as well).
+MAX_SIGMA = 1e5
+
 #: The CUDA kernel takes the Gaussian kernel as a launch argument of at most this many taps
 #: (sigma <= 15.6); a wider one runs on the CPU kernel.
 _CUDA_MAX_TAPS = 64
@@ -76,6 +79,9 @@ def felzenszwalb(
     images = _checks.as_features(images, "images", empty_batch=True).detach()
     scale = _checks.check_real(scale, "scale", min_value=0)
     sigma = _checks.check_real(sigma, "sigma", min_value=0)
+    if sigma > MAX_SIGMA:
+        raise ValueError(f"sigma must be at most {MAX_SIGMA:g} (a Gaussian that wide has millions of taps), "
+                         f"got {sigma}")
     min_size = _checks.check_int(min_size, "min_size", min_value=0)
     _checks.check_choice(algorithm, "algorithm", ALGORITHMS)
     device = images.device
@@ -99,7 +105,10 @@ def felzenszwalb(
         rounds = torch.zeros(n, 2, dtype=torch.int32, device=device)
     else:
         reservations = algorithm == "reservations" or (algorithm == "auto" and run_on.type != "cpu")
-        labels, rounds = torch.ops.walnet.felzenszwalb(x.to(run_on), weights, scale / 255.0, min_size, reservations)
+        # Any min_size above the image's pixel count merges alike; the kernels take an int32.
+        kernel_min_size = min(min_size, _checks.MAX_SIZE)
+        labels, rounds = torch.ops.walnet.felzenszwalb(x.to(run_on), weights, scale / 255.0, kernel_min_size,
+                                                       reservations)
         labels, rounds = labels.to(device), rounds.to(device)
     return (labels, rounds) if return_rounds else labels
 

@@ -156,11 +156,12 @@ def mask_boxes(
     x1 = torch.where(cols, xs, W).amin(dim=1)
     x2 = torch.where(cols, xs, -1).amax(dim=1)
     r = W * float(dilation)
-    # int() truncates toward zero, as the authors' Python does.
-    y1 = torch.clamp((y1.double() - r).trunc().long(), min=0)
-    x1 = torch.clamp((x1.double() - r).trunc().long(), min=0)
-    y2 = torch.clamp((y2.double() + r).trunc().long(), max=H - 1)
-    x2 = torch.clamp((x2.double() + r).trunc().long(), max=W - 1)
+    # int() truncates toward zero, as the authors' Python does. Clamping first gives the same
+    # result (int() of a value in (-1, 0) is 0) and keeps a huge dilation inside int64.
+    y1 = torch.clamp(y1.double() - r, 0, H - 1).trunc().long()
+    x1 = torch.clamp(x1.double() - r, 0, W - 1).trunc().long()
+    y2 = torch.clamp(y2.double() + r, 0, H - 1).trunc().long()
+    x2 = torch.clamp(x2.double() + r, 0, W - 1).trunc().long()
     boxes = torch.stack([y1, x1, y2, x2], dim=1)
     full = torch.tensor([0, 0, H - 1, W - 1], device=mask.device)
     return torch.where(rows.any(dim=1)[:, None], boxes, full).to(torch.int32)
