@@ -28,8 +28,11 @@ def _inputs(seed: int = 0) -> dict:
     seg_logits = torch.randn(n, 2, 28, 28, generator=g)
     seg_logits[0, 1] -= 100  # one sample without foreground
     boxes = torch.tensor([[0, 0, 27, 27], [3, 5, 20, 9], [10, 10, 10, 10]], dtype=torch.int32)
+    bad_labels = labels.long().clone()
+    bad_labels[0, 0, 0], bad_labels[1, 5, 7], bad_labels[2, 19, 23] = -1, 20 * 24, 2**40
+    bad_boxes = torch.tensor([[-5, -5, 100, 100], [9, 3, 2, 1], [2**30, 4, 2**31 - 1, 5]], dtype=torch.int32)
     return dict(a1=a1, a2=a2, a3=a3, images=images, labels=labels, levels=levels, seg_logits=seg_logits,
-                boxes=boxes, grad=torch.randn(n, 8, 17, 31, generator=g))
+                boxes=boxes, grad=torch.randn(n, 8, 17, 31, generator=g), bad_labels=bad_labels, bad_boxes=bad_boxes)
 
 
 def _run_ops(x: dict) -> dict:
@@ -47,6 +50,11 @@ def _run_ops(x: dict) -> dict:
         out[f"felzenszwalb {name} reservations"] = list(
             ops.felzenszwalb(images, 64, 0.5, 10, algorithm="reservations", return_rounds=True))
         out[f"felzenszwalb {name} scale 0"] = ops.felzenszwalb(images, 0, 0.8, 20)
+    # what the value checks would refuse, straight to the kernels: a defined result, no stray access
+    out["pseudo_mask bad labels"] = torch.ops.walnet.pseudo_mask(x["a1"], x["a2"], x["a3"], x["bad_labels"], 0.18)
+    out["crop_resize bad boxes"] = torch.ops.walnet.crop_resize(x["levels"][0], x["bad_boxes"], 17, 31, True)
+    out["crop_resize_backward bad boxes"] = torch.ops.walnet.crop_resize_backward(x["grad"], x["bad_boxes"], 28, 28,
+                                                                                  False)
     for mode in ("nearest", "bilinear"):
         f = x["levels"][0].clone().requires_grad_()
         crop = ops.crop_resize(f, x["boxes"], (17, 31), mode)
