@@ -12,6 +12,7 @@ from PIL import Image
 from walnet.data import (
     PAPER_CLASSES,
     PlaqueDataset,
+    Record,
     class_map,
     load_split,
     read_csv,
@@ -170,3 +171,48 @@ def test_corrupt_and_missing_images(tmp_path):
         ds[2]
     skipping = PlaqueDataset(records, size=8, skip_bad=True)
     assert len(skipping) == 1 and skipping.skipped == 2
+
+
+# --- 16-bit images -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I"])
+def test_16_bit_images_keep_their_values(tmp_path, mode):
+    """A 16-bit ramp reads like the 8-bit version of the same ramp (within one 8-bit step)
+    instead of saturating to white above 255."""
+    ramp16 = np.linspace(0, 65535, 32 * 32).round().astype(np.uint16).reshape(32, 32)
+    ramp8 = np.round(ramp16 / 257).astype(np.uint8)
+    _png(tmp_path / "r8.png", ramp8)
+    if mode == "I;16":
+        _png(tmp_path / "r.png", ramp16)  # PIL writes a 16-bit grayscale PNG
+        assert Image.open(tmp_path / "r.png").mode == "I;16"
+        name = "r.png"
+    elif mode == "I;16B":
+        Image.frombytes("I;16B", (32, 32), ramp16.astype(">u2").tobytes()).save(tmp_path / "r.tif")
+        assert Image.open(tmp_path / "r.tif").mode == "I;16B"
+        name = "r.tif"
+    else:
+        Image.fromarray(ramp16.astype(np.int32)).save(tmp_path / "r.tif")
+        assert Image.open(tmp_path / "r.tif").mode == "I"
+        name = "r.tif"
+    ds = PlaqueDataset([Record(tmp_path / name, 0), Record(tmp_path / "r8.png", 0)], size=32)
+    deep, eight = ds[0]["image"], ds[1]["image"]
+    assert deep.shape == (3, 32, 32) and deep.dtype == torch.float32
+    assert torch.equal(deep[0], deep[1]) and torch.equal(deep[0], deep[2])
+    assert deep.max() > 0.99 and (deep < 0.999).float().mean() > 0.95  # not saturated
+    torch.testing.assert_close(deep, eight, atol=1 / 255 + 1e-6, rtol=0)
+    # the resize to a size of its own also keeps the ramp
+    small = PlaqueDataset([Record(tmp_path / name, 0), Record(tmp_path / "r8.png", 0)], size=16)
+    torch.testing.assert_close(small[0]["image"], small[1]["image"], atol=1 / 255 + 1e-6, rtol=0)
+
+
+def test_16_bit_masks_and_out_of_range_32_bit_images(tmp_path):
+    img = np.zeros((20, 20), np.uint16)
+    img[5:15, 5:15] = 60000
+    _png(tmp_path / "a.png", _gray(20, 20))
+    _png(tmp_path / "m.png", img)
+    mask = PlaqueDataset([Record(tmp_path / "a.png", 0, mask_path=tmp_path / "m.png")], size=20)[0]["mask"]
+    assert mask.sum() == 100 and mask[5:15, 5:15].all()
+    Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "big.tif")
+    with pytest.raises(ValueError, match=r"big\.tif.*outside the 16-bit range"):
+        PlaqueDataset([Record(tmp_path / "big.tif", 0)], size=8)[0]
