@@ -11,6 +11,7 @@ from PIL import Image
 
 from walnet.data import (
     PAPER_CLASSES,
+    DuplicateRowWarning,
     PlaqueDataset,
     Record,
     class_map,
@@ -19,6 +20,7 @@ from walnet.data import (
     save_split,
     scan_image_folder,
     split_indices,
+    phantom,
 )
 
 
@@ -87,8 +89,10 @@ def test_split_file_round_trip(tmp_path):
 
 def test_class_map_pins_order():
     assert class_map(["mixed-echoic", "hyperechoic", "hypoechoic"]) == PAPER_CLASSES
-    assert class_map(["b", "a"]) == ("a", "b")
+    assert class_map(["hypoechoic"]) == PAPER_CLASSES  # the known classes, not the names found
     assert class_map(["b"], classes=("b", "a")) == ("b", "a")
+    with pytest.raises(ValueError, match="'b'"):
+        class_map(["b", "a"])  # other class sets need an explicit list
     with pytest.raises(ValueError, match="'c'"):
         class_map(["c"], classes=("a", "b"))
 
@@ -138,7 +142,7 @@ def test_csv_roi_box_crops(tmp_path):
     img = np.zeros((40, 40), np.uint8)
     img[10:20, 10:20] = 200
     _png(tmp_path / "a.png", img)
-    csv_path = _write_csv(tmp_path / "d.csv", [("a.png", "x", 10, 10, 19, 19)], ("path", "label", "y1", "x1", "y2", "x2"))
+    csv_path = _write_csv(tmp_path / "d.csv", [("a.png", "hypoechoic", 10, 10, 19, 19)], ("path", "label", "y1", "x1", "y2", "x2"))
     records, _ = read_csv(csv_path)
     assert records[0].box == (10, 10, 19, 19)
     item = PlaqueDataset(records, size=16)[0]
@@ -162,7 +166,7 @@ def test_corrupt_and_missing_images(tmp_path):
         tmp_path / "d.csv",
         [("good.png", "a", "", ""), ("corrupt.png", "a", "", ""), ("gone.png", "b", "", "")],
     )
-    records, _ = read_csv(csv_path)
+    records, _ = read_csv(csv_path, classes=("a", "b"))
     ds = PlaqueDataset(records, size=8)
     assert ds[0]["image"].shape == (3, 8, 8)
     with pytest.raises(ValueError, match="corrupt.png"):
@@ -171,6 +175,49 @@ def test_corrupt_and_missing_images(tmp_path):
         ds[2]
     skipping = PlaqueDataset(records, size=8, skip_bad=True)
     assert len(skipping) == 1 and skipping.skipped == 2
+
+
+# --- one key per image file, splits per file --------------------------------------------------
+
+
+def test_duplicate_rows_that_agree_are_merged_with_a_warning(tmp_path):
+    _png(tmp_path / "a.png", _gray(seed=1))
+    _png(tmp_path / "sub" / "b.png", _gray(seed=2))
+    rows = [("a.png", "hypoechoic", "P1", ""), ("sub/b.png", "hyperechoic", "P2", ""),
+            ("./a.png", "Hypoechoic ", "P1", ""), ("sub/../a.png", "hypoechoic", "P1", ""),
+            (str(tmp_path / "sub" / "b.png"), "hyperechoic", "P2", "")]
+    with pytest.warns(DuplicateRowWarning, match=r"d\.csv: 3 entries .* line 2 and line 4"):
+        records, _ = read_csv(_write_csv(tmp_path / "d.csv", rows))
+    assert [r.path for r in records] == [(tmp_path / "a.png").resolve(), (tmp_path / "sub" / "b.png").resolve()]
+    assert [r.label for r in records] == [1, 0]
+
+
+def test_duplicate_rows_that_disagree_are_an_error(tmp_path):
+    _png(tmp_path / "a.png", _gray())
+    rows = [("a.png", "hypoechoic", "P1", ""), ("b.png", "hyperechoic", "", ""), ("./a.png", "hyperechoic", "P1", "")]
+    with pytest.raises(ValueError, match=r"d\.csv: line 2 and line 4 both list the image .*a\.png.*"
+                                         r"label hypoechoic vs hyperechoic"):
+        read_csv(_write_csv(tmp_path / "d.csv", rows))
+    rows = [("a.png", "hypoechoic", "P1", "", "train"), ("a.png", "hypoechoic", "P1", "", "test")]
+    with pytest.raises(ValueError, match="split train vs test"):
+        read_csv(_write_csv(tmp_path / "s.csv", rows, ("path", "label", "patient_id", "mask_path", "split")))
+
+
+def test_a_file_listed_twice_lands_in_one_split(tmp_path):
+    """The audit's case: 50 images, 17 of them listed twice; each image is one sample, so it is
+    in exactly one split, and the split file holds each image once."""
+    rows = []
+    for i in range(50):
+        _png(tmp_path / f"{i}.png", _gray(8, 8, seed=i))
+        rows.append((f"{i}.png", PAPER_CLASSES[i % 3], "", ""))
+    rows += [(f"./{i}.png", PAPER_CLASSES[i % 3], "", "") for i in range(0, 34, 2)]
+    with pytest.warns(DuplicateRowWarning, match="17 entries"):
+        records, _ = read_csv(_write_csv(tmp_path / "d.csv", rows))
+    assert len(records) == len({r.path for r in records}) == 50
+    splits = split_indices([r.label for r in records], [r.patient for r in records])
+    save_split(tmp_path / "split.csv", [str(r.path) for r in records], splits)
+    saved = load_split(tmp_path / "split.csv")
+    assert len(saved) == 50 and saved == {str(r.path): s for r, s in zip(records, splits)}
 
 
 # --- 16-bit images -----------------------------------------------------------------------------
@@ -216,3 +263,72 @@ def test_16_bit_masks_and_out_of_range_32_bit_images(tmp_path):
     Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "big.tif")
     with pytest.raises(ValueError, match=r"big\.tif.*outside the 16-bit range"):
         PlaqueDataset([Record(tmp_path / "big.tif", 0)], size=8)[0]
+
+
+# --- labels matched to the known classes --------------------------------------------------------
+
+
+def test_labels_match_known_classes_ignoring_case_and_spaces(tmp_path):
+    _png(tmp_path / "a.png", _gray())
+    rows = [("a.png", "Hyperechoic ", "", ""), ("b.png", " MIXED-echoic", "", ""), ("c.png", "hypo  echoic", "", "")]
+    with pytest.raises(ValueError, match=r"d\.csv:4: column 'label': unknown label 'hypo  echoic' \(did you mean "
+                                         r"'hypoechoic'\?\); known classes: hyperechoic, hypoechoic, mixed-echoic"):
+        read_csv(_write_csv(tmp_path / "d.csv", rows))
+    records, classes = read_csv(_write_csv(tmp_path / "d.csv", rows[:2]))
+    assert classes == PAPER_CLASSES and [r.label for r in records] == [0, 2]
+    # explicit class lists are matched the same way, and keep their own spelling and order
+    rows = [("a.png", "calcified ", "", ""), ("b.png", "SOFT", "", "")]
+    records, classes = read_csv(_write_csv(tmp_path / "e.csv", rows), classes=["Soft", "calcified"])
+    assert classes == ("Soft", "calcified") and [r.label for r in records] == [1, 0]
+    with pytest.raises(ValueError, match="twice"):
+        read_csv(tmp_path / "e.csv", classes=["soft", "Soft "])
+
+
+def test_an_empty_or_misspelt_label_is_an_error_not_a_class(tmp_path):
+    _png(tmp_path / "a.png", _gray())
+    with pytest.raises(ValueError, match=r"d\.csv:3: column 'label' is empty"):
+        read_csv(_write_csv(tmp_path / "d.csv", [("a.png", "hypoechoic", "", ""), ("a.png", "", "", "")]))
+    with pytest.raises(ValueError, match=r"d\.csv:2: .*'hyperechoc' \(did you mean 'hyperechoic'\?\)"):
+        read_csv(_write_csv(tmp_path / "d.csv", [("a.png", "hyperechoc", "", "")]))
+    with pytest.raises(ValueError, match=r"'plaque'; known classes: hyperechoic, hypoechoic, mixed-echoic; "
+                                         "give the class list"):
+        read_csv(_write_csv(tmp_path / "d.csv", [("a.png", "plaque", "", "")]))
+
+
+def test_class_folders_match_known_classes(tmp_path):
+    _png(tmp_path / "Hyperechoic" / "0.png", _gray())
+    _png(tmp_path / "hypoechoic" / "0.png", _gray())
+    records, classes = scan_image_folder(tmp_path)
+    assert classes == PAPER_CLASSES and [r.label for r in records] == [0, 1]
+    _png(tmp_path / "mixed_echoic" / "0.png", _gray())
+    with pytest.raises(ValueError, match=r"mixed_echoic: unknown label 'mixed_echoic' "
+                                         r"\(did you mean 'mixed-echoic'\?\)"):
+        scan_image_folder(tmp_path)
+    records, classes = scan_image_folder(tmp_path, classes=["HYPERECHOIC", "hypoechoic", "mixed_echoic"])
+    assert classes == ("HYPERECHOIC", "hypoechoic", "mixed_echoic") and [r.label for r in records] == [0, 1, 2]
+
+
+def test_one_image_in_two_class_folders_is_an_error(tmp_path):
+    _png(tmp_path / "hyperechoic" / "a.png", _gray())
+    _png(tmp_path / "hypoechoic" / "b.png", _gray())
+    (tmp_path / "hypoechoic" / "a.png").symlink_to(tmp_path / "hyperechoic" / "a.png")
+    with pytest.raises(ValueError, match=r"hyperechoic/a\.png and .*hypoechoic/a\.png both list the image .*"
+                                         "label hyperechoic vs hypoechoic"):
+        scan_image_folder(tmp_path)
+    (tmp_path / "hypoechoic" / "a.png").unlink()
+    (tmp_path / "hyperechoic" / "c.png").symlink_to(tmp_path / "hyperechoic" / "a.png")
+    with pytest.warns(DuplicateRowWarning, match="1 entry"):
+        records, _ = scan_image_folder(tmp_path)
+    assert len(records) == 2
+
+
+def test_the_phantom_reads_back(tmp_path):
+    csv_path = phantom.generate(tmp_path / "ph", n=9, size=16)
+    records, classes = read_csv(csv_path)
+    assert classes == PAPER_CLASSES and len(records) == 9
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [PAPER_CLASSES[r.label] for r in records] == [row["label"] for row in rows]
+    assert all(r.mask_path is not None and r.patient for r in records)
+    item = PlaqueDataset(records, size=16)[0]
+    assert item["image"].shape == (3, 16, 16) and set(item["mask"].unique().tolist()) <= {0, 1}

@@ -1,11 +1,6 @@
 """Plaque images as a torch Dataset: the :class:`Record` of one image and :class:`PlaqueDataset`,
-which reads, crops and resizes them, and the records of a CSV file or an ImageFolder tree
-(docs/design.md §7).
-
-CSV: ``path,label[,patient_id][,mask_path][,split]`` plus optional ROI box columns ``y1,x1,y2,x2``
-(pixels, inclusive). Paths are relative to the CSV's folder unless absolute. The class order is
-pinned by a class map (default: the paper's hyperechoic, hypoechoic, mixed-echoic when those are
-the names found).
+which reads, crops and resizes them (docs/design.md §7). Records come from a CSV file or an
+ImageFolder tree (walnet.data.sources).
 
 Images are read as RGB (grayscale becomes three channels; 16-bit grayscale is scaled by its bit
 depth, walnet.data.images), cropped to the record's ROI box, resized to ``size`` x ``size`` and
@@ -15,7 +10,6 @@ padding or on a mask of another shape.
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +28,9 @@ class Record:
     """One image: its file, class index, optional patient id, mask file, split and ROI box
     (y1, x1, y2, x2, pixels, inclusive).
 
-    ``origin`` ("file.csv:7") says where the record was read, for error messages, and takes no
-    part in comparisons.
+    ``path`` and ``mask_path`` are stored resolved (absolute, symbolic links and ``..`` followed),
+    so one file has one key however it was spelled; ``origin`` ("file.csv:7") says where the
+    record was read, for error messages, and takes no part in comparisons.
     """
 
     path: Path
@@ -46,73 +41,14 @@ class Record:
     box: tuple[int, int, int, int] | None = None
     origin: str | None = field(default=None, compare=False)
 
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path).resolve())
+        if self.mask_path is not None:
+            object.__setattr__(self, "mask_path", Path(self.mask_path).resolve())
+
     def where(self) -> str:
         """The record's origin, or its image file when it has none: the prefix of its errors."""
         return self.origin or show_path(self.path)
-
-
-def class_map(names, classes: tuple[str, ...] | list[str] | None = None) -> tuple[str, ...]:
-    """The pinned class order: `classes` if given (every name must be in it), else the paper's
-    order when the names are exactly the paper's classes, else sorted names."""
-    found = sorted(set(names))
-    if classes is not None:
-        unknown = [n for n in found if n not in classes]
-        if unknown:
-            raise ValueError(f"labels {unknown} are not in the class map {tuple(classes)}")
-        return tuple(classes)
-    if set(found) == set(PAPER_CLASSES):
-        return PAPER_CLASSES
-    return tuple(found)
-
-
-def scan_image_folder(root: str | Path, classes=None) -> tuple[list[Record], tuple[str, ...]]:
-    """Records of an ImageFolder tree ``root/<class>/<image>``; an empty class folder is an error."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data directory {root} does not exist")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise ValueError(f"{root} has no class folders (expected {root}/<class>/<image>)")
-    names = class_map([f.name for f in folders], classes)
-    records = []
-    for folder in folders:
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not images:
-            raise ValueError(f"class folder {folder} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-        records += [Record(p, names.index(folder.name)) for p in images]
-    return records, names
-
-
-def read_csv(csv_path: str | Path, classes=None) -> tuple[list[Record], tuple[str, ...]]:
-    """Records of a CSV file ``path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]``."""
-    csv_path = Path(csv_path)
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = set(reader.fieldnames or ())
-        rows = list(reader)
-    missing = {"path", "label"} - columns
-    if missing:
-        raise ValueError(f"{csv_path} lacks the column(s) {sorted(missing)}")
-    box_cols = ("y1", "x1", "y2", "x2")
-    has_box = set(box_cols) <= columns
-    names = class_map([r["label"] for r in rows], classes)
-    base = csv_path.parent
-    records = []
-    for line, r in enumerate(rows, start=2):
-        mask = r.get("mask_path") or None
-        mask_path = base / mask if mask else None
-        if mask_path is not None and not mask_path.is_file():
-            raise FileNotFoundError(f"{csv_path}:{line}: mask file {mask_path} does not exist")
-        box = None
-        if has_box and all(r.get(c) not in (None, "") for c in box_cols):
-            box = tuple(int(float(r[c])) for c in box_cols)
-            if box[0] > box[2] or box[1] > box[3] or min(box) < 0:
-                raise ValueError(f"{csv_path}:{line}: ROI box {box} is not (y1, x1, y2, x2) with y1<=y2, x1<=x2")
-        records.append(
-            Record(base / r["path"], names.index(r["label"]), r.get("patient_id") or None, mask_path,
-                   r.get("split") or None, box, origin=f"{csv_path}:{line}")
-        )
-    return records, names
 
 
 class PlaqueDataset(torch.utils.data.Dataset):
