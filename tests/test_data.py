@@ -73,12 +73,14 @@ def test_split_without_patients_is_exactly_stratified_and_deterministic():
         assert counts == {"train": round(0.6 * n), "val": round(0.2 * n), "test": round(0.2 * n)}
 
 
-def test_split_file_round_trip(tmp_path):
+def test_split_file_round_trip(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     labels, patients = _cohort(30)
     keys = [f"img{i}.png" for i in range(len(labels))]
     splits = split_indices(labels, patients)
     save_split(tmp_path / "split.csv", keys, splits)
-    assert load_split(tmp_path / "split.csv") == dict(zip(keys, splits))
+    # keys come back as the images' resolved absolute paths
+    assert load_split(tmp_path / "split.csv") == {str(tmp_path.resolve() / k): s for k, s in zip(keys, splits)}
     (tmp_path / "bad.csv").write_text("key,split\na.png,holdout\n")
     with pytest.raises(ValueError, match="holdout"):
         load_split(tmp_path / "bad.csv")
@@ -218,6 +220,54 @@ def test_a_file_listed_twice_lands_in_one_split(tmp_path):
     save_split(tmp_path / "split.csv", [str(r.path) for r in records], splits)
     saved = load_split(tmp_path / "split.csv")
     assert len(saved) == 50 and saved == {str(r.path): s for r, s in zip(records, splits)}
+
+
+def test_split_files_never_hold_an_image_twice(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"a\.png is listed twice \('a.png' and 'sub/../a.png'\)"):
+        save_split(tmp_path / "split.csv", ["a.png", "b.png", "sub/../a.png"], ["train", "val", "test"])
+    assert not (tmp_path / "split.csv").exists()
+    rows = f"{tmp_path}/a.png,train\n{tmp_path}/b.png,val\n{tmp_path}/./a.png,test\n"
+    (tmp_path / "dup.csv").write_text("key,split\n" + rows)
+    with pytest.raises(ValueError, match=r"dup\.csv: lines 2 and 4 list the same image .*a\.png.*delete"):
+        load_split(tmp_path / "dup.csv")
+
+
+def test_split_keys_do_not_depend_on_how_the_csv_path_is_spelled(tmp_path, monkeypatch):
+    """The audit's case: a run made with `--csv ph/labels.csv` evaluated with `$PWD/ph/labels.csv`,
+    `ph/../ph/labels.csv` or from another working directory finds its split."""
+    phantom.generate(tmp_path / "ph", n=12, size=16)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    records = read_csv("ph/labels.csv")[0]
+    splits = split_indices([r.label for r in records], [r.patient for r in records])
+    save_split(tmp_path / "run_split.csv", [str(r.path) for r in records], splits)
+    spellings = [(tmp_path, f"{tmp_path}/ph/labels.csv"), (tmp_path, "ph/../ph/labels.csv"),
+                 (tmp_path / "elsewhere", "../ph/labels.csv"), (tmp_path / "ph", "labels.csv")]
+    for cwd, csv_arg in spellings:
+        monkeypatch.chdir(cwd)
+        again = read_csv(csv_arg)[0]
+        saved = load_split(tmp_path / "run_split.csv")
+        assert [saved[str(r.path)] for r in again] == splits, (cwd, csv_arg)
+
+
+def test_split_files_with_working_directory_relative_keys_still_read(tmp_path, monkeypatch):
+    """A split file whose keys are paths relative to the working directory it was made in (the
+    CSV path as given, joined with each row's path) reads from that directory; from another it is
+    an error saying so and how to redo the split."""
+    phantom.generate(tmp_path / "ph", n=6, size=16)
+    monkeypatch.chdir(tmp_path)
+    records = read_csv("ph/labels.csv")[0]
+    with open(tmp_path / "ph" / "labels.csv", newline="") as f:
+        rel = [f"ph/{row['path']}" for row in csv.DictReader(f)]
+    lines = "".join(f"{k},{s}\n" for k, s in zip(rel, ["train", "train", "val", "test", "train", "val"]))
+    (tmp_path / "old_split.csv").write_text("key,split\n" + lines)
+    saved = load_split(tmp_path / "old_split.csv")
+    assert [saved[str(r.path)] for r in records] == ["train", "train", "val", "test", "train", "val"]
+    monkeypatch.chdir(tmp_path / "ph")
+    with pytest.raises(ValueError, match=r"old_split\.csv:2: the image paths are relative to the working "
+                                         r"directory .*none of them exists .*delete"):
+        load_split(tmp_path / "old_split.csv")
 
 
 # --- 16-bit images -----------------------------------------------------------------------------
