@@ -235,20 +235,22 @@ def test_split_files_never_hold_an_image_twice(tmp_path, monkeypatch):
 
 def test_split_keys_do_not_depend_on_how_the_csv_path_is_spelled(tmp_path, monkeypatch):
     """The audit's case: a run made with `--csv ph/labels.csv` evaluated with `$PWD/ph/labels.csv`,
-    `ph/../ph/labels.csv` or from another working directory finds its split."""
-    phantom.generate(tmp_path / "ph", n=12, size=16)
+    `ph/../ph/labels.csv` or from another working directory finds its split (through the
+    engine's assign_splits, which keys records by `str(record.path)`)."""
+    from walnet.engine.trainer import assign_splits
+
+    phantom.generate(tmp_path / "ph", n=30, size=16)
     (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "run").mkdir()
     monkeypatch.chdir(tmp_path)
-    records = read_csv("ph/labels.csv")[0]
-    splits = split_indices([r.label for r in records], [r.patient for r in records])
-    save_split(tmp_path / "run_split.csv", [str(r.path) for r in records], splits)
+    splits = assign_splits(read_csv("ph/labels.csv")[0], tmp_path / "run", seed=0)
+    assert sorted(set(splits)) == ["test", "train", "val"]
     spellings = [(tmp_path, f"{tmp_path}/ph/labels.csv"), (tmp_path, "ph/../ph/labels.csv"),
                  (tmp_path / "elsewhere", "../ph/labels.csv"), (tmp_path / "ph", "labels.csv")]
     for cwd, csv_arg in spellings:
         monkeypatch.chdir(cwd)
-        again = read_csv(csv_arg)[0]
-        saved = load_split(tmp_path / "run_split.csv")
-        assert [saved[str(r.path)] for r in again] == splits, (cwd, csv_arg)
+        # another seed: the saved split is reused, not made again
+        assert assign_splits(read_csv(csv_arg)[0], tmp_path / "run", seed=1) == splits, (cwd, csv_arg)
 
 
 def test_split_files_with_working_directory_relative_keys_still_read(tmp_path, monkeypatch):
