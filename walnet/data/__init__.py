@@ -1,15 +1,22 @@
-"""Data for walnet: datasets (ImageFolder / CSV), patient-grouped stratified splits, and the
+"""Data for walnet: records from a CSV file or an ImageFolder tree, the class names they are
+matched to, the dataset that reads their images, patient-grouped stratified splits, and the
 embedded synthetic plaque phantom."""
-from walnet.data.datasets import PAPER_CLASSES, PlaqueDataset, Record, class_map, read_csv, scan_image_folder
+from walnet.data.classes import class_map, known_classes, match_label, normalize_label
+from walnet.data.datasets import PAPER_CLASSES, PlaqueDataset, Record
+from walnet.data.sources import DuplicateRowWarning, read_csv, scan_image_folder
 from walnet.data.splits import SPLITS, load_split, save_split, split_indices
 
 __all__ = [
     "PAPER_CLASSES",
+    "DuplicateRowWarning",
     "PlaqueDataset",
     "Record",
     "SPLITS",
     "class_map",
+    "known_classes",
     "load_split",
+    "match_label",
+    "normalize_label",
     "read_csv",
     "save_split",
     "scan_image_folder",

@@ -1,30 +1,37 @@
-"""Datasets of plaque images: an ImageFolder tree or a CSV file (docs/design.md §7).
+"""Plaque images as a torch Dataset: the :class:`Record` of one image and :class:`PlaqueDataset`,
+which reads, crops and resizes them (docs/design.md §7). Records come from a CSV file or an
+ImageFolder tree (walnet.data.sources).
 
-ImageFolder: ``root/<class>/*.png|jpg|...``. CSV: ``path,label[,patient_id][,mask_path][,split]``
-plus optional ROI box columns ``y1,x1,y2,x2`` (pixels, inclusive) to crop as the paper's
-preprocessing does. Paths are relative to the CSV's folder unless absolute. The class order is
-pinned by a class map (default: the paper's hyperechoic, hypoechoic, mixed-echoic when those are
-the names found). Images are read as RGB (grayscale becomes three channels), cropped, resized
-to ``size`` x ``size`` and scaled to [0, 1].
+Images are read as RGB (grayscale becomes three channels; 16-bit grayscale is scaled by its bit
+depth, walnet.data.images), cropped to the record's ROI box, resized to ``size`` x ``size`` and
+scaled to [0, 1]. A box that does not lie inside its image, or a mask whose size differs from its
+image's, is an error when the item is read: cropping or resizing it would silently train on
+padding or on a mask of another shape.
 """
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from walnet.constants import IGNORE_INDEX, PLAQUE_CLASSES as PAPER_CLASSES
+from walnet.data.images import open_image, show_path, to_array
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
 class Record:
-    """One image: its file, class index, optional patient id, mask file, split and ROI box."""
+    """One image: its file, class index, optional patient id, mask file, split and ROI box
+    (y1, x1, y2, x2, pixels, inclusive).
+
+    ``path`` and ``mask_path`` are stored resolved (absolute, symbolic links and ``..`` followed),
+    so one file has one key however it was spelled; ``origin`` ("file.csv:7") says where the
+    record was read, for error messages, and takes no part in comparisons.
+    """
 
     path: Path
     label: int
@@ -32,80 +39,16 @@ class Record:
     mask_path: Path | None = None
     split: str | None = None
     box: tuple[int, int, int, int] | None = None
+    origin: str | None = field(default=None, compare=False)
 
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path).resolve())
+        if self.mask_path is not None:
+            object.__setattr__(self, "mask_path", Path(self.mask_path).resolve())
 
-def class_map(names, classes: tuple[str, ...] | list[str] | None = None) -> tuple[str, ...]:
-    """The pinned class order: `classes` if given (every name must be in it), else the paper's
-    order when the names are exactly the paper's classes, else sorted names."""
-    found = sorted(set(names))
-    if classes is not None:
-        unknown = [n for n in found if n not in classes]
-        if unknown:
-            raise ValueError(f"labels {unknown} are not in the class map {tuple(classes)}")
-        return tuple(classes)
-    if set(found) == set(PAPER_CLASSES):
-        return PAPER_CLASSES
-    return tuple(found)
-
-
-def scan_image_folder(root: str | Path, classes=None) -> tuple[list[Record], tuple[str, ...]]:
-    """Records of an ImageFolder tree ``root/<class>/<image>``; an empty class folder is an error."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data directory {root} does not exist")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise ValueError(f"{root} has no class folders (expected {root}/<class>/<image>)")
-    names = class_map([f.name for f in folders], classes)
-    records = []
-    for folder in folders:
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not images:
-            raise ValueError(f"class folder {folder} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-        records += [Record(p, names.index(folder.name)) for p in images]
-    return records, names
-
-
-def read_csv(csv_path: str | Path, classes=None) -> tuple[list[Record], tuple[str, ...]]:
-    """Records of a CSV file ``path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]``."""
-    csv_path = Path(csv_path)
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = set(reader.fieldnames or ())
-        rows = list(reader)
-    missing = {"path", "label"} - columns
-    if missing:
-        raise ValueError(f"{csv_path} lacks the column(s) {sorted(missing)}")
-    box_cols = ("y1", "x1", "y2", "x2")
-    has_box = set(box_cols) <= columns
-    names = class_map([r["label"] for r in rows], classes)
-    base = csv_path.parent
-    records = []
-    for line, r in enumerate(rows, start=2):
-        mask = r.get("mask_path") or None
-        mask_path = base / mask if mask else None
-        if mask_path is not None and not mask_path.is_file():
-            raise FileNotFoundError(f"{csv_path}:{line}: mask file {mask_path} does not exist")
-        box = None
-        if has_box and all(r.get(c) not in (None, "") for c in box_cols):
-            box = tuple(int(float(r[c])) for c in box_cols)
-            if box[0] > box[2] or box[1] > box[3] or min(box) < 0:
-                raise ValueError(f"{csv_path}:{line}: ROI box {box} is not (y1, x1, y2, x2) with y1<=y2, x1<=x2")
-        records.append(
-            Record(base / r["path"], names.index(r["label"]), r.get("patient_id") or None, mask_path,
-                   r.get("split") or None, box)
-        )
-    return records, names
-
-
-def _open(path: Path, mode: str) -> Image.Image:
-    if not path.is_file():
-        raise FileNotFoundError(f"image file {path} does not exist")
-    try:
-        with Image.open(path) as img:
-            return img.convert(mode)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
+    def where(self) -> str:
+        """The record's origin, or its image file when it has none: the prefix of its errors."""
+        return self.origin or show_path(self.path)
 
 
 class PlaqueDataset(torch.utils.data.Dataset):
@@ -113,8 +56,10 @@ class PlaqueDataset(torch.utils.data.Dataset):
 
     Each item is a dict: ``image`` float [3,size,size] in [0,1], ``label`` int, ``mask`` uint8
     [size,size] in {0,1} (all IGNORE_INDEX = 255 = unknown when the record has no mask), ``index``.
-    A missing or unreadable image raises an error naming the file; with ``skip_bad=True`` such
-    records are dropped at construction and counted in ``skipped``.
+    A missing or unreadable image (also one over Pillow's decompression-bomb limit), an ROI box
+    not inside its image, or a mask of another size than its image raises an error naming the
+    file; with ``skip_bad=True`` such records are dropped at construction and counted in
+    ``skipped``.
     """
 
     def __init__(self, records: list[Record], size: int = 224, skip_bad: bool = False):
@@ -124,7 +69,7 @@ class PlaqueDataset(torch.utils.data.Dataset):
             kept = []
             for r in records:
                 try:
-                    _open(r.path, "RGB")
+                    self._read(r)
                     kept.append(r)
                 except (FileNotFoundError, ValueError):
                     self.skipped += 1
@@ -134,6 +79,26 @@ class PlaqueDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    @staticmethod
+    def _read(r: Record) -> tuple[Image.Image, Image.Image | None]:
+        """The record's decoded image and mask (None without one), their geometry checked."""
+        img = open_image(r.path, "RGB")
+        width, height = img.size
+        if r.box is not None:
+            y1, x1, y2, x2 = r.box
+            if not (0 <= y1 <= y2 < height and 0 <= x1 <= x2 < width):
+                raise ValueError(f"{r.where()}: ROI box (y1, x1, y2, x2) = {r.box} does not lie inside the image "
+                                 f"{show_path(r.path)} of {height}x{width} pixels (height x width; the box is "
+                                 f"inclusive, so y2 <= {height - 1} and x2 <= {width - 1})")
+        if r.mask_path is None:
+            return img, None
+        mask = open_image(r.mask_path, "L")
+        if mask.size != img.size:
+            raise ValueError(f"{r.where()}: mask {show_path(r.mask_path)} is {mask.height}x{mask.width} pixels but "
+                             f"its image {show_path(r.path)} is {height}x{width} (height x width); a mask must "
+                             "have its image's size")
+        return img, mask
+
     def _prepare(self, img: Image.Image, box, resample) -> Image.Image:
         if box is not None:
             y1, x1, y2, x2 = box
@@ -142,10 +107,11 @@ class PlaqueDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         r = self.records[index]
-        img = self._prepare(_open(r.path, "RGB"), r.box, Image.BILINEAR)
-        image = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-        if r.mask_path is not None:
-            m = self._prepare(_open(r.mask_path, "L"), r.box, Image.NEAREST)
+        img, m = self._read(r)
+        img = self._prepare(img, r.box, Image.BILINEAR)
+        image = torch.from_numpy(to_array(img, 3) / 255.0).permute(2, 0, 1).contiguous()
+        if m is not None:
+            m = self._prepare(m, r.box, Image.NEAREST)
             mask = torch.from_numpy((np.asarray(m) > 127).astype(np.uint8))
         else:
             mask = torch.full((self.size, self.size), IGNORE_INDEX, dtype=torch.uint8)

@@ -1,7 +1,10 @@
 """Train / validation / test splits: 6:2:2, stratified by class, grouped by patient (docs/design.md §7).
 
 No patient ever appears in two splits. The split is saved to a CSV file beside the outputs and
-reused, so every run of an experiment sees the same partition.
+reused, so every run of an experiment sees the same partition. Its keys are image files, stored
+as resolved absolute paths: the same data reached through another spelling of its path (relative,
+absolute, ``a/../a``, another working directory) finds its split, and a split file never holds
+one image twice (which would put it in two splits).
 """
 from __future__ import annotations
 
@@ -55,24 +58,90 @@ def split_indices(
     return out
 
 
+def _key(text: str) -> str:
+    """A split key: the resolved absolute path of an image file. A relative key is resolved from
+    the working directory, which is how keys were given when they were not stored resolved."""
+    return str(Path(text).resolve())
+
+
 def save_split(path: str | Path, keys: list[str], splits: list[str]) -> None:
-    """Writes `key,split` rows (keys identify records, e.g. their relative paths), atomically."""
+    """Writes `key,split` rows, atomically; keys are image paths, stored resolved (see the module
+    docstring). Raises ValueError for a key given twice (in any spelling) or an unknown split."""
     path = Path(path)
+    keys, splits = [str(k) for k in keys], [str(s) for s in splits]
+    if len(keys) != len(splits):
+        raise ValueError(f"save_split got {len(keys)} keys but {len(splits)} splits")
+    bad = sorted(set(splits) - set(SPLITS))
+    if bad:
+        raise ValueError(f"unknown split names {bad}; expected {SPLITS}")
+    resolved = [_key(k) for k in keys]
+    first: dict[str, str] = {}
+    for given, key in zip(keys, resolved):
+        if key in first:
+            raise ValueError(f"cannot save the split to {path}: the image {key} is listed twice "
+                             f"({first[key]!r} and {given!r}); one image must have one split")
+        first[key] = given
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["key", "split"])
-        writer.writerows(zip(keys, splits))
+        writer.writerows(zip(resolved, splits))
     tmp.replace(path)
 
 
 def load_split(path: str | Path) -> dict[str, str]:
-    """Reads a split file written by :func:`save_split`."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if rows and set(rows[0]) != {"key", "split"}:
-        raise ValueError(f"{path} is not a split file (expected columns key,split)")
+    """Reads a split file written by :func:`save_split`: {resolved image path: split}.
+
+    A relative key is resolved from the working directory; if no such file exists there, the
+    split was made in another working directory and ValueError says so. A file listed twice, a
+    bad header or an unknown split name is a ValueError too; each message says how to redo the
+    split (delete the file: a new one is made, with a new test set).
+    """
+    path = Path(path)
+    redo = f"delete {path} to make a new split (the test set changes)"
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a split file (not UTF-8 text); {redo}") from None
+    except csv.Error as exc:
+        raise ValueError(f"{path} is not a split file ({exc}); {redo}") from None
+    if columns is None and not rows:
+        raise ValueError(f"{path} is empty, not a split file (expected columns key,split); {redo}")
+    if set(columns or ()) != {"key", "split"}:
+        raise ValueError(f"{path} is not a split file (expected columns key,split); {redo}")
     bad = [r["split"] for r in rows if r["split"] not in SPLITS]
     if bad:
-        raise ValueError(f"{path}: unknown split names {sorted(set(bad))}; expected {SPLITS}")
-    return {r["key"]: r["split"] for r in rows}
+        raise ValueError(f"{path}: unknown split names {sorted(set(bad), key=str)}; expected {SPLITS}; {redo}")
+    out: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    relative = []  # (line, key as written) of keys relative to the working directory
+    for line, r in enumerate(rows, start=2):
+        given = r["key"] or ""
+        if not given:
+            raise ValueError(f"{path}:{line}: empty key; {redo}")
+        try:
+            key = _key(given)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{path}:{line}: key {given!r} is not a path ({exc}); {redo}") from None
+        if key in out:
+            raise ValueError(f"{path}: lines {lines[key]} and {line} list the same image {key} (one image must have "
+                             f"one split); {redo}")
+        if not Path(given).is_absolute():
+            relative.append((line, given, key))
+        out[key], lines[key] = r["split"], line
+    if relative and not any(_exists(key) for _, _, key in relative):
+        line, given, _ = relative[0]
+        raise ValueError(f"{path}:{line}: the image paths are relative to the working directory the split was "
+                         f"made in (e.g. {given!r}), and none of them exists from {Path.cwd()}; run from that "
+                         f"folder, or {redo}")
+    return out
+
+
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except OSError:
+        return False

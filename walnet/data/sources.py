@@ -1,0 +1,239 @@
+"""Where records come from: a CSV file or an ImageFolder tree (docs/design.md §7).
+
+CSV: ``path,label[,patient_id][,mask_path][,split]`` plus optional ROI box columns
+``y1,x1,y2,x2`` (pixels, inclusive) to crop as the paper's preprocessing does. Paths are
+relative to the CSV's folder unless absolute. ImageFolder: ``root/<class>/<image>``.
+
+Every bad input is a ValueError (FileNotFoundError for a missing file) whose one-line message
+names the file, the line and the column: the CSV is decoded as UTF-8 (a byte-order mark is
+accepted), labels must match the known classes (walnet.data.classes), box values must be whole
+numbers. One image is one sample, keyed by its resolved path: rows that list the same file (in
+any spelling) and agree are merged with a :class:`DuplicateRowWarning`; rows that disagree are
+an error, since keeping both would put one image in two classes or two splits.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import warnings
+from pathlib import Path
+
+from walnet.data.classes import known_classes, match_label, normalize_label
+from walnet.data.datasets import IMAGE_EXTENSIONS, Record, show_path
+from walnet.data.splits import SPLITS
+
+BOX_COLUMNS = ("y1", "x1", "y2", "x2")
+REQUIRED_COLUMNS = ("path", "label")
+
+
+class DuplicateRowWarning(UserWarning):
+    """Rows (or folder entries) that list one image file more than once, with the same contents."""
+
+
+#: The fields of two records of one image that must agree for them to be merged.
+_COMPARED = ("label", "patient", "mask_path", "split", "box")
+
+
+def _shown(record: Record, field: str, names: tuple[str, ...]) -> str:
+    return show_path(names[record.label] if field == "label" else getattr(record, field))
+
+
+def _dedupe(entries, where: str, names: tuple[str, ...]) -> list[Record]:
+    """`entries` (record, place) in order, one record per resolved image path.
+
+    Entries of one file that agree are merged (the first kept, one warning for all); entries
+    that disagree raise ValueError naming the file and both places.
+    """
+    first: dict[Path, tuple[Record, str]] = {}
+    dropped = []
+    for record, place in entries:
+        seen = first.get(record.path)
+        if seen is None:
+            first[record.path] = (record, place)
+            continue
+        other, other_place = seen
+        if other != record:
+            diff = ", ".join(f"{f} {_shown(other, f, names)} vs {_shown(record, f, names)}"
+                             for f in _COMPARED if getattr(other, f) != getattr(record, f))
+            raise ValueError(f"{where}: {other_place} and {place} both list the image {show_path(record.path)} "
+                             f"but disagree ({diff}); keep one entry per image")
+        dropped.append((other_place, place, record.path))
+    if dropped:
+        a, b, path = dropped[0]
+        warnings.warn(DuplicateRowWarning(
+            f"{where}: {len(dropped)} entr{'y lists' if len(dropped) == 1 else 'ies list'} an image listed "
+            f"before, with the same contents, and {'is' if len(dropped) == 1 else 'are'} ignored "
+            f"(e.g. {a} and {b}: {show_path(path)})"), stacklevel=3)
+    return [record for record, _ in first.values()]
+
+
+# --- ImageFolder ------------------------------------------------------------------------------
+
+
+def scan_image_folder(root: str | Path, classes=None) -> tuple[list[Record], tuple[str, ...]]:
+    """Records of an ImageFolder tree ``root/<class>/<image>`` and the class names.
+
+    Folder names are matched to the known classes (`classes`, the paper's when None) ignoring
+    case and spaces; a folder of another name, or a class folder without images, is an error.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"data directory {show_path(root)} does not exist")
+    if not root.is_dir():
+        raise ValueError(f"data directory {show_path(root)} is a file, not a folder of class folders")
+    names = known_classes(classes)
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ValueError(f"{show_path(root)} has no class folders (expected {show_path(root)}/<class>/<image>)")
+    entries = []
+    for folder in folders:
+        try:
+            label = match_label(folder.name, names)
+        except ValueError as exc:
+            raise ValueError(f"class folder {show_path(folder)}: {exc}") from None
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
+        if not images:
+            raise ValueError(f"class folder {show_path(folder)} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+        entries += [(Record(p, label, origin=show_path(p)), show_path(p)) for p in images]
+    return _dedupe(entries, show_path(root), names), names
+
+
+# --- CSV --------------------------------------------------------------------------------------
+
+
+def _read_text(csv_path: Path) -> str:
+    """The CSV's text, decoded as UTF-8 (a leading byte-order mark dropped)."""
+    if csv_path.is_dir():
+        raise ValueError(f"CSV file {show_path(csv_path)} is a folder, not a CSV file")
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"CSV file {show_path(csv_path)} does not exist")
+    data = csv_path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ValueError(f"{show_path(csv_path)}:{line}: byte {data[exc.start]:#04x} (offset {exc.start}, column "
+                         f"{column}) is not UTF-8; save the CSV as UTF-8") from None
+
+
+def _rows(text: str, where: str):
+    """(line number, fields) of each non-blank row; the line is where the row starts."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    end = 0
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise ValueError(f"{where}:{end + 1}: not valid CSV ({exc})") from None
+        start, end = end + 1, reader.line_num
+        if fields:
+            yield start, fields
+
+
+def _header(fields: list[str], where: str) -> list[str]:
+    names = [f.strip().lower() for f in fields]
+    seen = set()
+    for name in names:
+        if name and name in seen:
+            raise ValueError(f"{where}:1: the header names column {name!r} twice")
+        seen.add(name)
+    missing = [c for c in REQUIRED_COLUMNS if c not in seen]
+    if missing:
+        raise ValueError(f"{where} lacks the column(s) {missing} (header: {','.join(fields)!r}; expected "
+                         "path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2])")
+    box = [c for c in BOX_COLUMNS if c in seen]
+    if box and len(box) < len(BOX_COLUMNS):
+        raise ValueError(f"{where}:1: the header has the ROI box column(s) {box} but not "
+                         f"{[c for c in BOX_COLUMNS if c not in seen]}; give all of y1,x1,y2,x2 or none")
+    return names
+
+
+def _box(row: dict, at: str) -> tuple[int, int, int, int] | None:
+    values = [row.get(c, "").strip() for c in BOX_COLUMNS]
+    if not any(values):
+        return None
+    box = []
+    for name, text in zip(BOX_COLUMNS, values):
+        if not text:
+            raise ValueError(f"{at}: column {name!r} is empty but other ROI box columns are set; give all of "
+                             "y1,x1,y2,x2 or none")
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{at}: column {name!r}: {text!r} is not a number (ROI box values are pixels)") from None
+        if not math.isfinite(value) or value != int(value):
+            raise ValueError(f"{at}: column {name!r}: {text!r} is not a whole number of pixels")
+        box.append(int(value))
+    y1, x1, y2, x2 = box
+    if min(box) < 0 or y1 > y2 or x1 > x2:
+        raise ValueError(f"{at}: ROI box (y1, x1, y2, x2) = {tuple(box)} is not a box: it needs 0 <= y1 <= y2 "
+                         "and 0 <= x1 <= x2")
+    return y1, x1, y2, x2
+
+
+def _file(base: Path, text: str, at: str, column: str) -> Path:
+    """The resolved file named by a path cell (relative to the CSV's folder)."""
+    try:
+        return (base / text).resolve()
+    except (ValueError, OSError) as exc:  # a NUL character, a name the system cannot take
+        raise ValueError(f"{at}: column {column!r}: {text!r} is not a usable path ({exc})") from None
+
+
+def _record(row: dict, at: str, base: Path, names: tuple[str, ...]) -> Record:
+    for column in REQUIRED_COLUMNS:
+        if not row[column].strip():
+            raise ValueError(f"{at}: column {column!r} is empty")
+    try:
+        label = match_label(row["label"], names)
+    except ValueError as exc:
+        raise ValueError(f"{at}: column 'label': {exc}") from None
+    path = _file(base, row["path"].strip(), at, "path")
+    mask = row.get("mask_path", "").strip()
+    mask_path = _file(base, mask, at, "mask_path") if mask else None
+    if mask_path is not None:
+        try:
+            found = mask_path.is_file()
+        except OSError as exc:  # e.g. a name longer than the file system takes
+            raise ValueError(f"{at}: column 'mask_path': {mask!r} is not a usable path ({exc.strerror})") from None
+        if not found:
+            if mask_path.is_dir():
+                raise ValueError(f"{at}: column 'mask_path': {show_path(mask_path)} is a folder, not a mask file")
+            raise FileNotFoundError(f"{at}: mask file {show_path(mask_path)} does not exist")
+    split = normalize_label(row.get("split", "")) or None
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"{at}: column 'split': {row['split']!r} is not one of {', '.join(SPLITS)} (or empty)")
+    patient = row.get("patient_id", "").strip() or None
+    return Record(path, label, patient, mask_path, split, _box(row, at), origin=at)
+
+
+def read_csv(csv_path: str | Path, classes=None) -> tuple[list[Record], tuple[str, ...]]:
+    """Records of a CSV file ``path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]`` and the
+    class names (`classes`, the paper's when None; labels are matched to them ignoring case and
+    spaces).
+
+    Raises FileNotFoundError (a missing CSV or mask file) or ValueError (anything else the CSV
+    gets wrong), each naming the file and line; warns (:class:`DuplicateRowWarning`) when rows
+    that agree list one image twice.
+    """
+    csv_path = Path(csv_path)
+    where = show_path(csv_path)
+    names = known_classes(classes)
+    rows = _rows(_read_text(csv_path), where)
+    first = next(rows, None)
+    if first is None:
+        raise ValueError(f"{where} is empty; expected a header line path,label[,patient_id][,mask_path][,split]")
+    header = _header(first[1], where)
+    base = csv_path.parent
+    entries = []
+    for line, fields in rows:
+        at = f"{where}:{line}"
+        if len(fields) > len(header) and any(f.strip() for f in fields[len(header):]):
+            raise ValueError(f"{at}: {len(fields)} fields but the header has {len(header)} columns "
+                             "(a path with a comma needs quotes)")
+        row = dict(zip(header, fields + [""] * (len(header) - len(fields))))
+        entries.append((_record(row, at, base, names), f"line {line}"))
+    return _dedupe(entries, where, names), names
