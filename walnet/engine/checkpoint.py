@@ -152,6 +152,7 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise WriteError(f"{flag} {path}: {parent} is not a folder")
+    remove_stale_temps(parent, "walnet-probe")
     try:  # creating a file is the only test that also holds for root, ACLs and read-only mounts
         fd, probe = tempfile.mkstemp(prefix=temp_prefix("walnet-probe"), suffix=".tmp", dir=parent)
     except OSError as exc:
