@@ -1,13 +1,51 @@
-"""Checkpoints: written atomically (no temporary left, the old file intact when saving fails) and
-loaded weights-only (a pickle that would run code is refused)."""
+"""Checkpoints and atomic writes: written atomically (no temporary left, the old file intact when
+saving fails, a full disk a one-line error), temporaries of killed writers removed by the next
+write, the mode a plain ``open`` gives, and every unloadable file a one-line error naming it
+(through ``load_checkpoint``, ``load_trained``, ``load_training_state`` and the command line)."""
 from __future__ import annotations
 
+import errno
+import os
 import pickle
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
+from walnet import cli
 from walnet.engine import load_checkpoint, save_checkpoint
+from walnet.engine.checkpoint import (CheckpointError, WriteError, atomic_open, check_writable, load_training_state,
+                                     remove_stale_temps, temp_prefix)
+from walnet.engine.config import TrainConfig
+from walnet.engine.trainer import load_trained
+from walnet.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["hyperechoic", "hypoechoic", "mixed-echoic"]
+
+
+def _walnet(channels=8):
+    torch.manual_seed(0)
+    return create_model("walnet", num_classes=3, backbone="resnet18", attention_channels=channels,
+                        rcm_warmup_epochs=1)
+
+
+def _args(channels=8):
+    return TrainConfig(csv="labels.csv", output="run", backbone="resnet18", size=48, attention_channels=channels,
+                       rcm_warmup=1).to_dict()
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    """A checkpoint shaped like `walnet train`'s, and its raw bytes."""
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    save_checkpoint(path, {"model": _walnet().state_dict(), "args": _args(), "classes": CLASSES, "epoch": 0})
+    return path, path.read_bytes()
 
 
 def test_checkpoint_atomic_and_weights_only(tmp_path):
@@ -23,8 +61,9 @@ def test_checkpoint_atomic_and_weights_only(tmp_path):
 
     bad = tmp_path / "evil.pt"
     bad.write_bytes(pickle.dumps({"x": Boom()}, protocol=2))
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match="never runs code") as info:
         load_checkpoint(bad)
+    assert "\n" not in str(info.value) and "GLOBAL exec" in str(info.value)
 
     class Unsaveable:
         def __reduce__(self):
@@ -34,3 +73,323 @@ def test_checkpoint_atomic_and_weights_only(tmp_path):
         save_checkpoint(path, {"x": Unsaveable()})
     assert torch.equal(load_checkpoint(path)["model"]["w"], state["model"]["w"])  # old file intact
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+
+
+# ---------------------------------------------------------------------------------------------
+# unloadable checkpoints
+
+
+def _unloadable(kind: str, tmp_path: Path, good_bytes: bytes) -> tuple[Path, str]:
+    """A file of `kind` and the words its error must hold."""
+    path = tmp_path / f"{kind}.pt"
+    if kind == "truncated":
+        path.write_bytes(good_bytes[: len(good_bytes) // 2])
+        return path, "is truncated or damaged"
+    if kind == "random":
+        path.write_bytes(bytes(range(256)) * 8)
+        return path, "not a PyTorch checkpoint"
+    if kind == "empty":
+        path.write_bytes(b"")
+        return path, r"is empty \(0 bytes\)"
+    if kind == "plain-dict":
+        torch.save({"weights": torch.zeros(2)}, path)
+        return path, "lacks the key.s. model, args, classes, epoch .*its keys: weights"
+    if kind == "list":
+        torch.save([1, 2, 3], path)
+        return path, "holds a list, not a walnet checkpoint"
+    if kind == "text":
+        path.write_text("model: resnet18\n")
+        return path, "not a PyTorch checkpoint"
+    if kind == "folder":
+        path.mkdir()
+        return path, "is a folder, not a checkpoint file"
+    if kind == "bad-classes":
+        torch.save({"model": {}, "args": _args(), "classes": "abc", "epoch": 0}, path)
+        return path, "'classes' is not a non-empty list of class names"
+    if kind == "bad-args":
+        torch.save({"model": {}, "args": {**_args(), "size": "big"}, "classes": CLASSES, "epoch": 0}, path)
+        return path, r"train config \(\"args\"\) is not valid: size must be an integer, got 'big'"
+    if kind == "other-model":  # weights of an unrelated network under a WAL-Net config
+        torch.save({"model": torch.nn.Linear(4, 3).state_dict(), "args": _args(), "classes": CLASSES,
+                    "epoch": 0}, path)
+        return path, (r"does not match model walnet \(backbone resnet18, --attention-channels 8\): "
+                      r"\d+ parameter.s. missing, e\.g\. .*unexpected parameter.s., e\.g\. weight")
+    if kind == "other-channels":  # WAL-Net weights with 16 attention channels, config saying 8
+        torch.save({"model": _walnet(16).state_dict(), "args": _args(8), "classes": CLASSES, "epoch": 0}, path)
+        return path, (r"does not match model walnet \(backbone resnet18, --attention-channels 8\): "
+                      r"\d+ shape.s. differ, e\.g\. \S+ \[16, .*\] in the checkpoint, \[8, .*\] in the model")
+    raise AssertionError(kind)
+
+
+KINDS = ["truncated", "random", "empty", "plain-dict", "list", "text", "folder", "bad-classes", "bad-args",
+         "other-model", "other-channels"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unloadable_checkpoints_give_one_line(kind, tmp_path, good):
+    path, words = _unloadable(kind, tmp_path, good[1])
+    with pytest.raises(CheckpointError, match=words) as info:
+        load_trained(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message and len(message) < 400
+    assert isinstance(info.value, ValueError)  # what the command line reports as one line
+
+
+def test_missing_checkpoint_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt does not exist"):
+        load_trained(tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+@pytest.mark.parametrize("kind", ["truncated", "folder", "plain-dict", "other-channels"])
+def test_commands_report_unloadable_checkpoints(command, kind, tmp_path, good, capsys):
+    path, words = _unloadable(kind, tmp_path, good[1])
+    image = tmp_path / "scan.png"
+    from PIL import Image
+    Image.new("L", (40, 30), 90).save(image)
+    if command == "evaluate":
+        argv = ["evaluate", "--checkpoint", str(path), "--csv", str(tmp_path / "labels.csv"), "--device", "cpu"]
+    else:
+        argv = ["predict", "--checkpoint", str(path), str(image), "--output", str(tmp_path / "p.csv"),
+                "--device", "cpu"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"walnet {command}: error: checkpoint {path}") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_command_line_error_is_one_line_without_warnings(tmp_path):
+    """A plain pickle makes torch warn about its protocol; the user sees only walnet's line."""
+    bad = tmp_path / "pickled.pt"
+    bad.write_bytes(pickle.dumps({"model": 1}, protocol=4))
+    done = subprocess.run([sys.executable, "-m", "walnet", "predict", "--checkpoint", str(bad), str(bad),
+                           "--output", str(tmp_path / "p.csv")], cwd=tmp_path, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith(f"walnet predict: error: checkpoint {bad} ")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr and "Warning" not in done.stderr
+
+
+def test_load_training_state(tmp_path):
+    """``train --resume``: the model, optimizer and epoch of a checkpoint, or one line saying
+    why it does not fit this run."""
+    model = _walnet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.rand(2, 3, 48, 48)).logits.sum().backward()
+    optimizer.step()
+    path = save_checkpoint(tmp_path / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                                  "scaler": {}, "epoch": 3, "best_accuracy": 0.5,
+                                                  "args": _args(), "classes": CLASSES})
+    fresh = _walnet()
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.add_(1.0)
+    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=1e-3)
+    state = load_training_state(path, fresh, fresh_opt)
+    assert state["epoch"] == 3 and state["best_accuracy"] == 0.5
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], tensor), name
+    assert fresh_opt.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
+
+    other = _walnet(16)
+    with pytest.raises(CheckpointError, match=r"does not match model wide: \d+ shape.s. differ.*args\.json"):
+        load_training_state(path, other, torch.optim.Adam(other.parameters()), describe="wide")
+    # same weights, another optimizer layout (two parameter groups)
+    params = list(fresh.parameters())
+    two = torch.optim.Adam([{"params": params[:5]}, {"params": params[5:]}])
+    with pytest.raises(CheckpointError, match="optimizer state does not fit"):
+        load_training_state(path, fresh, two)
+    # an evaluation-only checkpoint cannot be resumed
+    no_opt = save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "epoch": 1})
+    with pytest.raises(CheckpointError, match="lacks the key.s. optimizer"):
+        load_training_state(no_opt, fresh, fresh_opt)
+    with pytest.raises(CheckpointError, match=re.escape(f"is a folder, not a checkpoint file; it holds {no_opt} and {path}")):
+        load_training_state(tmp_path, fresh, fresh_opt)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing: full disk, modes, temporaries of killed writers
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC once `room` bytes are written."""
+
+    def __init__(self, f, room):
+        self._f, self._room = f, room
+
+    def write(self, data):
+        self._room -= len(data)
+        if self._room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def test_disk_full_during_a_save_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.zeros(4)}, "epoch": 1})
+    before = path.read_bytes()
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _FullDisk(real_fdopen(fd, *a, **k), 2000))
+    big = {"model": {"w": torch.zeros(100_000)}, "epoch": 2}
+    with pytest.raises(WriteError) as info:
+        save_checkpoint(path, big)
+    message = str(info.value)
+    assert message == f"cannot write {path}: No space left on device; the existing {path} is unchanged"
+    assert isinstance(info.value, ValueError) and isinstance(info.value, OSError)
+    with pytest.raises(WriteError, match=f"cannot write {tmp_path / 'new.pt'}: No space .*nothing was written"):
+        save_checkpoint(tmp_path / "new.pt", big)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_disk_full_reaches_the_command_line_as_one_line(tmp_path, monkeypatch, capsys, good):
+    from PIL import Image
+    image = tmp_path / "scan.png"
+    Image.new("L", (40, 30), 90).save(image)
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _FullDisk(real_fdopen(fd, *a, **k), 10))
+    out = tmp_path / "p.csv"
+    assert cli.main(["predict", "--checkpoint", str(good[0]), str(image), "--output", str(out),
+                     "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"walnet predict: error: cannot write {out}: No space left on device; nothing was written\n"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_new_files_get_the_mode_open_gives(umask, mode, tmp_path):
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(tmp_path / "last.pt", {"epoch": 0})
+        with atomic_open(tmp_path / "metrics.json", text=True) as f:
+            f.write("{}")
+        with open(tmp_path / "plain.txt", "w") as f:  # what other outputs get
+            f.write("x")
+    finally:
+        os.umask(old)
+    for name in ("last.pt", "metrics.json", "plain.txt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path):
+    path = save_checkpoint(tmp_path / "last.pt", {"epoch": 0})
+    path.chmod(0o600)  # a user who restricted it
+    save_checkpoint(path, {"epoch": 1})
+    assert path.stat().st_mode & 0o777 == 0o600 and load_checkpoint(path)["epoch"] == 1
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_temporaries_are_removed_by_the_next_save(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = temp_prefix("x").split(".")[2].split("-")[0]
+        dead = _dead_pid()
+        stale = [tmp_path / f".last.pt.{host}-{dead}.a1b2c3.tmp", tmp_path / f".last.pt.{host}-{dead}.zz.tmp"]
+        stale_dir = tmp_path / f".last.pt.{host}-{dead}.dir.tmp"
+        kept = [tmp_path / f".last.pt.{host}-{sleeper.pid}.live.tmp",  # a live writer's
+                tmp_path / f".last.pt.{'0' * 8 if host != '0' * 8 else '1' * 8}-{dead}.x.tmp",  # another host's
+                tmp_path / f".best.pt.{host}-{dead}.x.tmp",  # another target's (cleaned when it is saved)
+                tmp_path / f".last.pt.{host}-{os.getpid()}.mine.tmp",  # this process' (maybe another thread)
+                tmp_path / ".last.pt.k9x2_abc.tmp"]  # no pid: not a walnet temporary
+        for p in stale + kept:
+            p.write_bytes(b"partial")
+        stale_dir.mkdir()
+        (stale_dir / "m.png").write_bytes(b"x")
+        save_checkpoint(tmp_path / "last.pt", {"epoch": 0})
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.pt", *(p.name for p in kept)])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # once its writer is gone, the live one is stale too
+    assert remove_stale_temps(tmp_path, "last.pt") == [kept[0]]
+
+
+def test_a_save_killed_mid_write_is_cleaned_up_by_the_next_save(tmp_path):
+    """SIGKILL while torch.save writes: last.pt keeps the previous epoch and the temporary it
+    leaves is removed by the next save."""
+    path = save_checkpoint(tmp_path / "last.pt", {"epoch": 0})
+    script = textwrap.dedent(f"""
+        import os, sys, time, torch
+        sys.path.insert(0, {str(ROOT)!r})
+        from walnet.engine.checkpoint import save_checkpoint
+        real = os.fdopen
+        class Slow:
+            def __init__(self, f): self.f = f
+            def write(self, b):
+                n = self.f.write(b); self.f.flush(); print("writing", flush=True); time.sleep(60); return n
+            def __getattr__(self, k): return getattr(self.f, k)
+            def __enter__(self): return self
+            def __exit__(self, *e): self.f.close()
+        os.fdopen = lambda *a, **k: Slow(real(*a, **k))
+        save_checkpoint({str(path)!r}, {{"epoch": 1, "w": torch.zeros(1000)}})
+    """)
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        temps = [p for p in tmp_path.iterdir() if p.name != "last.pt"]
+        assert len(temps) == 1 and temps[0].name.startswith(".last.pt.") and temps[0].stat().st_size > 0
+        save_checkpoint(path, {"epoch": 2})  # the writer lives: its temporary stays
+        assert temps[0].exists()
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert load_checkpoint(path)["epoch"] == 2
+    save_checkpoint(path, {"epoch": 3})
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"] and load_checkpoint(path)["epoch"] == 3
+
+
+def test_check_writable(tmp_path):
+    (tmp_path / "file").write_text("x")
+    check_writable(tmp_path / "new" / "deeper" / "p.csv", "--output")  # folders still to be made: fine
+    check_writable(tmp_path / "masks", "--masks", folder=True)
+    with pytest.raises(WriteError, match="--output .* is a folder"):
+        check_writable(tmp_path, "--output")
+    with pytest.raises(WriteError, match="--masks .*file is a file, not a folder"):
+        check_writable(tmp_path / "file", "--masks", folder=True)
+    with pytest.raises(WriteError, match=r"--output .*file/sub\.csv: .*file is not a folder"):
+        check_writable(tmp_path / "file" / "sub.csv", "--output")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probe leaves nothing
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot create files in: a read-only one, or for root (whom modes
+    do not stop) a sysfs folder."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("no folder root cannot write here")
+    return Path("/sys/kernel")
+
+
+def test_check_writable_unwritable_folder(tmp_path):
+    folder = unwritable_folder(tmp_path)
+    with pytest.raises(WriteError, match=f"--output {folder}/p.csv: cannot create files in {folder}"):
+        check_writable(folder / "p.csv", "--output")
+    with pytest.raises(WriteError, match=f"cannot create files in {folder}"):
+        check_writable(folder / "masks", "--masks", folder=True)
+
+
+def test_atomic_open_errors_name_the_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WriteError, match="cannot write .*: it is a folder"):
+        with atomic_open(tmp_path):
+            pass
+    with pytest.raises(WriteError, match=r"cannot write .*file/x\.json"):
+        with atomic_open(tmp_path / "file" / "x.json"):
+            pass

@@ -171,3 +171,202 @@ def test_predict_command(setup, tmp_path):
     assert again.returncode == 2 and "--overwrite" in again.stderr
     missing = walnet("--checkpoint", str(ckpt), str(tmp_path / "gone.png"), "--output", str(tmp_path / "x.csv"))
     assert missing.returncode == 2 and "gone.png" in missing.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# what predict refuses to write, decided before the model runs
+
+
+def _scans(root: Path, folder: Path, n=2) -> list[Path]:
+    """`n` phantom images copied into `folder` as p0.png, p1.png, ..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted((root / "ph" / "images").rglob("*.png"))[:n]
+    return [Path(shutil.copy(src, folder / f"p{i}.png")) for i, src in enumerate(sources)]
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails the test if predict gets as far as loading the model."""
+    def load_trained(*args, **kwargs):
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr("walnet.engine.predict.load_trained", load_trained)
+
+
+def _cli_error(capsys, *argv) -> str:
+    from walnet import cli
+
+    assert cli.main(["predict", *map(str, argv), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("walnet predict: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_masks_never_replace_an_input_image(setup, tmp_path, capsys, no_model, overwrite):
+    """The audit's case: ``predict scans/p7.png --masks scans --overwrite`` replaced the scan by
+    its mask (and without --overwrite called the scan a "mask file")."""
+    root, ckpt, _ = setup
+    scans = _scans(root, tmp_path / "scans")
+    before = scans[0].read_bytes()
+    err = _cli_error(capsys, "--checkpoint", ckpt, scans[0], "--output", tmp_path / "p.csv",
+                     "--masks", tmp_path / "scans", *(["--overwrite"] if overwrite else []))
+    assert f"would write the mask of {scans[0]} over your input image {scans[0]}" in err
+    assert "not even with --overwrite" in err and "mask file" not in err
+    assert scans[0].read_bytes() == before and not (tmp_path / "p.csv").exists()
+    assert sorted(p.name for p in (tmp_path / "scans").iterdir()) == ["p0.png", "p1.png"]
+
+
+def test_inputs_are_recognised_however_they_are_spelled(setup, tmp_path, no_model):
+    root, ckpt, _ = setup
+    scans = _scans(root, tmp_path / "scans")
+    (tmp_path / "link").symlink_to(tmp_path / "scans")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "p1.png").symlink_to(scans[1])  # a mask name that is a link to an input
+    os.link(scans[0], tmp_path / "other" / "p0.png")  # ... and a hard link to one
+    cases = [([tmp_path / "scans"], tmp_path / "scans"),  # the input folder itself
+             ([tmp_path / "scans"], tmp_path / "scans" / ".." / "scans"),
+             ([tmp_path / "link"], tmp_path / "scans"),
+             ([tmp_path / "scans" / "p1.png"], tmp_path / "link"),
+             ([scans[0]], tmp_path / "other"),
+             ([scans[1]], tmp_path / "other")]
+    for inputs, masks in cases:
+        with pytest.raises(ValueError, match=r"over your input image \S*/p[01]\.png"):
+            predict(ckpt, inputs, tmp_path / "p.csv", masks_dir=masks, overwrite=True, device="cpu")
+    # the CSV is never written over an input image either
+    with pytest.raises(ValueError, match=f"--output {tmp_path / 'link' / 'p0.png'} is one of your input images"):
+        predict(ckpt, [tmp_path / "scans"], tmp_path / "link" / "p0.png", overwrite=True, device="cpu")
+    assert [p.read_bytes() for p in scans] == [p.read_bytes() for p in _scans(root, tmp_path / "again")]
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_masks_next_to_inputs_of_another_format(setup, tmp_path):
+    """A masks folder that holds the inputs is fine when no mask name is an input's."""
+    root, ckpt, _ = setup
+    scans = _scans(root, tmp_path / "scans")
+    jpgs = []
+    for p in scans:
+        with Image.open(p) as img:
+            img.convert("RGB").save(p.with_suffix(".jpg"), quality=95)
+        jpgs.append(p.with_suffix(".jpg"))
+        p.unlink()
+    before = [p.read_bytes() for p in jpgs]
+    predict(ckpt, [tmp_path / "scans"], tmp_path / "p.csv", masks_dir=tmp_path / "scans", device="cpu")
+    assert sorted(p.name for p in (tmp_path / "scans").iterdir()) == ["p0.jpg", "p0.png", "p1.jpg", "p1.png"]
+    assert [p.read_bytes() for p in jpgs] == before
+
+
+def test_the_csv_and_a_mask_never_share_a_path(setup, tmp_path, no_model):
+    root, ckpt, _ = setup
+    scans = _scans(root, tmp_path / "scans")
+    with pytest.raises(ValueError, match="is also where --masks writes the mask p0.png"):
+        predict(ckpt, scans, tmp_path / "m" / "p0.png", masks_dir=tmp_path / "m", device="cpu")
+    assert not (tmp_path / "m").exists()
+
+
+def test_output_problems_are_found_before_the_model_runs(setup, tmp_path, capsys, no_model):
+    """``--output <a folder> --overwrite`` failed only after the whole pass."""
+    root, ckpt, _ = setup
+    scans = _scans(root, tmp_path / "scans")
+    (tmp_path / "out").mkdir()
+    err = _cli_error(capsys, "--checkpoint", ckpt, scans[0], "--output", tmp_path / "out", "--overwrite")
+    assert f"--output {tmp_path / 'out'} is a folder; give the CSV file to write" in err
+    (tmp_path / "file").write_text("x")
+    err = _cli_error(capsys, "--checkpoint", ckpt, scans[0], "--output", tmp_path / "file" / "p.csv")
+    assert f"{tmp_path / 'file'} is not a folder" in err
+    err = _cli_error(capsys, "--checkpoint", ckpt, scans[0], "--output", tmp_path / "p.csv",
+                     "--masks", tmp_path / "file")
+    assert f"--masks {tmp_path / 'file'} is a file, not a folder" in err
+    (tmp_path / "masks" / "p0.png").mkdir(parents=True)
+    err = _cli_error(capsys, "--checkpoint", ckpt, scans[0], "--output", tmp_path / "p.csv",
+                     "--masks", tmp_path / "masks", "--overwrite")
+    assert "p0.png is a folder where a mask file would go" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "masks", "out", "scans"]
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot create files in: a read-only one, or for root (whom modes
+    do not stop) a sysfs folder."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("no folder root cannot write to")
+    return Path("/sys/kernel")
+
+
+def test_unwritable_outputs_are_found_before_the_model_runs(setup, tmp_path, capsys, no_model):
+    root, ckpt, _ = setup
+    scans = _scans(root, tmp_path / "scans")
+    folder = _unwritable_folder(tmp_path)
+    err = _cli_error(capsys, "--checkpoint", ckpt, scans[0], "--output", folder / "p.csv")
+    assert f"--output {folder / 'p.csv'}: cannot create files in {folder}" in err
+    err = _cli_error(capsys, "--checkpoint", ckpt, scans[0], "--output", tmp_path / "p.csv",
+                     "--masks", folder / "masks")
+    assert f"--masks {folder / 'masks'}: cannot create files in {folder}" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# a failed run leaves nothing behind, so the rerun is not refused
+
+
+def test_an_unreadable_image_stops_predict_before_it_writes(setup, tmp_path, capsys):
+    """The audit's case: an unreadable image stopped predict after some masks were written and
+    before the CSV; the rerun then refused the masks."""
+    root, ckpt, _ = setup
+    scans = _scans(root, tmp_path / "scans", n=6)
+    good = scans[4].read_bytes()
+    scans[4].write_bytes(good[:200])  # truncated
+    scans[5].write_bytes(b"not an image")
+    out, masks = tmp_path / "p.csv", tmp_path / "out" / "masks"
+    err = _cli_error(capsys, "--checkpoint", ckpt, tmp_path / "scans", "--output", out, "--masks", masks, "-b", "2")
+    assert f"cannot read image {scans[4]}" in err and "(and 1 more unreadable input image(s)); nothing was written" in err
+    assert not out.exists() and not (tmp_path / "out").exists()
+    scans[4].write_bytes(good)
+    scans[5].unlink()
+    predict(ckpt, [tmp_path / "scans"], out, masks_dir=masks, batch_size=2, device="cpu")
+    assert len(_read(out)) == 5 and sorted(p.name for p in masks.iterdir()) == [f"p{i}.png" for i in range(5)]
+
+
+def test_a_failure_during_the_pass_leaves_no_masks(setup, tmp_path, monkeypatch):
+    """An image that becomes unreadable after the check (or a mask that cannot be written)
+    fails the pass: the masks written so far are not left behind, earlier ones stay as they were."""
+    root, ckpt, _ = setup
+    scans = _scans(root, tmp_path / "scans", n=6)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (masks / "p0.png").write_bytes(b"an earlier mask")
+    monkeypatch.setattr("walnet.engine.predict._check_readable", lambda paths, size: None)
+    good = scans[5].read_bytes()
+    scans[5].write_bytes(b"broken")
+    with pytest.raises(ValueError, match="p5.png"):
+        predict(ckpt, [tmp_path / "scans"], tmp_path / "p.csv", masks_dir=masks, batch_size=2, overwrite=True,
+                device="cpu")
+    assert [p.name for p in masks.iterdir()] == ["p0.png"] and (masks / "p0.png").read_bytes() == b"an earlier mask"
+    assert not (tmp_path / "p.csv").exists()
+    with pytest.raises(ValueError, match="p5.png"):  # a masks folder it made itself is removed again
+        predict(ckpt, [tmp_path / "scans"], tmp_path / "p.csv", masks_dir=tmp_path / "new" / "masks", device="cpu")
+    assert not (tmp_path / "new").exists()
+    scans[5].write_bytes(good)
+    predict(ckpt, [tmp_path / "scans"], tmp_path / "p.csv", masks_dir=tmp_path / "new" / "masks", device="cpu")
+    assert len(list((tmp_path / "new" / "masks").iterdir())) == 6
+
+
+def test_a_killed_run_s_temporary_masks_are_removed_and_not_read(setup, tmp_path):
+    root, ckpt, _ = setup
+    _scans(root, tmp_path / "scans", n=2)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid is now free: a writer that died
+    from walnet.engine.checkpoint import temp_prefix
+    host = temp_prefix("x").split(".")[2].split("-")[0]
+    masks = tmp_path / "scans" / "masks"
+    stale = masks / f".walnet-masks.{host}-{child.pid}.k2j4.tmp"
+    stale.mkdir(parents=True)
+    Image.new("L", (48, 48)).save(stale / "p0.png")
+    (tmp_path / "scans" / "._p0.png").write_bytes(b"macOS metadata, no image")  # hidden: not an input
+    assert collect_images([tmp_path / "scans"]) == [tmp_path / "scans" / "p0.png", tmp_path / "scans" / "p1.png"]
+    predict(ckpt, [tmp_path / "scans"], tmp_path / "p.csv", masks_dir=masks, device="cpu")
+    assert len(_read(tmp_path / "p.csv")) == 2
+    assert sorted(p.name for p in masks.iterdir()) == ["p0.png", "p1.png"]

@@ -7,7 +7,11 @@ to the train size, scaled to [0, 1]).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +19,7 @@ import torch
 from PIL import Image
 
 from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record
-from walnet.engine.checkpoint import atomic_open
+from walnet.engine.checkpoint import WriteError, atomic_open, check_writable, remove_stale_temps, temp_prefix
 from walnet.engine.config import PredictConfig
 from walnet.engine.loops import _as_output
 from walnet.engine.trainer import load_trained, pick_device
@@ -23,7 +27,10 @@ from walnet.engine.trainer import load_trained, pick_device
 
 def collect_images(inputs, exclude: Path | None = None) -> list[Path]:
     """The image files of `inputs` (files and/or folders), in order: a file as given, a folder
-    scanned recursively for :data:`IMAGE_EXTENSIONS` (sorted; files under `exclude` skipped).
+    scanned recursively for :data:`IMAGE_EXTENSIONS` (sorted; hidden files and folders, whose
+    names start with ".", skipped: temporaries and macOS "._" companions are no images). Files
+    under `exclude` (the masks folder) are skipped when it lies inside a scanned folder, so
+    written masks are not read back as input; a folder at or under `exclude` is scanned whole.
     The same file named twice is kept once. A missing input or a folder without images is an
     error naming it."""
     found: dict[Path, Path] = {}
@@ -31,8 +38,10 @@ def collect_images(inputs, exclude: Path | None = None) -> list[Path]:
     for item in inputs:
         item = Path(item)
         if item.is_dir():
+            skip_here = skip if skip is not None and not item.resolve().is_relative_to(skip) else None
             images = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                            and not (skip is not None and p.resolve().is_relative_to(skip)))
+                            and not any(part.startswith(".") for part in p.relative_to(item).parts)
+                            and not (skip_here is not None and p.resolve().is_relative_to(skip_here)))
             if not images:
                 raise ValueError(f"folder {item} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
         elif item.is_file():
@@ -74,8 +83,12 @@ def predict(config: PredictConfig | str | Path, inputs=None, output_csv=None, **
     ``<image stem>.png`` (``<stem>_1.png``, ... for repeated stems); a model without a
     segmentation head (baselines, ``walnet_no_pgm``) is then an error.
 
-    An existing CSV (or mask file) is only replaced with ``overwrite=True``; the CSV is written
-    atomically once every image is done. A missing or unreadable image is an error naming it.
+    Nothing is written before every check passed: the CSV and the masks never go over an input
+    image (not even with ``overwrite=True``), an existing CSV or mask file is only replaced with
+    ``overwrite=True``, both places must be writable, and every image must be readable (else an
+    error naming it). The masks are written to a temporary folder and moved into place together
+    with the CSV, which is written atomically once every image is done: a failed run leaves
+    neither behind.
     Returns a summary: ``images``, ``output``, ``masks`` (folder or None), ``counts`` per class.
     """
     if not isinstance(config, PredictConfig):
@@ -85,28 +98,135 @@ def predict(config: PredictConfig | str | Path, inputs=None, output_csv=None, **
     return _predict(config)
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()  # follows links: a link to an input is that input
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _check_targets(output_csv: Path, masks_dir: Path | None, paths: list[Path], mask_names: list[str] | None,
+                   overwrite: bool) -> None:
+    """Everything predict will refuse to write, decided before any model work: the user's input
+    images are never a target (not even with ``overwrite``: compared as files, so links and
+    other spellings of an input count as the input), the CSV and a mask never share a path, an
+    existing CSV or mask is only replaced with ``overwrite``, and both places are writable."""
+    inputs = {}
+    for p in paths:
+        inputs.setdefault(_file_id(p), p)
+    inputs.pop(None, None)  # an input gone since it was found: the dataset reports it later
+    if output_csv.is_dir():
+        raise ValueError(f"--output {output_csv} is a folder; give the CSV file to write, "
+                         f"e.g. {output_csv / 'predictions.csv'}")
+    if _file_id(output_csv) in inputs:
+        raise ValueError(f"--output {output_csv} is one of your input images ({inputs[_file_id(output_csv)]}); "
+                         "give another file for the CSV: input images are never written")
+    if output_csv.exists() and not overwrite:
+        raise FileExistsError(f"{output_csv} already exists; pass --overwrite to replace it")
+    check_writable(output_csv, "--output")
+    if masks_dir is None:
+        return
+    check_writable(masks_dir, "--masks", folder=True)
+    targets = [masks_dir / n for n in mask_names]
+    clashes = [(t, p) for t, p in zip(targets, paths) if _file_id(t) in inputs]
+    if clashes:
+        target, source = clashes[0]
+        raise ValueError(f"--masks {masks_dir} would write the mask of {source} over your input image "
+                         f"{inputs[_file_id(target)]} ({len(clashes)} input image(s) in all); choose a --masks "
+                         "folder apart from the input images: they are never replaced, not even with --overwrite")
+    csv_id = output_csv.resolve()
+    same = [t for t in targets if t.resolve() == csv_id]
+    if same:
+        raise ValueError(f"--output {output_csv} is also where --masks writes the mask {same[0].name}; "
+                         "give the CSV another name or place")
+    folders = [t for t in targets if t.is_dir()]
+    if folders:
+        raise ValueError(f"--masks {masks_dir}: {folders[0]} is a folder where a mask file would go")
+    taken = [t for t in targets if t.exists() or t.is_symlink()]
+    if taken and not overwrite:
+        raise FileExistsError(f"{taken[0]} already exists ({len(taken)} earlier mask(s) would be replaced); "
+                              "pass --overwrite to replace them")
+
+
+def _check_readable(paths: list[Path], size: int) -> None:
+    """Every input opens as the dataset opens it, checked before anything is written (an
+    error half way would leave masks without their CSV)."""
+    checked = PlaqueDataset([Record(p, 0) for p in paths], size=size, skip_bad=True)
+    if not checked.skipped:
+        return
+    readable = {r.path for r in checked.records}
+    bad = [p for p in paths if p not in readable]
+    try:
+        PlaqueDataset([Record(bad[0], 0)], size=size)[0]  # the dataset's own words for what is wrong
+        reason = f"cannot read image {bad[0]}"
+    except (FileNotFoundError, ValueError) as exc:
+        reason = str(exc)
+    more = f" (and {len(bad) - 1} more unreadable input image(s))" if len(bad) > 1 else ""
+    raise ValueError(f"{reason}{more}; nothing was written")
+
+
 @torch.no_grad()
 def _predict(config: PredictConfig) -> dict:
     overwrite = config.overwrite
     output_csv = Path(config.output)
-    if output_csv.exists() and not overwrite:
-        raise FileExistsError(f"{output_csv} already exists; pass --overwrite to replace it")
     masks_dir = Path(config.masks_dir) if config.masks_dir is not None else None
     paths = collect_images(config.inputs, exclude=masks_dir)
+    mask_names = _mask_names(paths) if masks_dir is not None else None
+    _check_targets(output_csv, masks_dir, paths, mask_names, overwrite)
     device = pick_device(config.device)
     model, classes, trained, _ = load_trained(config.checkpoint, device)
-    mask_names = None
+    if masks_dir is not None and getattr(model, "decoder", None) is None:
+        raise ValueError(f"model {trained.model!r} of {config.checkpoint} has no segmentation head; "
+                         "--masks needs a WAL-Net with its PGM (not a baseline or walnet_no_pgm)")
+    _check_readable(paths, trained.size)
+
+    made = []  # folders this run creates: removed again (when still empty) if it fails
     if masks_dir is not None:
-        if getattr(model, "decoder", None) is None:
-            raise ValueError(f"model {trained.model!r} of {config.checkpoint} has no segmentation head; "
-                             "--masks needs a WAL-Net with its PGM (not a baseline or walnet_no_pgm)")
-        mask_names = _mask_names(paths)
-        taken = [n for n in mask_names if (masks_dir / n).exists()]
-        if taken and not overwrite:
-            raise FileExistsError(f"{masks_dir / taken[0]} already exists ({len(taken)} mask file(s) would be "
-                                  "replaced); pass --overwrite to replace them")
-        masks_dir.mkdir(parents=True, exist_ok=True)
-    dataset = PlaqueDataset([Record(p, 0) for p in paths], size=trained.size)
+        for folder in (masks_dir, *masks_dir.parents):
+            if folder.exists():
+                break
+            made.append(folder)
+    staging, done = None, False
+    try:
+        if masks_dir is not None:
+            # masks go to a temporary folder first and move into place with the CSV, so a
+            # failure part way leaves neither (and a rerun is not refused)
+            masks_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(masks_dir, _STAGING)
+            staging = Path(tempfile.mkdtemp(prefix=temp_prefix(_STAGING), suffix=".tmp", dir=masks_dir))
+        probs = _run(model, paths, trained.size, config, device, classes, staging, mask_names)
+        predicted = probs.argmax(axis=1)
+        with atomic_open(output_csv, text=True) as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "predicted", *(f"prob_{c}" for c in classes), *(["mask"] if mask_names else [])])
+            for i, p in enumerate(paths):
+                row = [str(p), classes[predicted[i]], *(f"{float(x):.9g}" for x in probs[i])]
+                writer.writerow(row + ([str(masks_dir / mask_names[i])] if mask_names else []))
+            f.flush()
+            os.fsync(f.fileno())
+            for name in mask_names or ():  # the CSV is on disk; it is renamed into place right after
+                os.replace(staging / name, masks_dir / name)
+        done = True
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not done:
+            for folder in made:  # deepest first; only while empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+    counts = {c: int((predicted == k).sum()) for k, c in enumerate(classes)}
+    return {"images": len(paths), "output": str(output_csv), "masks": str(masks_dir) if masks_dir else None,
+            "counts": counts}
+
+
+_STAGING = "walnet-masks"  # the temporary masks folder's name in the masks folder (see temp_prefix)
+
+
+def _run(model, paths, size, config, device, classes, staging, mask_names) -> np.ndarray:
+    """The model's class probabilities of every image [N, classes]; with `staging`, each
+    image's mask is written there under its name in `mask_names`."""
+    dataset = PlaqueDataset([Record(p, 0) for p in paths], size=size)
     loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=config.workers,
                                          pin_memory=device.type == "cuda")
     probs = np.zeros((len(paths), len(classes)), dtype=np.float32)
@@ -114,20 +234,15 @@ def _predict(config: PredictConfig) -> dict:
         index = batch["index"].numpy()
         out = _as_output(model(batch["image"].to(device)))
         probs[index] = torch.softmax(out.logits.float(), dim=1).cpu().numpy()
-        if mask_names is not None:
+        if staging is not None:
             seg = (out.seg_logits.argmax(dim=1) * 255).to(torch.uint8).cpu().numpy()
             for i, mask in zip(index, seg):
                 with Image.open(paths[i]) as original:  # the dataset has read it: only its size here
-                    size = original.size
-                Image.fromarray(mask).resize(size, Image.NEAREST).save(masks_dir / mask_names[i])
-    predicted = probs.argmax(axis=1)
-
-    with atomic_open(output_csv, text=True) as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "predicted", *(f"prob_{c}" for c in classes), *(["mask"] if mask_names else [])])
-        for i, p in enumerate(paths):
-            row = [str(p), classes[predicted[i]], *(f"{float(x):.9g}" for x in probs[i])]
-            writer.writerow(row + ([str(masks_dir / mask_names[i])] if mask_names else []))
-    counts = {c: int((predicted == k).sum()) for k, c in enumerate(classes)}
-    return {"images": len(paths), "output": str(output_csv), "masks": str(masks_dir) if masks_dir else None,
-            "counts": counts}
+                    size_i = original.size
+                target = staging / mask_names[i]
+                try:
+                    Image.fromarray(mask).resize(size_i, Image.NEAREST).save(target)
+                except OSError as exc:
+                    raise WriteError(f"cannot write the mask {target.name} to {staging.parent}: "
+                                     f"{exc.strerror or exc}; no mask and no CSV were written") from None
+    return probs

@@ -228,13 +228,26 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
 def load_trained(checkpoint, device="cpu") -> tuple[torch.nn.Module, tuple[str, ...], TrainConfig, dict]:
     """The model of a ``walnet train`` checkpoint, rebuilt from its train config with its
     weights, in eval mode on `device`; its class names, its train config and the whole
-    checkpoint."""
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    # not strict: checkpoints of other walnet versions may hold keys that are no options here
-    trained = TrainConfig.from_dict(state["args"], strict=False)
+    checkpoint. A file that is no such checkpoint, or whose weights do not fit the model its
+    config describes, is a one-line :class:`~walnet.engine.checkpoint.CheckpointError`."""
+    from walnet.engine.checkpoint import TRAINED_KEYS, CheckpointError, load_weights
+
+    state = load_checkpoint(checkpoint, map_location="cpu", keys=TRAINED_KEYS)
+    try:
+        # not strict: checkpoints of other walnet versions may hold keys that are no options here
+        trained = TrainConfig.from_dict(state["args"], strict=False)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {checkpoint}: its train config (\"args\") is not valid: {exc}") from None
     classes = tuple(state["classes"])
-    model = create_model(trained.model, num_classes=len(classes), **_model_kwargs(trained))
-    model.load_state_dict(state["model"])
+    describe = trained.model
+    if trained.model.startswith("walnet"):
+        describe += f" (backbone {trained.backbone}, --attention-channels {trained.attention_channels})"
+    try:
+        model = create_model(trained.model, num_classes=len(classes), **_model_kwargs(trained))
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {checkpoint}: its train config names a model walnet cannot build "
+                              f"({describe}): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    load_weights(model, state["model"], checkpoint, describe)
     return model.to(device).eval(), classes, trained, state
 
 
