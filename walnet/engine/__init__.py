@@ -1,15 +1,18 @@
 """Training / evaluation machinery: loops, metrics, checkpoints, figures, and the runs behind the
 ``walnet`` commands (trainer, predict, experiment, demo)."""
-from walnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from walnet.engine.checkpoint import CheckpointError, WriteError, load_checkpoint, load_training_state, save_checkpoint
 from walnet.engine.loops import EvalOutputs, evaluate, train_one_epoch
 from walnet.engine.metrics import classification_metrics, confusion_matrix, mask_iou_dice, roc_auc, roc_curve
 
 __all__ = [
+    "CheckpointError",
     "EvalOutputs",
+    "WriteError",
     "classification_metrics",
     "confusion_matrix",
     "evaluate",
     "load_checkpoint",
+    "load_training_state",
     "mask_iou_dice",
     "roc_auc",
     "roc_curve",
