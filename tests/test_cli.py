@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -83,3 +85,104 @@ def test_train_command_writes_a_run_and_resumes(tmp_path):
     for name in result["figures"]:
         assert (run / name).stat().st_size > 1000, name
     assert "accuracy" in scored.stdout
+
+
+@pytest.fixture(scope="module")
+def phantom_csv(tmp_path_factory):
+    from walnet.data import phantom
+
+    return phantom.generate(tmp_path_factory.mktemp("ph") / "ph", n=12, seed=0, size=64)
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+TINY = ["--backbone", "resnet18", "--attention-channels", "8", "-b", "8", "--device", "cpu", "--size", "64",
+        "--epochs", "1"]
+
+
+def _unwritable(tmp_path) -> str:
+    if os.geteuid() != 0:
+        folder = tmp_path / "readonly"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return str(folder / "run")
+    if not Path("/sys").is_dir():
+        pytest.skip("root, and no read-only /sys to write into")
+    return "/sys/walnet-test-run"  # root writes everywhere else
+
+
+@pytest.mark.parametrize("case, flags, message", [
+    ("backbone", ["--backbone", "resnet19"], "unknown backbone 'resnet19' for --backbone (timm has no such model"),
+    ("stages", ["--backbone", "vit_tiny_patch16_224"],
+     "backbone 'vit_tiny_patch16_224' has no four feature stages at growing strides"),
+    ("attention", ["--attention-channels", "0"], "--attention-channels must be at least 1, got 0"),
+    ("gpu0", ["--device", "gpu0"], "--device 'gpu0' is not a device; use auto, cpu, cuda or cuda:<index>"),
+    ("cuda", ["--device", "cuda"], "--device cuda: no CUDA device is available here"),
+    ("epochs0", ["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    ("epochs-3", ["--epochs", "-3"], "--epochs must be at least 1, got -3"),
+    ("model", ["--model", "nonet"], "--model 'nonet' is unknown; choose one of walnet, "),
+    ("file", ["--output", "{csv}"], "--output {csv} is a file, not a folder; choose a folder"),
+    ("under-file", ["--output", "{csv}/sub"], "--output {csv}/sub lies under the file {csv}; choose a folder"),
+    ("unwritable", ["--output", "{unwritable}"], "{unwritable}"),
+    ("csv-folder", ["--csv", "{folder}"], "--csv {folder} is a folder, not a CSV file"),
+    ("classes", ["--classes", "calcified"], "--classes takes two or more comma-separated class names"),
+    ("bad-int", ["-b", "eight"], "argument -b/--batch-size: invalid int value: 'eight'"),
+])
+def test_bad_train_input_is_one_line_and_touches_nothing(case, flags, message, phantom_csv, tmp_path, monkeypatch,
+                                                        capsys):
+    from walnet import cli
+
+    if case == "cuda":
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    names = dict(csv=phantom_csv, folder=phantom_csv.parent, unwritable=_unwritable(tmp_path))
+    flags = [f.format(**names) for f in flags]
+    message = message.format(**names)
+    before = _tree(phantom_csv.parent)
+    try:
+        code = cli.main(["train", "--csv", str(phantom_csv), "--output", "run", *TINY, *flags])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("walnet train: error: "), err
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists() and _tree(phantom_csv.parent) == before
+
+
+def test_debug_shows_the_traceback_before_or_after_the_command(tmp_path):
+    for argv in (["--debug", "train"], ["train", "--debug"]):
+        done = _walnet(*argv, "--csv", "x.csv", "--output", "run", "--device", "gpu0", cwd=tmp_path)
+        assert done.returncode == 1 and "Traceback" in done.stderr
+        assert done.stderr.rstrip().endswith("ValueError: --device 'gpu0' is not a device; use auto, cpu, cuda or "
+                                             "cuda:<index>")
+    done = _walnet("train", "--csv", "x.csv", "--output", "run", "--device", "gpu0", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr == ("walnet train: error: --device 'gpu0' is not a device; use auto, "
+                                                    "cpu, cuda or cuda:<index>\n")
+
+
+def test_torch_runtime_errors_are_one_line_that_points_to_debug(monkeypatch, capsys):
+    from walnet import cli
+    from walnet.engine import trainer
+
+    def out_of_memory(config):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nsee the allocator's notes")
+
+    monkeypatch.setattr(trainer, "train", out_of_memory)
+    assert cli.main(["train", "--csv", "x", "--output", "y"]) == 2
+    assert capsys.readouterr().err == ("walnet train: error: RuntimeError: CUDA out of memory. Tried to allocate "
+                                       "2.00 GiB (--debug shows the traceback)\n")
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """Only errors a user can cause are shortened; anything else is walnet's bug and shown whole."""
+    from walnet import cli
+    from walnet.engine import trainer
+
+    monkeypatch.setattr(trainer, "train", lambda config: {}["missing"])
+    with pytest.raises(KeyError):
+        cli.main(["train", "--csv", "x", "--output", "y"])

@@ -50,18 +50,18 @@ def test_cli_passes_every_option_on(monkeypatch):
             "--pretrained", "--epochs", "3", "-b", "2", "--lr", "0.5", "--seed", "7", "--size", "64", "--amp",
             "--channels-last", "--compile", "--sync-bn", "-j", "2", "--resume", "o/last.pt", "--roi-method", "crop",
             "--no-rcm", "--no-pgm", "--rcm-warmup", "0", "--attention-channels", "16", "--device", "cpu",
-            "--skip-bad"]
+            "--skip-bad", "--classes", "calcified, soft ,mixed"]
     (config,) = _built(monkeypatch, trainer, "train", argv)
     assert config == TrainConfig(data_dir="d", output="o", model="walnet_no_rcm", backbone="resnet18", pretrained=True,
                                  epochs=3, batch_size=2, lr=0.5, seed=7, size=64, amp=True, channels_last=True,
                                  compile=True, sync_bn=True, workers=2, resume="o/last.pt", roi_method="crop",
                                  no_rcm=True, no_pgm=True, rcm_warmup=0, attention_channels=16, device="cpu",
-                                 skip_bad=True)
+                                 skip_bad=True, classes=("calcified", "soft", "mixed"))
     # every field is one option of its command, and no option is left out of the config
     for config_type, argv in ((TrainConfig, ["train", "--csv", "x", "--output", "y"]),
                               (EvalConfig, ["evaluate", "--checkpoint", "c", "--csv", "x"]),
                               (PredictConfig, ["predict", "--checkpoint", "c", "i", "--output", "o"])):
-        parsed = set(vars(cli.build_parser().parse_args(argv))) - {"command", "run"}
+        parsed = set(vars(cli.build_parser().parse_args(argv))) - {"command", "run", "debug"}
         assert parsed == {f.name for f in fields(config_type)}, config_type.__name__
 
 
@@ -76,6 +76,16 @@ def test_json_round_trip(config):
     again = type(config).from_dict(json.loads(text))
     assert again == config and again.to_dict() == config.to_dict()
     assert list(config.to_dict()) == [f.name for f in fields(config)]
+
+
+def test_classes_survive_json_and_default_to_none():
+    config = TrainConfig(csv="x", output="o", classes=["calcified", "soft", "mixed"])
+    assert config.classes == ("calcified", "soft", "mixed")
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    saved = TrainConfig(csv="x", output="o").to_dict()
+    assert saved["classes"] is None
+    del saved["classes"]  # the args of a checkpoint written before the option existed
+    assert TrainConfig.from_dict(saved).classes is None
 
 
 def test_paths_and_numbers_are_normalised():
@@ -133,6 +143,13 @@ def test_old_style_checkpoint_args_are_read(tmp_path):
     (dict(csv="x", output="o", seed=True), "seed must be an integer"),
     (dict(csv="x", output="o", amp=1), "amp must be True or False"),
     (dict(csv=3, output="o"), "csv must be a string or path"),
+    (dict(csv="x", output="o", seed=-1), "--seed must be between 0 and 4294967295, got -1"),
+    (dict(csv="x", output="o", seed=2**32), "--seed must be between 0 and 4294967295"),
+    (dict(csv="x", output="o", classes=("a",)), "--classes takes two or more comma-separated class names"),
+    (dict(csv="x", output="o", classes=("a", "")), "--classes takes two or more"),
+    (dict(csv="x", output="o", classes="a,b"), "--classes takes two or more"),  # one name (with a comma)
+    (dict(csv="x", output="o", classes=("soft", "Soft ")), "--classes names a class twice"),
+    (dict(csv="x", output="o", classes=("a", 2)), "classes must be a sequence of strings"),
 ])
 def test_train_config_rejects_bad_values(values, message):
     with pytest.raises(ValueError, match=message):
@@ -145,9 +162,14 @@ def test_train_config_rejects_bad_values(values, message):
     (EvalConfig, dict(checkpoint="c", csv="x", split="dev"), r"--split must be one of \('train', 'val', 'test'\)"),
     (EvalConfig, dict(checkpoint="c", csv="x", batch_size=0), "--batch-size must be at least 1"),
     (PredictConfig, dict(checkpoint="c", inputs=[], output="o"), "inputs must not be empty"),
-    (PredictConfig, dict(checkpoint="c", inputs=[1], output="o"), "inputs must be a sequence of paths"),
+    (PredictConfig, dict(checkpoint="c", inputs=[1], output="o"), "inputs must be a sequence of strings"),
     (PredictConfig, dict(checkpoint="c", inputs=["i"], output="o", workers=-1), "--workers must be at least 0"),
     (DemoConfig, dict(n="800"), "n must be an integer"),
+    (DemoConfig, dict(n=0), "--n must be at least 1, got 0"),
+    (DemoConfig, dict(epochs=-3), "--epochs must be at least 1, got -3"),
+    (DemoConfig, dict(size=0), "--size must be at least 1"),
+    (DemoConfig, dict(seed=-1), "--seed must be between 0 and 4294967295, got -1"),
+    (DemoConfig, dict(lr=float("inf")), "--lr must be a positive number"),
 ])
 def test_eval_predict_demo_configs_reject_bad_values(config_type, values, message):
     with pytest.raises(ValueError, match=message):

@@ -174,3 +174,67 @@ def test_experiment_end_to_end_reuses_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     run_experiment(["walnet_no_pgm"], out, seeds=[0], train=replace(train, epochs=2), evaluate=evaluate)
     assert "epochs 1 != 2" in capsys.readouterr().out
+
+
+def test_experiment_holds_each_run_folder_from_training_to_scoring(tmp_path, monkeypatch):
+    """While a run is trained and scored its folder is locked by the experiment, so a second
+    experiment (or train) into it stops instead of resuming it too."""
+    import json
+
+    from walnet.engine import lock, trainer
+
+    seen = []
+
+    def fake_train(config):
+        seen.append(("train", json.loads((Path(config.output) / lock.LOCK_NAME).read_text())["pid"]))
+        (Path(config.output) / "last.pt").write_bytes(b"")
+
+    def fake_evaluate(config):
+        seen.append(("evaluate", json.loads((Path(config.checkpoint).parent / lock.LOCK_NAME).read_text())["pid"]))
+        return {k: 0.5 for k in KEYS}
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    monkeypatch.setattr(trainer, "evaluate_run", fake_evaluate)
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("path,label\n")
+    run_experiment(["walnet"], tmp_path / "exp", seeds=[0], log=lambda line: None,
+                   train=TrainConfig(csv=csv_path, output=tmp_path, backbone="resnet18", device="cpu"))
+    assert seen == [("train", os.getpid()), ("evaluate", os.getpid())]
+    assert not (tmp_path / "exp" / "runs" / "walnet" / "seed0" / lock.LOCK_NAME).exists()
+
+
+def test_a_second_experiment_stops_at_a_run_another_one_holds(tmp_path, monkeypatch):
+    import json
+    import socket
+
+    from walnet.engine import lock, trainer
+
+    monkeypatch.setattr(trainer, "train", lambda config: pytest.fail(f"trained {config.output}"))
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("path,label\n")
+    held = tmp_path / "exp" / "runs" / "walnet" / "seed0"
+    held.mkdir(parents=True)
+    (held / "last.pt").write_bytes(b"")  # an interrupted run: this experiment would resume it
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        (held / lock.LOCK_NAME).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
+        with pytest.raises(lock.RunLockedError, match=f"{held} is locked by pid {sleeper.pid}"):
+            run_experiment(["walnet"], tmp_path / "exp", seeds=[0], log=lambda line: None,
+                           train=TrainConfig(csv=csv_path, output=tmp_path, backbone="resnet18", device="cpu"))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert sorted(p.name for p in held.iterdir()) == ["last.pt", lock.LOCK_NAME]
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(backbone="resnet19"), "unknown backbone 'resnet19'"),
+    (dict(device="gpu0"), "--device 'gpu0' is not a device"),
+])
+def test_experiment_checks_the_shared_settings_before_any_run(tmp_path, values, message):
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("path,label\n")
+    with pytest.raises(ValueError, match=message):
+        run_experiment(["walnet_no_pgm", "walnet"], tmp_path / "exp", seeds=[0],
+                       train=TrainConfig(csv=csv_path, output=tmp_path, **values))
+    assert not (tmp_path / "exp").exists()

@@ -1,4 +1,5 @@
-"""``walnet train`` beyond one plain run: resume after a kill, DDP on gloo, mixed precision."""
+"""``walnet train`` beyond one plain run: resume after a kill, DDP on gloo, mixed precision, the
+run folder's lock, no split kept by a failed run, a last batch of one, ``classes``."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from walnet.data import phantom
-from walnet.engine import trainer
+from walnet.engine import lock, trainer
 from walnet.engine.config import TrainConfig
 from walnet.engine.trainer import train
 
@@ -115,6 +116,7 @@ def test_diverged_training_stops_with_a_clear_error(data, tmp_path, monkeypatch)
     with pytest.raises(FloatingPointError, match="loss of epoch 0 is nan; no checkpoint was written"):
         train(_config(data, tmp_path / "nan", epochs=3, lr=1e30))
     assert not (tmp_path / "nan" / "last.pt").exists()
+    assert not (tmp_path / "nan" / "split.csv").exists()  # a rerun (another --lr) splits anew
 
     # a loss that turns NaN in epoch 1: epoch 0's checkpoint and metrics row stay, nothing of epoch 1 is saved
     real = trainer.train_one_epoch
@@ -129,3 +131,148 @@ def test_diverged_training_stops_with_a_clear_error(data, tmp_path, monkeypatch)
         train(_config(data, run, epochs=3))
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 0
     assert [r["epoch"] for r in _rows(run)] == ["0"]
+
+
+# --- the run folder's lock -------------------------------------------------------------------
+
+def _lock_of(pid, folder):
+    import json
+    import socket
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / lock.LOCK_NAME).write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+
+
+def test_train_into_a_locked_folder_fails_at_once(data, tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        run = tmp_path / "run"
+        _lock_of(sleeper.pid, run)
+        with pytest.raises(lock.RunLockedError, match=f"{run}.*pid {sleeper.pid}"):
+            train(_config(data, run, epochs=1))
+        assert sorted(p.name for p in run.iterdir()) == [lock.LOCK_NAME]  # nothing written, the lock kept
+        # from the command line: one line, exit status 2
+        done = subprocess.run([sys.executable, "-m", "walnet", *_train_args(data, run, "--epochs", "1")], env=ENV,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith(f"walnet train: error: {run} is locked by pid {sleeper.pid}")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_stale_lock_is_replaced_and_every_run_removes_its_lock(data, tmp_path, capsys):
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    run = tmp_path / "run"
+    _lock_of(ended.pid, run)
+    train(_config(data, run, epochs=1))
+    assert f"removing the stale lock {run / lock.LOCK_NAME} of pid {ended.pid}" in capsys.readouterr().out
+    assert (run / "last.pt").is_file() and not (run / lock.LOCK_NAME).exists()
+    # a failed run removes its lock too
+    with pytest.raises(FileExistsError):
+        train(_config(data, run, epochs=1))
+    with pytest.raises(FloatingPointError):
+        train(_config(data, tmp_path / "nan", epochs=1, lr=1e30))
+    assert not (run / lock.LOCK_NAME).exists() and not (tmp_path / "nan" / lock.LOCK_NAME).exists()
+
+
+# --- a failed run leaves no split behind ------------------------------------------------------
+
+def _csv_with_patients(data, path, patient=None):
+    """The phantom's labels.csv with absolute paths, every patient id replaced by `patient` (if
+    given)."""
+    with open(data, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["path"] = str(Path(data).parent / r["path"])
+        r["mask_path"] = str(Path(data).parent / r["mask_path"])
+        if patient is not None:
+            r["patient_id"] = patient
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_a_failed_split_is_not_kept_so_the_fixed_data_trains(data, tmp_path):
+    one_patient = _csv_with_patients(data, tmp_path / "one.csv", patient="P1")
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="left 40 training and 0 validation images") as failed:
+        train(_config(one_patient, run, epochs=1))
+    assert not (run / "split.csv").exists()
+    fixed = _csv_with_patients(data, tmp_path / "one.csv")  # the same files, with their patients
+    train(_config(fixed, run, epochs=1))
+    assert (run / "split.csv").is_file() and (run / "last.pt").is_file()
+    assert "40 image(s) in 1 patient group(s)" in str(failed.value)  # what made the split fail
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_removes_its_split(data, tmp_path, monkeypatch):
+    def crash(*a, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer, "save_checkpoint", crash)
+    run = tmp_path / "run"
+    with pytest.raises(OSError, match="No space"):
+        train(_config(data, run, epochs=1))
+    assert not (run / "split.csv").exists() and not (run / "last.pt").exists()
+
+
+def test_a_split_file_of_other_data_says_what_to_do(data, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "split.csv").write_text("key,split\nelsewhere.png,train\n")
+    with pytest.raises(ValueError, match=f"does not cover 40 image.*other data; use another --output for other "
+                                         f"data, or delete {run / 'split.csv'} to split them anew"):
+        train(_config(data, run, epochs=1))
+    assert (run / "split.csv").read_text() == "key,split\nelsewhere.png,train\n"  # not this run's to remove
+
+
+# --- a last training batch of one ------------------------------------------------------------
+
+@pytest.mark.parametrize("samples, batch, dropped", [(480, 16, False), (25, 8, True), (9, 8, True), (17, 16, True),
+                                                     (24, 8, False), (18, 8, False), (1, 8, False), (3, 1, False)])
+def test_only_a_last_batch_of_one_is_dropped(samples, batch, dropped):
+    sampler = torch.utils.data.DistributedSampler(range(samples), 1, 0)
+    loader = trainer._train_loader(range(samples), sampler, _config("x.csv", "o", batch_size=batch), pin=False)
+    assert loader.drop_last is dropped
+    assert len(loader) == samples // batch + (samples % batch > (1 if dropped else 0))
+
+
+def _split_csv(data, path, n_train):
+    """The phantom's rows with a split column: `n_train` training images, the rest validation."""
+    with open(data, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, r in enumerate(rows):
+        r["path"] = str(Path(data).parent / r["path"])
+        r["mask_path"] = str(Path(data).parent / r["mask_path"])
+        r["split"] = "train" if i < n_train else "val"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_size_32_with_a_last_training_batch_of_one_trains(data, tmp_path):
+    # 9 training images in batches of 8: a last batch of one, whose 1x1 feature maps BatchNorm
+    # cannot normalise in training mode
+    nine = _split_csv(data, tmp_path / "nine.csv", 9)
+    row = train(_config(nine, tmp_path / "run", epochs=1, size=32))
+    assert math.isfinite(row["loss"])
+    # every batch one image: a clear error, not torch's
+    with pytest.raises(ValueError, match="a training batch of one image at --size 32 .*-b 2 or more"):
+        train(_config(nine, tmp_path / "b1", epochs=1, size=32, batch_size=1))
+
+
+# --- --classes --------------------------------------------------------------------------------
+
+def test_classes_set_the_class_order(data, tmp_path):
+    order = ("mixed-echoic", "hyperechoic", "hypoechoic")
+    train(_config(data, tmp_path / "run", epochs=1, classes=order))
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert tuple(state["classes"]) == order and tuple(state["args"]["classes"]) == order
+    with pytest.raises(ValueError, match=r"not in the class map \('calcified', 'soft'\)"):
+        train(_config(data, tmp_path / "other", epochs=1, classes=("calcified", "soft")))
+    assert not (tmp_path / "other").exists()

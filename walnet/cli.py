@@ -6,13 +6,19 @@ and figures), ``predict``, ``experiment`` (seeds x models -> the paper's tables)
 This is the one module that knows argparse: the options of train, evaluate, predict and demo
 are the fields of their configs (:mod:`walnet.engine.config`, which holds the defaults and
 help texts); each command builds its config from the parsed options and hands it to the engine.
+
+Every error a user can cause (bad flags, data, paths, devices, a locked run folder) reaches the
+terminal as one line, ``walnet <command>: error: ...``, with exit status 2; ``--debug`` (before
+or after the command) shows the traceback instead. An exception of another kind is a bug in
+walnet and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import functools
 import json
 import sys
-import typing
 from dataclasses import MISSING, fields
 
 from walnet.engine.config import SPLITS, DemoConfig, EvalConfig, PredictConfig, TrainConfig, field_kind, flag_of
@@ -27,10 +33,18 @@ def _phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list (``--classes a,b,c``), each item stripped."""
+    return tuple(item.strip() for item in text.split(","))
+
+
 #: Flags other than :func:`~walnet.engine.config.flag_of`'s ``--<field-name>``.
 _FLAGS = {"batch_size": ("-b", "--batch-size"), "workers": ("-j", "--workers"), "masks_dir": ("--masks",)}
 #: argparse settings that the fields' types do not imply.
-_EXTRA = {"split": {"choices": SPLITS}, "masks_dir": {"metavar": "DIR"}, "inputs": {"metavar": "INPUT"}}
+_EXTRA = {"split": {"choices": SPLITS}, "masks_dir": {"metavar": "DIR"}, "inputs": {"metavar": "INPUT"},
+          "classes": {"type": _names, "metavar": "A,B,C"}}
+#: The tuple fields given as positional arguments; other tuple fields are comma-separated options.
+_POSITIONAL = {"inputs"}
 
 
 def _add_option(parser, config: type, name: str) -> None:
@@ -40,7 +54,7 @@ def _add_option(parser, config: type, name: str) -> None:
     f = next(f for f in fields(config) if f.name == name)
     kind = field_kind(config, name)
     kw = dict(_EXTRA.get(name, {}), help=f.metadata["doc"])
-    if typing.get_origin(kind) is tuple:
+    if name in _POSITIONAL:
         parser.add_argument(name, nargs="+", **kw)
         return
     if kind is bool:
@@ -206,12 +220,28 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line (``walnet train: error: ...``) and exit
+    status 2, like the engine's errors; ``--help`` still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+_DEBUG_HELP = "show the traceback of an error instead of a one-line message"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from walnet._version import __version__
 
-    parser = argparse.ArgumentParser(prog="walnet", description="WAL-Net for carotid plaque classification.")
+    parser = _Parser(prog="walnet", description="WAL-Net for carotid plaque classification.")
     parser.add_argument("--version", action="version", version=f"walnet {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    # per command too; SUPPRESS keeps a --debug given before the command
+    per_command = _Parser(add_help=False)
+    per_command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub.add_parser = functools.partial(sub.add_parser, parents=[per_command])
     p = sub.add_parser("info", help="versions, what the compiled ops were built for, and where they run")
     p.add_argument("--json", action="store_true", help="as JSON")
     p.set_defaults(run=_info)
@@ -226,15 +256,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_predict(sub)
     _add_experiment(sub)
+    parser.commands = sub.choices  # each command's parser, for errors found after parsing
     return parser
 
 
+#: What a user's input, files or machine can cause: shown as one line. Any other exception is
+#: a bug in walnet and keeps its traceback. RuntimeError covers torch's errors (out of memory,
+#: a device failure, a locked run folder).
+_USER_ERRORS = (ValueError, OSError, FloatingPointError, RuntimeError, MemoryError, csv.Error)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of `exc` on one line. walnet's own messages are written as one line; torch's
+    may run over many, of which the first says what happened."""
+    from walnet.engine.lock import RunLockedError
+
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, (RuntimeError, MemoryError)) and not isinstance(exc, RunLockedError):
+        return f"{type(exc).__name__}: {lines[0] if lines else ''} (--debug shows the traceback)"
+    text = " ".join(lines) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in text:
+        text += f": {exc.filename}"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's parser, which names the command
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.run(args)
-    except (FileExistsError, FileNotFoundError, ValueError, FloatingPointError) as exc:
-        print(f"walnet {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"walnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"walnet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -88,10 +88,10 @@ def _coerce(config: type, name: str, value):
     if value is None and isinstance(_type_hints(config)[name], types.UnionType):
         return None
     kind = field_kind(config, name)
-    if typing.get_origin(kind) is tuple:  # tuple[str, ...]: one path or several
+    if typing.get_origin(kind) is tuple:  # tuple[str, ...]: one path (or name) or several
         items = (value,) if isinstance(value, (str, os.PathLike)) else value
         if not isinstance(items, (list, tuple)) or not all(isinstance(v, (str, os.PathLike)) for v in items):
-            raise ValueError(f"{name} must be a sequence of paths, got {value!r}")
+            raise ValueError(f"{name} must be a sequence of strings, got {value!r}")
         return tuple(os.fspath(v) for v in items)
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)  # bool is an int subclass
     if kind is str and isinstance(value, (str, os.PathLike)):
@@ -115,11 +115,28 @@ def _check_at_least(config, minimum: int, *names: str) -> None:
             raise ValueError(f"{flag_of(name)} must be at least {minimum}, got {value}")
 
 
+def _check_seed(config) -> None:
+    # numpy's generators take seeds of 32 bits; a larger one would fail mid-run
+    if not 0 <= config.seed < 2**32:
+        raise ValueError(f"--seed must be between 0 and {2**32 - 1}, got {config.seed}")
+
+
 def _check_given(config, *names: str) -> None:
     # a missing one is already a TypeError of the constructor; this catches "" and ()
     for name in names:
         if not getattr(config, name):
             raise ValueError(f"{name} must not be empty")
+
+
+def _check_classes(classes) -> None:
+    if classes is None:
+        return
+    names = [c.strip() for c in classes]
+    if len(names) < 2 or not all(names):
+        raise ValueError(f"--classes takes two or more comma-separated class names, got {','.join(classes)!r}")
+    folded = [n.casefold() for n in names]
+    if len(set(folded)) != len(folded):
+        raise ValueError(f"--classes names a class twice: {','.join(classes)!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,6 +145,8 @@ class TrainConfig(_Config):
 
     data_dir: str | None = option(None, "ImageFolder root: <dir>/<class>/<image>")
     csv: str | None = option(None, "CSV: path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]")
+    classes: tuple[str, ...] | None = option(None, "class names in label order, comma-separated (default: the "
+                                             "paper's three classes, or the names found in the data)")
     output: str = option(doc="run folder (args, split, metrics.csv, last.pt, best.pt)")
     model: str = option("walnet", "walnet, walnet_no_rcm, walnet_no_pgm, walnet_<roi method>, or a baseline "
                         "(resnest, convnextv2, dpn, repvit, sequencer, rexnet, res2net)")
@@ -155,8 +174,10 @@ class TrainConfig(_Config):
     def _check(self) -> None:
         _check_data(self)
         _check_given(self, "output")
+        _check_classes(self.classes)
         _check_at_least(self, 1, "epochs", "batch_size", "size", "attention_channels")
         _check_at_least(self, 0, "workers", "rcm_warmup")
+        _check_seed(self)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
 
@@ -220,3 +241,10 @@ class DemoConfig(_Config):
     rcm_warmup: int = option(4, "epochs with the RCM off at the start")
     seed: int = option(0, "seed of the phantom and of the run")
     device: str = option("cpu", "cpu (default), cuda, auto")
+
+    def _check(self) -> None:
+        _check_at_least(self, 1, "n", "size", "epochs", "attention_channels", "batch_size")
+        _check_at_least(self, 0, "rcm_warmup")
+        _check_seed(self)
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")

@@ -4,7 +4,10 @@ in the shape of the paper's Tables 1-3.
 Layout under ``output/``: ``runs/<config>/seed<k>/`` (a ``walnet train`` run folder plus the
 ``metrics.json`` of ``walnet evaluate`` on its test split), ``<table>.csv`` (one row per config),
 ``<table>_runs.csv`` (one row per run) and ``<table>.md``. Finished runs are reused, interrupted
-ones resumed, so re-running the same command continues an experiment.
+ones resumed, so re-running the same command continues an experiment. Each run's folder is
+locked (:mod:`walnet.engine.lock`) from the decision to reuse, resume or train it until its
+scores are written, so a second experiment into the same folder stops at the first run the
+other one holds instead of training it too.
 """
 from __future__ import annotations
 
@@ -157,6 +160,29 @@ def _differences(requested: TrainConfig, run_dir: Path) -> list[str]:
     return [f"{k} {saved.get(k)!r} != {v!r}" for k, v in wanted.items() if k in saved and saved[k] != v]
 
 
+def _run_one(run: TrainConfig, tag: str, scoring, train_run, evaluate_run, log) -> dict:
+    """The test scores of one run: a finished run's metrics.json, else the scores of the run
+    trained (or resumed) now."""
+    run_dir = Path(run.output)
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.is_file():
+        log(f"{tag} reusing finished run {run_dir} (metrics.json exists)")
+        diff = _differences(run, run_dir)
+        if diff:
+            log(f"{tag} warning: that run was trained with other settings: {'; '.join(diff)} "
+                f"(delete {run_dir} to retrain it)")
+        return json.loads(metrics_file.read_text())
+    if (run_dir / "last.pt").is_file():
+        log(f"{tag} resuming interrupted run {run_dir} from last.pt")
+        run = replace(run, resume=run_dir / "last.pt")
+    else:
+        log(f"{tag} training into {run_dir}")
+    train_run(run)
+    # best.pt is written just after last.pt; fall back if interrupted in between
+    ckpt = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
+    return evaluate_run(scoring(ckpt))
+
+
 def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *, train: TrainConfig,
                    evaluate: EvalConfig | None = None, seeds: Sequence[int] = DEFAULT_SEEDS,
                    name: str = "experiment", title: str | None = None,
@@ -174,6 +200,8 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
     workers and ``skip_bad``. Each run lives in ``output/runs/<model>/seed<k>/``: a run with a
     ``metrics.json`` is reused as it is, one with a ``last.pt`` only is resumed.
     """
+    from walnet.engine.checks import check_output, check_train_config, pick_device
+    from walnet.engine.lock import run_lock
     from walnet.engine.trainer import evaluate_run, train as train_run
     from walnet.models import model_names
 
@@ -189,6 +217,12 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
         raise ValueError("an experiment needs at least one config and one seed")
     if len(set(seeds)) != len(seeds) or len({m for m, _ in pairs}) != len(pairs):
         raise ValueError(f"configs and seeds must not repeat: {[m for m, _ in pairs]}, {list(seeds)}")
+    # the settings every run shares are checked once, before the first run starts
+    check_output(output, inputs=(train.csv,))
+    check_train_config(replace(train, output=Path(output) / "runs" / pairs[0][0] / f"seed{seeds[0]}",
+                               model=pairs[0][0], resume=None))
+    if evaluate is not None:
+        pick_device(evaluate.device)
     data = dict(csv=train.csv, data_dir=train.data_dir)
 
     def scoring(checkpoint: Path) -> EvalConfig:
@@ -205,24 +239,8 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
             run_dir = output / "runs" / model / f"seed{seed}"
             tag = f"[{model} seed {seed}]"
             run = replace(train, output=run_dir, model=model, seed=seed, resume=None)
-            metrics_file = run_dir / "metrics.json"
-            if metrics_file.is_file():
-                log(f"{tag} reusing finished run {run_dir} (metrics.json exists)")
-                diff = _differences(run, run_dir)
-                if diff:
-                    log(f"{tag} warning: that run was trained with other settings: {'; '.join(diff)} "
-                        f"(delete {run_dir} to retrain it)")
-                result = json.loads(metrics_file.read_text())
-            else:
-                if (run_dir / "last.pt").is_file():
-                    log(f"{tag} resuming interrupted run {run_dir} from last.pt")
-                    run = replace(run, resume=run_dir / "last.pt")
-                else:
-                    log(f"{tag} training into {run_dir}")
-                train_run(run)
-                # best.pt is written just after last.pt; fall back if interrupted in between
-                ckpt = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
-                result = evaluate_run(scoring(ckpt))
+            with run_lock(run_dir, "walnet experiment", log=log):
+                result = _run_one(run, tag, scoring, train_run, evaluate_run, log)
             log(f"{tag} test: " + ", ".join(f"{n} {result[k]:.3f}" for k, n in PAPER_METRICS if k in result))
             results.append({**result, "config": model, "seed": seed})
     rows = aggregate(results, metric_keys, labels=dict(pairs))

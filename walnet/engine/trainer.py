@@ -4,7 +4,13 @@ checkpoints, scores.
 Outputs in ``output/``: ``args.json`` (the :class:`TrainConfig`, ``to_dict()``), ``split.csv``
 (reused on later runs), ``metrics.csv`` (one row per epoch), ``last.pt`` and ``best.pt`` (written
 atomically; model, optimizer, scaler, epoch, the config under ``"args"``, class map). An output
-folder that already holds a run is only continued with ``resume`` (never overwritten).
+folder that already holds a run is only continued with ``resume`` (never overwritten), and it is
+locked while a run writes it (:mod:`walnet.engine.lock`).
+
+The settings are checked before any work (device, model, backbone, data paths, output folder),
+and a new ``split.csv`` is written only once the split has given usable training and validation
+sets and the model is built; a run that fails before its first checkpoint removes the
+``split.csv`` it wrote, so a rerun with corrected data splits them anew.
 """
 from __future__ import annotations
 
@@ -20,8 +26,10 @@ import torch
 
 from walnet import ops
 from walnet.data import PlaqueDataset, load_split, read_csv, save_split, scan_image_folder, split_indices
-from walnet.engine import distributed
+from walnet.engine import distributed, lock
 from walnet.engine.checkpoint import atomic_open, load_checkpoint, save_checkpoint
+from walnet.engine.checks import (EVAL_FILES, check_data_path, check_output, check_stages, check_train_config,
+                                  pick_device)
 from walnet.engine.config import EvalConfig, TrainConfig
 from walnet.engine.loops import EvalOutputs, evaluate, train_one_epoch
 from walnet.models import PseudoMaskGenerator, create_model
@@ -30,23 +38,19 @@ PANEL_SAMPLES = 6  # rows of the segmentation panel of `walnet evaluate`
 METRIC_FIELDS = ("epoch", "loss", "cls_loss", "seg_loss", "train_accuracy", "val_accuracy", "val_macro_f1")
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """"auto": CUDA when available, else CPU; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def load_records(data_dir=None, csv_path=None, classes=None):
     """Records and class names from an ImageFolder tree or a CSV file (exactly one of them)."""
     if (data_dir is None) == (csv_path is None):
         raise ValueError("give exactly one of --data-dir and --csv")
+    check_data_path(data_dir, csv_path)
     return scan_image_folder(data_dir, classes) if data_dir is not None else read_csv(csv_path, classes)
 
 
-def assign_splits(records, output: Path, seed: int) -> list[str]:
+def assign_splits(records, output: Path, seed: int, *, save: bool = True,
+                  hint: str = "score the data the run was trained on") -> list[str]:
     """The records' own split column if every record has one; else ``output/split.csv`` if it
-    exists (reused, so every run sees the same partition); else a new 6:2:2 split, saved."""
+    exists (reused, so every run sees the same partition; `hint` ends the error when it does not
+    cover the records); else a new 6:2:2 split, written there unless ``save=False``."""
     if all(r.split for r in records):
         return [r.split for r in records]
     keys = [str(r.path) for r in records]
@@ -55,11 +59,12 @@ def assign_splits(records, output: Path, seed: int) -> list[str]:
         saved = load_split(split_file)
         missing = [k for k in keys if k not in saved]
         if missing:
-            raise ValueError(f"{split_file} does not cover {len(missing)} image(s), e.g. {missing[0]}; "
-                             "use a new --output for different data")
+            raise ValueError(f"{split_file} does not cover {len(missing)} image(s), e.g. {missing[0]}: it holds "
+                             f"the split of other data; {hint}")
         return [saved[k] for k in keys]
     splits = split_indices([r.label for r in records], [r.patient for r in records], seed=seed)
-    save_split(split_file, keys, splits)
+    if save:
+        save_split(split_file, keys, splits)
     return splits
 
 
@@ -119,20 +124,54 @@ def _append_row(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
+def _create_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
+    try:
+        model = create_model(config.model, num_classes=num_classes, pretrained=config.pretrained,
+                             **_model_kwargs(config))
+    except RuntimeError as exc:  # timm: e.g. a model without features_only support
+        raise ValueError(f"cannot build --model {config.model} with --backbone {config.backbone}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    check_stages(model, config.backbone)
+    return model
+
+
 def train(config: TrainConfig) -> dict:
     """Runs the epochs of ``config`` (``walnet train``); returns the last epoch's metrics row
     (empty on ranks other than 0).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) this is one process of a DDP run: each process
     trains on its share of every epoch (DistributedSampler), rank 0 validates, logs and writes
-    the files. Every epoch is seeded from (seed, epoch), so a run resumed from ``last.pt``
-    ends exactly as an uninterrupted one (same machine, same thread count).
+    the files (and holds the folder's lock). Every epoch is seeded from (seed, epoch), so a run
+    resumed from ``last.pt`` ends exactly as an uninterrupted one (same machine, same thread
+    count).
     """
-    ctx = distributed.setup(pick_device(config.device))
+    device = check_train_config(config)
+    ctx = distributed.setup(device)
     try:
-        return _train(config, ctx)
+        with lock.run_lock(config.output, "walnet train") if ctx.is_main else contextlib.nullcontext():
+            return _train(config, ctx)
     finally:
         distributed.cleanup(ctx)
+
+
+def _split_problem(records, output: Path) -> str:
+    """Where a split that left a training or validation set empty came from, and what to do."""
+    if all(r.split for r in records):
+        return "the split column of the CSV sets them; give every split images"
+    if (output / "split.csv").is_file():
+        return f"they come from {output / 'split.csv'}: delete it to split the data anew, or use another --output"
+    groups = len({r.patient or f"#{i}" for i, r in enumerate(records)})
+    return (f"{len(records)} image(s) in {groups} patient group(s) split 6:2:2 by patient; "
+            "more images or patients are needed")
+
+
+def _train_loader(train_set, sampler, config: TrainConfig, pin: bool):
+    # A last training batch of one sample gives BatchNorm one value per channel wherever a
+    # feature map is 1x1 (every stage at --size <= 32), which is an error in training mode.
+    # Dropping it skips one (reshuffled) sample per epoch; other batch counts are unchanged.
+    drop_last = len(sampler) > config.batch_size and len(sampler) % config.batch_size == 1
+    return torch.utils.data.DataLoader(train_set, config.batch_size, sampler=sampler, num_workers=config.workers,
+                                       pin_memory=pin, drop_last=drop_last)
 
 
 def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
@@ -144,26 +183,69 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
     if sync_bn and device.type != "cuda":
         raise ValueError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only)")
     _seed_everything(config.seed)
-    records, classes = load_records(config.data_dir, config.csv)
-    if ctx.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-        splits = assign_splits(records, output, config.seed)
-    distributed.barrier(ctx)  # the other ranks read the split file rank 0 wrote
-    if not ctx.is_main:
-        splits = assign_splits(records, output, config.seed)
+    records, classes = load_records(config.data_dir, config.csv, config.classes)
+    data = f"--csv {config.csv}" if config.csv is not None else f"--data-dir {config.data_dir}"
+    if not records:
+        raise ValueError(f"{data} lists no images")
+    if len(classes) < 2:
+        raise ValueError(f"{data} holds the class(es) {list(classes)} only; a classifier needs two or more "
+                         "(--classes names them)")
+    new_split = not all(r.split for r in records) and not (output / "split.csv").is_file()
+    splits = assign_splits(records, output, config.seed, save=False,
+                           hint=f"use another --output for other data, or delete {output / 'split.csv'} to split "
+                                "them anew (only if no checkpoint of that split is to be continued)")
     train_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "train"], config.size, config.skip_bad)
     val_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "val"], config.size, config.skip_bad)
     if (train_set.skipped or val_set.skipped) and ctx.is_main:
         print(f"skipped {train_set.skipped + val_set.skipped} unreadable image(s) (--skip-bad)", flush=True)
     if len(train_set) == 0 or len(val_set) == 0:
-        raise ValueError(f"the split left {len(train_set)} training and {len(val_set)} validation images")
+        raise ValueError(f"the split left {len(train_set)} training and {len(val_set)} validation images: "
+                         f"{_split_problem(records, output)}")
     sampler = torch.utils.data.DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed)
     pin = device.type == "cuda"
-    train_loader = torch.utils.data.DataLoader(train_set, config.batch_size, sampler=sampler,
-                                               num_workers=config.workers, pin_memory=pin)
+    train_loader = _train_loader(train_set, sampler, config, pin)
     val_loader = torch.utils.data.DataLoader(val_set, config.batch_size, num_workers=config.workers, pin_memory=pin)
-    model = create_model(config.model, num_classes=len(classes), pretrained=config.pretrained, **_model_kwargs(config))
-    if sync_bn and ctx.enabled:
+    model = _create_model(config, len(classes))
+    wrote_split = False
+    if ctx.is_main and new_split:
+        assign_splits(records, output, config.seed)  # the same split, now known to work: saved for later runs
+        wrote_split = True
+    distributed.barrier(ctx)  # the other ranks may read the split file rank 0 wrote
+    try:
+        return _run_epochs(config, ctx, model, classes, train_loader, sampler, val_loader)
+    except BaseException:
+        # a run that ends before its first checkpoint keeps no split of its own: a rerun (with
+        # corrected data, another seed) splits anew instead of failing the same way
+        if wrote_split and not (output / "last.pt").exists():
+            (output / "split.csv").unlink(missing_ok=True)
+        raise
+
+
+def _kept(output: Path, epoch: int) -> str:
+    """What a run that failed in `epoch` keeps."""
+    if epoch > 0 and (output / "last.pt").exists():
+        return f"{output / 'last.pt'} keeps epoch {epoch - 1}"
+    return "no checkpoint was written"
+
+
+def _epoch_error(exc: Exception, config: TrainConfig, epoch: int) -> Exception:
+    """The error of a failed epoch as the user can act on it: two failures whose cause is a
+    setting get a message naming it; any other is returned as it is."""
+    text = str(exc)
+    if "Expected more than 1 value per channel" in text:  # torch's BatchNorm (a ValueError)
+        return ValueError(f"a training batch of one image at --size {config.size} leaves BatchNorm one value per "
+                          "channel; use -b 2 or more, or a larger --size")
+    if "contains NaN or infinite values" in text:  # the ops' value checks (CPU) caught diverged weights
+        return FloatingPointError(f"training diverged in epoch {epoch} ({text}); {_kept(Path(config.output), epoch)} "
+                                  "(try a lower --lr)")
+    return exc
+
+
+def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, model, classes, train_loader, sampler,
+                val_loader) -> dict:
+    output, device = Path(config.output), ctx.device
+    pin = device.type == "cuda"
+    if config.sync_bn and ctx.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
     if config.channels_last:
@@ -197,13 +279,17 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
         # On CUDA the ops' NaN checks would cost host syncs every step; the kernels already turn
         # non-finite attention into ignored pseudo masks, and a diverged loss is caught below.
         with ops.value_checks(False) if device.type == "cuda" else contextlib.nullcontext():
-            stats = train_one_epoch(net, pgm, train_loader, optimizer, epoch, device, scaler, amp_dtype,
-                                    progress=None if ctx.is_main else False)
+            try:
+                stats = train_one_epoch(net, pgm, train_loader, optimizer, epoch, device, scaler, amp_dtype,
+                                        progress=None if ctx.is_main else False)
+            except (RuntimeError, ValueError) as exc:
+                clearer = _epoch_error(exc, config, epoch)
+                if clearer is exc:
+                    raise
+                raise clearer from exc
         if not math.isfinite(stats["loss"]):
-            kept = f"{output / 'last.pt'} keeps epoch {epoch - 1}" if epoch > 0 and (output / "last.pt").exists() \
-                else "no checkpoint was written"
-            raise FloatingPointError(f"training diverged: the loss of epoch {epoch} is {stats['loss']}; {kept} "
-                                     "(try a lower --lr)")
+            raise FloatingPointError(f"training diverged: the loss of epoch {epoch} is {stats['loss']}; "
+                                     f"{_kept(output, epoch)} (try a lower --lr)")
         if ctx.is_main:
             # DDP's forward talks to the other ranks, so rank 0 validates the bare model.
             val = evaluate(model if ctx.enabled else net, val_loader, device, class_names=classes,
@@ -261,6 +347,8 @@ def evaluate_run(config: EvalConfig) -> dict:
     ``segmentation.png`` (Fig. 6); their names are listed under ``"figures"`` in the result."""
     ckpt = Path(config.checkpoint)
     device = pick_device(config.device)
+    if config.output:
+        check_output(config.output, inputs=(config.csv,), writes=EVAL_FILES)
     model, classes, trained, state = load_trained(ckpt, device)
     records, classes = load_records(config.data_dir, config.csv, classes)
     splits = assign_splits(records, ckpt.parent, trained.seed)
