@@ -359,7 +359,7 @@ def test_check_writable(tmp_path):
         check_writable(tmp_path, "--output")
     with pytest.raises(WriteError, match="--masks .*file is a file, not a folder"):
         check_writable(tmp_path / "file", "--masks", folder=True)
-    with pytest.raises(WriteError, match=r"--output .*file/sub\.csv: .*file is not a folder"):
+    with pytest.raises(WriteError, match=r"--output .*file/sub\.csv lies under the file .*file; choose a folder"):
         check_writable(tmp_path / "file" / "sub.csv", "--output")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probe leaves nothing
 

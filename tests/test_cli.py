@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import subprocess
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from walnet import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +135,6 @@ def _unwritable(tmp_path) -> str:
 ])
 def test_bad_train_input_is_one_line_and_touches_nothing(case, flags, message, phantom_csv, tmp_path, monkeypatch,
                                                         capsys):
-    from walnet import cli
 
     if case == "cuda":
         import torch
@@ -166,7 +168,6 @@ def test_debug_shows_the_traceback_before_or_after_the_command(tmp_path):
 
 
 def test_torch_runtime_errors_are_one_line_that_points_to_debug(monkeypatch, capsys):
-    from walnet import cli
     from walnet.engine import trainer
 
     def out_of_memory(config):
@@ -180,9 +181,30 @@ def test_torch_runtime_errors_are_one_line_that_points_to_debug(monkeypatch, cap
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
     """Only errors a user can cause are shortened; anything else is walnet's bug and shown whole."""
-    from walnet import cli
     from walnet.engine import trainer
 
     monkeypatch.setattr(trainer, "train", lambda config: {}["missing"])
     with pytest.raises(KeyError):
         cli.main(["train", "--csv", "x", "--output", "y"])
+
+
+def test_an_error_raised_in_a_loader_worker_is_one_line():
+    """A data error raised in a DataLoader worker reaches the user as its own message, not the
+    worker's traceback that torch wraps it in."""
+    wrapped = ValueError("Caught ValueError in DataLoader worker process 0.\n"
+                         "Original Traceback (most recent call last):\n"
+                         '  File "walnet/data/datasets.py", line 1, in __getitem__\n'
+                         "    raise ValueError(...)\n"
+                         "ValueError: labels.csv:3: the ROI box (0, 0, 99, 99) lies outside a.png (64x64)")
+    assert cli._one_line(wrapped) == "labels.csv:3: the ROI box (0, 0, 99, 99) lies outside a.png (64x64)"
+
+
+def test_walnets_warnings_are_one_line(capsys):
+    """A warning of walnet's own (e.g. a CSV row listed twice) is one line naming the command;
+    another package's keeps Python's format."""
+    shown = []
+    show = functools.partial(cli._show_warning, "train", lambda *args: shown.append(args))
+    show(UserWarning("labels.csv:4 repeats labels.csv:2"), UserWarning, cli.__file__, 10)
+    assert capsys.readouterr().err == "walnet train: warning: labels.csv:4 repeats labels.csv:2\n"
+    show(UserWarning("elsewhere"), UserWarning, functools.__file__, 10)
+    assert capsys.readouterr().err == "" and len(shown) == 1

@@ -194,10 +194,10 @@ cells = {
     "patient_id": st.sampled_from(["{patient}", "", "P1", "P2"]),
     "mask_path": st.sampled_from(["{mask}", "", "missing_mask.png", "images"]),
     "split": st.sampled_from(["", "train", "val", "test", "dev"]),
-    "y1": st.sampled_from(["", "0", "8", "-1", "x"]),
-    "x1": st.sampled_from(["", "0", "8", "1e3"]),
-    "y2": st.sampled_from(["", "40", "63", "0"]),
-    "x2": st.sampled_from(["", "40", "63", "2.5"]),
+    "y1": st.sampled_from(["", "0", "8", "-1", "x", "inf"]),
+    "x1": st.sampled_from(["", "0", "8", "1e3", "nan"]),
+    "y2": st.sampled_from(["", "40", "63", "0", "99999999999999999999"]),
+    "x2": st.sampled_from(["", "40", "63", "2.5", "-inf"]),
 }
 
 

@@ -273,7 +273,7 @@ def test_output_problems_are_found_before_the_model_runs(setup, tmp_path, capsys
     assert f"--output {tmp_path / 'out'} is a folder; give the CSV file to write" in err
     (tmp_path / "file").write_text("x")
     err = _cli_error(capsys, "--checkpoint", ckpt, scans[0], "--output", tmp_path / "file" / "p.csv")
-    assert f"{tmp_path / 'file'} is not a folder" in err
+    assert f"lies under the file {tmp_path / 'file'}; choose a folder" in err
     err = _cli_error(capsys, "--checkpoint", ckpt, scans[0], "--output", tmp_path / "p.csv",
                      "--masks", tmp_path / "file")
     assert f"--masks {tmp_path / 'file'} is a file, not a folder" in err

@@ -19,7 +19,9 @@ import csv
 import functools
 import json
 import sys
+import warnings
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 from walnet.engine.config import SPLITS, DemoConfig, EvalConfig, PredictConfig, TrainConfig, field_kind, flag_of
 from walnet.engine.experiment import DEFAULT_SEEDS, TABLES
@@ -263,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
 #: What a user's input, files or machine can cause: shown as one line. Any other exception is
 #: a bug in walnet and keeps its traceback. RuntimeError covers torch's errors (out of memory,
 #: a device failure, a locked run folder).
+_PACKAGE = Path(__file__).resolve().parent
+
 _USER_ERRORS = (ValueError, OSError, FloatingPointError, RuntimeError, MemoryError, csv.Error)
 
 
@@ -272,6 +276,9 @@ def _one_line(exc: BaseException) -> str:
     from walnet.engine.lock import RunLockedError
 
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "Original Traceback" in lines[1]:
+        # raised in a data loader worker: the original message is the traceback's last line
+        lines = [lines[-1].split(": ", 1)[-1]]
     if isinstance(exc, (RuntimeError, MemoryError)) and not isinstance(exc, RunLockedError):
         return f"{type(exc).__name__}: {lines[0] if lines else ''} (--debug shows the traceback)"
     text = " ".join(lines) or type(exc).__name__
@@ -280,13 +287,24 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
+def _show_warning(command, default, message, category, filename, lineno, file=None, line=None):
+    """walnet's own warnings (e.g. a CSV row listed twice) as one line naming the command; those of
+    other packages as Python shows them."""
+    if Path(filename).resolve().is_relative_to(_PACKAGE):
+        print(f"walnet {command}: warning: {message}", file=sys.stderr)
+    else:
+        default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the command's parser, which names the command
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = functools.partial(_show_warning, args.command, warnings.showwarning)
+            return args.run(args)
     except KeyboardInterrupt:
         if args.debug:
             raise

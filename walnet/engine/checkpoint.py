@@ -144,14 +144,14 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
     process create files. Meant to run before long work whose result would go there."""
     path = Path(path)
     if folder and path.exists() and not path.is_dir():
-        raise WriteError(f"{flag} {path} is a file, not a folder")
+        raise WriteError(f"{flag} {path} is a file, not a folder; choose a folder")
     if not folder and path.is_dir():
         raise WriteError(f"{flag} {path} is a folder; give the file to write")
     parent = path if folder else path.parent
     while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise WriteError(f"{flag} {path}: {parent} is not a folder")
+        raise WriteError(f"{flag} {path} lies under the file {parent}; choose a folder")
     remove_stale_temps(parent, "walnet-probe")
     try:  # creating a file is the only test that also holds for root, ACLs and read-only mounts
         fd, probe = tempfile.mkstemp(prefix=temp_prefix("walnet-probe"), suffix=".tmp", dir=parent)

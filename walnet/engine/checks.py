@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from walnet import ops
+from walnet.engine.checkpoint import check_writable
 from walnet.engine.config import TrainConfig
 from walnet.engine.lock import LOCK_NAME
 
@@ -59,18 +60,10 @@ EVAL_FILES = ("metrics.json", "roc.png", "confusion.png", "segmentation.png")
 
 def check_output(output, flag: str = "--output", inputs=(), writes=RUN_FILES) -> None:
     """A :class:`ValueError` naming `flag` unless `output` can be (or is) a folder this process
-    writes: no part of it is a file, its nearest existing folder is writable, and none of the
-    files it `writes` there is one of `inputs` (a user's files are never a write target)."""
+    writes (:func:`~walnet.engine.checkpoint.check_writable`) and none of the files it `writes`
+    there is one of `inputs` (a user's files are never a write target)."""
+    check_writable(output, flag, folder=True)
     path = Path(os.path.abspath(output))
-    for folder in (path, *path.parents):
-        if not os.path.lexists(folder):
-            continue
-        if not folder.is_dir():
-            what = "is a file, not a folder" if folder == path else f"lies under the file {folder}"
-            raise ValueError(f"{flag} {output} {what}; choose a folder")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise ValueError(f"{flag} {output}: {folder} is not writable; choose another folder")
-        break
     targets = {os.path.realpath(path / name) for name in writes}
     for given in inputs:
         if given is not None and os.path.realpath(given) in targets:

@@ -27,7 +27,8 @@ import torch
 from walnet import ops
 from walnet.data import PlaqueDataset, load_split, read_csv, save_split, scan_image_folder, split_indices
 from walnet.engine import distributed, lock
-from walnet.engine.checkpoint import atomic_open, load_checkpoint, save_checkpoint
+from walnet.engine.checkpoint import (TRAINED_KEYS, CheckpointError, atomic_open, check_writable, load_checkpoint,
+                                      load_training_state, load_weights, save_checkpoint)
 from walnet.engine.checks import (EVAL_FILES, check_data_path, check_output, check_stages, check_train_config,
                                   pick_device)
 from walnet.engine.config import EvalConfig, TrainConfig
@@ -256,11 +257,9 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, model, classe
     pgm = PseudoMaskGenerator() if config.model.startswith("walnet") and not config.no_pgm else None
     start, best = 0, -1.0
     if config.resume:
-        state = load_checkpoint(config.resume, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+        state = load_training_state(config.resume, model, optimizer, scaler, map_location=device,
+                                    describe=f"{config.model} (backbone {config.backbone}, "
+                                             f"--attention-channels {config.attention_channels})")
         start, best = int(state["epoch"]) + 1, float(state.get("best_accuracy", -1.0))
     saved = config.to_dict()
     metrics_path = output / "metrics.csv"
@@ -316,8 +315,6 @@ def load_trained(checkpoint, device="cpu") -> tuple[torch.nn.Module, tuple[str, 
     weights, in eval mode on `device`; its class names, its train config and the whole
     checkpoint. A file that is no such checkpoint, or whose weights do not fit the model its
     config describes, is a one-line :class:`~walnet.engine.checkpoint.CheckpointError`."""
-    from walnet.engine.checkpoint import TRAINED_KEYS, CheckpointError, load_weights
-
     state = load_checkpoint(checkpoint, map_location="cpu", keys=TRAINED_KEYS)
     try:
         # not strict: checkpoints of other walnet versions may hold keys that are no options here
