@@ -276,3 +276,27 @@ def test_classes_set_the_class_order(data, tmp_path):
     with pytest.raises(ValueError, match=r"not in the class map \('calcified', 'soft'\)"):
         train(_config(data, tmp_path / "other", epochs=1, classes=("calcified", "soft")))
     assert not (tmp_path / "other").exists()
+
+
+def test_resume_from_an_unusable_checkpoint_is_one_line(data, tmp_path, capsys):
+    """--resume with another run's options, a folder or a truncated file: one line naming the
+    file and what is wrong, exit status 2, before any epoch runs."""
+    from walnet import cli
+
+    run = tmp_path / "run"
+    train(_config(data, run, epochs=1))
+    last = run / "last.pt"
+    cases = {
+        "other options": (_train_args(data, run, "--epochs", "2", "--resume", str(last), "--attention-channels", "16"),
+                          f"checkpoint {last} does not match"),
+        "a folder": (_train_args(data, run, "--epochs", "2", "--resume", str(run)), "is a folder"),
+    }
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(last.read_bytes()[:1000])
+    cases["truncated"] = (_train_args(data, run, "--epochs", "2", "--resume", str(truncated)), str(truncated))
+    rows = _rows(run)
+    for name, (argv, message) in cases.items():
+        assert cli.main(argv) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("walnet train: error: ") and err.count("\n") == 1 and message in err, (name, err)
+    assert _rows(run) == rows  # no epoch ran
