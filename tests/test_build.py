@@ -46,6 +46,9 @@ def test_another_torch_is_refused_before_loading():
     reason = _library._load({"torch": "2.6.0+cpu"}, torch_version="2.14.1+cu130")
     assert "built against torch 2.6.0+cpu but torch 2.14.1+cu130 is installed" in reason
     assert "pip install --no-build-isolation" in reason
+    # the same release for another CUDA is tried (a real mismatch then fails to load, and says so)
+    running = torch.__version__.split("+")[0]
+    assert _library._load({"torch": running + "+cu999"}) is None
 
 
 def test_an_extension_that_fails_to_load_warns_loudly():

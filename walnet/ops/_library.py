@@ -55,8 +55,10 @@ def _load(build_info: dict | None, torch_version: str = torch.__version__) -> st
     """Imports the extension (which runs its TORCH_LIBRARY registrations) where it was built for
     `torch_version`; returns why it cannot be used, or None."""
     built_for = (build_info or {}).get("torch")
-    if built_for is not None and built_for != torch_version:
-        # Loading it would resolve libtorch symbols of another version: refuse before importing.
+    if built_for is not None and built_for.split("+")[0] != torch_version.split("+")[0]:
+        # Loading it would resolve libtorch symbols of another release: refuse before importing.
+        # (The same release built for another CUDA, "+cu128" vs "+cu130", is tried: if its CUDA
+        # libraries differ, the import fails and says so below.)
         return f"walnet._C was built against torch {built_for} but torch {torch_version} is installed; {_REBUILD}"
     try:
         from walnet import _C  # noqa: F401
