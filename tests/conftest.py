@@ -1,6 +1,10 @@
-"""What every op test shares: the devices and dtypes it runs on, and the check that the kernel
-under test was built. The inputs of each op family live in pgm_inputs.py and rcm_inputs.py."""
+"""What the tests share: the devices and dtypes the op tests run on, the check that the kernel
+under test was built, a call spy and an unwritable folder. The inputs of each op family live in
+pgm_inputs.py and rcm_inputs.py."""
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,3 +40,16 @@ def spy_on(monkeypatch, owner, name: str) -> list:
 
     monkeypatch.setattr(owner, name, spy)
     return calls
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot create files in: a read-only one, or for root (whom modes
+    do not stop) a sysfs folder."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("no folder root cannot write here")
+    return Path("/sys/kernel")

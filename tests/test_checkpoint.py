@@ -25,6 +25,8 @@ from walnet.engine.config import TrainConfig
 from walnet.engine.trainer import load_trained
 from walnet.models import create_model
 
+from conftest import unwritable_folder
+
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["hyperechoic", "hypoechoic", "mixed-echoic"]
 
@@ -362,19 +364,6 @@ def test_check_writable(tmp_path):
     with pytest.raises(WriteError, match=r"--output .*file/sub\.csv lies under the file .*file; choose a folder"):
         check_writable(tmp_path / "file" / "sub.csv", "--output")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probe leaves nothing
-
-
-def unwritable_folder(tmp_path: Path) -> Path:
-    """A folder this process cannot create files in: a read-only one, or for root (whom modes
-    do not stop) a sysfs folder."""
-    if os.geteuid() != 0:
-        folder = tmp_path / "read-only"
-        folder.mkdir()
-        folder.chmod(0o555)
-        return folder
-    if not Path("/sys/kernel").is_dir():
-        pytest.skip("no folder root cannot write here")
-    return Path("/sys/kernel")
 
 
 def test_check_writable_unwritable_folder(tmp_path):

@@ -20,6 +20,8 @@ from walnet.engine.config import PredictConfig, TrainConfig
 from walnet.engine.predict import collect_images, predict
 from walnet.models import create_model
 
+from conftest import unwritable_folder
+
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["hyperechoic", "hypoechoic", "mixed-echoic"]
 
@@ -284,23 +286,10 @@ def test_output_problems_are_found_before_the_model_runs(setup, tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "masks", "out", "scans"]
 
 
-def _unwritable_folder(tmp_path: Path) -> Path:
-    """A folder this process cannot create files in: a read-only one, or for root (whom modes
-    do not stop) a sysfs folder."""
-    if os.geteuid() != 0:
-        folder = tmp_path / "read-only"
-        folder.mkdir()
-        folder.chmod(0o555)
-        return folder
-    if not Path("/sys/kernel").is_dir():
-        pytest.skip("no folder root cannot write to")
-    return Path("/sys/kernel")
-
-
 def test_unwritable_outputs_are_found_before_the_model_runs(setup, tmp_path, capsys, no_model):
     root, ckpt, _ = setup
     scans = _scans(root, tmp_path / "scans")
-    folder = _unwritable_folder(tmp_path)
+    folder = unwritable_folder(tmp_path)
     err = _cli_error(capsys, "--checkpoint", ckpt, scans[0], "--output", folder / "p.csv")
     assert f"--output {folder / 'p.csv'}: cannot create files in {folder}" in err
     err = _cli_error(capsys, "--checkpoint", ckpt, scans[0], "--output", tmp_path / "p.csv",
