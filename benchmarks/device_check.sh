@@ -7,7 +7,9 @@
 #      failure;
 #   3. runs benchmarks/sanitize_ops.py (every op once, small inputs) under compute-sanitizer's
 #      memcheck, racecheck and synccheck;
-#   4. prints the GPU ratio tables (CPU_TABLES=1: the CPU rows too).
+#   4. prints the GPU ratio tables (CPU_TABLES=1: the CPU rows too);
+#   5. prints the training-throughput tables (benchmarks/train_throughput.py: the bare step in
+#      every mode at batch 8 and 32, and a phantom epoch, generated into $PHANTOM).
 # Every step has its own time limit; the output goes to stdout and, where $OUT is set, to
 # $OUT/device_check.log. Exit status: the number of failed steps (0 when all passed).
 set -uo pipefail
@@ -16,6 +18,8 @@ PY=${PYTHON:-python3}
 LIMIT_TESTS=${LIMIT_TESTS:-240}
 LIMIT_SANITIZER=${LIMIT_SANITIZER:-90}
 LIMIT_TABLE=${LIMIT_TABLE:-90}
+LIMIT_THROUGHPUT=${LIMIT_THROUGHPUT:-600}
+PHANTOM=${PHANTOM:-${TMPDIR:-/tmp}/walnet-phantom-224}
 MIN_RUN_TIME=${MIN_RUN_TIME:-0.2}
 if [ -n "${OUT:-}" ]; then
   exec > >(tee -a "$OUT/device_check.log") 2>&1
@@ -46,12 +50,11 @@ fi
 "$PY" -c "import walnet; b = walnet.built_backends(); print('built backends:', sorted(b)); assert 'cuda' in b" \
   || exit 1
 
-# The op and model tests: they need torch, timm and scikit-image only (a device image may lack the
-# engine's tqdm, matplotlib and scikit-learn).
+# The op, model and training-step tests.
 OP_TESTS=(tests/test_fuse_attention.py tests/test_superpixel_mean.py tests/test_pseudo_mask.py tests/test_pgm.py
           tests/test_mask_boxes.py tests/test_crop_resize.py tests/test_crop_resize_backward.py tests/test_roi_crop.py
           tests/test_felzenszwalb.py tests/test_felzenszwalb_api.py tests/test_felzenszwalb_skimage.py
-          tests/test_models.py)
+          tests/test_models.py tests/test_step.py tests/test_train.py)
 step "CUDA tests" "$LIMIT_TESTS" "$PY" -m pytest "${OP_TESTS[@]}" -q -k cuda -p no:cacheprovider -p no:randomly
 
 SANITIZER=${SANITIZER:-compute-sanitizer}
@@ -69,6 +72,8 @@ for table in pgm_table rcm_table felzenszwalb_table; do
   done
 done
 step "step_table cuda" "$LIMIT_TABLE" "$PY" benchmarks/step_table.py --device cuda
+step "train_throughput cuda" "$LIMIT_THROUGHPUT" "$PY" benchmarks/train_throughput.py --device cuda --epoch \
+  --phantom "$PHANTOM"
 
 echo "== device check: $failed step(s) failed"
 exit "$failed"

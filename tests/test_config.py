@@ -47,14 +47,15 @@ def test_cli_defaults_are_the_config_defaults(monkeypatch):
 
 def test_cli_passes_every_option_on(monkeypatch):
     argv = ["train", "--data-dir", "d", "--output", "o", "--model", "walnet_no_rcm", "--backbone", "resnet18",
-            "--pretrained", "--epochs", "3", "-b", "2", "--lr", "0.5", "--seed", "7", "--size", "64", "--amp",
-            "--channels-last", "--compile", "--sync-bn", "-j", "2", "--resume", "o/last.pt", "--roi-method", "crop",
+            "--pretrained", "--epochs", "3", "-b", "2", "--lr", "0.5", "--seed", "7", "--size", "64", "--precision",
+            "bf16", "--compile", "--no-cuda-graphs", "--no-channels-last", "--no-tf32", "--no-cudnn-benchmark", "--sync-bn", "-j", "2", "--resume", "o/last.pt", "--roi-method", "crop",
             "--no-rcm", "--no-pgm", "--rcm-warmup", "0", "--attention-channels", "16", "--device", "cpu",
             "--skip-bad", "--classes", "calcified, soft ,mixed"]
     (config,) = _built(monkeypatch, trainer, "train", argv)
     assert config == TrainConfig(data_dir="d", output="o", model="walnet_no_rcm", backbone="resnet18", pretrained=True,
-                                 epochs=3, batch_size=2, lr=0.5, seed=7, size=64, amp=True, channels_last=True,
-                                 compile=True, sync_bn=True, workers=2, resume="o/last.pt", roi_method="crop",
+                                 epochs=3, batch_size=2, lr=0.5, seed=7, size=64, precision="bf16",
+                                 compile=True, no_cuda_graphs=True, no_channels_last=True, no_tf32=True,
+                                 no_cudnn_benchmark=True, sync_bn=True, workers=2, resume="o/last.pt", roi_method="crop",
                                  no_rcm=True, no_pgm=True, rcm_warmup=0, attention_channels=16, device="cpu",
                                  skip_bad=True, classes=("calcified", "soft", "mixed"))
     # every field is one option of its command, and no option is left out of the config
@@ -66,7 +67,7 @@ def test_cli_passes_every_option_on(monkeypatch):
 
 
 @pytest.mark.parametrize("config", [
-    TrainConfig(csv=Path("data/labels.csv"), output=Path("runs/a"), lr=1, amp=True, resume="runs/a/last.pt"),
+    TrainConfig(csv=Path("data/labels.csv"), output=Path("runs/a"), lr=1, precision="fp16", resume="runs/a/last.pt"),
     EvalConfig(checkpoint="r/best.pt", data_dir="d", split="val", no_figures=True),
     PredictConfig(checkpoint="r/best.pt", inputs=[Path("x.png"), "folder"], output="p.csv", masks_dir="m"),
     DemoConfig(n=30, lr=0.01),
@@ -141,7 +142,8 @@ def test_old_style_checkpoint_args_are_read(tmp_path):
     (dict(csv="x", output="o", epochs="3"), "epochs must be an integer, got '3'"),
     (dict(csv="x", output="o", epochs=2.0), "epochs must be an integer"),
     (dict(csv="x", output="o", seed=True), "seed must be an integer"),
-    (dict(csv="x", output="o", amp=1), "amp must be True or False"),
+    (dict(csv="x", output="o", compile=1), "compile must be True or False"),
+    (dict(csv="x", output="o", precision="half"), "--precision must be one of auto, fp32, bf16, fp16, got 'half'"),
     (dict(csv=3, output="o"), "csv must be a string or path"),
     (dict(csv="x", output="o", seed=-1), "--seed must be between 0 and 4294967295, got -1"),
     (dict(csv="x", output="o", seed=2**32), "--seed must be between 0 and 4294967295"),

@@ -3,6 +3,7 @@ run folder's lock, no split kept by a failed run, a last batch of one, ``classes
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import signal
@@ -17,6 +18,7 @@ import torch
 from walnet.data import phantom
 from walnet.engine import lock, trainer
 from walnet.engine.config import TrainConfig
+from walnet.engine.speed import speed_of
 from walnet.engine.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,19 +94,43 @@ def test_ddp_two_cpu_processes_on_gloo(data, tmp_path):
     assert state["epoch"] == 1 and not any(k.startswith("module.") for k in state["model"])
 
 
-def test_amp_on_cpu_trains_in_bfloat16(data, tmp_path):
-    row = train(_config(data, tmp_path / "amp", epochs=1, amp=True))
+def test_bf16_on_cpu_trains_in_bfloat16(data, tmp_path, monkeypatch):
+    seen = []
+    real = trainer.TrainStep
+
+    def spy(*a, **kw):
+        seen.append(kw["amp_dtype"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(trainer, "TrainStep", spy)
+    row = train(_config(data, tmp_path / "amp", epochs=1, precision="bf16"))
+    assert seen == [torch.bfloat16]
     assert all(math.isfinite(row[k]) for k in ("loss", "cls_loss", "seg_loss"))
     state = torch.load(tmp_path / "amp" / "last.pt", weights_only=True)
-    assert "scaler" in state and state["args"]["amp"] is True
+    assert "scaler" in state and state["args"]["precision"] == "bf16"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_amp_on_cuda_uses_float16_and_a_gradient_scaler(data, tmp_path):
-    row = train(_config(data, tmp_path / "amp", epochs=1, amp=True, device="cuda"))
+def test_fp16_on_cuda_uses_a_gradient_scaler(data, tmp_path):
+    row = train(_config(data, tmp_path / "amp", epochs=1, precision="fp16", device="cuda"))
     assert all(math.isfinite(row[k]) for k in ("loss", "cls_loss", "seg_loss"))
     state = torch.load(tmp_path / "amp" / "last.pt", weights_only=True)
     assert state["scaler"] and state["scaler"]["scale"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_is_graphed_by_default_and_resumes(data, tmp_path, capsys):
+    """Batches of 4: each epoch's six steps are three warm-up steps, the capture and replays, and
+    the RCM switching on in epoch 1 captures anew. The run then resumes with its capturable
+    Adam state into one more graphed epoch."""
+    run = tmp_path / "graphed"
+    row = train(_config(data, run, epochs=2, batch_size=4, device="cuda"))
+    assert "training on cuda" in capsys.readouterr().out
+    assert all(math.isfinite(row[k]) for k in ("loss", "cls_loss", "seg_loss"))
+    row = train(_config(data, run, epochs=3, batch_size=4, device="cuda", resume=str(run / "last.pt")))
+    out = capsys.readouterr().out
+    assert "CUDA graph, bf16 autocast, channels-last, TF32, cudnn.benchmark" in out and "epoch 2:" in out
+    assert row["epoch"] == 2 and math.isfinite(row["loss"])
 
 
 def test_sync_bn_needs_cuda(data, tmp_path):
@@ -237,9 +263,19 @@ def test_a_split_file_of_other_data_says_what_to_do(data, tmp_path):
                                                      (24, 8, False), (18, 8, False), (1, 8, False), (3, 1, False)])
 def test_only_a_last_batch_of_one_is_dropped(samples, batch, dropped):
     sampler = torch.utils.data.DistributedSampler(range(samples), 1, 0)
-    loader = trainer._train_loader(range(samples), sampler, _config("x.csv", "o", batch_size=batch), pin=False)
+    config = _config("x.csv", "o", batch_size=batch)
+    loader = trainer._train_loader(range(samples), sampler, config, speed_of(config, torch.device("cpu")), pin=False)
     assert loader.drop_last is dropped
     assert len(loader) == samples // batch + (samples % batch > (1 if dropped else 0))
+
+
+@pytest.mark.parametrize("samples, batch", [(480, 16), (25, 8), (24, 8), (18, 8), (3, 1)])
+def test_a_graphed_run_drops_every_partial_last_batch(samples, batch):
+    sampler = torch.utils.data.DistributedSampler(range(samples), 1, 0)
+    config = _config("x.csv", "o", batch_size=batch)
+    speed = dataclasses.replace(speed_of(config, torch.device("cpu")), cuda_graphs=True)
+    loader = trainer._train_loader(range(samples), sampler, config, speed, pin=False)
+    assert len(loader) == samples // batch and all(len(b) == batch for b in loader)
 
 
 def _split_csv(data, path, n_train):

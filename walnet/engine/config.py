@@ -19,6 +19,8 @@ from dataclasses import MISSING, dataclass, field, fields
 
 #: The splits a run's data is divided into (``split.csv``).
 SPLITS = ("train", "val", "test")
+#: The arithmetic of a training run (``--precision``).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def option(default=MISSING, doc: str = ""):
@@ -157,11 +159,18 @@ class TrainConfig(_Config):
     lr: float = option(1e-4, "Adam learning rate (paper: 1e-4)")
     seed: int = option(0, "seed of the split, the initial weights and every epoch's draws")
     size: int = option(224, "input side in pixels")
-    amp: bool = option(False, "mixed precision: float16 + gradient scaler on CUDA, bfloat16 on CPU")
-    channels_last: bool = option(False, "channels-last memory format for the model")
-    compile: bool = option(False, "torch.compile the model")
+    precision: str = option("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 (bfloat16 autocast) or fp16 "
+                            "(float16 autocast with a gradient scaler; the step then runs eagerly)")
+    compile: bool = option(False, "torch.compile the step's forward, PGM and loss as one graph (fullgraph)")
+    no_cuda_graphs: bool = option(False, "run the step op by op on CUDA instead of replaying it as one captured "
+                                  "CUDA graph (the default for one CUDA process)")
+    no_channels_last: bool = option(False, "keep the model in NCHW on CUDA (channels-last is the default there)")
+    no_tf32: bool = option(False, "keep float32 matmuls and convolutions at full precision on CUDA (TF32 is the "
+                           "default there)")
+    no_cudnn_benchmark: bool = option(False, "let cuDNN pick convolution algorithms without timing them (timing is "
+                                      "the default on CUDA; it makes the choice, and the last bits, vary by run)")
     sync_bn: bool = option(False, "SyncBatchNorm across torchrun processes (CUDA only)")
-    workers: int = option(0, "data loader processes")
+    workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)")
     resume: str | None = option(None, "checkpoint (last.pt) to continue from")
     roi_method: str | None = option(None, "RCM method (default dilated_crop)")
     no_rcm: bool = option(False, "WAL-Net without its RCM")
@@ -176,10 +185,14 @@ class TrainConfig(_Config):
         _check_given(self, "output")
         _check_classes(self.classes)
         _check_at_least(self, 1, "epochs", "batch_size", "size", "attention_channels")
-        _check_at_least(self, 0, "workers", "rcm_warmup")
+        _check_at_least(self, 0, "rcm_warmup")
+        if self.workers is not None:
+            _check_at_least(self, 0, "workers")
         _check_seed(self)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,7 +205,7 @@ class EvalConfig(_Config):
     split: str = option("test", "the split to score")
     output: str | None = option(None, "folder for metrics.json (default: the checkpoint's folder)")
     batch_size: int = option(16, "images per batch")
-    workers: int = option(0, "data loader processes")
+    workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)")
     device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
     skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing")
     no_figures: bool = option(False, "skip roc.png, confusion.png and segmentation.png (metrics.json only)")
@@ -203,7 +216,8 @@ class EvalConfig(_Config):
         if self.split not in SPLITS:
             raise ValueError(f"--split must be one of {SPLITS}, got {self.split!r}")
         _check_at_least(self, 1, "batch_size")
-        _check_at_least(self, 0, "workers")
+        if self.workers is not None:
+            _check_at_least(self, 0, "workers")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,14 +230,15 @@ class PredictConfig(_Config):
     masks_dir: str | None = option(None, "also write each image's predicted plaque mask (0/255 PNG, original "
                                    "size) here; needs a model with a segmentation head")
     batch_size: int = option(16, "images per batch")
-    workers: int = option(0, "data loader processes")
+    workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)")
     device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
     overwrite: bool = option(False, "replace an existing CSV / mask files")
 
     def _check(self) -> None:
         _check_given(self, "checkpoint", "inputs", "output")
         _check_at_least(self, 1, "batch_size")
-        _check_at_least(self, 0, "workers")
+        if self.workers is not None:
+            _check_at_least(self, 0, "workers")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,7 +6,6 @@ and are read once per epoch.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,54 +15,34 @@ from tqdm import tqdm
 from walnet.constants import IGNORE_INDEX
 from walnet.engine.distributed import all_reduce_sum
 from walnet.engine.metrics import classification_metrics, mask_iou_dice
-from walnet.models.walnet import WALNetOutput, walnet_loss
-
-
-def _as_output(out) -> WALNetOutput:
-    """Baselines (timm classifiers) return plain logits."""
-    return out if isinstance(out, WALNetOutput) else WALNetOutput(out, None, ())
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+from walnet.engine.step import TrainStep, as_output, autocast
 
 
 def train_one_epoch(model, pgm, loader, optimizer, epoch: int, device, scaler=None, amp_dtype=None,
-                    progress: bool | None = False) -> dict:
+                    progress: bool | None = False, step: TrainStep | None = None) -> dict:
     """Trains for one epoch; returns mean total / classification / segmentation loss and accuracy
     (over all processes when a torch.distributed group is up).
 
     The PGM builds pseudo masks from the model's own attention maps at every step (no gradient).
-    ``model`` may be wrapped (DistributedDataParallel, torch.compile). ``progress``: a tqdm bar
-    on stderr (None: only when stderr is a terminal).
+    ``model`` may be wrapped (DistributedDataParallel). ``step``: the :class:`TrainStep` to run
+    (compiled or CUDA-graphed); by default an eager one of ``model``, ``pgm``, ``optimizer``,
+    ``scaler`` and ``amp_dtype``. ``progress``: a tqdm bar on stderr (None: only when stderr is
+    a terminal).
     """
     device = torch.device(device)
     model.train()
-    # WAL-Net takes the epoch (RCM warm-up); look through DDP's wrapper to find out.
-    takes_epoch = hasattr(getattr(model, "module", model), "rcm_active")
+    if step is None:
+        step = TrainStep(model, pgm, optimizer, amp_dtype=amp_dtype, scaler=scaler)
     sums = torch.zeros(4, device=device)  # total, cls, seg (each x batch size), correct
     seen = 0
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress is None else not progress)
     for batch in bar:
         images = batch["image"].to(device, non_blocking=True)
         target = torch.as_tensor(batch["label"]).to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
-            out = _as_output(model(images, epoch=epoch) if takes_epoch else model(images))
-        pseudo = pgm(images, out.attention) if (pgm is not None and out.seg_logits is not None) else None
-        parts = walnet_loss(out, target, pseudo)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(parts.total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            parts.total.backward()
-            optimizer.step()
         n = images.shape[0]
-        correct = (out.logits.argmax(dim=1) == target).sum()
-        sums += torch.stack([parts.total.detach() * n, parts.cls.detach() * n, parts.seg.detach() * n, correct.float()])
+        stats = step(images, target, epoch)  # mean losses and the correct count of the batch
+        sums[:3].add_(stats[:3], alpha=n)
+        sums[3:].add_(stats[3:])
         seen += n
     # the image count joins the sums only here, so the steps copy nothing from the host
     totals = all_reduce_sum(torch.cat([sums, sums.new_tensor([seen])]))
@@ -115,8 +94,8 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
 
     for batch in loader:
         images = batch["image"].to(device)
-        with _autocast(device, amp_dtype):
-            out = _as_output(model(images))
+        with autocast(device, amp_dtype):
+            out = as_output(model(images))
         targets.append(torch.as_tensor(batch["label"]).cpu())
         probs.append(torch.softmax(out.logits.float(), dim=1).cpu())
         truth = batch["mask"]

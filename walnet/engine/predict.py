@@ -21,7 +21,8 @@ from PIL import Image
 from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record
 from walnet.engine.checkpoint import WriteError, atomic_open, check_writable, remove_stale_temps, temp_prefix
 from walnet.engine.config import PredictConfig
-from walnet.engine.loops import _as_output
+from walnet.engine.speed import loader_workers
+from walnet.engine.step import as_output
 from walnet.engine.trainer import load_trained, pick_device
 
 
@@ -227,12 +228,12 @@ def _run(model, paths, size, config, device, classes, staging, mask_names) -> np
     """The model's class probabilities of every image [N, classes]; with `staging`, each
     image's mask is written there under its name in `mask_names`."""
     dataset = PlaqueDataset([Record(p, 0) for p in paths], size=size)
-    loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=config.workers,
+    loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=loader_workers(config.workers, device),
                                          pin_memory=device.type == "cuda")
     probs = np.zeros((len(paths), len(classes)), dtype=np.float32)
     for batch in loader:
         index = batch["index"].numpy()
-        out = _as_output(model(batch["image"].to(device)))
+        out = as_output(model(batch["image"].to(device)))
         probs[index] = torch.softmax(out.logits.float(), dim=1).cpu().numpy()
         if staging is not None:
             seg = (out.seg_logits.argmax(dim=1) * 255).to(torch.uint8).cpu().numpy()

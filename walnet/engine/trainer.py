@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ from walnet.engine.checks import (EVAL_FILES, check_data_path, check_output, che
                                   pick_device)
 from walnet.engine.config import EvalConfig, TrainConfig
 from walnet.engine.loops import EvalOutputs, evaluate, train_one_epoch
+from walnet.engine.speed import Speed, backend_flags, loader_workers, speed_of
+from walnet.engine.step import TrainStep
 from walnet.models import PseudoMaskGenerator, create_model
 
 PANEL_SAMPLES = 6  # rows of the segmentation panel of `walnet evaluate`
@@ -93,13 +96,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch: its data order and random draws are then the same whether or not
     the run was resumed just before it."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """--amp: float16 autocast (with a gradient scaler) on CUDA, bfloat16 elsewhere."""
-    if not config.amp:
-        return None
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
 def _keep_rows_before(path: Path, epoch: int) -> None:
@@ -166,13 +162,20 @@ def _split_problem(records, output: Path) -> str:
             "more images or patients are needed")
 
 
-def _train_loader(train_set, sampler, config: TrainConfig, pin: bool):
+def _loader(dataset, config: TrainConfig, speed: Speed, pin: bool, **kw):
+    return torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=speed.workers, pin_memory=pin,
+                                       persistent_workers=speed.workers > 0, **kw)
+
+
+def _train_loader(train_set, sampler, config: TrainConfig, speed: Speed, pin: bool):
     # A last training batch of one sample gives BatchNorm one value per channel wherever a
     # feature map is 1x1 (every stage at --size <= 32), which is an error in training mode.
     # Dropping it skips one (reshuffled) sample per epoch; other batch counts are unchanged.
-    drop_last = len(sampler) > config.batch_size and len(sampler) % config.batch_size == 1
-    return torch.utils.data.DataLoader(train_set, config.batch_size, sampler=sampler, num_workers=config.workers,
-                                       pin_memory=pin, drop_last=drop_last)
+    # A CUDA graph replays one batch shape, so a graphed run drops every partial last batch
+    # (the sampler reshuffles, so each epoch leaves out other samples).
+    drop_last = len(sampler) > config.batch_size and (
+        speed.cuda_graphs or len(sampler) % config.batch_size == 1)
+    return _loader(train_set, config, speed, pin, sampler=sampler, drop_last=drop_last)
 
 
 def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
@@ -204,8 +207,9 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
                          f"{_split_problem(records, output)}")
     sampler = torch.utils.data.DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed)
     pin = device.type == "cuda"
-    train_loader = _train_loader(train_set, sampler, config, pin)
-    val_loader = torch.utils.data.DataLoader(val_set, config.batch_size, num_workers=config.workers, pin_memory=pin)
+    speed = speed_of(config, device, ctx.world_size)
+    train_loader = _train_loader(train_set, sampler, config, speed, pin)
+    val_loader = _loader(val_set, config, speed, pin)
     model = _create_model(config, len(classes))
     wrote_split = False
     if ctx.is_main and new_split:
@@ -213,7 +217,8 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
         wrote_split = True
     distributed.barrier(ctx)  # the other ranks may read the split file rank 0 wrote
     try:
-        return _run_epochs(config, ctx, model, classes, train_loader, sampler, val_loader)
+        with backend_flags(speed):
+            return _run_epochs(config, ctx, speed, model, classes, train_loader, sampler, val_loader)
     except BaseException:
         # a run that ends before its first checkpoint keeps no split of its own: a rerun (with
         # corrected data, another seed) splits anew instead of failing the same way
@@ -242,18 +247,19 @@ def _epoch_error(exc: Exception, config: TrainConfig, epoch: int) -> Exception:
     return exc
 
 
-def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, model, classes, train_loader, sampler,
-                val_loader) -> dict:
+def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, speed: Speed, model, classes, train_loader,
+                sampler, val_loader) -> dict:
     output, device = Path(config.output), ctx.device
     pin = device.type == "cuda"
     if config.sync_bn and ctx.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
-    if config.channels_last:
+    if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    amp_dtype = _amp_dtype(config, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    # capturable: Adam's step counts live on the device, so its update can join the CUDA graph
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, capturable=speed.cuda_graphs)
+    amp_dtype = speed.amp_dtype
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
     pgm = PseudoMaskGenerator() if config.model.startswith("walnet") and not config.no_pgm else None
     start, best = 0, -1.0
     if config.resume:
@@ -270,7 +276,10 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, model, classe
     net = model
     if ctx.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if pin else None)
-    net = torch.compile(net) if config.compile else net
+    step = TrainStep(net, pgm, optimizer, amp_dtype=amp_dtype, scaler=scaler, compile=speed.compile,
+                     cuda_graph=speed.cuda_graphs)
+    if ctx.is_main:
+        print(f"training on {device}: {speed.describe()}", flush=True)
     row = {}
     for epoch in range(start, config.epochs):
         _seed_everything(_epoch_seed(config.seed, epoch))
@@ -278,14 +287,16 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, model, classe
         # On CUDA the ops' NaN checks would cost host syncs every step; the kernels already turn
         # non-finite attention into ignored pseudo masks, and a diverged loss is caught below.
         with ops.value_checks(False) if device.type == "cuda" else contextlib.nullcontext():
+            started = time.perf_counter()
             try:
-                stats = train_one_epoch(net, pgm, train_loader, optimizer, epoch, device, scaler, amp_dtype,
-                                        progress=None if ctx.is_main else False)
+                stats = train_one_epoch(net, pgm, train_loader, optimizer, epoch, device,
+                                        progress=None if ctx.is_main else False, step=step)
             except (RuntimeError, ValueError) as exc:
                 clearer = _epoch_error(exc, config, epoch)
                 if clearer is exc:
                     raise
                 raise clearer from exc
+            seconds = time.perf_counter() - started  # train_one_epoch ends by reading its sums: the GPU is done
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"training diverged: the loss of epoch {epoch} is {stats['loss']}; "
                                      f"{_kept(output, epoch)} (try a lower --lr)")
@@ -298,7 +309,8 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, model, classe
                    "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
             _append_row(metrics_path, row)
             print(f"epoch {epoch}: loss {row['loss']:.4f} (cls {row['cls_loss']:.4f}, seg {row['seg_loss']:.4f}), "
-                  f"train acc {row['train_accuracy']:.3f}, val acc {row['val_accuracy']:.3f}", flush=True)
+                  f"train acc {row['train_accuracy']:.3f}, val acc {row['val_accuracy']:.3f} "
+                  f"(training {seconds:.1f} s)", flush=True)
             best = max(best, val["accuracy"])
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch,
@@ -353,7 +365,7 @@ def evaluate_run(config: EvalConfig) -> dict:
     if len(dataset) == 0:
         raise ValueError(f"no images in the {config.split!r} split")
     pgm = PseudoMaskGenerator() if trained.model.startswith("walnet") and not trained.no_pgm else None
-    loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=config.workers)
+    loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=loader_workers(config.workers, device))
     figures = not config.no_figures
     outputs = EvalOutputs(panel=PANEL_SAMPLES if figures else 0)
     result = evaluate(model, loader, device, pgm=pgm, class_names=classes, outputs=outputs)

@@ -1,0 +1,191 @@
+"""The training step (walnet.engine.step): eager, compiled (fullgraph) and CUDA-graphed steps give
+the eager step's numbers, and the step's settings per device (walnet.engine.speed)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch._dynamo.testing
+
+import walnet
+from walnet.engine.config import TrainConfig
+from walnet.engine.speed import CUDA_WORKERS, backend_flags, loader_workers, speed_of
+from walnet.engine.step import GRAPH_WARMUP_STEPS, TrainStep
+from walnet.models.walnet import walnet_loss
+
+SMALL = dict(backbone="resnet18", attention_channels=8, rcm_warmup_epochs=1)  # epoch 0: RCM off; 1 on
+
+
+def _setup(device="cpu", capturable=False, sgd=False):
+    torch.manual_seed(0)
+    model = walnet.WALNet(**SMALL).to(device).train()
+    if sgd:
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, capturable=capturable)
+    return model, walnet.PseudoMaskGenerator(), optimizer
+
+
+def _batches(n, device="cpu", batch=2, size=64):
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.rand(batch, 3, size, size, generator=gen).to(device),
+             torch.randint(0, 3, (batch,), generator=gen).to(device)) for _ in range(n)]
+
+
+def _run(step, batches, epochs):
+    return torch.stack([step(x, t, e).clone() for (x, t), e in zip(batches, epochs)])
+
+
+def test_eager_step_is_forward_pgm_loss_backward_adam():
+    """The step's numbers are those of the loop it replaces, written out by hand: bitwise."""
+    batches, epochs = _batches(3), [0, 1, 1]
+    model, pgm, opt = _setup()
+    got = _run(TrainStep(model, pgm, opt), batches, epochs)
+    ref_model, ref_pgm, ref_opt = _setup()
+    want = []
+    for (x, t), e in zip(batches, epochs):
+        out = ref_model(x, epoch=e)
+        parts = walnet_loss(out, t, ref_pgm(x, out.attention))
+        ref_opt.zero_grad(set_to_none=True)
+        parts.total.backward()
+        ref_opt.step()
+        correct = (out.logits.argmax(dim=1) == t).sum().float()
+        want.append(torch.stack([parts.total, parts.cls, parts.seg, correct]).detach())
+    assert torch.equal(got, torch.stack(want))
+    for a, b in zip(model.state_dict().values(), ref_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_compiled_step_is_one_graph_per_rcm_state_and_matches_eager():
+    """forward + PGM (Felzenszwalb included) + loss compile with fullgraph=True (a graph break
+    would raise), AOTAutograd compiles their backward, and the epoch only selects the RCM state:
+    four epochs compile twice. The losses and weights after the steps equal the eager step's to
+    float rounding (aot_eager runs the same ATen ops, decomposed: 1e-5). SGD, not Adam: Adam
+    divides by the gradient's running size, which turns rounding in a near-zero gradient into
+    a full step of either sign."""
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    torch._dynamo.reset()
+    batches, epochs = _batches(4), [0, 1, 2, 3]
+    model, pgm, opt = _setup(sgd=True)
+    got = _run(TrainStep(model, pgm, opt, compile=True, compile_backend=counter), batches, epochs)
+    assert counter.frame_count == 2
+    ref_model, ref_pgm, ref_opt = _setup(sgd=True)
+    want = _run(TrainStep(ref_model, ref_pgm, ref_opt), batches, epochs)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for (name, a), b in zip(model.state_dict().items(), ref_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_compiled_baseline_classifier_step():
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = walnet.create_model("walnet_no_pgm", backbone="resnet18").train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    stats = _run(TrainStep(model, None, opt, compile=True, compile_backend=counter), _batches(2), [0, 1])
+    assert counter.frame_count == 1
+    assert torch.isfinite(stats).all() and (stats[:, 2] == 0).all()  # no segmentation loss
+
+
+def test_graphed_step_refuses_what_a_graph_cannot_hold():
+    model, pgm, opt = _setup()
+    with pytest.raises(ValueError, match="capturable=True"):
+        TrainStep(model, pgm, opt, cuda_graph=True)
+    with pytest.raises(ValueError, match="gradient scaler"):
+        TrainStep(model, pgm, opt, cuda_graph=True, scaler=torch.amp.GradScaler("cpu"))
+    model, pgm, opt = _setup(capturable=True)
+    step = TrainStep(model, pgm, opt, cuda_graph=True)
+    x, t = _batches(1)[0]
+    with pytest.raises(ValueError, match="needs CUDA tensors, got images on cpu"):
+        step(x, t, 0)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("amp", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cuda_graphed_step_matches_eager(amp):
+    """Warm-up steps, the capture's own step, replays and a recapture when the RCM switches on
+    give the eager step's losses. Both runs launch the same kernels with the same cuDNN
+    algorithms (benchmark off, deterministic); what may differ is the order of atomic sums in
+    some backward kernels: 1e-4 in float32, 2e-2 under bf16 autocast (8-bit mantissa). Adam
+    turns such rounding in a near-zero gradient into a step of +-lr, so weights are compared
+    to 5e-3 (a few steps of lr 1e-3); Adam's step count proves every replay updated them."""
+    n = GRAPH_WARMUP_STEPS + 4
+    batches = _batches(2 * n, "cuda")
+    epochs = [0] * n + [1] * n  # the RCM switches on half way: a second capture
+    tol = 1e-4 if amp is None else 2e-2
+    results = []
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
+        for graphed in (True, False):
+            model, pgm, opt = _setup("cuda", capturable=True)
+            step = TrainStep(model, pgm, opt, amp_dtype=amp, cuda_graph=graphed)
+            losses = _run(step, batches, epochs)
+            steps = {float(state["step"]) for state in opt.state.values()}
+            results.append((losses, model.state_dict(), steps))
+    (got, got_state, got_steps), (want, want_state, _) = results
+    assert got_steps == {2.0 * n}
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    for name, a in got_state.items():
+        torch.testing.assert_close(a.float(), want_state[name].float(), rtol=0, atol=5e-3, msg=name)
+
+
+@cuda
+def test_cuda_graphed_step_refuses_another_batch_shape():
+    model, pgm, opt = _setup("cuda", capturable=True)
+    step = TrainStep(model, pgm, opt, cuda_graph=True)
+    for x, t in _batches(GRAPH_WARMUP_STEPS + 1, "cuda"):
+        step(x, t, 1)
+    x, t = _batches(1, "cuda", batch=3)[0]
+    with pytest.raises(ValueError, match=r"captured for images \(2, 3, 64, 64\), got \(3, 3, 64, 64\)"):
+        step(x, t, 1)
+
+
+# --- the step's settings per device ----------------------------------------------------------------
+
+def _config(**kw):
+    return TrainConfig(csv="x.csv", output="o", **kw)
+
+
+def test_cpu_runs_eagerly_in_float32_without_workers():
+    speed = speed_of(_config(), torch.device("cpu"))
+    assert (speed.amp_dtype, speed.cuda_graphs, speed.channels_last, speed.tf32, speed.cudnn_benchmark,
+            speed.workers) == (None, False, False, False, False, 0)
+    assert speed.describe() == "eager, fp32, 0 loader worker(s)"
+
+
+def test_cuda_defaults_and_each_switch_off():
+    cuda_device = torch.device("cuda")  # speed_of only reads the device's type
+    speed = speed_of(_config(), cuda_device)
+    assert (speed.amp_dtype, speed.cuda_graphs, speed.channels_last, speed.tf32, speed.cudnn_benchmark) == (
+        torch.bfloat16, True, True, True, True)
+    assert speed.workers == loader_workers(None, cuda_device) and 1 <= speed.workers <= CUDA_WORKERS
+    assert speed.describe().startswith("CUDA graph, bf16 autocast, channels-last, TF32, cudnn.benchmark")
+    off = {"no_cuda_graphs": "cuda_graphs", "no_channels_last": "channels_last", "no_tf32": "tf32",
+           "no_cudnn_benchmark": "cudnn_benchmark"}
+    for option, setting in off.items():
+        changed = speed_of(_config(**{option: True}), cuda_device)
+        assert dataclasses.replace(changed, **{setting: True}) == speed, option
+    assert speed_of(_config(precision="fp32"), cuda_device).amp_dtype is None
+    assert speed_of(_config(workers=3), cuda_device).workers == 3
+
+
+def test_cuda_graphs_step_aside_for_fp16_and_ddp_and_say_why():
+    fp16 = speed_of(_config(precision="fp16"), torch.device("cuda"))
+    assert fp16.amp_dtype == torch.float16 and not fp16.cuda_graphs
+    assert "gradient scaler cannot run inside a CUDA graph" in fp16.describe()
+    ddp = speed_of(_config(), torch.device("cuda"), processes=2)
+    assert not ddp.cuda_graphs and "DDP steps run eagerly" in ddp.describe()
+
+
+def test_backend_flags_are_restored():
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32)
+    speed = speed_of(_config(), torch.device("cuda"))
+    with backend_flags(speed):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.benchmark
+    with backend_flags(dataclasses.replace(speed, tf32=False, cudnn_benchmark=False)):
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.allow_tf32) == before
