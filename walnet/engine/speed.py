@@ -3,7 +3,9 @@ of which a :class:`~walnet.engine.config.TrainConfig` option switches off.
 
 On CUDA a run by default replays the whole step as a CUDA graph, under bfloat16 autocast, with
 the model in channels-last, TF32 for what stays in float32, cuDNN's timed algorithm choice, and
-loader workers with pinned memory; on the CPU it runs eagerly in float32. The measurements
+loader workers with pinned memory; on the CPU it runs eagerly in float32. A float32 run on CUDA
+(``--precision fp32``) runs eagerly: with the PGM, its graphed step has not matched the eager
+one to rounding (docs/benchmarks.md, "Training throughput"). The measurements
 behind these choices are in docs/benchmarks.md (``benchmarks/train_throughput.py``).
 """
 from __future__ import annotations
@@ -69,6 +71,8 @@ def speed_of(config: TrainConfig, device: torch.device, processes: int = 1) -> S
         graphs, because = False, "fp16's gradient scaler cannot run inside a CUDA graph"
     elif graphs and processes > 1:
         graphs, because = False, "a CUDA graph runs one process; DDP steps run eagerly"
+    elif graphs and amp_dtype is None:
+        graphs, because = False, "float32 steps run eagerly: their graphed losses are not yet verified against eager ones"
     return Speed(amp_dtype=amp_dtype, channels_last=cuda and not config.no_channels_last, cuda_graphs=graphs,
                  compile=config.compile, tf32=cuda and not config.no_tf32,
                  cudnn_benchmark=cuda and not config.no_cudnn_benchmark,

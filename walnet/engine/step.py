@@ -147,7 +147,9 @@ class TrainStep:
         static_images, static_target = images.clone(), target.clone()
         self.optimizer.zero_grad(set_to_none=True)  # the capture allocates the gradients in its pool
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the loader's pin-memory thread keeps calling CUDA during the capture,
+        # which the default (global) mode counts as an error of the capture
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             static_stats = self._losses(static_images, static_target, rcm_epoch)
             static_stats[0].backward()
             self.optimizer.step()

@@ -1,0 +1,105 @@
+"""walnet's CUDA ops inside a CUDA graph: captured on one input, replayed on another, each op (and
+the PGM as a whole) gives exactly what it gives eagerly on that other input. A kernel that keeps
+anything of the captured input (a size read on the host, a buffer filled once) fails here."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import walnet
+from walnet import ops
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _graphed(fn, *inputs):
+    """fn captured on copies of `inputs`; returns a replay(new_inputs) -> outputs function."""
+    static = [x.clone() for x in inputs]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), ops.value_checks(False):
+        fn(*static)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), ops.value_checks(False):
+        out = fn(*static)
+
+    def replay(*new):
+        for s, x in zip(static, new):
+            s.copy_(x)
+        graph.replay()
+        return out if isinstance(out, (tuple, list)) else (out,)
+
+    return replay
+
+
+def _images(seed, n=4, size=56):
+    g = torch.Generator().manual_seed(seed)
+    # smooth images: superpixels of very different counts and sizes from one seed to the next
+    x = torch.rand(n, 3, size // 8, size // 8, generator=g)
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return (x + 0.1 * seed * torch.rand(n, 3, size, size, generator=g)).clamp(0, 1).cuda()
+
+
+def _attention(seed, n=4):
+    g = torch.Generator().manual_seed(seed)
+    maps = []
+    for s in (56, 28, 14):
+        a = torch.rand(n, 1, s, s, generator=g) ** (1 + seed)
+        maps.append((a / a.flatten(1).sum(1)[:, None, None, None]).cuda())
+    return maps
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "reservations"])
+def test_cuda_graph_felzenszwalb_replays_on_new_images(algorithm):
+    def fn(x):
+        return ops.felzenszwalb(x, 64, 0.5, 10, algorithm=algorithm)
+
+    replay = _graphed(fn, _images(0))
+    for seed in (1, 2, 3):
+        x = _images(seed)
+        (got,) = replay(x)
+        assert torch.equal(got, fn(x)), seed
+
+
+def test_cuda_graph_pseudo_mask_replays_on_new_inputs():
+    labels0 = ops.felzenszwalb(_images(0), 64, 0.5, 10)
+
+    def fn(a1, a2, a3, labels):
+        return ops.pseudo_mask(a1[:, 0], a2[:, 0], a3[:, 0], labels, 0.18)
+
+    replay = _graphed(fn, *_attention(0), labels0)
+    for seed in (1, 2, 3):
+        inputs = (*_attention(seed), ops.felzenszwalb(_images(seed), 64, 0.5, 10))
+        (got,) = replay(*inputs)
+        assert torch.equal(got, fn(*inputs)), seed
+
+
+def test_cuda_graph_pgm_replays_on_new_inputs():
+    pgm = walnet.PseudoMaskGenerator()
+    replay = _graphed(lambda x, a1, a2, a3: pgm(x, (a1, a2, a3)), _images(0, size=224), *_attention(0))
+    for seed in (1, 2, 3):
+        inputs = (_images(seed, size=224), *_attention(seed))
+        (got,) = replay(*inputs)
+        assert torch.equal(got, pgm(inputs[0], inputs[1:])), seed
+
+
+@pytest.mark.parametrize("method", ops.ROI_METHODS)
+def test_cuda_graph_roi_crop_replays_on_new_inputs(method):
+    def features(seed):
+        g = torch.Generator().manual_seed(seed)
+        return [torch.rand(4, c, s, s, generator=g).cuda() for c, s in ((8, 56), (8, 28), (8, 14), (16, 7))]
+
+    def seg(seed):
+        g = torch.Generator().manual_seed(100 + seed)
+        return (torch.randn(4, 2, 56, 56, generator=g) * 3).cuda()
+
+    def fn(f1, f2, f3, f4, s):
+        return tuple(ops.roi_crop([f1, f2, f3, f4], s, method))
+
+    replay = _graphed(fn, *features(0), seg(0))
+    for seed in (1, 2, 3):
+        inputs = (*features(seed), seg(seed))
+        got = replay(*inputs)
+        for a, b in zip(got, fn(*inputs)):
+            assert torch.equal(a, b), seed
