@@ -40,6 +40,9 @@ def test_cli_defaults_are_the_config_defaults(monkeypatch):
     (config,) = _built(monkeypatch, predict, "predict", ["predict", "--checkpoint", "c", "a.png", "b", "--output",
                                                          "o.csv"], summary)
     assert config == PredictConfig(checkpoint="c", inputs=("a.png", "b"), output="o.csv")
+    (config,) = _built(monkeypatch, predict, "predict", ["predict", "--model", "m", "a.png", "--output", "o.csv"],
+                       summary)
+    assert config == PredictConfig(model="m", inputs=("a.png",), output="o.csv")
     monkeypatch.setattr(demo, "summary", lambda result: "")
     output, config = _built(monkeypatch, demo, "run_demo", ["demo"])
     assert (output, config) == ("demo-output", DemoConfig())
@@ -69,6 +72,7 @@ def test_cli_passes_every_option_on(monkeypatch):
     TrainConfig(csv=Path("data/labels.csv"), output=Path("runs/a"), lr=1, amp=True, resume="runs/a/last.pt"),
     EvalConfig(checkpoint="r/best.pt", data_dir="d", split="val", no_figures=True),
     PredictConfig(checkpoint="r/best.pt", inputs=[Path("x.png"), "folder"], output="p.csv", masks_dir="m"),
+    PredictConfig(model=Path("exported"), inputs=["x.png"], output="p.csv"),
     DemoConfig(n=30, lr=0.01),
 ], ids=lambda c: type(c).__name__)
 def test_json_round_trip(config):
@@ -164,6 +168,9 @@ def test_train_config_rejects_bad_values(values, message):
     (PredictConfig, dict(checkpoint="c", inputs=[], output="o"), "inputs must not be empty"),
     (PredictConfig, dict(checkpoint="c", inputs=[1], output="o"), "inputs must be a sequence of strings"),
     (PredictConfig, dict(checkpoint="c", inputs=["i"], output="o", workers=-1), "--workers must be at least 0"),
+    (PredictConfig, dict(inputs=["i"], output="o"), r"exactly one of checkpoint \(--checkpoint\) and model"),
+    (PredictConfig, dict(checkpoint="c", model="m", inputs=["i"], output="o"), "exactly one of checkpoint"),
+    (PredictConfig, dict(model="", inputs=["i"], output="o"), "model must not be empty"),
     (DemoConfig, dict(n="800"), "n must be an integer"),
     (DemoConfig, dict(n=0), "--n must be at least 1, got 0"),
     (DemoConfig, dict(epochs=-3), "--epochs must be at least 1, got -3"),

@@ -70,18 +70,24 @@ def _add_option(parser, config: type, name: str) -> None:
     parser.add_argument(*_FLAGS.get(name, (flag_of(name),)), dest=name, **kw)
 
 
+#: Pairs of fields of which exactly one is given: a required group of mutually exclusive options
+#: where a config has both.
+_ONE_OF = (("data_dir", "csv"), ("checkpoint", "model"))
+
+
 def _add_options(parser, config: type, skip=()) -> None:
-    """One option per field of `config` but those in `skip`, in field order; ``data_dir`` and
-    ``csv`` as a required pair of which exactly one is given."""
-    data = None
+    """One option per field of `config` but those in `skip`, in field order; each pair of
+    :data:`_ONE_OF` (``data_dir`` / ``csv``, ``checkpoint`` / ``model``) that `config` has as a
+    required group of which exactly one is given."""
+    names = {f.name for f in fields(config)} - set(skip)
+    groups = {}
+    for pair in _ONE_OF:
+        if set(pair) <= names:
+            group = parser.add_mutually_exclusive_group(required=True)
+            groups.update({name: group for name in pair})
     for f in fields(config):
-        if f.name in skip:
-            continue
-        if f.name in ("data_dir", "csv"):
-            data = data or parser.add_mutually_exclusive_group(required=True)
-            _add_option(data, config, f.name)
-        else:
-            _add_option(parser, config, f.name)
+        if f.name in names:
+            _add_option(groups.get(f.name, parser), config, f.name)
 
 
 def _config(config: type, args: argparse.Namespace, skip=(), **values):

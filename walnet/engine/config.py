@@ -208,9 +208,12 @@ class EvalConfig(_Config):
 
 @dataclass(frozen=True, kw_only=True)
 class PredictConfig(_Config):
-    """``walnet predict``: which checkpoint classifies which images, and where the results go."""
+    """``walnet predict``: which model (a checkpoint or an exported folder) classifies which
+    images, and where the results go."""
 
-    checkpoint: str = option(doc="best.pt or last.pt of a run")
+    checkpoint: str | None = option(None, "best.pt or last.pt of a run")
+    model: str | None = option(None, "instead of --checkpoint: a model folder written by walnet export "
+                               "(config.json + model.safetensors)")
     inputs: tuple[str, ...] = option(doc="image files and/or folders (scanned recursively)")
     output: str = option(doc="CSV: path,predicted,prob_<class>... (never overwritten without --overwrite)")
     masks_dir: str | None = option(None, "also write each image's predicted plaque mask (0/255 PNG, original "
@@ -221,7 +224,9 @@ class PredictConfig(_Config):
     overwrite: bool = option(False, "replace an existing CSV / mask files")
 
     def _check(self) -> None:
-        _check_given(self, "checkpoint", "inputs", "output")
+        if (self.checkpoint is None) == (self.model is None):
+            raise ValueError("give exactly one of checkpoint (--checkpoint) and model (--model)")
+        _check_given(self, "checkpoint" if self.checkpoint is not None else "model", "inputs", "output")
         _check_at_least(self, 1, "batch_size")
         _check_at_least(self, 0, "workers")
 
