@@ -1,6 +1,7 @@
 """The settings of the engine's runs as frozen dataclasses: :class:`TrainConfig`
 (``walnet train``), :class:`EvalConfig` (``walnet evaluate``), :class:`PredictConfig`
-(``walnet predict``) and :class:`DemoConfig` (``walnet demo``).
+(``walnet predict``), :class:`ExportConfig` (``walnet export``) and :class:`DemoConfig`
+(``walnet demo``).
 
 Each field carries its default and a one-line doc (``field.metadata["doc"]``); the command line
 reads both from here, so a default is written once. Values are checked on construction
@@ -19,6 +20,8 @@ from dataclasses import MISSING, dataclass, field, fields
 
 #: The splits a run's data is divided into (``split.csv``).
 SPLITS = ("train", "val", "test")
+#: The formats ``walnet export`` writes; safetensors (the weights) is always among them.
+EXPORT_FORMATS = ("safetensors", "pt2", "onnx")
 
 
 def option(default=MISSING, doc: str = ""):
@@ -229,6 +232,29 @@ class PredictConfig(_Config):
         _check_given(self, "checkpoint" if self.checkpoint is not None else "model", "inputs", "output")
         _check_at_least(self, 1, "batch_size")
         _check_at_least(self, 0, "workers")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig(_Config):
+    """``walnet export``: which checkpoint becomes a self-contained model folder, where, and in
+    which formats."""
+
+    checkpoint: str = option(doc="best.pt or last.pt of a run (its metrics.json and split.csv go into the model card)")
+    output: str = option(doc="model folder: model.safetensors, config.json, README.md (+ model.pt2, model.onnx)")
+    formats: tuple[str, ...] = option(("safetensors",), "comma-separated formats: safetensors (always written), "
+                                      "pt2 (torch.export), onnx (needs: pip install 'walnet[onnx]')")
+    overwrite: bool = option(False, "replace an earlier export in the output folder")
+    device: str = option("cpu", "cpu (default), cuda, cuda:1, auto: where the model is traced (a pt2 runs there)")
+
+    def _check(self) -> None:
+        _check_given(self, "checkpoint", "output", "formats")
+        names = [f.strip().lower() for f in self.formats]
+        unknown = [f for f in names if f not in EXPORT_FORMATS]
+        if unknown:
+            raise ValueError(f"--format: unknown format {unknown[0]!r}; choose from {', '.join(EXPORT_FORMATS)} "
+                             "(comma-separated)")
+        # canonical: safetensors first (the weights are always written), each format once
+        object.__setattr__(self, "formats", tuple(f for f in EXPORT_FORMATS if f == "safetensors" or f in names))
 
 
 @dataclass(frozen=True, kw_only=True)
