@@ -1,6 +1,6 @@
 """What the tests share: the devices and dtypes the op tests run on, the check that the kernel
-under test was built, a call spy and an unwritable folder. The inputs of each op family live in
-pgm_inputs.py and rcm_inputs.py."""
+under test was built, a call spy, an unwritable folder and a small trained-shaped checkpoint. The
+inputs of each op family live in pgm_inputs.py and rcm_inputs.py."""
 from __future__ import annotations
 
 import os
@@ -53,3 +53,33 @@ def unwritable_folder(tmp_path: Path) -> Path:
     if not Path("/sys/kernel").is_dir():
         pytest.skip("no folder root cannot write here")
     return Path("/sys/kernel")
+
+
+#: The class names of :func:`small_checkpoint`'s models.
+CLASSES = ["hyperechoic", "hypoechoic", "mixed-echoic"]
+
+
+def small_checkpoint(path: Path, model_name: str = "walnet", size: int = 48) -> tuple[Path, torch.nn.Module]:
+    """A checkpoint shaped like `walnet train`'s (model, args, classes, epoch) of an untrained
+    model, small enough for CPU tests: a WAL-Net variant with a ResNet-18 encoder and 8 attention
+    channels (its heads randomised so the classes' probabilities differ), or the baseline
+    `model_name` at full size. Returns the path and the model in eval mode."""
+    from walnet.engine.checkpoint import save_checkpoint
+    from walnet.engine.config import TrainConfig
+    from walnet.models import create_model
+
+    torch.manual_seed(0)
+    if model_name.startswith("walnet"):
+        kw = dict(backbone="resnet18", attention_channels=8, rcm_warmup_epochs=1)
+        if model_name == "walnet_no_pgm":
+            kw["use_pgm"] = False
+        model = create_model("walnet", num_classes=3, **kw)
+        with torch.no_grad():
+            for head in model.heads:
+                head.weight.normal_(0, 0.5)
+    else:
+        model = create_model(model_name, num_classes=3)
+    args = TrainConfig(csv="labels.csv", output=path.parent, model=model_name, backbone="resnet18", size=size,
+                       attention_channels=8, rcm_warmup=1, epochs=1, batch_size=8)
+    save_checkpoint(path, {"model": model.state_dict(), "args": args.to_dict(), "classes": CLASSES, "epoch": 0})
+    return path, model.eval()

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from walnet import cli
-from walnet.engine import demo, predict, trainer
-from walnet.engine.config import DemoConfig, EvalConfig, PredictConfig, TrainConfig
+from walnet.engine import demo, export, predict, trainer
+from walnet.engine.config import DemoConfig, EvalConfig, ExportConfig, PredictConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "walnet" / "engine"
@@ -40,6 +40,12 @@ def test_cli_defaults_are_the_config_defaults(monkeypatch):
     (config,) = _built(monkeypatch, predict, "predict", ["predict", "--checkpoint", "c", "a.png", "b", "--output",
                                                          "o.csv"], summary)
     assert config == PredictConfig(checkpoint="c", inputs=("a.png", "b"), output="o.csv")
+    (config,) = _built(monkeypatch, predict, "predict", ["predict", "--model", "m", "a.png", "--output", "o.csv"],
+                       summary)
+    assert config == PredictConfig(model="m", inputs=("a.png",), output="o.csv")
+    exported = dict(output="o", files=[], model="walnet", epoch=0, formats={}, onnx_checked=None)
+    (config,) = _built(monkeypatch, export, "export_model", ["export", "--checkpoint", "c", "--output", "o"], exported)
+    assert config == ExportConfig(checkpoint="c", output="o") and config.formats == ("safetensors",)
     monkeypatch.setattr(demo, "summary", lambda result: "")
     output, config = _built(monkeypatch, demo, "run_demo", ["demo"])
     assert (output, config) == ("demo-output", DemoConfig())
@@ -61,7 +67,8 @@ def test_cli_passes_every_option_on(monkeypatch):
     # every field is one option of its command, and no option is left out of the config
     for config_type, argv in ((TrainConfig, ["train", "--csv", "x", "--output", "y"]),
                               (EvalConfig, ["evaluate", "--checkpoint", "c", "--csv", "x"]),
-                              (PredictConfig, ["predict", "--checkpoint", "c", "i", "--output", "o"])):
+                              (PredictConfig, ["predict", "--checkpoint", "c", "i", "--output", "o"]),
+                              (ExportConfig, ["export", "--checkpoint", "c", "--output", "o"])):
         parsed = set(vars(cli.build_parser().parse_args(argv))) - {"command", "run", "debug"}
         assert parsed == {f.name for f in fields(config_type)}, config_type.__name__
 
@@ -70,6 +77,8 @@ def test_cli_passes_every_option_on(monkeypatch):
     TrainConfig(csv=Path("data/labels.csv"), output=Path("runs/a"), lr=1, precision="fp16", resume="runs/a/last.pt"),
     EvalConfig(checkpoint="r/best.pt", data_dir="d", split="val", no_figures=True),
     PredictConfig(checkpoint="r/best.pt", inputs=[Path("x.png"), "folder"], output="p.csv", masks_dir="m"),
+    PredictConfig(model=Path("exported"), inputs=["x.png"], output="p.csv"),
+    ExportConfig(checkpoint="r/best.pt", output=Path("exported"), formats=("onnx", "pt2"), overwrite=True),
     DemoConfig(n=30, lr=0.01),
 ], ids=lambda c: type(c).__name__)
 def test_json_round_trip(config):
@@ -166,6 +175,13 @@ def test_train_config_rejects_bad_values(values, message):
     (PredictConfig, dict(checkpoint="c", inputs=[], output="o"), "inputs must not be empty"),
     (PredictConfig, dict(checkpoint="c", inputs=[1], output="o"), "inputs must be a sequence of strings"),
     (PredictConfig, dict(checkpoint="c", inputs=["i"], output="o", workers=-1), "--workers must be at least 0"),
+    (PredictConfig, dict(inputs=["i"], output="o"), r"exactly one of checkpoint \(--checkpoint\) and model"),
+    (PredictConfig, dict(checkpoint="c", model="m", inputs=["i"], output="o"), "exactly one of checkpoint"),
+    (PredictConfig, dict(model="", inputs=["i"], output="o"), "model must not be empty"),
+    (ExportConfig, dict(checkpoint="c", output="o", formats=("pt2", "tflite")),
+     "--format: unknown format 'tflite'; choose from safetensors, pt2, onnx"),
+    (ExportConfig, dict(checkpoint="c", output="o", formats=()), "formats must not be empty"),
+    (ExportConfig, dict(checkpoint="c", output=""), "output must not be empty"),
     (DemoConfig, dict(n="800"), "n must be an integer"),
     (DemoConfig, dict(n=0), "--n must be at least 1, got 0"),
     (DemoConfig, dict(epochs=-3), "--epochs must be at least 1, got -3"),
@@ -173,7 +189,7 @@ def test_train_config_rejects_bad_values(values, message):
     (DemoConfig, dict(seed=-1), "--seed must be between 0 and 4294967295, got -1"),
     (DemoConfig, dict(lr=float("inf")), "--lr must be a positive number"),
 ])
-def test_eval_predict_demo_configs_reject_bad_values(config_type, values, message):
+def test_eval_predict_export_demo_configs_reject_bad_values(config_type, values, message):
     with pytest.raises(ValueError, match=message):
         config_type(**values)
 
@@ -184,7 +200,7 @@ def test_a_bad_value_on_the_command_line_is_a_usage_error(capsys):
 
 
 def test_every_field_has_a_doc():
-    for config_type in (TrainConfig, EvalConfig, PredictConfig, DemoConfig):
+    for config_type in (TrainConfig, EvalConfig, PredictConfig, ExportConfig, DemoConfig):
         assert config_type.__doc__
         for f in fields(config_type):
             assert f.metadata.get("doc"), f"{config_type.__name__}.{f.name}"

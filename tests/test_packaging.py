@@ -77,11 +77,13 @@ def test_one_version_string(pyproject):
     assert not any(re.search(r"version\s*=\s*[\"']\d", t) for t in texts)
 
 
-def _third_party_imports() -> set[str]:
-    """Top-level modules walnet imports that are neither walnet's nor the standard library's."""
+def _third_party_imports(module_level_only: bool = False) -> set[str]:
+    """Top-level modules walnet imports that are neither walnet's nor the standard library's
+    (with `module_level_only`, those imported at the top of a module, i.e. on import)."""
     found = set()
     for path in (ROOT / "walnet").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        for node in (tree.body if module_level_only else ast.walk(tree)):
             if isinstance(node, ast.Import):
                 found |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -89,17 +91,39 @@ def _third_party_imports() -> set[str]:
     return {m for m in found if m != "walnet" and m not in sys.stdlib_module_names and m != "__future__"}
 
 
+def _names(requirements: list[str]) -> set[str]:
+    return {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() for r in requirements}
+
+
 def test_dependencies_are_what_walnet_imports(pyproject):
     """Every package walnet imports at run time is declared, and nothing else is (test-only
-    packages belong to the `test` extra)."""
+    packages belong to the `test` extra). A package of another extra (`onnx`) is imported only
+    inside the function that needs it, never on import, and is not a dependency."""
     distributions = importlib.metadata.packages_distributions()
-    imported = {distributions[m][0].lower() for m in _third_party_imports()}
-    declared = {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() for r in pyproject["project"]["dependencies"]}
-    assert imported == declared
-    test_extra = {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower()
-                  for r in pyproject["project"]["optional-dependencies"]["test"]}
+    extras = pyproject["project"]["optional-dependencies"]
+    optional = set().union(*(_names(reqs) for name, reqs in extras.items() if name != "test"))
+    imported = {distributions[m][0].lower() for m in _third_party_imports() if m in distributions}
+    unknown = {m for m in _third_party_imports() if m not in distributions}
+    assert unknown <= optional, f"imported but installed by no distribution: {unknown}"
+    declared = _names(pyproject["project"]["dependencies"])
+    assert imported - optional == declared
+    assert not optional & declared
+    on_import = {distributions[m][0].lower() for m in _third_party_imports(module_level_only=True)
+                 if m in distributions}
+    assert not on_import & optional, "an optional package is imported at the top of a module"
+    test_extra = _names(extras["test"])
     assert {"scikit-image", "scikit-learn", "pytest"} <= test_extra
     assert not test_extra & declared
+
+
+def test_onnx_extra_is_what_the_onnx_export_needs(pyproject):
+    """`pip install 'walnet[onnx]'` installs what `walnet export --format onnx` asks for (and
+    onnxruntime, which checks the exported model)."""
+    from walnet.engine import export
+
+    extra = _names(pyproject["project"]["optional-dependencies"]["onnx"])
+    assert set(export.ONNX_PACKAGES) | {"onnxruntime"} == extra
+    assert "walnet[onnx]" in export.ONNX_INSTALL
 
 
 def test_sdist_manifest_holds_every_source():

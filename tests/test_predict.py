@@ -15,39 +15,19 @@ import torch
 from PIL import Image
 
 from walnet.data import PlaqueDataset, Record, phantom
-from walnet.engine.checkpoint import save_checkpoint
-from walnet.engine.config import PredictConfig, TrainConfig
+from walnet.engine.config import PredictConfig
 from walnet.engine.predict import collect_images, predict
-from walnet.models import create_model
 
-from conftest import unwritable_folder
+from conftest import CLASSES, small_checkpoint, unwritable_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ["hyperechoic", "hypoechoic", "mixed-echoic"]
-
-
-def _checkpoint(path: Path, model_name="walnet") -> tuple[Path, torch.nn.Module]:
-    """A checkpoint shaped like `walnet train`'s (model, args, classes, epoch) of an untrained
-    model; the heads are randomised so the classes' probabilities differ."""
-    torch.manual_seed(0)
-    kw = dict(backbone="resnet18", attention_channels=8, rcm_warmup_epochs=1)
-    if model_name == "walnet_no_pgm":
-        kw["use_pgm"] = False
-    model = create_model("walnet", num_classes=3, **kw)
-    with torch.no_grad():
-        for head in model.heads:
-            head.weight.normal_(0, 0.5)
-    args = TrainConfig(csv="labels.csv", output=path.parent, model=model_name, backbone="resnet18", size=48,
-                       attention_channels=8, rcm_warmup=1, epochs=1, batch_size=8)
-    save_checkpoint(path, {"model": model.state_dict(), "args": args.to_dict(), "classes": CLASSES, "epoch": 0})
-    return path, model.eval()
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     phantom.generate(root / "ph", n=6, seed=0, size=48)
-    ckpt, model = _checkpoint(root / "run" / "best.pt")
+    ckpt, model = small_checkpoint(root / "run" / "best.pt")
     return root, ckpt, model
 
 
@@ -127,7 +107,7 @@ def test_predict_errors_name_the_file(setup, tmp_path):
 
 def test_masks_need_a_segmentation_head(setup, tmp_path):
     root, _, _ = setup
-    ckpt, _ = _checkpoint(tmp_path / "no_pgm.pt", "walnet_no_pgm")
+    ckpt, _ = small_checkpoint(tmp_path / "no_pgm.pt", "walnet_no_pgm")
     images = root / "ph" / "images"
     with pytest.raises(ValueError, match="segmentation head"):
         predict(ckpt, [images], tmp_path / "p.csv", masks_dir=tmp_path / "m", device="cpu")

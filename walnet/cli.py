@@ -1,10 +1,11 @@
 """The ``walnet`` command line (``walnet <command> ...`` or ``python -m walnet <command> ...``).
 
 Commands: ``phantom`` (write the embedded synthetic dataset), ``train``, ``evaluate`` (metrics
-and figures), ``predict``, ``experiment`` (seeds x models -> the paper's tables) and ``demo``.
+and figures), ``predict``, ``export`` (a checkpoint as a model folder), ``experiment`` (seeds x
+models -> the paper's tables) and ``demo``.
 
-This is the one module that knows argparse: the options of train, evaluate, predict and demo
-are the fields of their configs (:mod:`walnet.engine.config`, which holds the defaults and
+This is the one module that knows argparse: the options of train, evaluate, predict, export and
+demo are the fields of their configs (:mod:`walnet.engine.config`, which holds the defaults and
 help texts); each command builds its config from the parsed options and hands it to the engine.
 
 Every error a user can cause (bad flags, data, paths, devices, a locked run folder) reaches the
@@ -23,7 +24,8 @@ import warnings
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from walnet.engine.config import SPLITS, DemoConfig, EvalConfig, PredictConfig, TrainConfig, field_kind, flag_of
+from walnet.engine.config import (SPLITS, DemoConfig, EvalConfig, ExportConfig, PredictConfig, TrainConfig, field_kind,
+                                  flag_of)
 from walnet.engine.experiment import DEFAULT_SEEDS, TABLES
 
 
@@ -41,10 +43,11 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 #: Flags other than :func:`~walnet.engine.config.flag_of`'s ``--<field-name>``.
-_FLAGS = {"batch_size": ("-b", "--batch-size"), "workers": ("-j", "--workers"), "masks_dir": ("--masks",)}
+_FLAGS = {"batch_size": ("-b", "--batch-size"), "workers": ("-j", "--workers"), "masks_dir": ("--masks",),
+          "formats": ("--format",)}
 #: argparse settings that the fields' types do not imply.
 _EXTRA = {"split": {"choices": SPLITS}, "masks_dir": {"metavar": "DIR"}, "inputs": {"metavar": "INPUT"},
-          "classes": {"type": _names, "metavar": "A,B,C"}}
+          "classes": {"type": _names, "metavar": "A,B,C"}, "formats": {"type": _names, "metavar": "FORMAT[,FORMAT]"}}
 #: The tuple fields given as positional arguments; other tuple fields are comma-separated options.
 _POSITIONAL = {"inputs"}
 
@@ -70,18 +73,24 @@ def _add_option(parser, config: type, name: str) -> None:
     parser.add_argument(*_FLAGS.get(name, (flag_of(name),)), dest=name, **kw)
 
 
+#: Pairs of fields of which exactly one is given: a required group of mutually exclusive options
+#: where a config has both.
+_ONE_OF = (("data_dir", "csv"), ("checkpoint", "model"))
+
+
 def _add_options(parser, config: type, skip=()) -> None:
-    """One option per field of `config` but those in `skip`, in field order; ``data_dir`` and
-    ``csv`` as a required pair of which exactly one is given."""
-    data = None
+    """One option per field of `config` but those in `skip`, in field order; each pair of
+    :data:`_ONE_OF` (``data_dir`` / ``csv``, ``checkpoint`` / ``model``) that `config` has as a
+    required group of which exactly one is given."""
+    names = {f.name for f in fields(config)} - set(skip)
+    groups = {}
+    for pair in _ONE_OF:
+        if set(pair) <= names:
+            group = parser.add_mutually_exclusive_group(required=True)
+            groups.update({name: group for name in pair})
     for f in fields(config):
-        if f.name in skip:
-            continue
-        if f.name in ("data_dir", "csv"):
-            data = data or parser.add_mutually_exclusive_group(required=True)
-            _add_option(data, config, f.name)
-        else:
-            _add_option(parser, config, f.name)
+        if f.name in names:
+            _add_option(groups.get(f.name, parser), config, f.name)
 
 
 def _config(config: type, args: argparse.Namespace, skip=(), **values):
@@ -134,6 +143,24 @@ def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="class probabilities of images or folders -> CSV (and optional mask PNGs)")
     _add_options(p, PredictConfig)
     p.set_defaults(run=_predict)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from walnet.engine.export import export_model
+
+    r = export_model(_config(ExportConfig, args))
+    check = "; ONNX checked with onnxruntime" if r["onnx_checked"] else ""
+    print(f"exported {r['model']} (epoch {r['epoch']}) to {r['output']}: {', '.join(r['files'])}{check}")
+    if r["onnx_checked"] is False:
+        print("note: onnxruntime is not installed, so the ONNX model was not run (pip install onnxruntime)")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="a checkpoint as a model folder: model.safetensors, config.json, model card "
+                       "README.md (+ model.pt2, model.onnx)")
+    _add_options(p, ExportConfig)
+    p.set_defaults(run=_export)
 
 
 #: Train fields ``walnet experiment`` does not offer: it sets them per run, or (the ROI method
@@ -257,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_demo(sub)
     _add_predict(sub)
+    _add_export(sub)
     _add_experiment(sub)
     parser.commands = sub.choices  # each command's parser, for errors found after parsing
     return parser

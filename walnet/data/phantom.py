@@ -48,7 +48,7 @@ from scipy import ndimage
 
 from walnet.constants import PLAQUE_CLASSES
 
-__all__ = ["CLASSES", "PAPER_COUNTS", "class_counts", "generate", "render_sample"]
+__all__ = ["CLASSES", "PAPER_COUNTS", "class_counts", "generate", "is_phantom", "render_sample"]
 
 #: Class names, index = label.
 CLASSES = PLAQUE_CLASSES
@@ -263,6 +263,11 @@ def class_counts(n: int) -> list[int]:
 
 def _is_phantom_dir(path: pathlib.Path) -> bool:
     return (path / _MARKER).is_file()
+
+
+def is_phantom(path) -> bool:
+    """Whether `path` is a folder written by :func:`generate` (it holds the phantom's marker)."""
+    return _is_phantom_dir(pathlib.Path(path))
 
 
 def _remove_previous(out: pathlib.Path) -> None:

@@ -1,6 +1,7 @@
 """The settings of the engine's runs as frozen dataclasses: :class:`TrainConfig`
 (``walnet train``), :class:`EvalConfig` (``walnet evaluate``), :class:`PredictConfig`
-(``walnet predict``) and :class:`DemoConfig` (``walnet demo``).
+(``walnet predict``), :class:`ExportConfig` (``walnet export``) and :class:`DemoConfig`
+(``walnet demo``).
 
 Each field carries its default and a one-line doc (``field.metadata["doc"]``); the command line
 reads both from here, so a default is written once. Values are checked on construction
@@ -21,6 +22,8 @@ from dataclasses import MISSING, dataclass, field, fields
 SPLITS = ("train", "val", "test")
 #: The arithmetic of a training run (``--precision``).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: The formats ``walnet export`` writes; safetensors (the weights) is always among them.
+EXPORT_FORMATS = ("safetensors", "pt2", "onnx")
 
 
 def option(default=MISSING, doc: str = ""):
@@ -222,9 +225,12 @@ class EvalConfig(_Config):
 
 @dataclass(frozen=True, kw_only=True)
 class PredictConfig(_Config):
-    """``walnet predict``: which checkpoint classifies which images, and where the results go."""
+    """``walnet predict``: which model (a checkpoint or an exported folder) classifies which
+    images, and where the results go."""
 
-    checkpoint: str = option(doc="best.pt or last.pt of a run")
+    checkpoint: str | None = option(None, "best.pt or last.pt of a run")
+    model: str | None = option(None, "instead of --checkpoint: a model folder written by walnet export "
+                               "(config.json + model.safetensors)")
     inputs: tuple[str, ...] = option(doc="image files and/or folders (scanned recursively)")
     output: str = option(doc="CSV: path,predicted,prob_<class>... (never overwritten without --overwrite)")
     masks_dir: str | None = option(None, "also write each image's predicted plaque mask (0/255 PNG, original "
@@ -235,10 +241,35 @@ class PredictConfig(_Config):
     overwrite: bool = option(False, "replace an existing CSV / mask files")
 
     def _check(self) -> None:
-        _check_given(self, "checkpoint", "inputs", "output")
+        if (self.checkpoint is None) == (self.model is None):
+            raise ValueError("give exactly one of checkpoint (--checkpoint) and model (--model)")
+        _check_given(self, "checkpoint" if self.checkpoint is not None else "model", "inputs", "output")
         _check_at_least(self, 1, "batch_size")
         if self.workers is not None:
             _check_at_least(self, 0, "workers")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig(_Config):
+    """``walnet export``: which checkpoint becomes a self-contained model folder, where, and in
+    which formats."""
+
+    checkpoint: str = option(doc="best.pt or last.pt of a run (its metrics.json and split.csv go into the model card)")
+    output: str = option(doc="model folder: model.safetensors, config.json, README.md (+ model.pt2, model.onnx)")
+    formats: tuple[str, ...] = option(("safetensors",), "comma-separated formats: safetensors (always written), "
+                                      "pt2 (torch.export), onnx (needs: pip install 'walnet[onnx]')")
+    overwrite: bool = option(False, "replace an earlier export in the output folder")
+    device: str = option("cpu", "cpu (default), cuda, cuda:1, auto: where the model is traced (a pt2 runs there)")
+
+    def _check(self) -> None:
+        _check_given(self, "checkpoint", "output", "formats")
+        names = [f.strip().lower() for f in self.formats]
+        unknown = [f for f in names if f not in EXPORT_FORMATS]
+        if unknown:
+            raise ValueError(f"--format: unknown format {unknown[0]!r}; choose from {', '.join(EXPORT_FORMATS)} "
+                             "(comma-separated)")
+        # canonical: safetensors first (the weights are always written), each format once
+        object.__setattr__(self, "formats", tuple(f for f in EXPORT_FORMATS if f == "safetensors" or f in names))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,9 +1,10 @@
-"""``walnet predict``: class probabilities of images (files and/or folders) from a checkpoint,
-as a CSV file, and optionally the predicted plaque masks as PNGs.
+"""``walnet predict``: class probabilities of images (files and/or folders) from a checkpoint
+or an exported model folder, as a CSV file, and optionally the predicted plaque masks as PNGs.
 
 The model is rebuilt from the checkpoint as ``walnet evaluate`` does (its train config and class
-map), and the images are read as in training (:class:`walnet.data.PlaqueDataset`: RGB, resized
-to the train size, scaled to [0, 1]).
+map), or read from a ``walnet export`` folder (:func:`walnet.models.load_pretrained`; classes and
+input size from its config.json); the images are read as in training
+(:class:`walnet.data.PlaqueDataset`: RGB, resized to the train size, scaled to [0, 1]).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from walnet.engine.config import PredictConfig
 from walnet.engine.speed import loader_workers
 from walnet.engine.step import as_output
 from walnet.engine.trainer import load_trained, pick_device
+from walnet.models.pretrained import load_pretrained, read_config
 
 
 def collect_images(inputs, exclude: Path | None = None) -> list[Path]:
@@ -71,13 +73,14 @@ def _mask_names(paths: list[Path]) -> list[str]:
 
 def predict(config: PredictConfig | str | Path, inputs=None, output_csv=None, **options) -> dict:
     """Classifies the images of ``inputs`` (files and/or folders, see :func:`collect_images`)
-    with the model of ``checkpoint`` and writes ``output``: ``path, predicted, prob_<class>...``
-    (one row per image, class columns in the checkpoint's class-map order), plus a ``mask``
-    column when ``masks_dir`` is given.
+    with the model of ``checkpoint`` (or of the exported folder ``model``) and writes
+    ``output``: ``path, predicted, prob_<class>...`` (one row per image, class columns in the
+    model's class order), plus a ``mask`` column when ``masks_dir`` is given.
 
     ``config``: a :class:`PredictConfig`, or the checkpoint, with the inputs and the output CSV
     next to it and :class:`PredictConfig`'s other fields as keywords
-    (``predict(ckpt, [folder], "p.csv", device="cpu")``).
+    (``predict(ckpt, [folder], "p.csv", device="cpu")``; ``predict(None, [folder], "p.csv",
+    model="exported/")`` for a model folder).
 
     With `masks_dir`, each image's predicted segmentation (argmax of the segmentation head,
     resized nearest to the original image size, 0 / 255 8-bit) is written there as
@@ -176,11 +179,18 @@ def _predict(config: PredictConfig) -> dict:
     mask_names = _mask_names(paths) if masks_dir is not None else None
     _check_targets(output_csv, masks_dir, paths, mask_names, overwrite)
     device = pick_device(config.device)
-    model, classes, trained, _ = load_trained(config.checkpoint, device)
+    if config.model is not None:
+        exported = read_config(config.model)
+        model = load_pretrained(config.model, device)
+        classes, name, source = tuple(exported["classes"]), exported["model"], config.model
+        size = exported["input"]["size"]
+    else:
+        model, classes, trained, _ = load_trained(config.checkpoint, device)
+        name, size, source = trained.model, trained.size, config.checkpoint
     if masks_dir is not None and getattr(model, "decoder", None) is None:
-        raise ValueError(f"model {trained.model!r} of {config.checkpoint} has no segmentation head; "
+        raise ValueError(f"model {name!r} of {source} has no segmentation head; "
                          "--masks needs a WAL-Net with its PGM (not a baseline or walnet_no_pgm)")
-    _check_readable(paths, trained.size)
+    _check_readable(paths, size)
 
     made = []  # folders this run creates: removed again (when still empty) if it fails
     if masks_dir is not None:
@@ -196,7 +206,7 @@ def _predict(config: PredictConfig) -> dict:
             masks_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(masks_dir, _STAGING)
             staging = Path(tempfile.mkdtemp(prefix=temp_prefix(_STAGING), suffix=".tmp", dir=masks_dir))
-        probs = _run(model, paths, trained.size, config, device, classes, staging, mask_names)
+        probs = _run(model, paths, size, config, device, classes, staging, mask_names)
         predicted = probs.argmax(axis=1)
         with atomic_open(output_csv, text=True) as f:
             writer = csv.writer(f)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from walnet import ops
+from walnet.models._folder import build, load_weights, read_config
 from walnet.models.attention import GridAttentionGate
 from walnet.models.decoder import DeepLabV3PlusDecoder
 
@@ -82,6 +83,20 @@ class WALNet(nn.Module):
         self.rcm_warmup_epochs = rcm_warmup_epochs
         self.use_rcm = use_rcm and use_pgm
         self.backend = backend
+
+    @classmethod
+    def from_pretrained(cls, folder, device: str | torch.device = "cpu") -> WALNet:
+        """The WAL-Net of a folder written by ``walnet export`` (config.json and
+        model.safetensors, read without pickle), with its weights, in eval mode on `device`.
+        A folder that holds a baseline is an error (load it with
+        :func:`walnet.models.load_pretrained`); so are a missing file, another format or
+        version, and weights that do not fit (each naming the file)."""
+        config = read_config(folder)
+        if not config["model"].startswith("walnet"):
+            raise ValueError(f"{folder} holds the baseline {config['model']!r}, not a WAL-Net; load it with "
+                             "walnet.models.load_pretrained")
+        model = build(folder, config, lambda name, **kwargs: cls(**kwargs))
+        return load_weights(model, folder, device)
 
     def rcm_active(self, epoch: int | None) -> bool:
         if not self.use_rcm:

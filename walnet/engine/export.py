@@ -1,0 +1,556 @@
+"""``walnet export``: a trained checkpoint as a self-contained model folder.
+
+The folder (``output``) receives:
+
+- ``model.safetensors``: the model's state dict as safetensors (no pickle: nothing in it can run
+  code);
+- ``config.json``: a format tag and version, the model's name and the arguments
+  :func:`walnet.models.create_model` rebuilds it from, its classes in label order, its input
+  (size, RGB, values in [0, 1], no normalisation), the walnet and torch versions, the source
+  checkpoint and epoch, and what each extra format holds;
+- ``README.md``: a model card (model, classes, input, intended use, training data, the run's test
+  metrics from ``metrics.json`` next to the checkpoint, limits, how to load it);
+- with ``pt2``: ``model.pt2``, ``torch.export`` of the model in eval mode, saved with
+  ``torch.export.save``. walnet's own operators stay in the program as they are
+  (``walnet::mask_boxes`` and ``walnet::crop_resize`` of the RCM; the PGM does not run in
+  evaluation), so loading it needs ``import walnet`` to register them. The batch dimension is
+  dynamic where torch.export allows it, else fixed (config.json says which);
+- with ``onnx``: ``model.onnx`` (opset :data:`ONNX_OPSET`), traced through the pure-PyTorch
+  reference versions of walnet's ops (ONNX has no walnet operators; the references are the ops'
+  specification and decompose into standard ONNX operators). With onnxruntime installed its
+  output is checked against the eager model (:data:`ONNX_RTOL`, :data:`ONNX_ATOL`).
+
+The pt2 and ONNX programs take ``image`` [N,3,size,size] and return a tuple of tensors:
+``(logits, seg_logits)`` for a WAL-Net with its PGM, ``(logits,)`` otherwise.
+
+Nothing is written until every file is made and checked: the files are written to a temporary
+folder inside the output folder and moved into place (renamed, so each appears whole) together
+at the end. An earlier export in the folder is only replaced with ``overwrite``; the reading side
+is :func:`walnet.models.load_pretrained`.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from walnet._version import __version__
+from walnet.data import load_split, phantom
+from walnet.engine.checkpoint import remove_stale_temps, temp_prefix
+from walnet.engine.checks import check_output, pick_device
+from walnet.engine.config import SPLITS, ExportConfig
+from walnet.engine.trainer import load_trained
+from walnet.models import BASELINES, WALNet
+from walnet.models.pretrained import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE
+
+#: The ONNX opset the export asks for (torch's default for its dynamo-based exporter).
+ONNX_OPSET = 20
+#: The ONNX model passes its check when every output is within
+#: ``ONNX_ATOL + ONNX_RTOL * |eager|`` of the eager model's (numpy.allclose) on a random batch.
+ONNX_RTOL = 1e-4
+ONNX_ATOL = 1e-4
+#: The saved pt2 program runs the model's own kernels, so it must match the eager model closely.
+PT2_RTOL = 1e-5
+PT2_ATOL = 1e-5
+#: What ``--format onnx`` needs installed, and the command that installs it.
+ONNX_PACKAGES = ("onnx", "onnxscript")
+ONNX_INSTALL = "pip install 'walnet[onnx]'"
+
+CARD_FILE = "README.md"
+PT2_FILE = "model.pt2"
+ONNX_FILE = "model.onnx"
+ONNX_DATA_FILE = "model.onnx.data"  # ONNX keeps weights over 2 GB in a file beside the model
+#: Every file an export may write: an existing one is only replaced with ``overwrite``.
+EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, PT2_FILE, ONNX_FILE, ONNX_DATA_FILE)
+_STAGING = "walnet-export"  # the temporary folder's name in the output folder (see temp_prefix)
+
+
+class ExportError(RuntimeError):
+    """A format that could not be exported, or whose exported model does not reproduce the
+    eager model's outputs; nothing is written then."""
+
+
+class MissingDependencyError(ImportError, ValueError):
+    """A format asked for whose optional packages are not installed (a ValueError too, so the
+    command line reports it as one line)."""
+
+
+def require_onnx() -> None:
+    """Raises :class:`MissingDependencyError` unless the packages ``torch.onnx.export`` needs
+    (:data:`ONNX_PACKAGES`) are installed, naming what to ``pip install``."""
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingDependencyError(f"--format onnx needs {' and '.join(ONNX_PACKAGES)} (not installed: "
+                                     f"{', '.join(missing)}); {ONNX_INSTALL}")
+
+
+def export_model(config: ExportConfig | str | Path, output: str | Path | None = None, **options) -> dict:
+    """Writes the model of a ``walnet train`` checkpoint to a model folder (see the module
+    docstring for its files).
+
+    ``config``: an :class:`~walnet.engine.config.ExportConfig`, or the checkpoint with the output
+    folder next to it and the config's other fields as keywords
+    (``export_model("runs/a/best.pt", "exported", formats=("pt2",))``).
+
+    Every check comes first (formats and their packages, the output folder, the checkpoint);
+    an existing export file in the folder is an error naming it unless ``overwrite``, which
+    replaces the export and removes files of formats not written this time. Returns a summary:
+    ``output``, ``files`` (written), ``model``, ``epoch``, ``formats`` (config.json's entries)
+    and ``onnx_checked`` (True / False without onnxruntime / None without ONNX).
+    """
+    if not isinstance(config, ExportConfig):
+        config = ExportConfig(checkpoint=config, output=output, **options)
+    elif output is not None or options:
+        raise ValueError("pass either an ExportConfig or the checkpoint, output and options, not both")
+    return _export(config)
+
+
+def _check_target(config: ExportConfig) -> None:
+    """The output folder can be written, holds no file that is the checkpoint, and holds no
+    earlier export unless ``overwrite``."""
+    out = Path(config.output)
+    check_output(out, "--output", inputs=(config.checkpoint,), writes=EXPORT_FILES)
+    folders = [name for name in EXPORT_FILES if (out / name).is_dir()]
+    if folders:
+        raise ValueError(f"--output {out}: {out / folders[0]} is a folder where the export writes a file")
+    existing = [name for name in EXPORT_FILES if (out / name).exists() or (out / name).is_symlink()]
+    if existing and not config.overwrite:
+        raise FileExistsError(f"--output {out} already holds {', '.join(existing)}; pass --overwrite to replace "
+                              "the export there")
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((s.strip() for s in str(exc).splitlines() if s.strip()), type(exc).__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# what the model is
+
+
+def _description(model: nn.Module, trained) -> tuple[dict, str]:
+    """The arguments :func:`walnet.models.create_model` rebuilds `model` from (every WAL-Net
+    setting spelled out, so config.json says what the model is without walnet's defaults) and
+    its backbone (the timm model)."""
+    if isinstance(model, WALNet):
+        kwargs = dict(backbone=trained.backbone, attention_channels=trained.attention_channels,
+                      roi_method=model.roi_method, use_rcm=model.use_rcm, use_pgm=model.use_pgm,
+                      rcm_warmup_epochs=model.rcm_warmup_epochs)
+        return kwargs, trained.backbone
+    return {}, BASELINES.get(trained.model, trained.model)
+
+
+def _output_names(model: nn.Module) -> list[str]:
+    return ["logits", "seg_logits"] if getattr(model, "decoder", None) is not None else ["logits"]
+
+
+class _Outputs(nn.Module):
+    """The model's forward as a tuple of tensors: exported programs return tensors only (no
+    ``None`` for a missing segmentation head; the attention maps only feed the PGM in training)."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model = model
+        self.with_seg = "seg_logits" in names
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(image)
+        if isinstance(out, torch.Tensor):  # a timm baseline: the logits
+            return (out,)
+        return (out.logits, out.seg_logits) if self.with_seg else (out.logits,)
+
+
+def _example(batch: int, size: int, device) -> torch.Tensor:
+    # a fixed seed: the checks compare the same input on every run
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch)).to(device)
+
+
+def _compare(what: str, names: list[str], want, got, rtol: float, atol: float) -> float:
+    """The largest absolute difference between `want` and `got` (tuples of arrays or tensors,
+    named `names`); an :class:`ExportError` where one is not within ``atol + rtol * |want|``."""
+    worst = 0.0
+    for name, a, b in zip(names, want, got, strict=True):
+        a = a.detach().float().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        b = b.detach().float().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+        if a.shape != b.shape:
+            raise ExportError(f"{what} gives {name} of shape {list(b.shape)}, the eager model {list(a.shape)}; "
+                              "nothing was written")
+        diff = float(np.abs(a - b).max()) if a.size else 0.0
+        if not np.allclose(b, a, rtol=rtol, atol=atol):
+            raise ExportError(f"{what} differs from the eager model: {name} by up to {diff:.3g} (tolerance atol "
+                              f"{atol:g} + rtol {rtol:g}); nothing was written")
+        worst = max(worst, diff)
+    return worst
+
+
+def _dynamic_batch() -> tuple[dict, ...]:
+    return ({0: torch.export.Dim("batch", min=1)},)
+
+
+# ---------------------------------------------------------------------------------------------
+# the formats
+
+
+def _write_safetensors(model: nn.Module, path: Path) -> dict:
+    # clones: safetensors refuses tensors that share memory (tied weights), and the file holds
+    # each tensor on its own anyway
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    path.write_bytes(safetensors.torch.save(tensors, metadata={"format": "pt", "walnet_format": FORMAT}))
+    return {"file": WEIGHTS_FILE, "tensors": len(tensors)}
+
+
+def _export_pt2(model: nn.Module, names: list[str], size: int, device: torch.device, path: Path) -> dict:
+    """torch.export of the eval model (walnet's ops kept), saved to `path` and loaded back to
+    check it against the eager model."""
+    wrapper = _Outputs(model, names).eval()
+    example, static_reason = _example(2, size, device), None
+    try:
+        program = torch.export.export(wrapper, (example,), dynamic_shapes=_dynamic_batch())
+    except Exception as exc:  # noqa: BLE001 - whatever keeps the batch from being dynamic: try a fixed one
+        static_reason = _first_line(exc)
+        example = _example(1, size, device)
+        try:
+            program = torch.export.export(wrapper, (example,))
+        except Exception as exc2:  # noqa: BLE001 - torch.export's errors have no common base
+            raise ExportError(f"torch.export cannot export the model ({_first_line(exc2)}); nothing was "
+                              "written") from exc2
+    torch.export.save(program, path)
+    check = _example(3 if static_reason is None else 1, size, device)
+    with torch.no_grad():
+        want, got = wrapper(check), torch.export.load(path).module()(check)
+    worst = _compare(f"the saved {PT2_FILE}", names, want, got, PT2_RTOL, PT2_ATOL)
+    ops = sorted({str(n.target).removesuffix(".default") for n in program.graph.nodes
+                  if n.op == "call_function" and str(n.target).startswith("walnet.")})
+    entry = {"file": PT2_FILE, "example_input_shape": list(example.shape), "dynamic_batch": static_reason is None,
+             "device": device.type, "outputs": names, "walnet_ops": [o.replace(".", "::", 1) for o in ops],
+             "checked": {"batch": check.shape[0], "rtol": PT2_RTOL, "atol": PT2_ATOL, "max_abs_diff": worst}}
+    if static_reason is not None:
+        entry["why_static"] = static_reason
+    return entry
+
+
+def _export_onnx(model: nn.Module, names: list[str], size: int, path: Path) -> dict:
+    """``torch.onnx.export`` (dynamo) of a CPU copy of the model running walnet's reference ops;
+    with onnxruntime, checked against the eager model (its own backend) on a random batch."""
+    cpu = copy.deepcopy(model).cpu().eval()  # the caller's model keeps its device and backend
+    backend = getattr(cpu, "backend", None)
+    if isinstance(cpu, WALNet):
+        cpu.backend = "reference"  # ONNX knows no walnet:: operators; the references are plain torch
+    wrapper = _Outputs(cpu, names).eval()
+    example, static_reason = _example(2, size, "cpu"), None
+    kw = dict(input_names=["image"], output_names=names, opset_version=ONNX_OPSET, dynamo=True, verbose=False)
+    try:
+        program = torch.onnx.export(wrapper, (example,), dynamic_shapes=_dynamic_batch(), **kw)
+    except Exception as exc:  # noqa: BLE001 - whatever keeps the batch from being dynamic: try a fixed one
+        static_reason = _first_line(exc)
+        example = _example(1, size, "cpu")
+        try:
+            program = torch.onnx.export(wrapper, (example,), **kw)
+        except Exception as exc2:  # noqa: BLE001 - the exporter's errors have no common base
+            raise ExportError(f"torch.onnx.export cannot export the model ({_first_line(exc2)}); nothing was "
+                              "written") from exc2
+    program.save(str(path))  # weights inside the file unless they exceed protobuf's 2 GB
+    entry = {"file": ONNX_FILE, "opset": ONNX_OPSET, "input": "image", "outputs": names,
+             "example_input_shape": list(example.shape), "dynamic_batch": static_reason is None,
+             "walnet_ops": "reference (pure PyTorch, decomposed into standard ONNX operators)"}
+    if (path.parent / ONNX_DATA_FILE).exists():
+        entry["external_data"] = ONNX_DATA_FILE
+    if static_reason is not None:
+        entry["why_static"] = static_reason
+    try:
+        import onnxruntime
+    except ImportError:
+        entry["checked"] = None  # not run: onnxruntime is not installed
+        return entry
+    if backend is not None:
+        cpu.backend = backend  # compared with the model as it runs in walnet
+    check = _example(3 if static_reason is None else 1, size, "cpu")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = wrapper(check)
+    got = session.run(names, {"image": check.numpy()})
+    worst = _compare(f"the ONNX model (onnxruntime {onnxruntime.__version__})", names, want, got, ONNX_RTOL,
+                     ONNX_ATOL)
+    entry["checked"] = {"onnxruntime": onnxruntime.__version__, "batch": check.shape[0], "rtol": ONNX_RTOL,
+                        "atol": ONNX_ATOL, "max_abs_diff": worst}
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def _export(config: ExportConfig) -> dict:
+    out, ckpt = Path(config.output), Path(config.checkpoint)
+    if "onnx" in config.formats:
+        require_onnx()
+    _check_target(config)
+    device = pick_device(config.device)
+    model, classes, trained, state = load_trained(ckpt, device)
+    kwargs, backbone = _description(model, trained)
+    names = _output_names(model)
+    metrics, metrics_note = _read_metrics(ckpt.parent / "metrics.json")
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": trained.model,
+        "kwargs": kwargs,
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "backbone": backbone,
+        "input": {
+            "size": trained.size,
+            "shape": ["N", 3, trained.size, trained.size],
+            "channels": "RGB",
+            "dtype": "float32",
+            "value_range": [0.0, 1.0],
+            "mean": [0.0, 0.0, 0.0],
+            "std": [1.0, 1.0, 1.0],
+            "normalization": "none: the model takes RGB images scaled to [0, 1] (8-bit values / 255) and "
+                             "resized to size x size, as walnet reads them; it normalises nothing itself",
+        },
+        "outputs": _outputs_doc(names, len(classes)),
+        "walnet_version": __version__,
+        "torch_version": torch.__version__,
+        "checkpoint": {"path": str(ckpt), "epoch": int(state["epoch"])},
+        "formats": {},
+    }
+
+    made = [f for f in (out, *out.parents) if not f.exists()]  # folders to remove again if this fails
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out, _STAGING)
+    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(_STAGING), suffix=".tmp", dir=out))
+    done = False
+    try:
+        info["formats"]["safetensors"] = _write_safetensors(model, staging / WEIGHTS_FILE)
+        if "pt2" in config.formats:
+            info["formats"]["pt2"] = _export_pt2(model, names, trained.size, device, staging / PT2_FILE)
+        if "onnx" in config.formats:
+            info["formats"]["onnx"] = _export_onnx(model, names, trained.size, staging / ONNX_FILE)
+        files = sorted(p.name for p in staging.iterdir()) + [CONFIG_FILE, CARD_FILE]
+        info["files"] = files
+        (staging / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        card = _model_card(info, trained, ckpt, metrics, metrics_note, _split_sizes(ckpt.parent / "split.csv"))
+        (staging / CARD_FILE).write_text(card, encoding="utf-8")
+        for name in files:  # on disk before any is renamed into place
+            with open(staging / name, "rb") as f:
+                os.fsync(f.fileno())
+        for name in files:
+            os.replace(staging / name, out / name)
+        for name in EXPORT_FILES:  # an earlier export's files of formats not written this time
+            if name not in files and (out / name).exists():
+                (out / name).unlink()
+        done = True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not done:
+            for folder in made:  # deepest first; only while empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+    onnx = info["formats"].get("onnx")
+    return {"output": str(out), "files": files, "model": trained.model, "epoch": int(state["epoch"]),
+            "formats": info["formats"], "onnx_checked": None if onnx is None else onnx["checked"] is not None}
+
+
+def _outputs_doc(names: list[str], num_classes: int) -> dict:
+    doc = {"logits": f"[N, {num_classes}] class logits in the order of \"classes\" (softmax: probabilities)"}
+    if "seg_logits" in names:
+        doc["seg_logits"] = ("[N, 2, size/4, size/4] plaque segmentation logits (channel 1: plaque), learned from "
+                             "the PGM's pseudo masks")
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------
+# the model card
+
+
+def _read_metrics(path: Path) -> tuple[dict | None, str | None]:
+    """``walnet evaluate``'s metrics.json, or None and why not (None: there is none)."""
+    if not path.is_file():
+        return None, None
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"{path} could not be read ({_first_line(exc)})"
+    if not isinstance(metrics, dict) or "accuracy" not in metrics:
+        return None, f"{path} is not a metrics file of `walnet evaluate`"
+    return metrics, None
+
+
+def _split_sizes(path: Path) -> dict | str | None:
+    """Images per split of the run's split.csv; why not where it cannot be read; None without one."""
+    if not path.is_file():
+        return None
+    try:
+        splits = list(load_split(path).values())
+    except (OSError, ValueError) as exc:
+        return f"{path} could not be read ({_first_line(exc)})"
+    return {s: splits.count(s) for s in SPLITS}
+
+
+def _number(value) -> str:
+    return "n/a" if not isinstance(value, (int, float)) or math.isnan(value) else f"{value:.3f}"
+
+
+def _is_phantom(trained) -> bool:
+    """Whether the run's data is walnet's phantom (where its folder can still be found)."""
+    folder = Path(trained.csv).parent if trained.csv is not None else Path(trained.data_dir)
+    return phantom.is_phantom(folder)
+
+
+def _data_source(trained) -> str:
+    source = f"the CSV `{trained.csv}`" if trained.csv is not None else f"the ImageFolder tree `{trained.data_dir}`"
+    if _is_phantom(trained):
+        source += " (walnet's synthetic plaque phantom, not real ultrasound)"
+    return source
+
+
+def _metrics_section(metrics: dict | None, note: str | None, info: dict, ckpt: Path, trained) -> list[str]:
+    if metrics is None:
+        why = note or f"there is no metrics.json next to the checkpoint ({ckpt.parent})"
+        data = f"--csv {trained.csv}" if trained.csv is not None else f"--data-dir {trained.data_dir}"
+        return ["No evaluation was found: " + why + ". The model's accuracy on held-out data is unknown. "
+                "Score it on the run's test split, then export again:", "",
+                "```bash", f"walnet evaluate --checkpoint {ckpt} {data}", "```"]
+    lines = [f"`walnet evaluate` on the **{metrics.get('split', '?')}** split ({metrics.get('images', '?')} images) "
+             f"of the run (`{ckpt.parent / 'metrics.json'}`):", ""]
+    if metrics.get("epoch") is not None and metrics.get("epoch") != info["checkpoint"]["epoch"]:
+        lines += [f"**These scores are of the checkpoint of epoch {metrics['epoch']}, not of the exported one "
+                  f"(epoch {info['checkpoint']['epoch']}).**", ""]
+    rows = [("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("macro precision", "macro_precision"),
+            ("macro recall", "macro_recall"), ("Cohen's kappa", "kappa"), ("ROC-AUC (micro)", "auc_micro"),
+            ("predicted-mask IoU", "seg_iou"), ("predicted-mask Dice", "seg_dice"),
+            ("pseudo-mask IoU", "pseudo_iou"), ("pseudo-mask Dice", "pseudo_dice")]
+    lines += ["| metric | value |", "|---|---|"]
+    lines += [f"| {label} | {_number(metrics[key])} |" for label, key in rows if key in metrics]
+    confusion = metrics.get("confusion")
+    names = metrics.get("class_names") or info["classes"]
+    if isinstance(confusion, list) and len(confusion) == len(names):
+        cm = np.asarray(confusion, dtype=float)
+        tp = np.diag(cm)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision, recall = tp / cm.sum(axis=0), tp / cm.sum(axis=1)
+        auc = metrics.get("auc_per_class") or {}
+        lines += ["", "| class | images | precision | recall | ROC-AUC |", "|---|---|---|---|---|"]
+        lines += [f"| {c} | {int(cm[k].sum())} | {_number(float(precision[k]))} | {_number(float(recall[k]))} | "
+                  f"{_number(auc.get(c))} |" for k, c in enumerate(names)]
+        lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
+                  "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [f"| {c} | " + " | ".join(str(int(v)) for v in cm[k]) + " |" for k, c in enumerate(names)]
+    return lines
+
+
+def _model_card(info: dict, trained, ckpt: Path, metrics: dict | None, metrics_note: str | None,
+                split_sizes: dict | str | None) -> str:
+    name, kw, size = info["model"], info["kwargs"], info["input"]["size"]
+    walnet_model = name.startswith("walnet")
+    if walnet_model:
+        parts = [f"WAL-Net (`{name}`): timm `{kw['backbone']}` encoder"]
+        if kw["use_pgm"]:
+            parts.append(f"attention gates ({kw['attention_channels']} channels), DeepLabV3+ decoder trained from "
+                         "PGM pseudo masks")
+            parts.append(f"RCM `{kw['roi_method']}`" if kw["use_rcm"] else "no RCM")
+        else:
+            parts.append("no PGM or RCM (pooled stage 4, one linear head)")
+        architecture = ", ".join(parts)
+    else:
+        architecture = f"baseline `{name}`: the timm classifier `{info['backbone']}`"
+    classes = ", ".join(f"{k} `{c}`" for k, c in enumerate(info["classes"]))
+    outputs = "; ".join(f"`{k}` {v}" for k, v in info["outputs"].items())
+    lines = [
+        f"# {name}: carotid plaque classifier",
+        "",
+        f"Exported with `walnet export` (walnet {info['walnet_version']}, torch {info['torch_version']}) from "
+        f"`{ckpt}` (epoch {info['checkpoint']['epoch']}). Files: {', '.join(f'`{f}`' for f in info['files'])}.",
+        "",
+        "## Model",
+        "",
+        f"- Architecture: {architecture}.",
+        f"- Classes, in label order: {classes}.",
+        f"- Outputs: {outputs}.",
+        "",
+        "## Input",
+        "",
+        f"An RGB image as float32 `[N, 3, {size}, {size}]` with values in [0, 1], resized to {size}x{size} "
+        "(crop it to the plaque ROI first if the training data was cropped so). No mean/std normalisation: "
+        "mean [0, 0, 0], std [1, 1, 1]; the model takes the [0, 1] image as it is.",
+        "",
+        "## Intended use",
+        "",
+        "Research on the classification of carotid plaque echogenicity in B-mode ultrasound. It is **not a "
+        "medical device** and must not be used for diagnosis, treatment or any clinical decision.",
+        "",
+        "## Training data",
+        "",
+        f"- Data: {_data_source(trained)}.",
+        f"- Training: up to {trained.epochs} epoch(s); this checkpoint is from epoch {info['checkpoint']['epoch']} "
+        f"(counted from 0). Seed {trained.seed}, input size {trained.size}, batch size "
+        f"{trained.batch_size}, Adam lr {trained.lr:g}"
+        + (f", RCM off for the first {trained.rcm_warmup} epochs" if walnet_model and kw.get("use_rcm") else "")
+        + (", from pretrained backbone weights" if trained.pretrained else ", from random initialisation") + ".",
+    ]
+    if isinstance(split_sizes, dict):
+        lines.append("- Split (the run's `split.csv`, patient-grouped): "
+                     + ", ".join(f"{s} {n} images" for s, n in split_sizes.items()) + ".")
+    elif isinstance(split_sizes, str):
+        lines.append(f"- Split: {split_sizes}.")
+    else:
+        lines.append("- Split: no `split.csv` next to the checkpoint (the data's own split column, or unknown).")
+    lines += ["", "## Evaluation", ""]
+    lines += _metrics_section(metrics, metrics_note, info, ckpt, trained)
+    lines += [
+        "",
+        "## Limitations",
+        "",
+        ("- Trained on walnet's synthetic phantom only: it has never seen a real scan, and its scores say nothing "
+         "about real ultrasound." if _is_phantom(trained) else
+         "- Trained on a small dataset (plaque datasets hold hundreds to a few thousand scans): its scores have wide "
+         "uncertainty and need not hold on other data."),
+        "- Domain shift: other scanners, probes, presets, gain settings, operators and centres change the image "
+        "statistics; validate it on data from the target setting before relying on any score.",
+        "- The segmentation output is learned from weak pseudo masks (attention maps and superpixels), not from "
+        "annotated plaque outlines: it is not a validated segmentation.",
+        "- It knows the classes above only and gives one of them for any input, including images without a "
+        "plaque; its probabilities are not calibrated.",
+        "",
+        "## How to load",
+        "",
+        "`DIR` is this folder; `images` a float32 tensor `[N, 3, size, size]` in [0, 1] as above.",
+        "",
+        "```python",
+        "import walnet",
+        "from walnet.models import load_pretrained",
+        "from walnet.models.pretrained import read_config",
+        "",
+        "model = load_pretrained(\"DIR\")             # any walnet model, eval mode, no pickle",
+    ]
+    if walnet_model:
+        lines.append("model = walnet.WALNet.from_pretrained(\"DIR\")   # the same, for WAL-Net models")
+    lines += ["classes = read_config(\"DIR\")[\"classes\"]",
+              "```", "",
+              "```bash", "walnet predict --model DIR scans/ --output predictions.csv", "```"]
+    if "pt2" in info["formats"]:
+        pt2 = info["formats"]["pt2"]
+        lines += ["", "```python", "import torch, walnet                       # walnet registers its ops",
+                  "program = torch.export.load(\"DIR/model.pt2\").module()",
+                  "outputs = program(images)                 # (" + ", ".join(pt2["outputs"]) + ")", "```",
+                  f"(batch dimension {'dynamic' if pt2['dynamic_batch'] else 'fixed'}; exported on "
+                  f"{pt2['device']})"]
+    if "onnx" in info["formats"]:
+        onnx = info["formats"]["onnx"]
+        lines += ["", "```python", "import onnxruntime",
+                  "session = onnxruntime.InferenceSession(\"DIR/model.onnx\")",
+                  "outputs = session.run(None, {\"image\": images.numpy()})   # ["
+                  + ", ".join(onnx["outputs"]) + "]", "```",
+                  f"(opset {onnx['opset']}; walnet's ops as their pure-PyTorch references)"]
+    return "\n".join(lines) + "\n"
