@@ -215,3 +215,26 @@ def test_backend_flags_are_restored():
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark,
             torch.backends.cudnn.allow_tf32) == before
+
+
+def test_train_compile_runs_the_compiled_step(tmp_path, monkeypatch):
+    """`walnet train --compile` trains through one fullgraph compile per RCM state (aot_eager
+    here: inductor's C++ build would take minutes on a CI machine)."""
+    from walnet.data import phantom
+    from walnet.engine import step as step_module
+    from walnet.engine.trainer import train
+
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    real = torch.compile
+
+    def compile_with_counter(fn, **kw):
+        assert kw["fullgraph"] is True
+        return real(fn, **{**kw, "backend": counter})
+
+    monkeypatch.setattr(step_module.torch, "compile", compile_with_counter)
+    torch._dynamo.reset()
+    data = phantom.generate(tmp_path / "data", n=30, seed=1, size=48)
+    row = train(TrainConfig(csv=data, output=tmp_path / "run", backbone="resnet18", attention_channels=8, size=48,
+                            batch_size=6, epochs=2, rcm_warmup=1, compile=True, device="cpu"))
+    assert counter.frame_count == 2  # epoch 0 without the RCM, epoch 1 with it
+    assert row["epoch"] == 1 and all(torch.isfinite(torch.tensor(row[k])) for k in ("loss", "cls_loss", "seg_loss"))

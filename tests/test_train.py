@@ -269,11 +269,12 @@ def test_only_a_last_batch_of_one_is_dropped(samples, batch, dropped):
     assert len(loader) == samples // batch + (samples % batch > (1 if dropped else 0))
 
 
+@pytest.mark.parametrize("mode", ["cuda_graphs", "compile"])
 @pytest.mark.parametrize("samples, batch", [(480, 16), (25, 8), (24, 8), (18, 8), (3, 1)])
-def test_a_graphed_run_drops_every_partial_last_batch(samples, batch):
+def test_a_graphed_or_compiled_run_drops_every_partial_last_batch(samples, batch, mode):
     sampler = torch.utils.data.DistributedSampler(range(samples), 1, 0)
     config = _config("x.csv", "o", batch_size=batch)
-    speed = dataclasses.replace(speed_of(config, torch.device("cpu")), cuda_graphs=True)
+    speed = dataclasses.replace(speed_of(config, torch.device("cpu")), **{mode: True})
     loader = trainer._train_loader(range(samples), sampler, config, speed, pin=False)
     assert len(loader) == samples // batch and all(len(b) == batch for b in loader)
 

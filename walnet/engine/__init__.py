@@ -1,12 +1,14 @@
-"""Training / evaluation machinery: loops, metrics, checkpoints, figures, and the runs behind the
-``walnet`` commands (trainer, predict, experiment, demo)."""
+"""Training / evaluation machinery: the training step, loops, metrics, checkpoints, figures, and
+the runs behind the ``walnet`` commands (trainer, predict, export, experiment, demo)."""
 from walnet.engine.checkpoint import CheckpointError, WriteError, load_checkpoint, load_training_state, save_checkpoint
 from walnet.engine.loops import EvalOutputs, evaluate, train_one_epoch
 from walnet.engine.metrics import classification_metrics, confusion_matrix, mask_iou_dice, roc_auc, roc_curve
+from walnet.engine.step import TrainStep
 
 __all__ = [
     "CheckpointError",
     "EvalOutputs",
+    "TrainStep",
     "WriteError",
     "classification_metrics",
     "confusion_matrix",

@@ -134,11 +134,13 @@ class TrainStep:
             return static_stats
         if warm < GRAPH_WARMUP_STEPS:
             # on a side stream, as CUDA graphs ask of the work before a capture
+            main = torch.cuda.current_stream(images.device)
             side = torch.cuda.Stream(images.device)
-            side.wait_stream(torch.cuda.current_stream(images.device))
+            side.wait_stream(main)
             with torch.cuda.stream(side):
                 stats = self._eager(images, target, rcm_epoch)
-            torch.cuda.current_stream(images.device).wait_stream(side)
+            main.wait_stream(side)
+            stats.record_stream(main)  # the caller reads it on its stream: not to be reused before
             state[0] = warm + 1
             return stats
         # Another RCM state's graph is dropped: its gradients, which the capture below would

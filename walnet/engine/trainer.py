@@ -171,10 +171,11 @@ def _train_loader(train_set, sampler, config: TrainConfig, speed: Speed, pin: bo
     # A last training batch of one sample gives BatchNorm one value per channel wherever a
     # feature map is 1x1 (every stage at --size <= 32), which is an error in training mode.
     # Dropping it skips one (reshuffled) sample per epoch; other batch counts are unchanged.
-    # A CUDA graph replays one batch shape, so a graphed run drops every partial last batch
-    # (the sampler reshuffles, so each epoch leaves out other samples).
+    # A CUDA graph replays one batch shape, and a compiled step would compile again for another,
+    # so graphed and compiled runs drop every partial last batch (the sampler reshuffles, so
+    # each epoch leaves out other samples).
     drop_last = len(sampler) > config.batch_size and (
-        speed.cuda_graphs or len(sampler) % config.batch_size == 1)
+        speed.cuda_graphs or speed.compile or len(sampler) % config.batch_size == 1)
     return _loader(train_set, config, speed, pin, sampler=sampler, drop_last=drop_last)
 
 
