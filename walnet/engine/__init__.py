@@ -2,18 +2,21 @@
 ``walnet`` commands (trainer, predict, experiment, demo)."""
 from walnet.engine.checkpoint import CheckpointError, WriteError, load_checkpoint, load_training_state, save_checkpoint
 from walnet.engine.loops import EvalOutputs, evaluate, train_one_epoch
-from walnet.engine.metrics import classification_metrics, confusion_matrix, mask_iou_dice, roc_auc, roc_curve
+from walnet.engine.metrics import (bootstrap_ci, classification_metrics, confusion_matrix, mask_iou_dice,
+                                   patient_metrics, roc_auc, roc_curve)
 
 __all__ = [
     "CheckpointError",
     "EvalOutputs",
     "WriteError",
+    "bootstrap_ci",
     "classification_metrics",
     "confusion_matrix",
     "evaluate",
     "load_checkpoint",
     "load_training_state",
     "mask_iou_dice",
+    "patient_metrics",
     "roc_auc",
     "roc_curve",
     "save_checkpoint",
