@@ -7,9 +7,9 @@ atomically; model, optimizer, scaler, epoch, the config under ``"args"``, class 
 validation metric that chooses ``best.pt`` with its best value so far, ``best_metric`` and
 ``best_value``). ``walnet evaluate`` writes ``metrics.json``: the scores of
 :func:`~walnet.engine.metrics.classification_metrics`, their bootstrap intervals and, where the
-data has patient ids, the same per patient (``"patient"``). An output
-folder that already holds a run is only continued with ``resume`` (never overwritten), and it is
-locked while a run writes it (:mod:`walnet.engine.lock`).
+data has patient ids, the same per patient (``"patient"``). An output folder that already holds
+a run is only continued with ``resume`` (never overwritten), and it is locked while a run writes
+it (:mod:`walnet.engine.lock`).
 
 The settings are checked before any work (device, model, backbone, data paths, output folder),
 and a new ``split.csv`` is written only once the split has given usable training and validation
