@@ -84,6 +84,19 @@ def test_train_command_writes_a_run_and_resumes(tmp_path):
     assert sum(map(sum, result["confusion"])) == result["images"]
     for key in ("accuracy", "macro_f1", "kappa", "auc_micro", "seg_iou", "pseudo_iou"):
         assert key in result
+    classes = ["hyperechoic", "hypoechoic", "mixed-echoic"]
+    assert list(result["sensitivity"]) == list(result["specificity"]) == classes
+    for key in ("accuracy", "macro_f1", "auc_micro"):
+        lo, hi = result[f"{key}_ci"]
+        assert 0 <= lo <= hi <= 1, key
+    assert result["bootstrap"] == {"method": "percentile", "level": 0.95, "resamples": 1000, "seed": 0,
+                                   "auc_resamples": 1000}
+    # the phantom has patient ids: the same scores per patient
+    patient = result["patient"]
+    assert 0 < patient["patients"] <= patient["images"] == result["images"]
+    assert sum(map(sum, patient["confusion"])) == patient["patients"] and patient["accuracy_ci"]
+    assert "sensitivity / specificity: hyperechoic" in scored.stdout
+    assert f"per patient ({patient['patients']} patients" in scored.stdout
     assert result["figures"] == ["roc.png", "confusion.png", "segmentation.png"]
     for name in result["figures"]:
         assert (run / name).stat().st_size > 1000, name

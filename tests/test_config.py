@@ -53,13 +53,13 @@ def test_cli_defaults_are_the_config_defaults(monkeypatch):
 
 def test_cli_passes_every_option_on(monkeypatch):
     argv = ["train", "--data-dir", "d", "--output", "o", "--model", "walnet_no_rcm", "--backbone", "resnet18",
-            "--pretrained", "--epochs", "3", "-b", "2", "--lr", "0.5", "--seed", "7", "--size", "64", "--precision",
+            "--pretrained", "--epochs", "3", "--eval-metric", "macro_f1", "-b", "2", "--lr", "0.5", "--seed", "7", "--size", "64", "--precision",
             "bf16", "--compile", "--no-cuda-graphs", "--no-channels-last", "--no-tf32", "--no-cudnn-benchmark", "--sync-bn", "-j", "2", "--resume", "o/last.pt", "--roi-method", "crop",
             "--no-rcm", "--no-pgm", "--rcm-warmup", "0", "--attention-channels", "16", "--device", "cpu",
             "--skip-bad", "--classes", "calcified, soft ,mixed"]
     (config,) = _built(monkeypatch, trainer, "train", argv)
     assert config == TrainConfig(data_dir="d", output="o", model="walnet_no_rcm", backbone="resnet18", pretrained=True,
-                                 epochs=3, batch_size=2, lr=0.5, seed=7, size=64, precision="bf16",
+                                 epochs=3, eval_metric="macro_f1", batch_size=2, lr=0.5, seed=7, size=64, precision="bf16",
                                  compile=True, no_cuda_graphs=True, no_channels_last=True, no_tf32=True,
                                  no_cudnn_benchmark=True, sync_bn=True, workers=2, resume="o/last.pt", roi_method="crop",
                                  no_rcm=True, no_pgm=True, rcm_warmup=0, attention_channels=16, device="cpu",
@@ -153,6 +153,7 @@ def test_old_style_checkpoint_args_are_read(tmp_path):
     (dict(csv="x", output="o", seed=True), "seed must be an integer"),
     (dict(csv="x", output="o", compile=1), "compile must be True or False"),
     (dict(csv="x", output="o", precision="half"), "--precision must be one of auto, fp32, bf16, fp16, got 'half'"),
+    (dict(csv="x", output="o", eval_metric="f1"), "--eval-metric must be one of accuracy, macro_f1, kappa, auc, got 'f1'"),
     (dict(csv=3, output="o"), "csv must be a string or path"),
     (dict(csv="x", output="o", seed=-1), "--seed must be between 0 and 4294967295, got -1"),
     (dict(csv="x", output="o", seed=2**32), "--seed must be between 0 and 4294967295"),
@@ -197,6 +198,10 @@ def test_eval_predict_export_demo_configs_reject_bad_values(config_type, values,
 def test_a_bad_value_on_the_command_line_is_a_usage_error(capsys):
     assert cli.main(["train", "--csv", "x", "--output", "y", "--epochs", "0"]) == 2
     assert "walnet train: error: --epochs must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # argparse checks the choices
+        cli.main(["train", "--csv", "x", "--output", "y", "--eval-metric", "sensitivity"])
+    assert exited.value.code == 2
+    assert "argument --eval-metric: invalid choice: 'sensitivity'" in capsys.readouterr().err
 
 
 def test_every_field_has_a_doc():

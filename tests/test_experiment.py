@@ -15,7 +15,8 @@ import pytest
 from walnet import cli
 from walnet.engine import experiment
 from walnet.engine.config import EvalConfig, TrainConfig
-from walnet.engine.experiment import PAPER_METRICS, TABLES, aggregate, run_experiment, to_markdown, write_csv
+from walnet.engine.experiment import (PAPER_METRICS, TABLES, aggregate, metric_value, per_class_metrics, run_experiment,
+                                      to_markdown, write_csv)
 from walnet.models import model_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +84,67 @@ def test_csv_shape(tmp_path):
     assert [d["config"] for d in data] == ["a", "b", "c"] and [d["n_seeds"] for d in data] == ["5", "3", "1"]
     assert float(data[0]["accuracy_mean"]) == pytest.approx(rows[0]["accuracy_mean"])
     assert data[2]["accuracy_std"] == ""  # undefined std of one seed
+
+
+def _scored(config, seed, sens, spec):
+    """A metrics.json as `walnet evaluate` writes it: flat scores, nested per-class dicts, lists."""
+    return {"config": config, "seed": seed, **{k: 0.8 for k in KEYS}, "macro_specificity": float(np.mean(spec)),
+            "sensitivity": dict(zip("ab", sens)), "specificity": dict(zip("ab", spec)), "class_names": ["a", "b"],
+            "accuracy_ci": [0.7, 0.9], "confusion": [[1, 0], [0, 1]], "bootstrap": {"seed": 0},
+            "patient": {"accuracy": 0.5, "sensitivity": {"a": 1.0}}}
+
+
+def test_per_class_metrics_are_aggregated_from_nested_dicts(tmp_path):
+    runs = [_scored("x", 0, (0.5, 1.0), (0.25, 0.75)), _scored("x", 1, (0.7, None), (0.75, 0.25))]
+    assert metric_value(runs[0], "sensitivity/b") == 1.0 and metric_value(runs[1], "sensitivity/b") is None
+    assert metric_value(runs[0], "sensitivity/c") is None and metric_value(runs[0], "patient/accuracy") == 0.5
+    with pytest.raises(ValueError, match="metric 'sensitivity' is dict, not a number; name one of its entries, "
+                                         "e.g. sensitivity/a"):
+        metric_value(runs[0], "sensitivity")
+    per_class = per_class_metrics(runs)
+    assert per_class == [("sensitivity/a", "Sensitivity a"), ("sensitivity/b", "Sensitivity b"),
+                         ("specificity/a", "Specificity a"), ("specificity/b", "Specificity b")]
+    keys = KEYS + ["macro_specificity"] + [k for k, _ in per_class]
+    (row,) = aggregate(runs, keys)
+    assert row["sensitivity/a_mean"] == pytest.approx(0.6) and row["sensitivity/a_std"] == pytest.approx(
+        np.std([0.5, 0.7], ddof=1))
+    assert row["sensitivity/b_mean"] == 1.0 and math.isnan(row["sensitivity/b_std"])  # undefined in one run
+    assert row["macro_specificity_mean"] == pytest.approx(0.5)
+    with open(write_csv([row], tmp_path / "t.csv", keys), newline="") as f:
+        (line,) = list(csv.DictReader(f))
+    assert float(line["specificity/b_mean"]) == pytest.approx(0.5) and line["sensitivity/b_std"] == ""
+    md = to_markdown([{**row, "label": "X"}], per_class)
+    assert md.splitlines()[0] == "| Method | Sensitivity a ↑ | Sensitivity b ↑ | Specificity a ↑ | Specificity b ↑ |"
+    # runs without per-class dicts (metrics.json of an older walnet) add no columns
+    assert per_class_metrics([{"config": "x", "accuracy": 0.5, "class_names": ["a", "b"]}]) == []
+
+
+def test_experiment_tables_hold_the_paper_columns_and_sensitivity_specificity(tmp_path, monkeypatch):
+    from walnet.engine import trainer
+
+    scores = iter([_scored("walnet", 0, (0.5, 1.0), (0.25, 0.75)), _scored("walnet", 1, (0.7, 0.9), (0.75, 0.25))])
+    monkeypatch.setattr(trainer, "train", lambda config: (Path(config.output) / "best.pt").write_bytes(b""))
+    monkeypatch.setattr(trainer, "evaluate_run", lambda config: next(scores))
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("path,label\n")
+    out = tmp_path / "exp"
+    run_experiment(["walnet"], out, seeds=[0, 1], log=lambda line: None,
+                   train=TrainConfig(csv=csv_path, output=tmp_path, backbone="resnet18", device="cpu"))
+    md = (out / "experiment.md").read_text()
+    assert "| Method | Accuracy ↑ | F1-score ↑ | Kappa ↑ | Precision ↑ | Recall ↑ | Specificity ↑ |" in md
+    assert "| Method | Sensitivity a ↑ | Sensitivity b ↑ | Specificity a ↑ | Specificity b ↑ |" in md
+    assert "| walnet | 0.600 (0.141) | 0.950 (0.071) | 0.500 (0.354) | 0.500 (0.354) |" in md
+    with open(out / "experiment.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        (row,) = list(reader)
+    assert reader.fieldnames[3:] == [f"{k}_{s}" for k in KEYS + ["macro_specificity", "sensitivity/a", "sensitivity/b",
+                                                                 "specificity/a", "specificity/b"]
+                                     for s in ("mean", "std")]
+    assert float(row["sensitivity/b_mean"]) == pytest.approx(0.95)
+    with open(out / "experiment_runs.csv", newline="") as f:
+        runs = list(csv.DictReader(f))
+    assert [(r["seed"], r["sensitivity/a"], r["specificity/b"]) for r in runs] == [("0", "0.5", "0.75"),
+                                                                                  ("1", "0.7", "0.25")]
 
 
 def test_presets_follow_the_paper():

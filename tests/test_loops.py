@@ -8,7 +8,7 @@ import torch
 
 import walnet
 from walnet.data import PAPER_CLASSES, PlaqueDataset, phantom, read_csv
-from walnet.engine import evaluate, train_one_epoch
+from walnet.engine import EvalOutputs, evaluate, train_one_epoch
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +46,22 @@ def test_baseline_classifier_runs_through_the_loops(loader):
     assert stats["seg_loss"] == 0 and math.isfinite(stats["loss"])
     result = evaluate(model, loader, "cpu")
     assert "seg_iou" not in result and 0 <= result["accuracy"] <= 1
+
+
+def test_outputs_keep_each_sample_s_dataset_index(loader):
+    """``EvalOutputs.order`` ties each score to its dataset record, in any loader order."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3))
+    dataset = loader.dataset
+    shuffled = torch.utils.data.DataLoader(dataset, batch_size=5, shuffle=True,
+                                           generator=torch.Generator().manual_seed(1))
+    outputs = EvalOutputs()
+    evaluate(model, shuffled, "cpu", outputs=outputs)
+    assert sorted(outputs.order.tolist()) == list(range(len(dataset)))
+    assert outputs.order.tolist() != list(range(len(dataset)))  # shuffled indeed
+    assert outputs.targets.tolist() == [dataset.records[i].label for i in outputs.order]
+    # batches without an "index": no order
+    plain = [{k: v for k, v in batch.items() if k != "index"} for batch in loader]
+    outputs = EvalOutputs()
+    evaluate(model, plain, "cpu", outputs=outputs)
+    assert outputs.order is None and len(outputs.targets) == len(dataset)

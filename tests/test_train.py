@@ -340,3 +340,80 @@ def test_resume_from_an_unusable_checkpoint_is_one_line(data, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("walnet train: error: ") and err.count("\n") == 1 and message in err, (name, err)
     assert _rows(run) == rows  # no epoch ran
+
+
+# --- --eval-metric: which epoch becomes best.pt ------------------------------------------------
+
+#: Scripted validation scores of epochs 0-3: accuracy peaks in epoch 1, macro F1 ties in 2 and 3,
+#: kappa peaks in epoch 2 and AUC in epoch 0.
+SCRIPT = [dict(accuracy=0.5, macro_f1=0.3, kappa=0.1, auc_micro=0.9),
+          dict(accuracy=0.9, macro_f1=0.4, kappa=0.2, auc_micro=0.7),
+          dict(accuracy=0.6, macro_f1=0.8, kappa=0.3, auc_micro=0.8),
+          dict(accuracy=0.7, macro_f1=0.8, kappa=-0.1, auc_micro=0.5)]
+
+
+def _scripted(monkeypatch, scores):
+    """No training (fixed losses) and validation scores taken from `scores`, one per epoch."""
+    left = list(scores)
+    monkeypatch.setattr(trainer, "train_one_epoch",
+                        lambda *a, **kw: {"loss": 1.0, "cls_loss": 0.6, "seg_loss": 0.4, "accuracy": 0.5})
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **kw: left.pop(0))
+
+
+@pytest.mark.parametrize("metric, best_epoch", [("accuracy", 1), ("macro_f1", 3), ("kappa", 2), ("auc", 0)])
+def test_eval_metric_chooses_best_pt(data, tmp_path, monkeypatch, metric, best_epoch):
+    _scripted(monkeypatch, SCRIPT)
+    run = tmp_path / "run"
+    train(_config(data, run, epochs=4, eval_metric=metric))
+    best = torch.load(run / "best.pt", weights_only=True)
+    key = {"auc": "auc_micro"}.get(metric, metric)
+    assert best["epoch"] == best_epoch  # of equal scores (macro F1 in 2 and 3) the later epoch
+    assert best["best_metric"] == metric and best["best_value"] == SCRIPT[best_epoch][key]
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["best_value"] == max(s[key] for s in SCRIPT) and "best_accuracy" not in last
+    rows = _rows(run)
+    assert list(rows[0]) == list(trainer.METRIC_FIELDS)
+    assert [float(r[f"val_{metric}"]) for r in rows] == [s[key] for s in SCRIPT]
+
+
+def test_resume_reads_best_accuracy_of_older_checkpoints(data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    _scripted(monkeypatch, SCRIPT[:2])
+    train(_config(data, run, epochs=2))
+    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 1
+    # last.pt as walnet wrote it before --eval-metric: best_accuracy only, here above every later score
+    state = torch.load(run / "last.pt", weights_only=True)
+    del state["best_metric"], state["best_value"]
+    state["best_accuracy"] = 0.95
+    torch.save(state, run / "last.pt")
+    _scripted(monkeypatch, SCRIPT[2:])
+    train(_config(data, run, epochs=4, resume=str(run / "last.pt")))
+    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 1  # 0.6 and 0.7 are below 0.95
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["epoch"] == 3 and (last["best_metric"], last["best_value"]) == ("accuracy", 0.95)
+
+
+def test_resume_with_another_eval_metric_is_refused(data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    _scripted(monkeypatch, SCRIPT[:1])
+    train(_config(data, run, epochs=1, eval_metric="kappa"))
+    with pytest.raises(ValueError, match=r"--eval-metric macro_f1 differs from the metric that chose best.pt .*"
+                                         r"\(kappa\); resume with --eval-metric kappa"):
+        train(_config(data, run, epochs=2, eval_metric="macro_f1", resume=str(run / "last.pt")))
+    assert [r["epoch"] for r in _rows(run)] == ["0"]
+
+
+def test_an_older_metrics_csv_gets_the_new_columns(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,loss,cls_loss,seg_loss,train_accuracy,val_accuracy,val_macro_f1\n"
+                    "0,1.5,1.0,0.5,0.4,0.5,0.45\n1,1.2,0.8,0.4,0.6,0.7,0.65\n")
+    trainer._keep_rows_before(path, 1)  # a resume from epoch 0
+    trainer._append_row(path, {"epoch": 1, "loss": 1.1, "cls_loss": 0.7, "seg_loss": 0.4, "train_accuracy": 0.6,
+                               "val_accuracy": 0.7, "val_macro_f1": 0.6, "val_kappa": 0.5, "val_auc": 0.8})
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == trainer.METRIC_FIELDS
+    assert rows[0] == {"epoch": "0", "loss": "1.5", "cls_loss": "1.0", "seg_loss": "0.5", "train_accuracy": "0.4",
+                       "val_accuracy": "0.5", "val_macro_f1": "0.45", "val_kappa": "", "val_auc": ""}
+    assert rows[1]["epoch"] == "1" and rows[1]["val_kappa"] == "0.5"

@@ -24,8 +24,8 @@ import warnings
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from walnet.engine.config import (SPLITS, DemoConfig, EvalConfig, ExportConfig, PredictConfig, TrainConfig, field_kind,
-                                  flag_of)
+from walnet.engine.config import (EVAL_METRICS, SPLITS, DemoConfig, EvalConfig, ExportConfig, PredictConfig,
+                                  TrainConfig, field_kind, flag_of)
 from walnet.engine.experiment import DEFAULT_SEEDS, TABLES
 
 
@@ -46,8 +46,9 @@ def _names(text: str) -> tuple[str, ...]:
 _FLAGS = {"batch_size": ("-b", "--batch-size"), "workers": ("-j", "--workers"), "masks_dir": ("--masks",),
           "formats": ("--format",)}
 #: argparse settings that the fields' types do not imply.
-_EXTRA = {"split": {"choices": SPLITS}, "masks_dir": {"metavar": "DIR"}, "inputs": {"metavar": "INPUT"},
-          "classes": {"type": _names, "metavar": "A,B,C"}, "formats": {"type": _names, "metavar": "FORMAT[,FORMAT]"}}
+_EXTRA = {"split": {"choices": SPLITS}, "eval_metric": {"choices": EVAL_METRICS}, "masks_dir": {"metavar": "DIR"},
+          "inputs": {"metavar": "INPUT"}, "classes": {"type": _names, "metavar": "A,B,C"},
+          "formats": {"type": _names, "metavar": "FORMAT[,FORMAT]"}}
 #: The tuple fields given as positional arguments; other tuple fields are comma-separated options.
 _POSITIONAL = {"inputs"}
 
@@ -118,13 +119,38 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     r = evaluate_run(_config(EvalConfig, args))
     extra = "".join(f", {k} {r[k]:.3f}" for k in ("seg_iou", "pseudo_iou") if k in r)
-    print(f"{r['split']} ({r['images']} images): accuracy {r['accuracy']:.3f}, macro F1 {r['macro_f1']:.3f}, "
-          f"kappa {r['kappa']:.3f}, micro AUC {r['auc_micro']:.3f}{extra}")
+    print(f"{r['split']} ({r['images']} images): {_scores(r)}{extra}")
+    if r.get("sensitivity"):
+        print("sensitivity / specificity: " + ", ".join(
+            f"{name} {_number(value)} / {_number(r['specificity'][name])}" for name, value in r["sensitivity"].items()))
+    patient = r.get("patient")
+    if patient:
+        print(f"per patient ({patient['patients']} patients, {patient['images']} images): {_scores(patient)}")
+    if "bootstrap" in r:
+        b = r["bootstrap"]
+        print(f"[lo, hi]: {100 * b['level']:g}% percentile-bootstrap intervals ({b['resamples']} resamples, "
+              f"seed {b['seed']})")
     return 0
 
 
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _scores(r: dict) -> str:
+    """Accuracy, macro F1, kappa and micro AUC of an evaluation, each with its interval where
+    it has one."""
+    def cell(key, name):
+        ci = r.get(f"{key}_ci")
+        return f"{name} {r[key]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    return ", ".join((cell("accuracy", "accuracy"), cell("macro_f1", "macro F1"), f"kappa {r['kappa']:.3f}",
+                      cell("auc_micro", "micro AUC")))
+
+
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="score a checkpoint on a split: metrics.json (accuracy, F1, kappa, AUC, IoU)")
+    p = sub.add_parser("evaluate", help="score a checkpoint on a split: metrics.json (accuracy, F1, kappa, AUC, "
+                       "sensitivity / specificity, bootstrap intervals, per patient, IoU)")
     _add_options(p, EvalConfig)
     p.set_defaults(run=_evaluate)
 

@@ -2,7 +2,8 @@
 the runs behind the ``walnet`` commands (trainer, predict, export, experiment, demo)."""
 from walnet.engine.checkpoint import CheckpointError, WriteError, load_checkpoint, load_training_state, save_checkpoint
 from walnet.engine.loops import EvalOutputs, evaluate, train_one_epoch
-from walnet.engine.metrics import classification_metrics, confusion_matrix, mask_iou_dice, roc_auc, roc_curve
+from walnet.engine.metrics import (bootstrap_ci, classification_metrics, confusion_matrix, mask_iou_dice,
+                                   patient_metrics, roc_auc, roc_curve)
 from walnet.engine.step import TrainStep
 
 __all__ = [
@@ -10,12 +11,14 @@ __all__ = [
     "EvalOutputs",
     "TrainStep",
     "WriteError",
+    "bootstrap_ci",
     "classification_metrics",
     "confusion_matrix",
     "evaluate",
     "load_checkpoint",
     "load_training_state",
     "mask_iou_dice",
+    "patient_metrics",
     "roc_auc",
     "roc_curve",
     "save_checkpoint",

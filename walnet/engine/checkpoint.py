@@ -269,6 +269,8 @@ _KEY_CHECKS = {
                 lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(c, str) for c in v)),
     "epoch": ("an epoch number >= 0", lambda v: _is_int(v) and v >= 0),
     "best_accuracy": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "best_metric": ("a metric name", lambda v: isinstance(v, str)),
+    "best_value": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
 }
 
 
@@ -277,9 +279,10 @@ def load_checkpoint(path: str | Path, map_location="cpu", keys: Iterable[str] = 
 
     The file must hold a dict with every key of `keys` (e.g. :data:`TRAINED_KEYS`), and the
     known keys of walnet's checkpoints (model, optimizer, scaler, args, classes, epoch,
-    best_accuracy) must hold what walnet writes there. A missing file is a FileNotFoundError;
-    anything else that makes the file unusable (a folder, empty, truncated, not a PyTorch file,
-    code in the pickle, wrong keys) a :class:`CheckpointError`; both one line naming `path`."""
+    best_metric, best_value, and older files' best_accuracy) must hold what walnet writes there.
+    A missing file is a FileNotFoundError; anything else that makes the file unusable (a folder,
+    empty, truncated, not a PyTorch file, code in the pickle, wrong keys) a
+    :class:`CheckpointError`; both one line naming `path`."""
     path = Path(path)
     if path.is_dir():
         inside = [n for n in ("best.pt", "last.pt") if (path / n).is_file()]
@@ -348,8 +351,9 @@ def load_training_state(path: str | Path, model: torch.nn.Module, optimizer: tor
                         scaler=None, map_location="cpu", describe: str | None = None) -> dict:
     """``walnet train --resume``: loads the checkpoint `path` (:data:`RESUME_KEYS` required)
     into `model`, `optimizer` and, where both have one, the gradient `scaler`; returns the
-    checkpoint (``epoch`` is the last finished epoch, ``best_accuracy`` where saved). Any file
-    that does not fit this run is a one-line :class:`CheckpointError` naming it."""
+    checkpoint (``epoch`` is the last finished epoch; ``best_metric`` and ``best_value``, or in
+    older files ``best_accuracy``, where saved). Any file that does not fit this run is a
+    one-line :class:`CheckpointError` naming it."""
     state = load_checkpoint(path, map_location=map_location, keys=RESUME_KEYS)
     hint = "resume with the options of the run that wrote it (its args.json)"
     load_weights(model, state["model"], path, describe, hint=hint)

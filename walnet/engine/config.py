@@ -22,6 +22,9 @@ from dataclasses import MISSING, dataclass, field, fields
 SPLITS = ("train", "val", "test")
 #: The arithmetic of a training run (``--precision``).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: The validation metrics that can choose a run's ``best.pt`` (``--eval-metric``); ``auc`` is the
+#: micro-averaged ROC-AUC.
+EVAL_METRICS = ("accuracy", "macro_f1", "kappa", "auc")
 #: The formats ``walnet export`` writes; safetensors (the weights) is always among them.
 EXPORT_FORMATS = ("safetensors", "pt2", "onnx")
 
@@ -158,6 +161,8 @@ class TrainConfig(_Config):
     backbone: str = option("resnest50d", "timm backbone of WAL-Net")
     pretrained: bool = option(False, "load pretrained backbone weights (downloads)")
     epochs: int = option(100, "epochs to train (a resumed run continues up to this count)")
+    eval_metric: str = option("accuracy", "validation metric that chooses best.pt: accuracy, macro_f1, kappa or auc "
+                              "(micro ROC-AUC); of equal scores the later epoch is kept")
     batch_size: int = option(8, "images per step (per process under torchrun)")
     lr: float = option(1e-4, "Adam learning rate (paper: 1e-4)")
     seed: int = option(0, "seed of the split, the initial weights and every epoch's draws")
@@ -196,6 +201,8 @@ class TrainConfig(_Config):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.eval_metric not in EVAL_METRICS:
+            raise ValueError(f"--eval-metric must be one of {', '.join(EVAL_METRICS)}, got {self.eval_metric!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,7 +3,10 @@ in the shape of the paper's Tables 1-3.
 
 Layout under ``output/``: ``runs/<config>/seed<k>/`` (a ``walnet train`` run folder plus the
 ``metrics.json`` of ``walnet evaluate`` on its test split), ``<table>.csv`` (one row per config),
-``<table>_runs.csv`` (one row per run) and ``<table>.md``. Finished runs are reused, interrupted
+``<table>_runs.csv`` (one row per run) and ``<table>.md``. The tables hold the paper's columns
+(:data:`PAPER_METRICS`), the macro specificity, and each class's sensitivity and specificity
+(``sensitivity/<class>``, ``specificity/<class>``: a key with a ``/`` names an entry of a nested
+dict of ``metrics.json``). Finished runs are reused, interrupted
 ones resumed, so re-running the same command continues an experiment. Each run's folder is
 locked (:mod:`walnet.engine.lock`) from the decision to reuse, resume or train it until its
 scores are written, so a second experiment into the same folder stops at the first run the
@@ -31,6 +34,10 @@ PAPER_METRICS: tuple[tuple[str, str], ...] = (
     ("macro_precision", "Precision"),
     ("macro_recall", "Recall"),
 )
+#: Columns added to the paper's in an experiment's main table ("Recall" is the macro sensitivity).
+CLINICAL_METRICS: tuple[tuple[str, str], ...] = (("macro_specificity", "Specificity"),)
+#: Per-class dicts of ``metrics.json`` tabulated one column per class (``<key>/<class>``).
+PER_CLASS_METRICS: tuple[tuple[str, str], ...] = (("sensitivity", "Sensitivity"), ("specificity", "Specificity"))
 
 
 @dataclass(frozen=True)
@@ -67,13 +74,43 @@ DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 _IGNORED_SETTINGS = {"output", "resume", "device", "workers"}
 
 
+def metric_value(run: Mapping, key: str) -> float | None:
+    """The number `key` names in `run` (a ``metrics.json`` dict): a top-level key, or
+    ``<key>/<entry>`` for an entry of a nested dict (``sensitivity/hypoechoic``). None where it
+    is missing or undefined (None); a value that is no number (a dict, a list) is a ValueError
+    naming the key."""
+    value = run.get(key)
+    if value is None and "/" in key:
+        outer, inner = key.split("/", 1)
+        nested = run.get(outer)
+        value = nested.get(inner) if isinstance(nested, Mapping) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        entry = next(iter(value), None) if isinstance(value, Mapping) else None
+        hint = f"; name one of its entries, e.g. {key}/{entry}" if entry is not None else ""
+        raise ValueError(f"metric {key!r} is {type(value).__name__}, not a number{hint}")
+    return float(value)
+
+
+def per_class_metrics(runs: Iterable[Mapping]) -> list[tuple[str, str]]:
+    """The (key, column header) pairs of :data:`PER_CLASS_METRICS` for every class the runs'
+    ``class_names`` list, in order of first appearance (none for runs without them)."""
+    names = {}
+    for run in runs:
+        if any(isinstance(run.get(k), Mapping) for k, _ in PER_CLASS_METRICS):
+            names.update(dict.fromkeys(run.get("class_names") or ()))
+    return [(f"{key}/{name}", f"{header} {name}") for key, header in PER_CLASS_METRICS for name in names]
+
+
 def aggregate(runs: Iterable[Mapping], metrics: Sequence[str] = tuple(k for k, _ in PAPER_METRICS),
               labels: Mapping[str, str] | None = None) -> list[dict]:
     """Mean and sample standard deviation (ddof=1) over seeds, one row per config.
 
     ``runs``: per-run dicts holding ``"config"`` and the metric keys (e.g. a ``metrics.json``
-    plus ``config``/``seed``). Rows come in order of first appearance, as
-    ``{"config", "label", "n_seeds", "<metric>_mean", "<metric>_std", ...}``. The std of a single
+    plus ``config``/``seed``); a key may name an entry of a nested dict (:func:`metric_value`).
+    Rows come in order of first appearance, as ``{"config", "label", "n_seeds", "<metric>_mean",
+    "<metric>_std", ...}``. The std of a single
     seed is NaN (undefined; shown as "–"); a metric missing from every run of a config is NaN.
     """
     groups: dict[str, list[Mapping]] = {}
@@ -83,7 +120,8 @@ def aggregate(runs: Iterable[Mapping], metrics: Sequence[str] = tuple(k for k, _
     for config, group in groups.items():
         row = {"config": config, "label": (labels or {}).get(config, config), "n_seeds": len(group)}
         for key in metrics:
-            values = np.array([float(r[key]) for r in group if r.get(key) is not None], dtype=np.float64)
+            found = (metric_value(r, key) for r in group)
+            values = np.array([v for v in found if v is not None], dtype=np.float64)
             row[f"{key}_mean"] = float(values.mean()) if values.size else math.nan
             row[f"{key}_std"] = float(values.std(ddof=1)) if values.size > 1 else math.nan
         rows.append(row)
@@ -98,7 +136,8 @@ def to_markdown(rows: Sequence[Mapping], metrics: Sequence[tuple[str, str]] = PA
                 digits: int = 3) -> str:
     """A Markdown table like the paper's: a "Method" column of row labels, then one
     "mean (std)" column per metric, as fractions. As in the paper's Table 1, the best mean of a
-    column is **bold** and the second best <u>underlined</u> (higher is better for all five)."""
+    column is **bold** and the second best <u>underlined</u> (higher is better for every metric
+    of walnet's tables)."""
     seeds = sorted({r["n_seeds"] for r in rows})
     lines = []
     if title:
@@ -144,10 +183,15 @@ def write_csv(rows: Sequence[Mapping], path, metrics: Sequence[str] = tuple(k fo
 
 
 def _write_runs_csv(runs: Sequence[Mapping], path: Path, metrics: Sequence[str]) -> None:
+    """One line per run: config, seed, the metrics (nested ones by their ``/`` keys; a missing
+    one is an empty cell), epoch and images."""
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["config", "seed", *metrics, "epoch", "images"], extrasaction="ignore")
+        writer = csv.DictWriter(f, ["config", "seed", *metrics, "epoch", "images"])
         writer.writeheader()
-        writer.writerows(runs)
+        for run in runs:
+            values = {key: metric_value(run, key) for key in metrics}
+            writer.writerow({"config": run["config"], "seed": run["seed"], "epoch": run.get("epoch"),
+                             "images": run.get("images"), **{k: "" if v is None else v for k, v in values.items()}})
 
 
 def _differences(requested: TrainConfig, run_dir: Path) -> list[str]:
@@ -232,7 +276,6 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
         return replace(evaluate, checkpoint=checkpoint, **data, split="test", output=None)
 
     output = Path(output)
-    metric_keys = [k for k, _ in PAPER_METRICS]
     results = []
     for model, _ in pairs:
         for seed in seeds:
@@ -243,11 +286,16 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
                 result = _run_one(run, tag, scoring, train_run, evaluate_run, log)
             log(f"{tag} test: " + ", ".join(f"{n} {result[k]:.3f}" for k, n in PAPER_METRICS if k in result))
             results.append({**result, "config": model, "seed": seed})
+    main, per_class = PAPER_METRICS + CLINICAL_METRICS, per_class_metrics(results)
+    metric_keys = [k for k, _ in main + tuple(per_class)]
     rows = aggregate(results, metric_keys, labels=dict(pairs))
     output.mkdir(parents=True, exist_ok=True)
     write_csv(rows, output / f"{name}.csv", metric_keys)
     _write_runs_csv(results, output / f"{name}_runs.csv", metric_keys)
-    markdown = to_markdown(rows, PAPER_METRICS, title=title or name)
+    markdown = to_markdown(rows, main, title=title or name)
+    if per_class:
+        markdown += "\n" + to_markdown(rows, per_class, title="Per-class sensitivity and specificity (one class "
+                                                              "against the rest)")
     (output / f"{name}.md").write_text(markdown)
     log(markdown)
     return rows

@@ -55,7 +55,9 @@ class EvalOutputs:
     """What :func:`evaluate` fills in when passed as ``outputs=`` (the raw arrays behind the
     figures of :mod:`walnet.engine.figures`).
 
-    ``targets`` int64 [N] and ``probs`` float [N,K] of every sample, in loader order. Up to
+    ``targets`` int64 [N] and ``probs`` float [N,K] of every sample, in loader order, and
+    ``order`` int64 [N], each of those samples' ``index`` in the dataset (None when the batches
+    carry no ``index``): the key to per-sample data such as patient ids. Up to
     ``panel`` samples that have a true mask (and a model with a segmentation head), the first
     ceil(panel / K) of each class, are kept for a segmentation panel: ``images`` float [M,3,H,W]
     at input resolution, ``pred`` (argmax of the segmentation), ``pseudo`` (PGM mask,
@@ -67,6 +69,7 @@ class EvalOutputs:
     panel: int = 0
     targets: np.ndarray | None = None
     probs: np.ndarray | None = None
+    order: np.ndarray | None = None
     images: np.ndarray | None = None
     pseudo: np.ndarray | None = None
     pred: np.ndarray | None = None
@@ -86,6 +89,7 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
     device = torch.device(device)
     model.eval()
     targets, probs, seg_scores, pseudo_scores = [], [], [], []
+    order = []  # the samples' dataset indices, while every batch has them
     kept = []  # panel samples: (index, image, pseudo, pred, truth)
     shown = {}  # panel samples per class: the panel shows every class, not the first one only
 
@@ -97,6 +101,10 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
         with autocast(device, amp_dtype):
             out = as_output(model(images))
         targets.append(torch.as_tensor(batch["label"]).cpu())
+        if order is not None and "index" in batch:
+            order.append(torch.as_tensor(batch["index"]).cpu())
+        else:
+            order = None  # a batch without indices: the samples cannot be matched to the dataset
         probs.append(torch.softmax(out.logits.float(), dim=1).cpu())
         truth = batch["mask"]
         known = (truth != IGNORE_INDEX).flatten(1).all(dim=1)
@@ -119,6 +127,7 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
     result = classification_metrics(torch.cat(targets).numpy(), torch.cat(probs).numpy(), class_names)
     if outputs is not None:
         outputs.targets, outputs.probs = torch.cat(targets).numpy(), torch.cat(probs).numpy()
+        outputs.order = torch.cat(order).numpy().astype(np.int64) if order else None
         if kept:
             outputs.indices = [k[0] for k in kept]
             outputs.images, outputs.pred, outputs.truth = (np.stack([k[j] for k in kept]) for j in (1, 3, 4))

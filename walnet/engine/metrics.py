@@ -1,8 +1,20 @@
 """Classification metrics of the paper (accuracy, macro F1 / precision / recall, Cohen's kappa,
-per-class and micro ROC-AUC, confusion matrix), in numpy, with no sklearn dependency."""
+per-class and micro ROC-AUC, confusion matrix), the per-class sensitivity and specificity a
+clinical report adds, percentile-bootstrap confidence intervals and per-patient scores; in numpy,
+with no sklearn dependency."""
 from __future__ import annotations
 
+import numbers
+from typing import Hashable, Sequence
+
 import numpy as np
+
+#: Resamples of :func:`bootstrap_ci` unless told otherwise.
+BOOTSTRAP_RESAMPLES = 1000
+#: Seed of :func:`bootstrap_ci`'s generator: the same predictions always get the same intervals.
+BOOTSTRAP_SEED = 0
+#: Coverage of the confidence intervals (95%).
+CI_LEVEL = 0.95
 
 
 def confusion_matrix(target, pred, num_classes: int) -> np.ndarray:
@@ -62,16 +74,27 @@ def roc_curve(scores, positive) -> tuple[np.ndarray, np.ndarray]:
     return fpr.astype(float), tpr.astype(float)
 
 
+def _checked(target, probs) -> tuple[np.ndarray, np.ndarray]:
+    target = np.asarray(target, dtype=np.int64)
+    probs = np.asarray(probs, dtype=float)
+    if target.ndim != 1 or probs.ndim != 2 or probs.shape[0] != target.shape[0]:
+        raise ValueError(f"target must be [N] and probs [N,K] with the same N, got {target.shape} and {probs.shape}")
+    return target, probs
+
+
 def classification_metrics(target, probs, class_names=None) -> dict:
     """All the paper's metrics from true labels [N] and class probabilities [N,K].
 
     Returns a JSON-friendly dict: accuracy, macro_f1, macro_precision, macro_recall, kappa,
-    auc_per_class {name: auc}, auc_micro, confusion (list of lists), class_names.
+    auc_per_class {name: auc}, auc_micro, sensitivity {name: TP / (TP + FN)}, specificity
+    {name: TN / (TN + FP)} (one class against the rest), macro_specificity, confusion (list of
+    lists), class_names.
+
+    A sensitivity whose class has no sample, or a specificity whose class has every sample, is
+    undefined and given as None; macro_specificity is the mean of the defined ones (None if none is). The paper's
+    macro_recall (the mean sensitivity) counts an undefined recall as 0, as scikit-learn does.
     """
-    target = np.asarray(target, dtype=np.int64)
-    probs = np.asarray(probs, dtype=float)
-    if probs.ndim != 2 or probs.shape[0] != target.shape[0]:
-        raise ValueError(f"probs must be [N,K] with N = {target.shape[0]}, got {probs.shape}")
+    target, probs = _checked(target, probs)
     k = probs.shape[1]
     names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
     pred = probs.argmax(axis=1)
@@ -85,6 +108,12 @@ def classification_metrics(target, probs, class_names=None) -> dict:
     expected = float((cm.sum(axis=0) * cm.sum(axis=1)).sum()) / (n * n) if n else 0.0
     kappa = (observed - expected) / (1 - expected) if expected != 1 else 0.0
     onehot = np.eye(k, dtype=bool)[target]
+    positives = cm.sum(axis=1)
+    negatives = n - positives
+    true_negatives = n - cm.sum(axis=0) - positives + tp  # neither true nor predicted class c
+    sensitivity = [float(tp[c] / positives[c]) if positives[c] else None for c in range(k)]
+    specificity = [float(true_negatives[c] / negatives[c]) if negatives[c] else None for c in range(k)]
+    defined = [v for v in specificity if v is not None]
     return {
         "accuracy": float(observed),
         "macro_f1": float(f1.mean()),
@@ -93,8 +122,132 @@ def classification_metrics(target, probs, class_names=None) -> dict:
         "kappa": float(kappa),
         "auc_per_class": {names[c]: roc_auc(probs[:, c], target == c) for c in range(k)},
         "auc_micro": roc_auc(probs.ravel(), onehot.ravel()),
+        "sensitivity": dict(zip(names, sensitivity)),
+        "specificity": dict(zip(names, specificity)),
+        "macro_specificity": float(np.mean(defined)) if defined else None,
         "confusion": cm.tolist(),
         "class_names": names,
+    }
+
+
+def _f1_of_counts(cm: np.ndarray) -> np.ndarray:
+    """Macro F1 of confusion matrices [..., K, K] (counts as floats), as in
+    :func:`classification_metrics` (a class with no prediction or no sample scores 0)."""
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    precision = _safe_div(tp, cm.sum(axis=-2))
+    recall = _safe_div(tp, cm.sum(axis=-1))
+    return _safe_div(2 * precision * recall, precision + recall).mean(axis=-1)
+
+
+def _weighted_auc(starts, positive_sorted, owner_sorted, weights) -> tuple[np.ndarray, np.ndarray]:
+    """Mann-Whitney AUC (ties count 1/2) of many resamples at once, each given as per-sample
+    weights [B,N] (how often a sample was drawn) over the scores sorted once, ascending, with
+    `starts` the first index of every run of equal scores. Returns the AUCs [B] and whether each
+    is defined (both classes drawn)."""
+    w = weights[:, owner_sorted]  # [B, N*K]: the weight of every sorted score
+    pos = np.add.reduceat(w * positive_sorted, starts, axis=1)  # positive weight per distinct score
+    neg = np.add.reduceat(w * ~positive_sorted, starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg  # negative weight under each distinct score
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+    defined = (n_pos > 0) & (n_neg > 0)
+    auc = _safe_div((pos * (below + 0.5 * neg)).sum(axis=1), n_pos * n_neg)
+    return auc, defined
+
+
+def bootstrap_ci(target, probs, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                 level: float = CI_LEVEL) -> dict:
+    """Percentile-bootstrap confidence intervals of accuracy, macro F1 and micro ROC-AUC.
+
+    Each of `resamples` resamples draws N samples with replacement (resample b is the b-th call
+    ``rng.integers(0, N, N)`` of ``rng = numpy.random.default_rng(seed)``) and scores them as
+    :func:`classification_metrics` does; an interval is the ``(1 - level) / 2`` and
+    ``(1 + level) / 2`` percentiles of those scores (numpy's linear interpolation). The micro AUC
+    of a resample is undefined when it holds no positive or no negative score (only with fewer
+    than two classes): such resamples are left out of its interval, ``auc_resamples`` counts the
+    ones used, and the interval is None when none is left. Macro F1 counts a class missing from a
+    resample (no sample, no prediction) as 0, as the point estimate does.
+
+    Returns ``{"accuracy_ci": [lo, hi], "macro_f1_ci": [lo, hi], "auc_micro_ci": [lo, hi] or
+    None, "bootstrap": {"method", "level", "resamples", "seed", "auc_resamples"}}``.
+    """
+    target, probs = _checked(target, probs)
+    if isinstance(resamples, bool) or not isinstance(resamples, numbers.Integral) or resamples < 1:
+        raise ValueError(f"resamples must be a positive integer, got {resamples!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    n, k = probs.shape
+    if n == 0:
+        raise ValueError("bootstrap_ci needs at least one sample")
+    confusion_matrix(target, target, k)  # the labels' range, checked once
+    pred = probs.argmax(axis=1)
+    correct = (pred == target).astype(float)
+    cell = np.eye(k * k)[target * k + pred]  # [N, K*K]: each sample's confusion cell
+    # micro AUC: every (sample, class) score, sorted once; a resample only reweights them
+    scores = probs.ravel()
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    positive_sorted = np.eye(k, dtype=bool)[target].ravel()[order]
+    owner_sorted = order // k
+    rng = np.random.default_rng(seed)
+    accuracy, f1, auc = np.empty(resamples), np.empty(resamples), np.empty(resamples)
+    auc_defined = np.empty(resamples, dtype=bool)
+    chunk = max(1, 4_000_000 // max(1, n * k))  # resamples per step: bounded memory for large N
+    for lo in range(0, resamples, chunk):
+        hi = min(resamples, lo + chunk)
+        draws = np.stack([rng.integers(0, n, n) for _ in range(hi - lo)])
+        offsets = np.arange(hi - lo)[:, None] * n
+        weights = np.bincount((draws + offsets).ravel(), minlength=(hi - lo) * n).reshape(hi - lo, n).astype(float)
+        accuracy[lo:hi] = weights @ correct / n
+        f1[lo:hi] = _f1_of_counts((weights @ cell).reshape(-1, k, k))
+        auc[lo:hi], auc_defined[lo:hi] = _weighted_auc(starts, positive_sorted, owner_sorted, weights)
+    q = [50 * (1 - level), 50 * (1 + level)]
+
+    def interval(values):
+        return [float(v) for v in np.percentile(values, q)] if values.size else None
+
+    return {
+        "accuracy_ci": interval(accuracy),
+        "macro_f1_ci": interval(f1),
+        "auc_micro_ci": interval(auc[auc_defined]),
+        "bootstrap": {"method": "percentile", "level": level, "resamples": int(resamples), "seed": seed,
+                      "auc_resamples": int(auc_defined.sum())},
+    }
+
+
+def patient_metrics(target, probs, patients: Sequence[Hashable | None], class_names=None,
+                    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict | None:
+    """The metrics of :func:`classification_metrics` and :func:`bootstrap_ci` per patient.
+
+    A patient's class probabilities are the mean over its images, its prediction their argmax,
+    and its true class the most common label of its images (a tie goes to the lower class index,
+    as in the patient-grouped split); ``mixed_label_patients`` counts the patients whose images
+    disagree. Images without a patient id (None or "") take no part; ``patients`` counts the
+    patients, ``images`` their images and ``images_without_patient`` the rest. The intervals
+    resample patients. Returns None when no image has a patient id.
+    """
+    target, probs = _checked(target, probs)
+    if len(patients) != len(target):
+        raise ValueError(f"patients has {len(patients)} entries but target has {len(target)}")
+    groups: dict[Hashable, list[int]] = {}  # in order of first appearance
+    for i, pid in enumerate(patients):
+        if pid is not None and pid != "":
+            groups.setdefault(pid, []).append(i)
+    if not groups:
+        return None
+    k = probs.shape[1]
+    members = list(groups.values())
+    counts = np.stack([np.bincount(target[m], minlength=k) for m in members])
+    patient_target = counts.argmax(axis=1)  # argmax takes the first of equal counts: the lower index
+    patient_probs = np.stack([probs[m].mean(axis=0) for m in members])
+    images = sum(len(m) for m in members)
+    return {
+        "patients": len(members),
+        "images": images,
+        "images_without_patient": len(target) - images,
+        "mixed_label_patients": int(((counts > 0).sum(axis=1) > 1).sum()),
+        **classification_metrics(patient_target, patient_probs, class_names),
+        **bootstrap_ci(patient_target, patient_probs, resamples=resamples, seed=seed),
     }
 
 

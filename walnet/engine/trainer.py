@@ -3,9 +3,13 @@ checkpoints, scores.
 
 Outputs in ``output/``: ``args.json`` (the :class:`TrainConfig`, ``to_dict()``), ``split.csv``
 (reused on later runs), ``metrics.csv`` (one row per epoch), ``last.pt`` and ``best.pt`` (written
-atomically; model, optimizer, scaler, epoch, the config under ``"args"``, class map). An output
-folder that already holds a run is only continued with ``resume`` (never overwritten), and it is
-locked while a run writes it (:mod:`walnet.engine.lock`).
+atomically; model, optimizer, scaler, epoch, the config under ``"args"``, class map, and the
+validation metric that chooses ``best.pt`` with its best value so far, ``best_metric`` and
+``best_value``). ``walnet evaluate`` writes ``metrics.json``: the scores of
+:func:`~walnet.engine.metrics.classification_metrics`, their bootstrap intervals and, where the
+data has patient ids, the same per patient (``"patient"``). An output folder that already holds
+a run is only continued with ``resume`` (never overwritten), and it is locked while a run writes
+it (:mod:`walnet.engine.lock`).
 
 The settings are checked before any work (device, model, backbone, data paths, output folder),
 and a new ``split.csv`` is written only once the split has given usable training and validation
@@ -34,12 +38,17 @@ from walnet.engine.checks import (EVAL_FILES, check_data_path, check_output, che
                                   pick_device)
 from walnet.engine.config import EvalConfig, TrainConfig
 from walnet.engine.loops import EvalOutputs, evaluate, train_one_epoch
+from walnet.engine.metrics import bootstrap_ci, patient_metrics
 from walnet.engine.speed import Speed, backend_flags, loader_workers, speed_of
 from walnet.engine.step import TrainStep
 from walnet.models import PseudoMaskGenerator, create_model
 
 PANEL_SAMPLES = 6  # rows of the segmentation panel of `walnet evaluate`
-METRIC_FIELDS = ("epoch", "loss", "cls_loss", "seg_loss", "train_accuracy", "val_accuracy", "val_macro_f1")
+#: The key in :func:`~walnet.engine.loops.evaluate`'s result of each ``--eval-metric``.
+EVAL_METRIC_KEYS = {"accuracy": "accuracy", "macro_f1": "macro_f1", "kappa": "kappa", "auc": "auc_micro"}
+#: The columns of metrics.csv: every ``--eval-metric`` has its ``val_<metric>`` column.
+METRIC_FIELDS = ("epoch", "loss", "cls_loss", "seg_loss", "train_accuracy",
+                 *(f"val_{metric}" for metric in EVAL_METRIC_KEYS))
 
 
 def load_records(data_dir=None, csv_path=None, classes=None):
@@ -99,14 +108,16 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _keep_rows_before(path: Path, epoch: int) -> None:
-    """Drops the metrics rows of epochs >= `epoch` (written by a run killed before its checkpoint)."""
+    """Drops the metrics rows of epochs >= `epoch` (written by a run killed before its checkpoint)
+    and rewrites the file with the columns of :data:`METRIC_FIELDS`, so the rows of a resumed run
+    fit its header (a metrics.csv of an older walnet gets the new columns, empty in its rows)."""
     if not path.exists():
         return
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, METRIC_FIELDS)
+        writer = csv.DictWriter(f, METRIC_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(path)
@@ -248,6 +259,24 @@ def _epoch_error(exc: Exception, config: TrainConfig, epoch: int) -> Exception:
     return exc
 
 
+def _resumed_best(state: dict, config: TrainConfig) -> float:
+    """The best validation score so far of the run `state` (a checkpoint) continues, by
+    ``config.eval_metric``. Checkpoints written before ``--eval-metric`` existed hold
+    ``best_accuracy`` (best.pt was chosen by accuracy). A run resumed with another metric than
+    the one that chose its best.pt so far is an error: its best.pt would mix the two."""
+    if "best_metric" in state:
+        metric, value = str(state["best_metric"]), state.get("best_value")
+    elif "best_accuracy" in state:
+        metric, value = "accuracy", state["best_accuracy"]
+    else:
+        return -math.inf
+    if metric != config.eval_metric:
+        raise ValueError(f"--eval-metric {config.eval_metric} differs from the metric that chose best.pt of the run "
+                         f"{config.resume} continues ({metric}); resume with --eval-metric {metric}, or train into "
+                         "another --output")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else -math.inf
+
+
 def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, speed: Speed, model, classes, train_loader,
                 sampler, val_loader) -> dict:
     output, device = Path(config.output), ctx.device
@@ -262,12 +291,12 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, speed: Speed,
     amp_dtype = speed.amp_dtype
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
     pgm = PseudoMaskGenerator() if config.model.startswith("walnet") and not config.no_pgm else None
-    start, best = 0, -1.0
+    start, best = 0, -math.inf
     if config.resume:
         state = load_training_state(config.resume, model, optimizer, scaler, map_location=device,
                                     describe=f"{config.model} (backbone {config.backbone}, "
                                              f"--attention-channels {config.attention_channels})")
-        start, best = int(state["epoch"]) + 1, float(state.get("best_accuracy", -1.0))
+        start, best = int(state["epoch"]) + 1, _resumed_best(state, config)
     saved = config.to_dict()
     metrics_path = output / "metrics.csv"
     if ctx.is_main:
@@ -307,17 +336,23 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, speed: Speed,
                            amp_dtype=amp_dtype)
             row = {"epoch": epoch, "loss": stats["loss"], "cls_loss": stats["cls_loss"],
                    "seg_loss": stats["seg_loss"], "train_accuracy": stats["accuracy"],
-                   "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
+                   **{f"val_{metric}": val[key] for metric, key in EVAL_METRIC_KEYS.items()}}
             _append_row(metrics_path, row)
+            value = row[f"val_{config.eval_metric}"]
+            chosen = "" if config.eval_metric == "accuracy" else f", val {config.eval_metric} {value:.3f}"
             print(f"epoch {epoch}: loss {row['loss']:.4f} (cls {row['cls_loss']:.4f}, seg {row['seg_loss']:.4f}), "
-                  f"train acc {row['train_accuracy']:.3f}, val acc {row['val_accuracy']:.3f} "
+                  f"train acc {row['train_accuracy']:.3f}, val acc {row['val_accuracy']:.3f}{chosen} "
                   f"(training {seconds:.1f} s)", flush=True)
-            best = max(best, val["accuracy"])
+            # >=: of equal scores the later epoch (trained longer) becomes best.pt; an undefined
+            # (NaN) score never does
+            improved = value >= best
+            best = value if improved else best
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch,
-                     "best_accuracy": best, "args": saved, "classes": list(classes)}
+                     "best_metric": config.eval_metric, "best_value": best, "args": saved,
+                     "classes": list(classes)}
             save_checkpoint(output / "last.pt", state)
-            if val["accuracy"] >= best:
+            if improved:
                 save_checkpoint(output / "best.pt", state)
         distributed.barrier(ctx)
     return row
@@ -352,6 +387,12 @@ def evaluate_run(config: EvalConfig) -> dict:
     scores it on one split of the data (the run's saved split), writes ``metrics.json``; returns
     it.
 
+    ``metrics.json`` holds :func:`~walnet.engine.loops.evaluate`'s scores (per-class sensitivity
+    and specificity among them), 95% percentile-bootstrap intervals of accuracy, macro F1 and
+    micro AUC over the images (``accuracy_ci``, ..., and their settings under ``"bootstrap"``;
+    :func:`~walnet.engine.metrics.bootstrap_ci`) and, where images have patient ids, the same
+    scores per patient under ``"patient"`` (:func:`~walnet.engine.metrics.patient_metrics`).
+
     Unless ``no_figures``, also writes ``roc.png`` (paper Fig. 4), ``confusion.png``
     (Fig. 5) and, where the split has true masks and the model a segmentation head,
     ``segmentation.png`` (Fig. 6); their names are listed under ``"figures"`` in the result."""
@@ -370,6 +411,12 @@ def evaluate_run(config: EvalConfig) -> dict:
     figures = not config.no_figures
     outputs = EvalOutputs(panel=PANEL_SAMPLES if figures else 0)
     result = evaluate(model, loader, device, pgm=pgm, class_names=classes, outputs=outputs)
+    result.update(bootstrap_ci(outputs.targets, outputs.probs))
+    # each score's image by its dataset index, not by position: right for any loader order
+    patients = [dataset.records[i].patient for i in outputs.order]
+    per_patient = patient_metrics(outputs.targets, outputs.probs, patients, classes)
+    if per_patient is not None:
+        result["patient"] = per_patient
     result.update(split=config.split, images=len(dataset), checkpoint=str(ckpt), epoch=int(state["epoch"]))
     if figures:
         result["figures"] = ["roc.png", "confusion.png"] + (["segmentation.png"] if outputs.images is not None else [])
