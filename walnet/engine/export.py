@@ -515,7 +515,8 @@ def _model_card(info: dict, trained, ckpt: Path, metrics: dict | None, metrics_n
         f"(counted from 0). Seed {trained.seed}, input size {trained.size}, batch size "
         f"{trained.batch_size}, Adam lr {trained.lr:g}"
         + (f", RCM off for the first {trained.rcm_warmup} epochs" if walnet_model and kw.get("use_rcm") else "")
-        + (", from pretrained backbone weights" if trained.pretrained else ", from random initialisation") + ".",
+        + (f", from the pretrained backbone weights of `{trained.pretrained_file}`" if trained.pretrained_file
+           else ", from pretrained backbone weights" if trained.pretrained else ", from random initialisation") + ".",
     ]
     if isinstance(split_sizes, dict):
         lines.append("- Split (the run's `split.csv`, patient-grouped): "
