@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 import walnet
@@ -86,7 +87,9 @@ def test_folder_holds_the_files_and_config(exported):
     assert config["num_classes"] == 3 and config["classes"] == CLASSES
     inp = config["input"]
     assert inp["size"] == SIZE and inp["channels"] == "RGB" and inp["value_range"] == [0, 1]
-    assert inp["mean"] == [0, 0, 0] and inp["std"] == [1, 1, 1] and "normalises nothing" in inp["normalization"]
+    # the model normalises itself, with its backbone's (ImageNet's) statistics, which config.json records
+    assert inp["mean"] == [0.485, 0.456, 0.406] and inp["std"] == [0.229, 0.224, 0.225]
+    assert "inside the model" in inp["normalization"] and "do not normalise" in inp["normalization"]
     assert config["walnet_version"] == walnet.__version__ and config["torch_version"] == torch.__version__
     assert config["checkpoint"] == {"path": str(ckpt), "epoch": 0}
     assert set(config["files"]) == names
@@ -102,7 +105,8 @@ def test_model_card_reports_the_runs_metrics(exported):
     ckpt, _, folder = exported
     card = (folder / "README.md").read_text()
     for text in ("# walnet: carotid plaque classifier", "0 `hyperechoic`, 1 `hypoechoic`, 2 `mixed-echoic`",
-                 f"[N, 3, {SIZE}, {SIZE}]", "mean [0, 0, 0], std [1, 1, 1]", "**not a medical device**",
+                 f"[N, 3, {SIZE}, {SIZE}]", "The model normalises the input itself",
+                 "mean [0.485, 0.456, 0.406] and std [0.229, 0.224, 0.225]", "**not a medical device**",
                  "the CSV `labels.csv`", "train 6 images, val 2 images, test 2 images",
                  "**test** split (16 images)", "| accuracy | 0.812 |", "| macro F1 | 0.778 |",
                  "| Cohen's kappa | 0.654 |", "| ROC-AUC (micro) | 0.900 |", "| predicted-mask IoU | 0.424 |",
@@ -304,6 +308,26 @@ def test_loading_errors_name_the_file(exported, tmp_path):
             load_pretrained(bad)
     with pytest.raises(ValueError, match="is a file, not a model folder"):
         load_pretrained(folder / "config.json")
+
+
+def test_a_folder_without_the_normalisation_buffers_loads_unnormalised(exported, tmp_path):
+    """A folder exported before the models normalised their input (config.json: mean 0, std 1)
+    loads with that identity, so its model computes what it did then."""
+    _, model, folder = exported
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(folder / "config.json", old / "config.json")
+    weights = safetensors.torch.load_file(folder / "model.safetensors")
+    safetensors.torch.save_file({k: v for k, v in weights.items() if not k.startswith("input_")},
+                                old / "model.safetensors")
+    for loaded in (load_pretrained(old), walnet.WALNet.from_pretrained(old)):
+        assert torch.equal(loaded.input_mean, torch.zeros(1, 3, 1, 1))
+        assert torch.equal(loaded.input_std, torch.ones(1, 3, 1, 1))
+        x = _input()
+        with torch.no_grad():
+            loaded.input_mean.copy_(model.input_mean)
+            loaded.input_std.copy_(model.input_std)
+            assert torch.equal(loaded(x).logits, model(x).logits)  # every other weight is the folder's
 
 
 def test_predict_takes_exactly_one_model(exported, images, tmp_path, capsys):

@@ -191,3 +191,91 @@ def test_pgm_reference_backend_reaches_every_op(monkeypatch):
     ref = walnet.PseudoMaskGenerator(backend="reference")(images, attention)
     assert len(fz_calls) == 1 and len(mask_calls) == 1
     assert torch.equal(ref, kernel)
+
+
+# --- input normalisation (docs/design.md §3) ----------------------------------------------------
+
+
+def _capture_input(module: torch.nn.Module) -> list:
+    """Records the first argument of every call of `module` (a forward pre-hook)."""
+    seen = []
+    module.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().clone()))
+    return seen
+
+
+def test_the_encoder_sees_the_normalised_image():
+    torch.manual_seed(0)
+    model = walnet.WALNet(**SMALL).eval()
+    # the backbone's pretrained_cfg (ImageNet's), as persistent [1,3,1,1] buffers
+    assert torch.equal(model.input_mean, torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+    assert torch.equal(model.input_std, torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+    assert {"input_mean", "input_std"} <= set(model.state_dict())
+    seen = _capture_input(model.encoder)
+    x, _ = _batch(2)
+    model(x)
+    assert len(seen) == 1 and torch.equal(seen[0], (x - model.input_mean) / model.input_std)
+
+
+def test_the_pgm_sees_the_raw_image_in_a_training_step(monkeypatch):
+    """TrainStep gives the PGM the batch itself: its superpixels come from the [0, 1] image,
+    while the encoder sees the normalised one."""
+    from walnet.engine.step import TrainStep
+
+    torch.manual_seed(0)
+    model = walnet.WALNet(**SMALL).train()
+    pgm = walnet.PseudoMaskGenerator()
+    to_pgm, to_encoder = _capture_input(pgm), _capture_input(model.encoder)
+    felzenszwalb = spy_on(monkeypatch, ops, "felzenszwalb")
+    step = TrainStep(model, pgm, torch.optim.Adam(model.parameters(), lr=1e-3))
+    x, y = _batch(2)
+    step(x, y, epoch=0)
+    assert len(to_pgm) == 1 and torch.equal(to_pgm[0], x)
+    assert torch.equal(to_encoder[0], (x - model.input_mean) / model.input_std)
+    size = model.encoder.feature_info.reduction()[0]
+    small = torch.nn.functional.interpolate(x, size=(x.shape[-2] // size, x.shape[-1] // size), mode="nearest")
+    assert len(felzenszwalb) == 1 and torch.equal(felzenszwalb[0][0], small)
+
+
+def test_normalisation_buffers_follow_the_model():
+    model = walnet.WALNet(**SMALL).eval()
+    double = model.double()
+    assert double.input_mean.dtype == double.input_std.dtype == torch.float64
+    x, _ = _batch(2)
+    assert double(x.double()).logits.dtype == torch.float64
+    meta = walnet.WALNet(**SMALL).to("meta")
+    assert meta.input_mean.device.type == meta.input_std.device.type == "meta"
+    # they travel in the state dict: another model takes them over with its weights
+    other = walnet.WALNet(**SMALL)
+    other.input_mean.zero_()
+    other.input_std.fill_(2.0)
+    fresh = walnet.WALNet(**SMALL)
+    fresh.load_state_dict(other.state_dict())
+    assert torch.equal(fresh.input_mean, torch.zeros(1, 3, 1, 1)) and torch.equal(fresh.input_std,
+                                                                                  torch.full((1, 3, 1, 1), 2.0))
+
+
+def test_baselines_normalise_their_input():
+    torch.manual_seed(0)
+    model = create_model("resnest", num_classes=3).eval()
+    assert torch.equal(model.input_std, torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+    # timm's own keys stay as they are, plus the two buffers
+    import timm
+
+    plain = timm.create_model(BASELINES["resnest"], num_classes=3)
+    assert set(model.state_dict()) == set(plain.state_dict()) | {"input_mean", "input_std"}
+    seen = _capture_input(model.conv1)  # the stem: the first layer the image reaches
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        got = model(x)
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("input_")})
+        want = plain.eval()((x - model.input_mean) / model.input_std)
+    assert torch.equal(seen[0], (x - model.input_mean) / model.input_std)
+    assert torch.equal(got, want)
+    # a deep copy (the ONNX export's) normalises with its own buffers
+    import copy
+
+    twin = copy.deepcopy(model)
+    twin.input_mean.zero_()
+    twin.input_std.fill_(1.0)
+    with torch.no_grad():
+        assert torch.equal(twin(x), plain(x))

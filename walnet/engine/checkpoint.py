@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from walnet.models.normalize import fill_missing_stats
+
 #: The keys of a ``walnet train`` checkpoint that rebuilding its model needs (``load_trained``).
 TRAINED_KEYS = ("model", "args", "classes", "epoch")
 #: The keys ``walnet train --resume`` needs (:func:`load_training_state`).
@@ -325,8 +327,14 @@ def load_weights(model: torch.nn.Module, weights: Mapping, path: str | Path, des
     """Loads the state dict `weights` (from the checkpoint `path`) into `model`, strictly. A
     state dict of another model (missing or unexpected parameters, other shapes) is a
     :class:`CheckpointError`: "checkpoint X does not match model Y: ...", the first differences
-    and their count; `describe` names the model (default: its class), `hint` is appended."""
+    and their count; `describe` names the model (default: its class), `hint` is appended.
+
+    The one exception: a checkpoint written before walnet's models normalised their input
+    lacks the buffers ``input_mean`` and ``input_std``; they are set to the identity, with which
+    the model computes what the one that was saved computed
+    (:func:`walnet.models.normalize.fill_missing_stats`)."""
     describe = describe or type(model).__name__
+    weights = fill_missing_stats(model, weights)
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]

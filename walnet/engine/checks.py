@@ -88,6 +88,8 @@ def check_train_config(config: TrainConfig) -> torch.device:
         if config.roi_method is not None and config.roi_method not in ops.ROI_METHODS:
             raise ValueError(f"--roi-method must be one of {', '.join(ops.ROI_METHODS)}, got {config.roi_method!r}")
     check_data_path(config.data_dir, config.csv)
+    if config.pretrained_file is not None:
+        check_pretrained_file(config.pretrained_file, config.model, config.backbone)
     if config.resume is not None:
         if os.path.isdir(config.resume):
             raise ValueError(f"--resume {config.resume} is a folder; give the checkpoint in it (last.pt)")
@@ -95,6 +97,22 @@ def check_train_config(config: TrainConfig) -> torch.device:
             raise FileNotFoundError(f"--resume {config.resume}: no such checkpoint file")
     check_output(config.output, inputs=(config.csv,))
     return device
+
+
+def check_pretrained_file(path, model: str, backbone: str) -> None:
+    """``--pretrained-file``: a file that holds weights of the timm model under `model` (its
+    `backbone` for WAL-Net, the baseline's own timm model otherwise); a one-line
+    :class:`ValueError` naming the option otherwise (missing file, unreadable, another
+    architecture: the first difference), before any work."""
+    from walnet.models import BASELINES
+    from walnet.models.backbone import check_pretrained_file as check
+
+    architecture = backbone if model.startswith("walnet") else BASELINES.get(model, model)
+    try:
+        check(path, architecture)
+    except (OSError, ValueError) as exc:
+        text = str(exc).removeprefix(f"pretrained_file {path}").lstrip(" :")
+        raise ValueError(f"--pretrained-file {path}: {text}") from None
 
 
 def check_stages(model: torch.nn.Module, backbone: str) -> None:

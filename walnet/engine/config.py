@@ -160,6 +160,9 @@ class TrainConfig(_Config):
                         "(resnest, convnextv2, dpn, repvit, sequencer, rexnet, res2net)")
     backbone: str = option("resnest50d", "timm backbone of WAL-Net")
     pretrained: bool = option(False, "load pretrained backbone weights (downloads)")
+    pretrained_file: str | None = option(None, "load the pretrained backbone weights from this local file instead "
+                                         "(a state dict of the timm model, torch.save or safetensors; implies "
+                                         "--pretrained, downloads nothing)")
     epochs: int = option(100, "epochs to train (a resumed run continues up to this count)")
     eval_metric: str = option("accuracy", "validation metric that chooses best.pt: accuracy, macro_f1, kappa or auc "
                               "(micro ROC-AUC); of equal scores the later epoch is kept")
@@ -191,6 +194,11 @@ class TrainConfig(_Config):
     def _check(self) -> None:
         _check_data(self)
         _check_given(self, "output")
+        if self.pretrained_file is not None:
+            if not self.pretrained_file:
+                raise ValueError("--pretrained-file must not be empty")
+            # the file's weights are pretrained ones: args.json and the model card then say so
+            object.__setattr__(self, "pretrained", True)
         _check_classes(self.classes)
         _check_at_least(self, 1, "epochs", "batch_size", "size", "attention_channels")
         _check_at_least(self, 0, "rcm_warmup")

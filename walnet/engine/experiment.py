@@ -244,7 +244,7 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
     workers and ``skip_bad``. Each run lives in ``output/runs/<model>/seed<k>/``: a run with a
     ``metrics.json`` is reused as it is, one with a ``last.pt`` only is resumed.
     """
-    from walnet.engine.checks import check_output, check_train_config, pick_device
+    from walnet.engine.checks import check_output, check_pretrained_file, check_train_config, pick_device
     from walnet.engine.lock import run_lock
     from walnet.engine.trainer import evaluate_run, train as train_run
     from walnet.models import model_names
@@ -265,6 +265,9 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
     check_output(output, inputs=(train.csv,))
     check_train_config(replace(train, output=Path(output) / "runs" / pairs[0][0] / f"seed{seeds[0]}",
                                model=pairs[0][0], resume=None))
+    if train.pretrained_file is not None:  # one file for every run: each run's backbone must fit it
+        for model, _ in pairs[1:]:
+            check_pretrained_file(train.pretrained_file, model, train.backbone)
     if evaluate is not None:
         pick_device(evaluate.device)
     data = dict(csv=train.csv, data_dir=train.data_dir)

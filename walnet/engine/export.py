@@ -6,8 +6,8 @@ The folder (``output``) receives:
   code);
 - ``config.json``: a format tag and version, the model's name and the arguments
   :func:`walnet.models.create_model` rebuilds it from, its classes in label order, its input
-  (size, RGB, values in [0, 1], no normalisation), the walnet and torch versions, the source
-  checkpoint and epoch, and what each extra format holds;
+  (size, RGB, values in [0, 1], and the mean and std the model normalises with itself), the
+  walnet and torch versions, the source checkpoint and epoch, and what each extra format holds;
 - ``README.md``: a model card (model, classes, input, intended use, training data, the run's test
   metrics from ``metrics.json`` next to the checkpoint, limits, how to load it);
 - with ``pt2``: ``model.pt2``, ``torch.export`` of the model in eval mode, saved with
@@ -148,6 +148,16 @@ def _description(model: nn.Module, trained) -> tuple[dict, str]:
                       rcm_warmup_epochs=model.rcm_warmup_epochs)
         return kwargs, trained.backbone
     return {}, BASELINES.get(trained.model, trained.model)
+
+
+def _input_stats(model: nn.Module) -> tuple[list[float], list[float]]:
+    """The mean and std the model normalises its input with (its buffers ``input_mean`` and
+    ``input_std``; the identity for a checkpoint from before they existed), each as the
+    shortest decimals that read back as the buffer's float32 values (0.485, not 0.48500001...)."""
+    def decimals(buffer: torch.Tensor) -> list[float]:
+        return [float(str(np.float32(v))) for v in buffer.detach().float().cpu().flatten().tolist()]
+
+    return decimals(model.input_mean), decimals(model.input_std)
 
 
 def _output_names(model: nn.Module) -> list[str]:
@@ -299,6 +309,7 @@ def _export(config: ExportConfig) -> dict:
     model, classes, trained, state = load_trained(ckpt, device)
     kwargs, backbone = _description(model, trained)
     names = _output_names(model)
+    mean, std = _input_stats(model)
     metrics, metrics_note = _read_metrics(ckpt.parent / "metrics.json")
     info = {
         "format": FORMAT,
@@ -314,10 +325,11 @@ def _export(config: ExportConfig) -> dict:
             "channels": "RGB",
             "dtype": "float32",
             "value_range": [0.0, 1.0],
-            "mean": [0.0, 0.0, 0.0],
-            "std": [1.0, 1.0, 1.0],
-            "normalization": "none: the model takes RGB images scaled to [0, 1] (8-bit values / 255) and "
-                             "resized to size x size, as walnet reads them; it normalises nothing itself",
+            "mean": mean,
+            "std": std,
+            "normalization": "inside the model: it takes RGB images scaled to [0, 1] (8-bit values / 255) and "
+                             "resized to size x size, as walnet reads them, and computes (image - mean) / std "
+                             "itself before its backbone; do not normalise the input",
         },
         "outputs": _outputs_doc(names, len(classes)),
         "walnet_version": __version__,
@@ -450,6 +462,10 @@ def _metrics_section(metrics: dict | None, note: str | None, info: dict, ckpt: P
     return lines
 
 
+def _stats(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
 def _model_card(info: dict, trained, ckpt: Path, metrics: dict | None, metrics_note: str | None,
                 split_sizes: dict | str | None) -> str:
     name, kw, size = info["model"], info["kwargs"], info["input"]["size"]
@@ -482,8 +498,10 @@ def _model_card(info: dict, trained, ckpt: Path, metrics: dict | None, metrics_n
         "## Input",
         "",
         f"An RGB image as float32 `[N, 3, {size}, {size}]` with values in [0, 1], resized to {size}x{size} "
-        "(crop it to the plaque ROI first if the training data was cropped so). No mean/std normalisation: "
-        "mean [0, 0, 0], std [1, 1, 1]; the model takes the [0, 1] image as it is.",
+        "(crop it to the plaque ROI first if the training data was cropped so). The model normalises the "
+        f"input itself, `(image - mean) / std` with mean {_stats(info['input']['mean'])} and std "
+        f"{_stats(info['input']['std'])} (its buffers `input_mean`, `input_std`), so pass the [0, 1] image "
+        "as it is; do not normalise it first.",
         "",
         "## Intended use",
         "",
@@ -497,7 +515,8 @@ def _model_card(info: dict, trained, ckpt: Path, metrics: dict | None, metrics_n
         f"(counted from 0). Seed {trained.seed}, input size {trained.size}, batch size "
         f"{trained.batch_size}, Adam lr {trained.lr:g}"
         + (f", RCM off for the first {trained.rcm_warmup} epochs" if walnet_model and kw.get("use_rcm") else "")
-        + (", from pretrained backbone weights" if trained.pretrained else ", from random initialisation") + ".",
+        + (f", from the pretrained backbone weights of `{trained.pretrained_file}`" if trained.pretrained_file
+           else ", from pretrained backbone weights" if trained.pretrained else ", from random initialisation") + ".",
     ]
     if isinstance(split_sizes, dict):
         lines.append("- Split (the run's `split.csv`, patient-grouped): "

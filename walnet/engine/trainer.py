@@ -133,9 +133,17 @@ def _append_row(path: Path, row: dict) -> None:
 
 
 def _create_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
+    """The model a run starts from: `config`'s, with pretrained backbone weights where it asks
+    for them (downloaded, or read from ``--pretrained-file``). Only a run's start builds it so;
+    :func:`load_trained` rebuilds a trained model without them (its checkpoint holds every
+    weight, and the file may be gone)."""
     try:
         model = create_model(config.model, num_classes=num_classes, pretrained=config.pretrained,
-                             **_model_kwargs(config))
+                             pretrained_file=config.pretrained_file, **_model_kwargs(config))
+    except ValueError as exc:
+        if config.pretrained_file is None or "pretrained_file" not in str(exc):
+            raise
+        raise ValueError(str(exc).replace("pretrained_file", "--pretrained-file", 1)) from None
     except RuntimeError as exc:  # timm: e.g. a model without features_only support
         raise ValueError(f"cannot build --model {config.model} with --backbone {config.backbone}: "
                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
@@ -374,7 +382,9 @@ def load_trained(checkpoint, device="cpu") -> tuple[torch.nn.Module, tuple[str, 
     if trained.model.startswith("walnet"):
         describe += f" (backbone {trained.backbone}, --attention-channels {trained.attention_channels})"
     try:
-        model = create_model(trained.model, num_classes=len(classes), **_model_kwargs(trained))
+        # pretrained=False: the checkpoint holds every weight, so neither a download nor the
+        # run's --pretrained-file (which may be gone) is needed
+        model = create_model(trained.model, num_classes=len(classes), pretrained=False, **_model_kwargs(trained))
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint {checkpoint}: its train config names a model walnet cannot build "
                               f"({describe}): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None

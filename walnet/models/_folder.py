@@ -1,9 +1,10 @@
 """Reading an exported model folder (``walnet export``): ``config.json`` and
 ``model.safetensors``, checked, with errors that name the file.
 
-Shared by :func:`walnet.models.load_pretrained` and :meth:`walnet.WALNet.from_pretrained`; it
-imports no other part of :mod:`walnet.models`, so that both can use it (the model classes are
-passed in). Nothing here unpickles: the config is JSON and the weights are safetensors.
+Shared by :func:`walnet.models.load_pretrained` and :meth:`walnet.WALNet.from_pretrained`; of
+:mod:`walnet.models` it imports only :mod:`~walnet.models.normalize` (which imports no model), so
+that both can use it (the model classes are passed in). Nothing here unpickles: the config is
+JSON and the weights are safetensors.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import safetensors
 import safetensors.torch
 import torch
 from torch import nn
+
+from walnet.models.normalize import fill_missing_stats
 
 #: The ``"format"`` tag of an exported model's config.json, and the one version this walnet reads.
 FORMAT = "walnet-model"
@@ -99,7 +102,9 @@ def _shape(t: torch.Tensor) -> str:
 def load_weights(model: nn.Module, folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Loads ``<folder>/model.safetensors`` into `model` strictly; returns it in eval mode on
     `device`. A missing or unreadable file, or weights that do not fit the model (missing or
-    unexpected parameters, other shapes), is an error naming the file."""
+    unexpected parameters, other shapes), is an error naming the file. Weights without the input
+    normalisation's buffers (exported before the models normalised their input) get the
+    identity, as their config.json's mean [0, 0, 0] and std [1, 1, 1] say."""
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the model folder {folder} has no weights")
@@ -108,6 +113,7 @@ def load_weights(model: nn.Module, folder: str | Path, device: str | torch.devic
     except (safetensors.SafetensorError, OSError, ValueError) as exc:
         first = next((s for s in str(exc).splitlines() if s.strip()), type(exc).__name__)
         raise ValueError(f"{path} cannot be read as safetensors weights: {first}") from None
+    weights = fill_missing_stats(model, weights)
     own = model.state_dict()
     problems = []
     shapes = [f"{k} {_shape(weights[k])} in the file, {_shape(own[k])} in the model"

@@ -1,10 +1,11 @@
 """``walnet.create_model(name)``: WAL-Net variants, ablations and the paper's Table 1 baselines."""
 from __future__ import annotations
 
-import timm
 from torch import nn
 
 from walnet import ops
+from walnet.models.backbone import create_timm
+from walnet.models.normalize import normalize_inputs
 from walnet.models.walnet import WALNet
 
 #: The seven baselines of the paper's Table 1, as timm models of comparable size (~12-37M params).
@@ -24,7 +25,8 @@ def model_names() -> list[str]:
     return ["walnet", "walnet_no_rcm", "walnet_no_pgm"] + [f"walnet_{m}" for m in ops.ROI_METHODS] + list(BASELINES)
 
 
-def create_model(name: str, num_classes: int = 3, pretrained: bool = False, **kwargs) -> nn.Module:
+def create_model(name: str, num_classes: int = 3, pretrained: bool = False, pretrained_file: str | None = None,
+                 **kwargs) -> nn.Module:
     """Builds a model by name.
 
     - ``"walnet"``: WAL-Net with the paper's defaults (kwargs go to :class:`WALNet`);
@@ -33,6 +35,11 @@ def create_model(name: str, num_classes: int = 3, pretrained: bool = False, **kw
     - a baseline: ``"resnest"`` (the paper's "no RCM, no PGM" baseline, a plain ResNeSt-50
       classifier), ``"convnextv2"``, ``"dpn"``, ``"repvit"``, ``"sequencer"``, ``"rexnet"``,
       ``"res2net"`` (timm models, see ``BASELINES``; kwargs go to ``timm.create_model``).
+
+    Every model takes RGB images in [0, 1] and normalises them itself with its backbone's mean
+    and std (buffers ``input_mean`` / ``input_std``; a baseline through a forward pre-hook,
+    :func:`walnet.models.normalize.normalize_inputs`). `pretrained_file` loads the backbone's
+    pretrained weights from a local file (implies `pretrained`; nothing is downloaded).
     """
     # What each WAL-Net variant fixes; kwargs may repeat a setting but not contradict it.
     variants = {"walnet": {}, "walnet_no_rcm": {"use_rcm": False}, "walnet_no_pgm": {"use_pgm": False}}
@@ -42,7 +49,9 @@ def create_model(name: str, num_classes: int = 3, pretrained: bool = False, **kw
         clash = {k: kwargs[k] for k in fixed if k in kwargs and kwargs[k] != fixed[k]}
         if clash:
             raise ValueError(f"model {name!r} sets {fixed}, which contradicts {clash}")
-        return WALNet(num_classes=num_classes, pretrained=pretrained, **{**kwargs, **fixed})
+        return WALNet(num_classes=num_classes, pretrained=pretrained, pretrained_file=pretrained_file,
+                      **{**kwargs, **fixed})
     if name in BASELINES:
-        return timm.create_model(BASELINES[name], num_classes=num_classes, pretrained=pretrained, **kwargs)
+        return normalize_inputs(create_timm(BASELINES[name], num_classes=num_classes, pretrained=pretrained,
+                                            pretrained_file=pretrained_file, **kwargs))
     raise ValueError(f"unknown model {name!r}; choose one of {model_names()}")

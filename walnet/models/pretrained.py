@@ -21,7 +21,8 @@ def load_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> n
     """The model of an exported folder (``walnet export``), with its weights, in eval mode on
     `device`: any model :func:`~walnet.models.create_model` builds (WAL-Net variants and the
     baselines). Its class names, input size and preprocessing are in :func:`read_config`'s
-    result (``classes``, ``input``); the model takes RGB images scaled to [0, 1], unnormalised.
+    result (``classes``, ``input``); the model takes RGB images scaled to [0, 1] and normalises
+    them itself (``input["mean"]``, ``input["std"]``: its buffers ``input_mean``, ``input_std``).
 
     A missing folder or file, a config.json of another format or version, or weights that do
     not fit the model the config describes is an error naming the file."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,7 +11,9 @@ from torch import nn
 from walnet import ops
 from walnet.models._folder import build, load_weights, read_config
 from walnet.models.attention import GridAttentionGate
+from walnet.models.backbone import create_timm
 from walnet.models.decoder import DeepLabV3PlusDecoder
+from walnet.models.normalize import input_stats, normalize, register_stats
 
 
 class WALNetOutput(NamedTuple):
@@ -41,10 +42,14 @@ class WALNet(nn.Module):
             classifier (encoder, global average pooling of stage 4, one linear head), with no
             gates, decoder or RCM; ``seg_logits`` is None and ``attention`` empty.
         pretrained: load the backbone's pretrained weights (downloads; off by default).
+        pretrained_file: load them from this local file instead (a state dict of the timm model
+            `backbone`, ``torch.save`` or safetensors; implies `pretrained`, never downloads).
         backend: op backend ("auto", "kernel", "reference").
 
-    ``forward(x, epoch=None)`` takes [N,3,H,W] (224² in the paper) and returns a
-    :class:`WALNetOutput`.
+    ``forward(x, epoch=None)`` takes RGB images [N,3,H,W] in [0, 1] (224² in the paper) and
+    returns a :class:`WALNetOutput`. The encoder sees ``(x - input_mean) / input_std``, the
+    normalisation its pretrained weights expect (the backbone's ``pretrained_cfg``, ImageNet's
+    by default); the two are persistent buffers [1,3,1,1], so checkpoints carry them.
     """
 
     def __init__(
@@ -57,6 +62,7 @@ class WALNet(nn.Module):
         use_rcm: bool = True,
         use_pgm: bool = True,
         pretrained: bool = False,
+        pretrained_file: str | None = None,
         backend: str = "auto",
     ):
         super().__init__()
@@ -66,7 +72,9 @@ class WALNet(nn.Module):
             raise ValueError(f"roi_method must be one of {ops.ROI_METHODS}, got {roi_method!r}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        self.encoder = timm.create_model(backbone, features_only=True, out_indices=(1, 2, 3, 4), pretrained=pretrained)
+        self.encoder = create_timm(backbone, features_only=True, out_indices=(1, 2, 3, 4), pretrained=pretrained,
+                                   pretrained_file=pretrained_file)
+        register_stats(self, *input_stats(self.encoder))
         channels = self.encoder.feature_info.channels()
         if len(channels) != 4:
             raise ValueError(f"backbone {backbone!r} must have four feature stages, got {len(channels)}")
@@ -104,7 +112,9 @@ class WALNet(nn.Module):
         return not (self.training and epoch is not None and epoch < self.rcm_warmup_epochs)
 
     def forward(self, x: torch.Tensor, epoch: int | None = None) -> WALNetOutput:
-        f1, f2, f3, c4 = self.encoder(x)
+        # The PGM takes its superpixels from the caller's [0, 1] image (TrainStep passes it the
+        # batch itself), so normalising here reaches the encoder alone.
+        f1, f2, f3, c4 = self.encoder(normalize(x, self.input_mean, self.input_std))
         if not self.use_pgm:
             return WALNetOutput(self.heads[0](c4.mean(dim=(2, 3))), None, ())
         gated = [gate(f, c4) for gate, f in zip(self.gates, (f1, f2, f3))]

@@ -1,0 +1,84 @@
+"""timm models with pretrained weights from a local file: :func:`create_timm` and
+:func:`check_pretrained_file`.
+
+``pretrained_file`` loads a backbone's weights from a file on disk (a state dict saved with
+``torch.save`` or as safetensors, as timm's ``load_state_dict`` reads them) through timm's
+``pretrained_cfg_overlay=dict(file=...)``; nothing is downloaded. timm loads such a file
+non-strictly wherever it adapts the model (a ``features_only`` encoder, another number of
+classes: it then drops the classifier and only logs the keys it did not find), so a file of
+another architecture would leave the model silently at its random initialisation.
+:func:`check_pretrained_file` therefore compares the file with the architecture first: every
+parameter and buffer but the classifier must be in it, with its shape, and nothing else.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((s.strip() for s in str(exc).splitlines() if s.strip()), type(exc).__name__)
+
+
+def _classifier_prefixes(cfg: dict) -> tuple[str, ...]:
+    names = cfg.get("classifier") or ()
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def _shape(t) -> str:
+    return "[" + ", ".join(map(str, t.shape)) + "]"
+
+
+def check_pretrained_file(path: str | Path, architecture: str) -> None:
+    """Raises a one-line error naming `path` unless it holds weights of the timm model
+    `architecture`: a FileNotFoundError when it is no file, a ValueError when it cannot be read
+    as a state dict or does not fit (missing or unexpected keys, other shapes; the classifier,
+    which a walnet model replaces, is not compared). The architecture is built on the meta
+    device: no memory, no download."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a weights file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"pretrained_file {path} {what}")
+    try:
+        weights = timm.models.load_state_dict(str(path), device="cpu")
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"pretrained_file {path} cannot be read as a state dict ({_first_line(exc)})") from None
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ValueError(f"pretrained_file {path} holds no state dict (parameter name -> tensor)")
+    with torch.device("meta"):
+        model = timm.create_model(architecture, pretrained=False)
+    skip = tuple(p + "." for p in _classifier_prefixes(model.pretrained_cfg))
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
+    weights = {k: v for k, v in weights.items() if not k.startswith(skip)}
+    shapes = [f"{k} {_shape(weights[k])} in the file, {_shape(own[k])} in the model"
+              for k in own if k in weights and weights[k].shape != own[k].shape]
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    problems = [f"{len(items)} {what}, e.g. {items[0]}"
+                for items, what in ((shapes, "shape(s) differ"), (missing, "weight(s) missing"),
+                                    (unexpected, "unexpected weight(s)")) if items]
+    if problems:
+        raise ValueError(f"pretrained_file {path} does not hold weights of the backbone {architecture}: "
+                         f"{'; '.join(problems)}")
+
+
+def create_timm(architecture: str, *, pretrained: bool = False, pretrained_file: str | Path | None = None,
+                **kwargs) -> nn.Module:
+    """``timm.create_model(architecture, pretrained=..., **kwargs)``; with `pretrained_file`,
+    pretrained from that file (checked by :func:`check_pretrained_file` first, then loaded by
+    timm through ``pretrained_cfg_overlay=dict(file=...)``), never from the network."""
+    if pretrained_file is None:
+        return timm.create_model(architecture, pretrained=pretrained, **kwargs)
+    check_pretrained_file(pretrained_file, architecture)
+    try:
+        return timm.create_model(architecture, pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(pretrained_file)), **kwargs)
+    except RuntimeError as exc:
+        if "state_dict" not in str(exc):  # not torch's "Error(s) in loading state_dict": not the file's fault
+            raise
+        raise ValueError(f"pretrained_file {pretrained_file} cannot be loaded into the backbone {architecture}: "
+                         f"{_first_line(exc)}") from None
