@@ -126,6 +126,19 @@ def test_onnx_extra_is_what_the_onnx_export_needs(pyproject):
     assert "walnet[onnx]" in export.ONNX_INSTALL
 
 
+def test_dicom_extra_is_what_the_dicom_reader_names(pyproject):
+    """`pip install 'walnet[dicom]'` installs pydicom and its decoders of compressed transfer
+    syntaxes, and the make-test environment pins each, so the DICOM tests run there."""
+    from walnet.data import dicom
+
+    extra = _names(pyproject["project"]["optional-dependencies"]["dicom"])
+    assert extra == {"pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg"}
+    assert "walnet[dicom]" in dicom.DICOM_INSTALL
+    lines = (ROOT / "requirements-dev.txt").read_text().splitlines()
+    pinned = _names([line for line in lines if line.strip() and not line.startswith("#")])
+    assert extra <= pinned
+
+
 def test_sdist_manifest_holds_every_source():
     """setup.py compiles the .cpp/.cu files it globs; the headers they include must be in the
     sdist too (MANIFEST.in), or a wheel cannot be built from it."""

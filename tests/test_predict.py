@@ -307,7 +307,7 @@ def test_a_failure_during_the_pass_leaves_no_masks(setup, tmp_path, monkeypatch)
     masks = tmp_path / "masks"
     masks.mkdir()
     (masks / "p0.png").write_bytes(b"an earlier mask")
-    monkeypatch.setattr("walnet.engine.predict._check_readable", lambda paths, size: None)
+    monkeypatch.setattr("walnet.engine.predict._check_readable", lambda *args: None)
     good = scans[5].read_bytes()
     scans[5].write_bytes(b"broken")
     with pytest.raises(ValueError, match="p5.png"):

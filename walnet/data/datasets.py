@@ -7,10 +7,16 @@ depth, walnet.data.images), cropped to the record's ROI box, resized to ``size``
 scaled to [0, 1]. A box that does not lie inside its image, or a mask whose size differs from its
 image's, is an error when the item is read: cropping or resizing it would silently train on
 padding or on a mask of another shape.
+
+DICOM files (walnet.data.dicom) are images too. A multi-frame file (a cine loop) is one record per
+frame (:func:`expand_dicom`), all in one patient group (the header's PatientID, else the file), so
+a loop never spans two splits; a DICOM file's PatientID fills a record's missing patient id. The
+image is cropped to its ultrasound region before the record's ROI box, which is therefore in the
+region's pixels (``dicom_region=False`` reads the whole frame).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +24,17 @@ import torch
 from PIL import Image
 
 from walnet.constants import IGNORE_INDEX, PLAQUE_CLASSES as PAPER_CLASSES
+from walnet.data.dicom import DICOM_EXTENSIONS, is_dicom, read_info
 from walnet.data.images import open_image, show_path, to_array
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_EXTENSIONS)
 
 
 @dataclass(frozen=True)
 class Record:
-    """One image: its file, class index, optional patient id, mask file, split and ROI box
-    (y1, x1, y2, x2, pixels, inclusive).
+    """One image: its file, class index, optional patient id, mask file, split, ROI box
+    (y1, x1, y2, x2, pixels, inclusive) and, for a frame of a multi-frame DICOM file, the frame
+    (0-based; None for every other image).
 
     ``path`` and ``mask_path`` are stored resolved (absolute, symbolic links and ``..`` followed),
     so one file has one key however it was spelled; ``origin`` ("file.csv:7") says where the
@@ -39,6 +47,7 @@ class Record:
     mask_path: Path | None = None
     split: str | None = None
     box: tuple[int, int, int, int] | None = None
+    frame: int | None = None
     origin: str | None = field(default=None, compare=False)
 
     def __post_init__(self):
@@ -46,9 +55,46 @@ class Record:
         if self.mask_path is not None:
             object.__setattr__(self, "mask_path", Path(self.mask_path).resolve())
 
+    @property
+    def key(self) -> str:
+        """The sample's key in a split file: its image path, with ``#frame=<k>`` for a frame."""
+        return str(self.path) if self.frame is None else f"{self.path}#frame={self.frame}"
+
     def where(self) -> str:
         """The record's origin, or its image file when it has none: the prefix of its errors."""
         return self.origin or show_path(self.path)
+
+
+def expand_dicom(record: Record, where: str | None = None) -> list[Record]:
+    """`record` with what its DICOM header says: one record per frame of a multi-frame file when
+    the record names no frame, the header's PatientID as patient when the record has none (else,
+    for a multi-frame file, the file itself, so its frames stay in one split). A record of
+    another file comes back as is.
+
+    A frame out of range is a ValueError starting with `where` (default: the record's origin). A
+    header that cannot be read leaves the record as it is: the dataset reports the file when it
+    reads it (or skips it with ``skip_bad``). Without pydicom: walnet.data.dicom's
+    MissingDicomSupportError.
+    """
+    if not is_dicom(record.path):
+        return [record]
+    try:
+        info = read_info(record.path)
+    except (FileNotFoundError, ValueError) as exc:
+        if isinstance(exc, ImportError):  # pydicom missing: no DICOM file can be read at all
+            raise
+        return [record]
+    if record.frame is not None and record.frame >= info.frames:
+        raise ValueError(f"{where or record.where()}: column 'frame': {record.frame} is out of range; "
+                         f"{show_path(record.path)} has {info.frames} frame(s), numbered from 0")
+    patient = record.patient or info.patient
+    if info.frames == 1:
+        return [replace(record, patient=patient, frame=None)]
+    patient = patient or str(record.path)
+    if record.frame is not None:
+        return [replace(record, patient=patient)]
+    origin = record.where()
+    return [replace(record, patient=patient, frame=k, origin=f"{origin} frame {k}") for k in range(info.frames)]
 
 
 class PlaqueDataset(torch.utils.data.Dataset):
@@ -59,11 +105,13 @@ class PlaqueDataset(torch.utils.data.Dataset):
     A missing or unreadable image (also one over Pillow's decompression-bomb limit), an ROI box
     not inside its image, or a mask of another size than its image raises an error naming the
     file; with ``skip_bad=True`` such records are dropped at construction and counted in
-    ``skipped``.
+    ``skipped``. ``dicom_region=False`` reads DICOM frames whole instead of cropped to their
+    ultrasound region.
     """
 
-    def __init__(self, records: list[Record], size: int = 224, skip_bad: bool = False):
+    def __init__(self, records: list[Record], size: int = 224, skip_bad: bool = False, dicom_region: bool = True):
         self.size = int(size)
+        self.dicom_region = bool(dicom_region)
         self.skipped = 0
         if skip_bad:
             kept = []
@@ -79,10 +127,14 @@ class PlaqueDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    @staticmethod
-    def _read(r: Record) -> tuple[Image.Image, Image.Image | None]:
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(width, height) of the image of item `index` as read, before its ROI box and resizing
+        (a DICOM frame after its ultrasound region crop)."""
+        return self._read(self.records[index])[0].size
+
+    def _read(self, r: Record) -> tuple[Image.Image, Image.Image | None]:
         """The record's decoded image and mask (None without one), their geometry checked."""
-        img = open_image(r.path, "RGB")
+        img = open_image(r.path, "RGB", frame=r.frame, region=self.dicom_region)
         width, height = img.size
         if r.box is not None:
             y1, x1, y2, x2 = r.box
@@ -92,7 +144,7 @@ class PlaqueDataset(torch.utils.data.Dataset):
                                  f"inclusive, so y2 <= {height - 1} and x2 <= {width - 1})")
         if r.mask_path is None:
             return img, None
-        mask = open_image(r.mask_path, "L")
+        mask = open_image(r.mask_path, "L", frame=r.frame, region=self.dicom_region)
         if mask.size != img.size:
             raise ValueError(f"{r.where()}: mask {show_path(r.mask_path)} is {mask.height}x{mask.width} pixels but "
                              f"its image {show_path(r.path)} is {height}x{width} (height x width); a mask must "

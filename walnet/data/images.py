@@ -5,6 +5,7 @@ for every file that cannot be decoded, and no silent loss of range.
 Grayscale files of more than 8 bits (Pillow modes ``I;16*``, and ``I`` holding 16-bit values)
 are scaled by their bit depth into a float (``F``) image on the 8-bit scale [0, 255], because
 Pillow's conversion to RGB or L clips every value above 255 (a 16-bit scan would turn white).
+DICOM files (``.dcm``, ``.dicom``) are read by walnet.data.dicom under the same conventions.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from walnet.data.dicom import is_dicom, read_dicom
 
 #: Pillow modes of 16-bit grayscale files (PNG, TIFF), scaled by 1/65535.
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -58,14 +61,19 @@ def _scale_deep(img: Image.Image, path: Path) -> Image.Image:
     return Image.fromarray(scaled.astype(np.float32), mode="F")
 
 
-def open_image(path: Path, mode: str) -> Image.Image:
+def open_image(path: Path, mode: str, *, frame: int | None = None, region: bool = True) -> Image.Image:
     """The decoded image at `path`: in `mode` ("RGB" or "L") for 8-bit files, or an ``F`` image on
     the 8-bit scale for 16-bit grayscale files.
+
+    A DICOM file is read by :func:`walnet.data.dicom.read_dicom`: `frame` picks a frame of a
+    multi-frame file, `region` crops to its ultrasound region; both are ignored for other files.
 
     Raises FileNotFoundError for a missing file and ValueError (naming the file) for a folder, a
     file Pillow cannot decode, or one over Pillow's decompression-bomb limit.
     """
     _check_file(path)
+    if is_dicom(path):
+        return read_dicom(path, mode, frame, region)
     try:
         with Image.open(path) as img:
             deep = img.mode in SIXTEEN_BIT_MODES or img.mode == "I"

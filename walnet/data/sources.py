@@ -1,13 +1,18 @@
 """Where records come from: a CSV file or an ImageFolder tree (docs/design.md §7).
 
 CSV: ``path,label[,patient_id][,mask_path][,split]`` plus optional ROI box columns
-``y1,x1,y2,x2`` (pixels, inclusive) to crop as the paper's preprocessing does. Paths are
-relative to the CSV's folder unless absolute. ImageFolder: ``root/<class>/<image>``.
+``y1,x1,y2,x2`` (pixels, inclusive) to crop as the paper's preprocessing does, and ``frame``
+(0-based) to pick one frame of a multi-frame DICOM file. Paths are relative to the CSV's folder
+unless absolute. ImageFolder: ``root/<class>/<image>``.
+
+DICOM files (``.dcm``, ``.dicom``) have their headers read here (walnet.data.datasets.expand_dicom):
+a multi-frame file without a frame becomes one record per frame, and the header's PatientID fills
+a missing patient id.
 
 Every bad input is a ValueError (FileNotFoundError for a missing file) whose one-line message
 names the file, the line and the column: the CSV is decoded as UTF-8 (a byte-order mark is
 accepted), labels must match the known classes (walnet.data.classes), box values must be whole
-numbers. One image is one sample, keyed by its resolved path: rows that list the same file (in
+numbers. One image (or DICOM frame) is one sample, keyed by its resolved path (and frame): rows that list the same file (in
 any spelling) and agree are merged with a :class:`DuplicateRowWarning`; rows that disagree are
 an error, since keeping both would put one image in two classes or two splits.
 """
@@ -20,7 +25,8 @@ import warnings
 from pathlib import Path
 
 from walnet.data.classes import known_classes, match_label, normalize_label
-from walnet.data.datasets import IMAGE_EXTENSIONS, Record, show_path
+from walnet.data.datasets import IMAGE_EXTENSIONS, Record, expand_dicom, show_path
+from walnet.data.dicom import is_dicom
 from walnet.data.splits import SPLITS
 
 BOX_COLUMNS = ("y1", "x1", "y2", "x2")
@@ -45,18 +51,19 @@ def _dedupe(entries, where: str, names: tuple[str, ...]) -> list[Record]:
     Entries of one file that agree are merged (the first kept, one warning for all); entries
     that disagree raise ValueError naming the file and both places.
     """
-    first: dict[Path, tuple[Record, str]] = {}
+    first: dict[tuple[Path, int | None], tuple[Record, str]] = {}
     dropped = []
     for record, place in entries:
-        seen = first.get(record.path)
+        seen = first.get((record.path, record.frame))
         if seen is None:
-            first[record.path] = (record, place)
+            first[(record.path, record.frame)] = (record, place)
             continue
         other, other_place = seen
         if other != record:
             diff = ", ".join(f"{f} {_shown(other, f, names)} vs {_shown(record, f, names)}"
                              for f in _COMPARED if getattr(other, f) != getattr(record, f))
-            raise ValueError(f"{where}: {other_place} and {place} both list the image {show_path(record.path)} "
+            image = show_path(record.path) + ("" if record.frame is None else f" frame {record.frame}")
+            raise ValueError(f"{where}: {other_place} and {place} both list the image {image} "
                              f"but disagree ({diff}); keep one entry per image")
         dropped.append((other_place, place, record.path))
     if dropped:
@@ -95,7 +102,7 @@ def scan_image_folder(root: str | Path, classes=None) -> tuple[list[Record], tup
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
         if not images:
             raise ValueError(f"class folder {show_path(folder)} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-        entries += [(Record(p, label, origin=show_path(p)), show_path(p)) for p in images]
+        entries += [(r, r.where()) for p in images for r in expand_dicom(Record(p, label, origin=show_path(p)))]
     return _dedupe(entries, show_path(root), names), names
 
 
@@ -144,7 +151,7 @@ def _header(fields: list[str], where: str) -> list[str]:
     missing = [c for c in REQUIRED_COLUMNS if c not in seen]
     if missing:
         raise ValueError(f"{where} lacks the column(s) {missing} (header: {','.join(fields)!r}; expected "
-                         "path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2])")
+                         "path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2][,frame])")
     box = [c for c in BOX_COLUMNS if c in seen]
     if box and len(box) < len(BOX_COLUMNS):
         raise ValueError(f"{where}:1: the header has the ROI box column(s) {box} but not "
@@ -173,6 +180,22 @@ def _box(row: dict, at: str) -> tuple[int, int, int, int] | None:
         raise ValueError(f"{at}: ROI box (y1, x1, y2, x2) = {tuple(box)} is not a box: it needs 0 <= y1 <= y2 "
                          "and 0 <= x1 <= x2")
     return y1, x1, y2, x2
+
+
+def _frame(row: dict, at: str, path: Path) -> int | None:
+    text = row.get("frame", "").strip()
+    if not text:
+        return None
+    if not is_dicom(path):
+        raise ValueError(f"{at}: column 'frame': {text!r} is set but {show_path(path)} is no DICOM file (frames "
+                         "are picked from multi-frame .dcm / .dicom files only); leave it empty")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value != int(value) or value < 0:
+        raise ValueError(f"{at}: column 'frame': {text!r} is not a frame index (a whole number from 0)")
+    return int(value)
 
 
 def _file(base: Path, text: str, at: str, column: str) -> Path:
@@ -207,11 +230,11 @@ def _record(row: dict, at: str, base: Path, names: tuple[str, ...]) -> Record:
     if split is not None and split not in SPLITS:
         raise ValueError(f"{at}: column 'split': {row['split']!r} is not one of {', '.join(SPLITS)} (or empty)")
     patient = row.get("patient_id", "").strip() or None
-    return Record(path, label, patient, mask_path, split, _box(row, at), origin=at)
+    return Record(path, label, patient, mask_path, split, _box(row, at), _frame(row, at, path), origin=at)
 
 
 def read_csv(csv_path: str | Path, classes=None) -> tuple[list[Record], tuple[str, ...]]:
-    """Records of a CSV file ``path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]`` and the
+    """Records of a CSV file ``path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2][,frame]`` and the
     class names (`classes`, the paper's when None; labels are matched to them ignoring case and
     spaces).
 
@@ -235,5 +258,7 @@ def read_csv(csv_path: str | Path, classes=None) -> tuple[list[Record], tuple[st
             raise ValueError(f"{at}: {len(fields)} fields but the header has {len(header)} columns "
                              "(a path with a comma needs quotes)")
         row = dict(zip(header, fields + [""] * (len(header) - len(fields))))
-        entries.append((_record(row, at, base, names), f"line {line}"))
+        record = _record(row, at, base, names)
+        frames = expand_dicom(record, at)
+        entries += [(r, f"line {line}" if len(frames) == 1 else f"line {line} frame {r.frame}") for r in frames]
     return _dedupe(entries, where, names), names

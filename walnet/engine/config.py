@@ -190,6 +190,8 @@ class TrainConfig(_Config):
     attention_channels: int = option(2048, "inner channels of the attention gates")
     device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
     skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing")
+    no_dicom_region: bool = option(False, "read DICOM images whole instead of cropped to their (largest) "
+                                   "ultrasound region")
 
     def _check(self) -> None:
         _check_data(self)
@@ -227,6 +229,8 @@ class EvalConfig(_Config):
     device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
     skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing")
     no_figures: bool = option(False, "skip roc.png, confusion.png and segmentation.png (metrics.json only)")
+    no_dicom_region: bool = option(False, "read DICOM images whole instead of cropped to their ultrasound region "
+                                   "(also the default when the run was trained with --no-dicom-region)")
 
     def _check(self) -> None:
         _check_given(self, "checkpoint")
@@ -254,6 +258,8 @@ class PredictConfig(_Config):
     workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)")
     device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
     overwrite: bool = option(False, "replace an existing CSV / mask files")
+    no_dicom_region: bool = option(False, "read DICOM images whole instead of cropped to their ultrasound region "
+                                   "(also the default when the --checkpoint was trained with --no-dicom-region)")
 
     def _check(self) -> None:
         if (self.checkpoint is None) == (self.model is None):

@@ -5,6 +5,10 @@ The model is rebuilt from the checkpoint as ``walnet evaluate`` does (its train 
 map), or read from a ``walnet export`` folder (:func:`walnet.models.load_pretrained`; classes and
 input size from its config.json); the images are read as in training
 (:class:`walnet.data.PlaqueDataset`: RGB, resized to the train size, scaled to [0, 1]).
+DICOM inputs (``.dcm``, ``.dicom``; ``pip install 'walnet[dicom]'``) are cropped to their
+ultrasound region unless ``--no-dicom-region`` is given or the checkpoint was trained with it;
+each frame of a multi-frame file is classified on its own row, and the CSV then has a ``frame``
+column (empty for single images).
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record
+from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record, expand_dicom
+from walnet.data.dicom import DICOM_EXTENSIONS
 from walnet.engine.checkpoint import WriteError, atomic_open, check_writable, remove_stale_temps, temp_prefix
 from walnet.engine.config import PredictConfig
 from walnet.engine.speed import loader_workers
@@ -58,14 +63,16 @@ def collect_images(inputs, exclude: Path | None = None) -> list[Path]:
     return list(found.values())
 
 
-def _mask_names(paths: list[Path]) -> list[str]:
-    """``<stem>.png`` per image; a stem seen before gets ``_1``, ``_2``, ... (first free name)."""
+def _mask_names(records: list[Record]) -> list[str]:
+    """``<stem>.png`` per image (``<stem>_frame<k>.png`` per DICOM frame); a stem seen before
+    gets ``_1``, ``_2``, ... (first free name)."""
     used, names = set(), []
-    for p in paths:
-        name, k = f"{p.stem}.png", 0
+    for r in records:
+        stem = r.path.stem if r.frame is None else f"{r.path.stem}_frame{r.frame}"
+        name, k = f"{stem}.png", 0
         while name in used:
             k += 1
-            name = f"{p.stem}_{k}.png"
+            name = f"{stem}_{k}.png"
         used.add(name)
         names.append(name)
     return names
@@ -83,7 +90,8 @@ def predict(config: PredictConfig | str | Path, inputs=None, output_csv=None, **
     model="exported/")`` for a model folder).
 
     With `masks_dir`, each image's predicted segmentation (argmax of the segmentation head,
-    resized nearest to the original image size, 0 / 255 8-bit) is written there as
+    resized nearest to the image size as read: a DICOM frame's after its region crop; 0 / 255
+    8-bit) is written there as
     ``<image stem>.png`` (``<stem>_1.png``, ... for repeated stems); a model without a
     segmentation head (baselines, ``walnet_no_pgm``) is then an error.
 
@@ -153,17 +161,17 @@ def _check_targets(output_csv: Path, masks_dir: Path | None, paths: list[Path], 
                               "pass --overwrite to replace them")
 
 
-def _check_readable(paths: list[Path], size: int) -> None:
+def _check_readable(records: list[Record], size: int, region: bool) -> None:
     """Every input opens as the dataset opens it, checked before anything is written (an
     error half way would leave masks without their CSV)."""
-    checked = PlaqueDataset([Record(p, 0) for p in paths], size=size, skip_bad=True)
+    checked = PlaqueDataset(records, size=size, skip_bad=True, dicom_region=region)
     if not checked.skipped:
         return
-    readable = {r.path for r in checked.records}
-    bad = [p for p in paths if p not in readable]
+    readable = set(checked.records)
+    bad = [r for r in records if r not in readable]
     try:
-        PlaqueDataset([Record(bad[0], 0)], size=size)[0]  # the dataset's own words for what is wrong
-        reason = f"cannot read image {bad[0]}"
+        PlaqueDataset(bad[:1], size=size, dicom_region=region)[0]  # the dataset's own words for what is wrong
+        reason = f"cannot read image {bad[0].path}"
     except (FileNotFoundError, ValueError) as exc:
         reason = str(exc)
     more = f" (and {len(bad) - 1} more unreadable input image(s))" if len(bad) > 1 else ""
@@ -175,10 +183,15 @@ def _predict(config: PredictConfig) -> dict:
     overwrite = config.overwrite
     output_csv = Path(config.output)
     masks_dir = Path(config.masks_dir) if config.masks_dir is not None else None
-    paths = collect_images(config.inputs, exclude=masks_dir)
-    mask_names = _mask_names(paths) if masks_dir is not None else None
+    found = collect_images(config.inputs, exclude=masks_dir)
+    # one record per image, one per frame of a multi-frame DICOM file (labels are not used)
+    records = [r for p in found for r in expand_dicom(Record(p, 0))]
+    shown = {p.resolve(): p for p in found}  # the CSV names each image as the user gave it
+    paths = [shown.get(r.path, r.path) for r in records]
+    mask_names = _mask_names(records) if masks_dir is not None else None
     _check_targets(output_csv, masks_dir, paths, mask_names, overwrite)
     device = pick_device(config.device)
+    region = not config.no_dicom_region
     if config.model is not None:
         exported = read_config(config.model)
         model = load_pretrained(config.model, device)
@@ -187,10 +200,11 @@ def _predict(config: PredictConfig) -> dict:
     else:
         model, classes, trained, _ = load_trained(config.checkpoint, device)
         name, size, source = trained.model, trained.size, config.checkpoint
+        region = region and not trained.no_dicom_region  # read DICOM inputs as the model was trained
     if masks_dir is not None and getattr(model, "decoder", None) is None:
         raise ValueError(f"model {name!r} of {source} has no segmentation head; "
                          "--masks needs a WAL-Net with its PGM (not a baseline or walnet_no_pgm)")
-    _check_readable(paths, size)
+    _check_readable(records, size, region)
 
     made = []  # folders this run creates: removed again (when still empty) if it fails
     if masks_dir is not None:
@@ -206,13 +220,16 @@ def _predict(config: PredictConfig) -> dict:
             masks_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(masks_dir, _STAGING)
             staging = Path(tempfile.mkdtemp(prefix=temp_prefix(_STAGING), suffix=".tmp", dir=masks_dir))
-        probs = _run(model, paths, size, config, device, classes, staging, mask_names)
+        probs = _run(model, records, size, region, config, device, classes, staging, mask_names)
         predicted = probs.argmax(axis=1)
         with atomic_open(output_csv, text=True) as f:
             writer = csv.writer(f)
-            writer.writerow(["path", "predicted", *(f"prob_{c}" for c in classes), *(["mask"] if mask_names else [])])
-            for i, p in enumerate(paths):
-                row = [str(p), classes[predicted[i]], *(f"{float(x):.9g}" for x in probs[i])]
+            frames = any(r.frame is not None for r in records)
+            writer.writerow(["path", *(["frame"] if frames else []), "predicted", *(f"prob_{c}" for c in classes),
+                             *(["mask"] if mask_names else [])])
+            for i, (p, r) in enumerate(zip(paths, records)):
+                frame = ["" if r.frame is None else str(r.frame)] if frames else []
+                row = [str(p), *frame, classes[predicted[i]], *(f"{float(x):.9g}" for x in probs[i])]
                 writer.writerow(row + ([str(masks_dir / mask_names[i])] if mask_names else []))
             f.flush()
             os.fsync(f.fileno())
@@ -227,20 +244,29 @@ def _predict(config: PredictConfig) -> dict:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
     counts = {c: int((predicted == k).sum()) for k, c in enumerate(classes)}
-    return {"images": len(paths), "output": str(output_csv), "masks": str(masks_dir) if masks_dir else None,
+    return {"images": len(records), "output": str(output_csv), "masks": str(masks_dir) if masks_dir else None,
             "counts": counts}
+
+
+def _read_size(dataset: PlaqueDataset, index: int) -> tuple[int, int]:
+    """(width, height) of item `index`'s image as the dataset reads it."""
+    r = dataset.records[index]
+    if r.frame is None and r.path.suffix.lower() not in DICOM_EXTENSIONS:
+        with Image.open(r.path) as original:  # the dataset has read it: only its size here (no decoding)
+            return original.size
+    return dataset.image_size(index)  # a DICOM frame: its size after the region crop
 
 
 _STAGING = "walnet-masks"  # the temporary masks folder's name in the masks folder (see temp_prefix)
 
 
-def _run(model, paths, size, config, device, classes, staging, mask_names) -> np.ndarray:
-    """The model's class probabilities of every image [N, classes]; with `staging`, each
+def _run(model, records, size, region, config, device, classes, staging, mask_names) -> np.ndarray:
+    """The model's class probabilities of every record [N, classes]; with `staging`, each
     image's mask is written there under its name in `mask_names`."""
-    dataset = PlaqueDataset([Record(p, 0) for p in paths], size=size)
+    dataset = PlaqueDataset(records, size=size, dicom_region=region)
     loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=loader_workers(config.workers, device),
                                          pin_memory=device.type == "cuda")
-    probs = np.zeros((len(paths), len(classes)), dtype=np.float32)
+    probs = np.zeros((len(records), len(classes)), dtype=np.float32)
     for batch in loader:
         index = batch["index"].numpy()
         out = as_output(model(batch["image"].to(device)))
@@ -248,8 +274,7 @@ def _run(model, paths, size, config, device, classes, staging, mask_names) -> np
         if staging is not None:
             seg = (out.seg_logits.argmax(dim=1) * 255).to(torch.uint8).cpu().numpy()
             for i, mask in zip(index, seg):
-                with Image.open(paths[i]) as original:  # the dataset has read it: only its size here
-                    size_i = original.size
+                size_i = _read_size(dataset, i)
                 target = staging / mask_names[i]
                 try:
                     Image.fromarray(mask).resize(size_i, Image.NEAREST).save(target)

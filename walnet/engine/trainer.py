@@ -66,7 +66,7 @@ def assign_splits(records, output: Path, seed: int, *, save: bool = True,
     cover the records); else a new 6:2:2 split, written there unless ``save=False``."""
     if all(r.split for r in records):
         return [r.split for r in records]
-    keys = [str(r.path) for r in records]
+    keys = [r.key for r in records]
     split_file = output / "split.csv"
     if split_file.is_file():
         saved = load_split(split_file)
@@ -218,8 +218,11 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
     splits = assign_splits(records, output, config.seed, save=False,
                            hint=f"use another --output for other data, or delete {output / 'split.csv'} to split "
                                 "them anew (only if no checkpoint of that split is to be continued)")
-    train_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "train"], config.size, config.skip_bad)
-    val_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "val"], config.size, config.skip_bad)
+    region = not config.no_dicom_region
+    train_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "train"], config.size, config.skip_bad,
+                              dicom_region=region)
+    val_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "val"], config.size, config.skip_bad,
+                            dicom_region=region)
     if (train_set.skipped or val_set.skipped) and ctx.is_main:
         print(f"skipped {train_set.skipped + val_set.skipped} unreadable image(s) (--skip-bad)", flush=True)
     if len(train_set) == 0 or len(val_set) == 0:
@@ -413,7 +416,10 @@ def evaluate_run(config: EvalConfig) -> dict:
     model, classes, trained, state = load_trained(ckpt, device)
     records, classes = load_records(config.data_dir, config.csv, classes)
     splits = assign_splits(records, ckpt.parent, trained.seed)
-    dataset = PlaqueDataset([r for r, s in zip(records, splits) if s == config.split], trained.size, config.skip_bad)
+    # a run trained on whole DICOM frames is scored on whole frames too
+    region = not (config.no_dicom_region or trained.no_dicom_region)
+    dataset = PlaqueDataset([r for r, s in zip(records, splits) if s == config.split], trained.size, config.skip_bad,
+                            dicom_region=region)
     if len(dataset) == 0:
         raise ValueError(f"no images in the {config.split!r} split")
     pgm = PseudoMaskGenerator() if trained.model.startswith("walnet") and not trained.no_pgm else None
@@ -447,6 +453,6 @@ def _write_figures(out: Path, result: dict, outputs: EvalOutputs, dataset, class
     figures.confusion_figure(out / "confusion.png", result["confusion"], classes, title=f"Confusion ({tag})")
     if outputs.images is not None:
         records = [dataset.records[i] for i in outputs.indices]
-        titles = [f"{r.path.name}\n{classes[r.label]}" for r in records]
+        titles = [f"{r.path.name}{'' if r.frame is None else f' #{r.frame}'}\n{classes[r.label]}" for r in records]
         figures.segmentation_panel(out / "segmentation.png", outputs.images, outputs.pseudo, outputs.pred,
                                    outputs.truth, titles)
