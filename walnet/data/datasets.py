@@ -7,11 +7,17 @@ depth, walnet.data.images), cropped to the record's ROI box, resized to ``size``
 scaled to [0, 1]. A box that does not lie inside its image, or a mask whose size differs from its
 image's, is an error when the item is read: cropping or resizing it would silently train on
 padding or on a mask of another shape.
+
+A dataset given an :class:`~walnet.data.augment.Augmentation` (the training split of ``walnet
+train --augment``) augments each item as a function of (seed, epoch, index); the epoch comes
+with the key (``dataset[index, epoch]``, as :class:`~walnet.data.augment.EpochSampler` yields
+them) or from :meth:`PlaqueDataset.set_epoch`. Without one, items are exactly as read.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +25,9 @@ from PIL import Image
 
 from walnet.constants import IGNORE_INDEX, PLAQUE_CLASSES as PAPER_CLASSES
 from walnet.data.images import open_image, show_path, to_array
+
+if TYPE_CHECKING:  # torchvision is imported only by runs that augment
+    from walnet.data.augment import Augmentation
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -60,10 +69,19 @@ class PlaqueDataset(torch.utils.data.Dataset):
     not inside its image, or a mask of another size than its image raises an error naming the
     file; with ``skip_bad=True`` such records are dropped at construction and counted in
     ``skipped``.
+
+    ``augment``: an :class:`~walnet.data.augment.Augmentation` applied to every item (None, the
+    default: none). An item's key is its index, or ``(index, epoch)``; a plain index takes the
+    epoch of the last :meth:`set_epoch` (0 before one). In loader workers, which hold copies of
+    the dataset, only the keys carry the epoch reliably:
+    :class:`~walnet.data.augment.EpochSampler` yields them.
     """
 
-    def __init__(self, records: list[Record], size: int = 224, skip_bad: bool = False):
+    def __init__(self, records: list[Record], size: int = 224, skip_bad: bool = False,
+                 augment: Augmentation | None = None):
         self.size = int(size)
+        self.augment = augment
+        self.epoch = 0
         self.skipped = 0
         if skip_bad:
             kept = []
@@ -78,6 +96,10 @@ class PlaqueDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch of the augmentation of items read by a plain index (in this process)."""
+        self.epoch = int(epoch)
 
     @staticmethod
     def _read(r: Record) -> tuple[Image.Image, Image.Image | None]:
@@ -105,7 +127,8 @@ class PlaqueDataset(torch.utils.data.Dataset):
             img = img.crop((x1, y1, x2 + 1, y2 + 1))
         return img.resize((self.size, self.size), resample)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         r = self.records[index]
         img, m = self._read(r)
         img = self._prepare(img, r.box, Image.BILINEAR)
@@ -115,4 +138,6 @@ class PlaqueDataset(torch.utils.data.Dataset):
             mask = torch.from_numpy((np.asarray(m) > 127).astype(np.uint8))
         else:
             mask = torch.full((self.size, self.size), IGNORE_INDEX, dtype=torch.uint8)
+        if self.augment is not None:
+            image, mask = self.augment(image, mask, epoch, index)
         return {"image": image, "label": r.label, "mask": mask, "index": index}
