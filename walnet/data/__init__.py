@@ -1,6 +1,7 @@
 """Data for walnet: records from a CSV file or an ImageFolder tree, the class names they are
-matched to, the dataset that reads their images, patient-grouped stratified splits, and the
-embedded synthetic plaque phantom."""
+matched to, the dataset that reads their images, patient-grouped stratified splits, the
+embedded synthetic plaque phantom, and the opt-in training augmentation (walnet.data.augment,
+imported on use: it needs torchvision)."""
 from walnet.data.classes import class_map, known_classes, match_label, normalize_label
 from walnet.data.datasets import PAPER_CLASSES, PlaqueDataset, Record
 from walnet.data.sources import DuplicateRowWarning, read_csv, scan_image_folder

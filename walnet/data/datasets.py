@@ -13,11 +13,17 @@ frame (:func:`expand_dicom`), all in one patient group (the header's PatientID, 
 a loop never spans two splits; a DICOM file's PatientID fills a record's missing patient id. The
 image is cropped to its ultrasound region before the record's ROI box, which is therefore in the
 region's pixels (``dicom_region=False`` reads the whole frame).
+
+A dataset given an :class:`~walnet.data.augment.Augmentation` (the training split of ``walnet
+train --augment``) augments each item as a function of (seed, epoch, index); the epoch comes
+with the key (``dataset[index, epoch]``, as :class:`~walnet.data.augment.EpochSampler` yields
+them) or from :meth:`PlaqueDataset.set_epoch`. Without one, items are exactly as read.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +32,9 @@ from PIL import Image
 from walnet.constants import IGNORE_INDEX, PLAQUE_CLASSES as PAPER_CLASSES
 from walnet.data.dicom import DICOM_EXTENSIONS, is_dicom, read_info
 from walnet.data.images import open_image, show_path, to_array
+
+if TYPE_CHECKING:  # torchvision is imported only by runs that augment
+    from walnet.data.augment import Augmentation
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_EXTENSIONS)
 
@@ -107,11 +116,20 @@ class PlaqueDataset(torch.utils.data.Dataset):
     file; with ``skip_bad=True`` such records are dropped at construction and counted in
     ``skipped``. ``dicom_region=False`` reads DICOM frames whole instead of cropped to their
     ultrasound region.
+
+    ``augment``: an :class:`~walnet.data.augment.Augmentation` applied to every item (None, the
+    default: none). An item's key is its index, or ``(index, epoch)``; a plain index takes the
+    epoch of the last :meth:`set_epoch` (0 before one). In loader workers, which hold copies of
+    the dataset, only the keys carry the epoch reliably:
+    :class:`~walnet.data.augment.EpochSampler` yields them.
     """
 
-    def __init__(self, records: list[Record], size: int = 224, skip_bad: bool = False, dicom_region: bool = True):
+    def __init__(self, records: list[Record], size: int = 224, skip_bad: bool = False, dicom_region: bool = True,
+                 augment: Augmentation | None = None):
         self.size = int(size)
         self.dicom_region = bool(dicom_region)
+        self.augment = augment
+        self.epoch = 0
         self.skipped = 0
         if skip_bad:
             kept = []
@@ -131,6 +149,10 @@ class PlaqueDataset(torch.utils.data.Dataset):
         """(width, height) of the image of item `index` as read, before its ROI box and resizing
         (a DICOM frame after its ultrasound region crop)."""
         return self._read(self.records[index])[0].size
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch of the augmentation of items read by a plain index (in this process)."""
+        self.epoch = int(epoch)
 
     def _read(self, r: Record) -> tuple[Image.Image, Image.Image | None]:
         """The record's decoded image and mask (None without one), their geometry checked."""
@@ -157,7 +179,8 @@ class PlaqueDataset(torch.utils.data.Dataset):
             img = img.crop((x1, y1, x2 + 1, y2 + 1))
         return img.resize((self.size, self.size), resample)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         r = self.records[index]
         img, m = self._read(r)
         img = self._prepare(img, r.box, Image.BILINEAR)
@@ -167,4 +190,6 @@ class PlaqueDataset(torch.utils.data.Dataset):
             mask = torch.from_numpy((np.asarray(m) > 127).astype(np.uint8))
         else:
             mask = torch.full((self.size, self.size), IGNORE_INDEX, dtype=torch.uint8)
+        if self.augment is not None:
+            image, mask = self.augment(image, mask, epoch, index)
         return {"image": image, "label": r.label, "mask": mask, "index": index}

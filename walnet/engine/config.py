@@ -170,6 +170,8 @@ class TrainConfig(_Config):
     lr: float = option(1e-4, "Adam learning rate (paper: 1e-4)")
     seed: int = option(0, "seed of the split, the initial weights and every epoch's draws")
     size: int = option(224, "input side in pixels")
+    augment: bool = option(False, "augment the training images: horizontal flip, small affine, gain / contrast "
+                           "jitter, speckle noise (seeded per seed, epoch and image; off: the paper's setup)")
     precision: str = option("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 (bfloat16 autocast) or fp16 "
                             "(float16 autocast with a gradient scaler; the step then runs eagerly)")
     compile: bool = option(False, "torch.compile the step's forward, PGM and loss as one graph (fullgraph)")

@@ -218,9 +218,15 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
     splits = assign_splits(records, output, config.seed, save=False,
                            hint=f"use another --output for other data, or delete {output / 'split.csv'} to split "
                                 "them anew (only if no checkpoint of that split is to be continued)")
+    augment = None
+    if config.augment:
+        from walnet.data.augment import Augmentation, EpochSampler  # torchvision only for runs that augment
+
+        augment = Augmentation(config.seed)
+    # only the training split is augmented; validation (and evaluate, predict) read images as they are
     region = not config.no_dicom_region
     train_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "train"], config.size, config.skip_bad,
-                              dicom_region=region)
+                              dicom_region=region, augment=augment)
     val_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "val"], config.size, config.skip_bad,
                             dicom_region=region)
     if (train_set.skipped or val_set.skipped) and ctx.is_main:
@@ -229,6 +235,11 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
         raise ValueError(f"the split left {len(train_set)} training and {len(val_set)} validation images: "
                          f"{_split_problem(records, output)}")
     sampler = torch.utils.data.DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed)
+    if config.augment:
+        # The augmentation is seeded per (seed, epoch, index); the epoch travels with each index
+        # as an (index, epoch) key from this process, so loader workers (persistent ones, whose
+        # dataset copy never sees a later set_epoch, included) augment every epoch anew.
+        sampler = EpochSampler(sampler)
     pin = device.type == "cuda"
     speed = speed_of(config, device, ctx.world_size)
     train_loader = _train_loader(train_set, sampler, config, speed, pin)
