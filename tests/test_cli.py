@@ -97,7 +97,7 @@ def test_train_command_writes_a_run_and_resumes(tmp_path):
     assert sum(map(sum, patient["confusion"])) == patient["patients"] and patient["accuracy_ci"]
     assert "sensitivity / specificity: hyperechoic" in scored.stdout
     assert f"per patient ({patient['patients']} patients" in scored.stdout
-    assert result["figures"] == ["roc.png", "confusion.png", "segmentation.png"]
+    assert result["figures"] == ["roc.png", "confusion.png", "segmentation.png", "attention.png"]
     for name in result["figures"]:
         assert (run / name).stat().st_size > 1000, name
     assert "accuracy" in scored.stdout

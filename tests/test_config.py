@@ -36,7 +36,7 @@ def test_cli_defaults_are_the_config_defaults(monkeypatch):
     (config,) = _built(monkeypatch, trainer, "evaluate_run", ["evaluate", "--checkpoint", "c", "--data-dir", "d"],
                        scores)
     assert config == EvalConfig(checkpoint="c", data_dir="d")
-    summary = dict(images=1, counts={}, output="o.csv", masks=None)
+    summary = dict(images=1, counts={}, output="o.csv", masks=None, overlays=None)
     (config,) = _built(monkeypatch, predict, "predict", ["predict", "--checkpoint", "c", "a.png", "b", "--output",
                                                          "o.csv"], summary)
     assert config == PredictConfig(checkpoint="c", inputs=("a.png", "b"), output="o.csv")
@@ -173,7 +173,9 @@ def test_train_config_rejects_bad_values(values, message):
     (EvalConfig, dict(checkpoint="", csv="x"), "checkpoint must not be empty"),
     (EvalConfig, dict(checkpoint="c", csv="x", split="dev"), r"--split must be one of \('train', 'val', 'test'\)"),
     (EvalConfig, dict(checkpoint="c", csv="x", batch_size=0), "--batch-size must be at least 1"),
-    (PredictConfig, dict(checkpoint="c", inputs=[], output="o"), "inputs must not be empty"),
+    (PredictConfig, dict(checkpoint="c", inputs=[], output="o"), r"give exactly one of inputs .* and csv \(--csv\)"),
+    (PredictConfig, dict(checkpoint="c", csv="", output="o"), "csv must not be empty"),
+    (PredictConfig, dict(checkpoint="c", inputs=["i"], csv="x", output="o"), r"exactly one of inputs .* and csv"),
     (PredictConfig, dict(checkpoint="c", inputs=[1], output="o"), "inputs must be a sequence of strings"),
     (PredictConfig, dict(checkpoint="c", inputs=["i"], output="o", workers=-1), "--workers must be at least 0"),
     (PredictConfig, dict(inputs=["i"], output="o"), r"exactly one of checkpoint \(--checkpoint\) and model"),

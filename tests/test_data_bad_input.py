@@ -102,6 +102,40 @@ def test_whole_numbers_written_as_floats_and_rows_without_a_box(tmp_path):
     assert [r.box for r in records] == [(0, 1, 5, 6), None]
 
 
+def test_xmin_ymin_boxes_read_as_y1_x1_boxes(tmp_path):
+    _write(tmp_path / "yx.csv", BOXED, [("a.png", "hypoechoic", 2, 3, 7, 9), ("b.png", "hyperechoic", "", "", "", "")])
+    _write(tmp_path / "xy.csv", ("path", "label", "xmin", "ymin", "xmax", "ymax"),
+           [("a.png", "hypoechoic", 3, 2, 9, 7), ("b.png", "hyperechoic", "", "", "", "")])
+    assert read_csv(tmp_path / "xy.csv") == read_csv(tmp_path / "yx.csv")
+    assert read_csv(tmp_path / "xy.csv")[0][0].box == (2, 3, 7, 9)
+
+
+@pytest.mark.parametrize("header, message", [
+    ("path,label,y1,x1,y2,x2,xmin,ymin,xmax,ymax", r"d\.csv:1: the header has ROI box columns of both conventions "
+                                                   r"\(\['y1', 'x1', 'y2', 'x2'\] and \['xmin', 'ymin', 'xmax', 'ymax'\]\)"),
+    ("path,label,xmin,ymin,xmax", r"d\.csv:1: .*box column\(s\) \['xmin', 'ymin', 'xmax'\] but not \['ymax'\]"),
+])
+def test_box_conventions_are_not_mixed(tmp_path, header, message):
+    (tmp_path / "d.csv").write_text(header + "\n")
+    with pytest.raises(ValueError, match=message):
+        read_csv(tmp_path / "d.csv")
+
+
+def test_xmin_boxes_name_their_columns_in_errors(tmp_path):
+    _write(tmp_path / "d.csv", ("path", "label", "xmin", "ymin", "xmax", "ymax"), [("a.png", "hypoechoic", 5, 0, 4, 5)])
+    with pytest.raises(ValueError, match=r"d\.csv:2: ROI box \(xmin, ymin, xmax, ymax\) = \(5, 0, 4, 5\) is not a "
+                                         r"box: it needs 0 <= xmin <= xmax"):
+        read_csv(tmp_path / "d.csv")
+
+
+def test_labels_are_optional_for_prediction(tmp_path):
+    (tmp_path / "d.csv").write_text("path,xmin,ymin,xmax,ymax\na.png,1,2,3,4\n")
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['label'\]"):
+        read_csv(tmp_path / "d.csv")
+    records, _ = read_csv(tmp_path / "d.csv", labels=False)
+    assert [(r.label, r.box) for r in records] == [(0, (2, 1, 4, 3))]
+
+
 def test_bad_split_and_quoted_multiline_rows(tmp_path):
     (tmp_path / "d.csv").write_text('path,label,split\n"a\nb.png",hypoechoic,Train\nc.png,hypoechoic,holdout\n')
     with pytest.raises(ValueError, match=r"d\.csv:4: column 'split': 'holdout' is not one of train, val, test"):

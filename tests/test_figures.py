@@ -142,6 +142,10 @@ def test_evaluate_collects_the_figure_arrays(tmp_path):
     for masks in (outputs.pseudo, outputs.pred, outputs.truth):
         assert masks.shape == (4, 12, 12) and masks.dtype == np.uint8
     assert set(np.unique(outputs.pred)) <= {0, 1} and set(np.unique(outputs.pseudo)) <= {0, 1, 255}
+    # the attention panel's arrays: the fused map on the same grid, the RCM's boxes inside it
+    assert outputs.attention.shape == (4, 12, 12) and outputs.attention.dtype == np.float32
+    assert 0 <= outputs.attention.min() and outputs.attention.max() <= 1
+    assert outputs.boxes.shape == (4, 4) and (outputs.boxes >= 0).all() and (outputs.boxes <= 11).all()
     # without a PGM there are no pseudo masks; without the argument nothing is collected
     no_pgm = EvalOutputs(panel=2)
     evaluate(model, loader, "cpu", outputs=no_pgm)
@@ -163,7 +167,38 @@ def test_evaluate_run_writes_figures(tmp_path, no_figures):
     if no_figures:
         assert pngs == [] and "figures" not in saved
     else:
-        assert saved["figures"] == ["roc.png", "confusion.png", "segmentation.png"]
+        assert saved["figures"] == ["roc.png", "confusion.png", "segmentation.png", "attention.png"]
         assert pngs == sorted(saved["figures"])
         for name in pngs:
             _png(out / name)
+
+
+def _png_array(path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=float) / 255
+
+
+def test_attention_overlay_heat_map_contour_and_box(tmp_path):
+    image = np.full((40, 60, 3), 0.5)
+    attention = np.zeros((10, 15))
+    attention[:5, :7] = 1.0  # hot in the top-left quarter only
+    mask = np.zeros((10, 15), np.uint8)
+    mask[2:6, 3:9] = 1
+    plain = figures.attention_overlay(tmp_path / "plain.png", image, title="hypoechoic (80.0%)")
+    drawn = figures.attention_overlay(tmp_path / "drawn.png", image, attention, mask, (1, 2, 7, 10),
+                                      title="hypoechoic (80.0%)")
+    a, b = _png_array(plain), _png_array(drawn)
+    assert a.shape == b.shape == (round(figures.OVERLAY_WIDTH * 40 / 60 + 60), figures.OVERLAY_WIDTH, 3)
+    changed = np.abs(a - b).sum(axis=2) > 0.1
+    rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+    top, bottom, left, right = rows[0], rows[-1], cols[0], cols[-1]  # the image's area
+    mid_y, mid_x = (top + bottom) // 2, (left + right) // 2
+    hot = b[top + 5:mid_y - 30, left + 5:mid_x - 30]
+    cold = b[mid_y + 30:bottom - 5, mid_x + 30:right - 5]
+    assert (hot[..., 0] - hot[..., 2]).mean() > 0.2  # red where the attention is
+    assert (cold[..., 2] - cold[..., 0]).mean() > 0.2  # blue where it is not
+    with pytest.raises(ValueError, match="attention: 1 for 2 images"):
+        figures.attention_panel(tmp_path / "p.png", np.zeros((2, 3, 8, 8)), np.zeros((1, 2, 2)))
+    figures.attention_panel(tmp_path / "p.png", np.zeros((4, 3, 8, 8)), np.zeros((4, 2, 2)),
+                            np.zeros((4, 2, 2)), np.zeros((4, 4), int), titles=list("abcd"))
+    _png(tmp_path / "p.png")

@@ -44,9 +44,10 @@ def _names(text: str) -> tuple[str, ...]:
 
 #: Flags other than :func:`~walnet.engine.config.flag_of`'s ``--<field-name>``.
 _FLAGS = {"batch_size": ("-b", "--batch-size"), "workers": ("-j", "--workers"), "masks_dir": ("--masks",),
-          "formats": ("--format",)}
+          "overlays_dir": ("--overlays",), "formats": ("--format",)}
 #: argparse settings that the fields' types do not imply.
 _EXTRA = {"split": {"choices": SPLITS}, "eval_metric": {"choices": EVAL_METRICS}, "masks_dir": {"metavar": "DIR"},
+          "overlays_dir": {"metavar": "DIR"},
           "inputs": {"metavar": "INPUT"}, "classes": {"type": _names, "metavar": "A,B,C"},
           "formats": {"type": _names, "metavar": "FORMAT[,FORMAT]"}}
 #: The tuple fields given as positional arguments; other tuple fields are comma-separated options.
@@ -56,12 +57,16 @@ _POSITIONAL = {"inputs"}
 def _add_option(parser, config: type, name: str) -> None:
     """Adds the option of `config`'s field `name`: its flags (``--<name>`` or :data:`_FLAGS`),
     type, default and help from the field. A field without a default is a required option; a
-    tuple of paths takes the positional arguments."""
+    tuple of paths takes the positional arguments (one or more; any number where the field has a
+    default, as predict's inputs, which --csv replaces: the config says which is missing)."""
     f = next(f for f in fields(config) if f.name == name)
     kind = field_kind(config, name)
     kw = dict(_EXTRA.get(name, {}), help=f.metadata["doc"])
     if name in _POSITIONAL:
-        parser.add_argument(name, nargs="+", **kw)
+        if f.default is MISSING:
+            parser.add_argument(name, nargs="+", **kw)
+        else:
+            parser.add_argument(name, nargs="*", default=f.default, **kw)
         return
     if kind is bool:
         kw["action"] = "store_true"  # every flag-like field defaults to False
@@ -161,12 +166,14 @@ def _predict(args: argparse.Namespace) -> int:
     r = predict(_config(PredictConfig, args))
     counts = ", ".join(f"{c} {n}" for c, n in r["counts"].items())
     masks = f"; masks in {r['masks']}" if r["masks"] else ""
-    print(f"predicted {r['images']} image(s) ({counts}): {r['output']}{masks}")
+    overlays = f"; overlays in {r['overlays']}" if r["overlays"] else ""
+    print(f"predicted {r['images']} image(s) ({counts}): {r['output']}{masks}{overlays}")
     return 0
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="class probabilities of images or folders -> CSV (and optional mask PNGs)")
+    p = sub.add_parser("predict", help="class probabilities of images, folders or a CSV with ROI boxes -> CSV "
+                       "(and optional mask and attention-overlay PNGs)")
     _add_options(p, PredictConfig)
     p.set_defaults(run=_predict)
 

@@ -39,6 +39,16 @@ if TYPE_CHECKING:  # torchvision is imported only by runs that augment
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_EXTENSIONS)
 
 
+def crop_box(img: Image.Image, box: tuple[int, int, int, int] | None) -> Image.Image:
+    """`img` cropped to the ROI `box` (y1, x1, y2, x2, inclusive), or `img` itself without a box:
+    the one crop of training, evaluation and prediction (the box is checked by
+    :class:`PlaqueDataset` to lie inside the image)."""
+    if box is None:
+        return img
+    y1, x1, y2, x2 = box
+    return img.crop((x1, y1, x2 + 1, y2 + 1))
+
+
 @dataclass(frozen=True)
 class Record:
     """One image: its file, class index, optional patient id, mask file, split, ROI box
@@ -174,10 +184,15 @@ class PlaqueDataset(torch.utils.data.Dataset):
         return img, mask
 
     def _prepare(self, img: Image.Image, box, resample) -> Image.Image:
-        if box is not None:
-            y1, x1, y2, x2 = box
-            img = img.crop((x1, y1, x2 + 1, y2 + 1))
-        return img.resize((self.size, self.size), resample)
+        return crop_box(img, box).resize((self.size, self.size), resample)
+
+    def region(self, index: int) -> np.ndarray:
+        """What item `index` shows the model before the resize: the record's image cropped to its
+        ROI box (the whole image without one), at the file's resolution, float32 [h, w, 3] in
+        [0, 1]. For drawing predictions over the pixels they were made from."""
+        r = self.records[index]
+        img, _ = self._read(r)
+        return to_array(crop_box(img, r.box), 3) / 255.0
 
     def __getitem__(self, key) -> dict:
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)

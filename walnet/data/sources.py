@@ -1,9 +1,11 @@
 """Where records come from: a CSV file or an ImageFolder tree (docs/design.md §7).
 
-CSV: ``path,label[,patient_id][,mask_path][,split]`` plus optional ROI box columns
-``y1,x1,y2,x2`` (pixels, inclusive) to crop as the paper's preprocessing does, and ``frame``
-(0-based) to pick one frame of a multi-frame DICOM file. Paths are relative to the CSV's folder
-unless absolute. ImageFolder: ``root/<class>/<image>``.
+CSV: ``path,label[,patient_id][,mask_path][,split]`` plus optional ROI box columns, either
+``y1,x1,y2,x2`` or ``xmin,ymin,xmax,ymax`` (the same box in the other order: 0-based pixels,
+both corners inclusive), to crop as the paper's preprocessing does, and ``frame`` (0-based) to
+pick one frame of a multi-frame DICOM file. Paths are relative to the CSV's folder unless
+absolute. ``walnet predict --csv`` reads the same format through the same
+reader, without needing a label (``labels=False``). ImageFolder: ``root/<class>/<image>``.
 
 DICOM files (``.dcm``, ``.dicom``) have their headers read here (walnet.data.datasets.expand_dicom):
 a multi-frame file without a frame becomes one record per frame, and the header's PatientID fills
@@ -30,6 +32,10 @@ from walnet.data.dicom import is_dicom
 from walnet.data.splits import SPLITS
 
 BOX_COLUMNS = ("y1", "x1", "y2", "x2")
+#: The other spelling of the ROI box: ``xmin = x1``, ``ymin = y1``, ``xmax = x2``, ``ymax = y2``.
+XY_BOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
+#: Each box convention's columns, and the order that turns its values into (y1, x1, y2, x2).
+_BOX_CONVENTIONS = {BOX_COLUMNS: (0, 1, 2, 3), XY_BOX_COLUMNS: (1, 0, 3, 2)}
 REQUIRED_COLUMNS = ("path", "label")
 
 
@@ -141,33 +147,48 @@ def _rows(text: str, where: str):
             yield start, fields
 
 
-def _header(fields: list[str], where: str) -> list[str]:
+def _header(fields: list[str], where: str, required=REQUIRED_COLUMNS) -> tuple[list[str], tuple[str, ...] | None]:
+    """The column names (stripped, lower case) and the ROI box columns the CSV uses (None:
+    no box columns)."""
     names = [f.strip().lower() for f in fields]
     seen = set()
     for name in names:
         if name and name in seen:
             raise ValueError(f"{where}:1: the header names column {name!r} twice")
         seen.add(name)
-    missing = [c for c in REQUIRED_COLUMNS if c not in seen]
+    missing = [c for c in required if c not in seen]
     if missing:
         raise ValueError(f"{where} lacks the column(s) {missing} (header: {','.join(fields)!r}; expected "
-                         "path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2][,frame])")
-    box = [c for c in BOX_COLUMNS if c in seen]
-    if box and len(box) < len(BOX_COLUMNS):
+                         f"{','.join(required)}[,patient_id][,mask_path][,split][,y1,x1,y2,x2][,frame])")
+    used = [columns for columns in _BOX_CONVENTIONS if any(c in seen for c in columns)]
+    if len(used) > 1:
+        # one box per row: two conventions would leave it unclear which box is meant
+        raise ValueError(f"{where}:1: the header has ROI box columns of both conventions "
+                         f"({[c for c in BOX_COLUMNS if c in seen]} and {[c for c in XY_BOX_COLUMNS if c in seen]}); "
+                         "give either y1,x1,y2,x2 or xmin,ymin,xmax,ymax")
+    if not used:
+        return names, None
+    columns = used[0]
+    box = [c for c in columns if c in seen]
+    if len(box) < len(columns):
         raise ValueError(f"{where}:1: the header has the ROI box column(s) {box} but not "
-                         f"{[c for c in BOX_COLUMNS if c not in seen]}; give all of y1,x1,y2,x2 or none")
-    return names
+                         f"{[c for c in columns if c not in seen]}; give all of {','.join(columns)} or none")
+    return names, columns
 
 
-def _box(row: dict, at: str) -> tuple[int, int, int, int] | None:
-    values = [row.get(c, "").strip() for c in BOX_COLUMNS]
+def _box(row: dict, at: str, columns: tuple[str, ...] | None) -> tuple[int, int, int, int] | None:
+    """The row's ROI box as (y1, x1, y2, x2), read from `columns` (either convention), or None
+    when its box cells are all empty."""
+    if columns is None:
+        return None
+    values = [row.get(c, "").strip() for c in columns]
     if not any(values):
         return None
     box = []
-    for name, text in zip(BOX_COLUMNS, values):
+    for name, text in zip(columns, values):
         if not text:
             raise ValueError(f"{at}: column {name!r} is empty but other ROI box columns are set; give all of "
-                             "y1,x1,y2,x2 or none")
+                             f"{','.join(columns)} or none")
         try:
             value = float(text)
         except ValueError:
@@ -175,11 +196,22 @@ def _box(row: dict, at: str) -> tuple[int, int, int, int] | None:
         if not math.isfinite(value) or value != int(value):
             raise ValueError(f"{at}: column {name!r}: {text!r} is not a whole number of pixels")
         box.append(int(value))
-    y1, x1, y2, x2 = box
+    y1, x1, y2, x2 = (box[i] for i in _BOX_CONVENTIONS[columns])
     if min(box) < 0 or y1 > y2 or x1 > x2:
-        raise ValueError(f"{at}: ROI box (y1, x1, y2, x2) = {tuple(box)} is not a box: it needs 0 <= y1 <= y2 "
-                         "and 0 <= x1 <= x2")
+        if columns == BOX_COLUMNS:
+            rule = "0 <= y1 <= y2 and 0 <= x1 <= x2"
+        else:
+            rule = "0 <= xmin <= xmax and 0 <= ymin <= ymax"
+        raise ValueError(f"{at}: ROI box ({', '.join(columns)}) = {tuple(box)} is not a box: it needs {rule}")
     return y1, x1, y2, x2
+
+
+def _file(base: Path, text: str, at: str, column: str) -> Path:
+    """The resolved file named by a path cell (relative to the CSV's folder)."""
+    try:
+        return (base / text).resolve()
+    except (ValueError, OSError) as exc:  # a NUL character, a name the system cannot take
+        raise ValueError(f"{at}: column {column!r}: {text!r} is not a usable path ({exc})") from None
 
 
 def _frame(row: dict, at: str, path: Path) -> int | None:
@@ -198,22 +230,16 @@ def _frame(row: dict, at: str, path: Path) -> int | None:
     return int(value)
 
 
-def _file(base: Path, text: str, at: str, column: str) -> Path:
-    """The resolved file named by a path cell (relative to the CSV's folder)."""
-    try:
-        return (base / text).resolve()
-    except (ValueError, OSError) as exc:  # a NUL character, a name the system cannot take
-        raise ValueError(f"{at}: column {column!r}: {text!r} is not a usable path ({exc})") from None
-
-
-def _record(row: dict, at: str, base: Path, names: tuple[str, ...]) -> Record:
-    for column in REQUIRED_COLUMNS:
+def _record(row: dict, at: str, base: Path, names: tuple[str, ...], box_columns, labels: bool = True) -> Record:
+    for column in REQUIRED_COLUMNS if labels else ("path",):
         if not row[column].strip():
             raise ValueError(f"{at}: column {column!r} is empty")
-    try:
-        label = match_label(row["label"], names)
-    except ValueError as exc:
-        raise ValueError(f"{at}: column 'label': {exc}") from None
+    label = 0
+    if labels:
+        try:
+            label = match_label(row["label"], names)
+        except ValueError as exc:
+            raise ValueError(f"{at}: column 'label': {exc}") from None
     path = _file(base, row["path"].strip(), at, "path")
     mask = row.get("mask_path", "").strip()
     mask_path = _file(base, mask, at, "mask_path") if mask else None
@@ -230,13 +256,19 @@ def _record(row: dict, at: str, base: Path, names: tuple[str, ...]) -> Record:
     if split is not None and split not in SPLITS:
         raise ValueError(f"{at}: column 'split': {row['split']!r} is not one of {', '.join(SPLITS)} (or empty)")
     patient = row.get("patient_id", "").strip() or None
-    return Record(path, label, patient, mask_path, split, _box(row, at), _frame(row, at, path), origin=at)
+    return Record(path, label, patient, mask_path, split, _box(row, at, box_columns), _frame(row, at, path),
+                  origin=at)
 
 
-def read_csv(csv_path: str | Path, classes=None) -> tuple[list[Record], tuple[str, ...]]:
+def read_csv(csv_path: str | Path, classes=None, *, labels: bool = True) -> tuple[list[Record], tuple[str, ...]]:
     """Records of a CSV file ``path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2][,frame]`` and the
     class names (`classes`, the paper's when None; labels are matched to them ignoring case and
-    spaces).
+    spaces). The ROI box may be given as ``xmin,ymin,xmax,ymax`` instead (both corners
+    inclusive); the records hold it as (y1, x1, y2, x2). A CSV with both conventions' columns
+    is an error naming them.
+
+    ``labels=False`` (prediction): the ``label`` column is optional and not read (every record
+    gets label 0); everything else is read and checked as with labels.
 
     Raises FileNotFoundError (a missing CSV or mask file) or ValueError (anything else the CSV
     gets wrong), each naming the file and line; warns (:class:`DuplicateRowWarning`) when rows
@@ -249,7 +281,7 @@ def read_csv(csv_path: str | Path, classes=None) -> tuple[list[Record], tuple[st
     first = next(rows, None)
     if first is None:
         raise ValueError(f"{where} is empty; expected a header line path,label[,patient_id][,mask_path][,split]")
-    header = _header(first[1], where)
+    header, box_columns = _header(first[1], where, REQUIRED_COLUMNS if labels else ("path",))
     base = csv_path.parent
     entries = []
     for line, fields in rows:
@@ -258,7 +290,7 @@ def read_csv(csv_path: str | Path, classes=None) -> tuple[list[Record], tuple[st
             raise ValueError(f"{at}: {len(fields)} fields but the header has {len(header)} columns "
                              "(a path with a comma needs quotes)")
         row = dict(zip(header, fields + [""] * (len(header) - len(fields))))
-        record = _record(row, at, base, names)
+        record = _record(row, at, base, names, box_columns, labels)
         frames = expand_dicom(record, at)
         entries += [(r, f"line {line}" if len(frames) == 1 else f"line {line} frame {r.frame}") for r in frames]
     return _dedupe(entries, where, names), names

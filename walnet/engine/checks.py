@@ -55,7 +55,7 @@ def check_data_path(data_dir=None, csv_path=None) -> None:
 RUN_FILES = ("args.json", "split.csv", "metrics.csv", "last.pt", "best.pt", LOCK_NAME)
 
 #: The files ``walnet evaluate`` writes into its folder.
-EVAL_FILES = ("metrics.json", "roc.png", "confusion.png", "segmentation.png")
+EVAL_FILES = ("metrics.json", "roc.png", "confusion.png", "segmentation.png", "attention.png")
 
 
 def check_output(output, flag: str = "--output", inputs=(), writes=RUN_FILES) -> None:

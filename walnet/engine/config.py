@@ -230,7 +230,8 @@ class EvalConfig(_Config):
     workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)")
     device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
     skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing")
-    no_figures: bool = option(False, "skip roc.png, confusion.png and segmentation.png (metrics.json only)")
+    no_figures: bool = option(False, "skip roc.png, confusion.png, segmentation.png and attention.png "
+                              "(metrics.json only)")
     no_dicom_region: bool = option(False, "read DICOM images whole instead of cropped to their ultrasound region "
                                    "(also the default when the run was trained with --no-dicom-region)")
 
@@ -252,21 +253,32 @@ class PredictConfig(_Config):
     checkpoint: str | None = option(None, "best.pt or last.pt of a run")
     model: str | None = option(None, "instead of --checkpoint: a model folder written by walnet export "
                                "(config.json + model.safetensors)")
-    inputs: tuple[str, ...] = option(doc="image files and/or folders (scanned recursively)")
+    inputs: tuple[str, ...] = option((), "image files and/or folders (scanned recursively); or --csv")
+    csv: str | None = option(None, "instead of INPUT: a CSV path[,label][,...][,y1,x1,y2,x2 or xmin,ymin,xmax,ymax] "
+                             "as training reads it; each image is cropped to its ROI box as in training "
+                             "(labels are not needed, and ignored)")
     output: str = option(doc="CSV: path,predicted,prob_<class>... (never overwritten without --overwrite)")
     masks_dir: str | None = option(None, "also write each image's predicted plaque mask (0/255 PNG, original "
-                                   "size) here; needs a model with a segmentation head")
+                                   "size; 0 outside the ROI box) here; needs a model with a segmentation head")
+    overlays_dir: str | None = option(None, "also write a PNG per image here: the fused attention as a heat map "
+                                      "over the image (its ROI crop), the predicted mask's contour and the RCM "
+                                      "box, titled with the predicted class; needs a WAL-Net with its PGM")
+    amp: bool = option(False, "run the model under bfloat16 autocast (CUDA and CPU): faster on recent GPUs; "
+                       "probabilities differ from float32 in the second or third decimal")
     batch_size: int = option(16, "images per batch")
     workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)")
     device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    overwrite: bool = option(False, "replace an existing CSV / mask files")
+    overwrite: bool = option(False, "replace an existing CSV / mask / overlay files")
     no_dicom_region: bool = option(False, "read DICOM images whole instead of cropped to their ultrasound region "
                                    "(also the default when the --checkpoint was trained with --no-dicom-region)")
 
     def _check(self) -> None:
         if (self.checkpoint is None) == (self.model is None):
             raise ValueError("give exactly one of checkpoint (--checkpoint) and model (--model)")
-        _check_given(self, "checkpoint" if self.checkpoint is not None else "model", "inputs", "output")
+        if bool(self.inputs) == (self.csv is not None):
+            raise ValueError("give exactly one of inputs (image files and/or folders, INPUT) and csv (--csv)")
+        _check_given(self, "checkpoint" if self.checkpoint is not None else "model", "output",
+                     "inputs" if self.csv is None else "csv")
         _check_at_least(self, 1, "batch_size")
         if self.workers is not None:
             _check_at_least(self, 0, "workers")

@@ -1,5 +1,8 @@
 """PNG figures of an evaluation, after the paper: ROC curves (Fig. 4), the confusion matrix
-(Fig. 5) and a segmentation panel (Fig. 6: image | pseudo mask | prediction | truth).
+(Fig. 5) and a segmentation panel (Fig. 6: image | pseudo mask | prediction | truth); and the
+attention overlay of one image (``walnet predict --overlays``) or of a panel of samples
+(``walnet evaluate``'s ``attention.png``): the fused attention map as a heat map over the image,
+the predicted mask's contour and the RCM's box.
 
 Drawn with matplotlib's object API on the Agg canvas (no pyplot, so no global figure state and
 no display needed). Every PNG is written to a temporary name in the target folder and renamed
@@ -12,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from walnet.constants import IGNORE_INDEX
 from walnet.engine.checkpoint import atomic_open
@@ -145,5 +149,89 @@ def segmentation_panel(path, images, pseudo=None, pred=None, truth=None, titles=
                 ax.set_title(name, fontsize="medium")
         if titles is not None:
             axes[row, 0].set_ylabel(str(titles[row]), fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+#: Width of a single attention overlay in pixels (its height follows the image's aspect).
+OVERLAY_WIDTH = 500
+_OVERLAY_DPI = 100
+
+
+def _nearest(grid: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A [h, w] grid nearest-upsampled to [height, width] (as torch's "nearest" indexes)."""
+    rows = np.arange(height) * grid.shape[0] // height
+    cols = np.arange(width) * grid.shape[1] // width
+    return grid[rows[:, None], cols[None, :]]
+
+
+def _draw_overlay(ax, image, attention=None, mask=None, box=None, title=None) -> None:
+    """Draws onto `ax`: `image`, the `attention` heat map stretched over it, `mask`'s contour and
+    `box` (all three on one grid of the segmentation's size, mapped to the image's pixels)."""
+    rgb = _image_rgb(np.asarray(image))
+    height, width = rgb.shape[:2]
+    extent = (-0.5, width - 0.5, height - 0.5, -0.5)  # pixel centres at integers, as imshow puts them
+    ax.imshow(rgb, interpolation="nearest", extent=extent)
+    if attention is not None:
+        attention = np.asarray(attention, dtype=float)
+        # bilinear: the map is coarse (a quarter of the input or less); blocks would hide its shape
+        ax.imshow(attention, cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear", extent=extent)
+    if mask is not None:
+        full = _nearest(np.asarray(mask) == 1, height, width)
+        if full.any() and not full.all():  # a constant mask has no contour (matplotlib would warn)
+            ax.contour(full.astype(float), levels=[0.5], colors="white", linewidths=1.5)
+    if box is not None:
+        grid = np.asarray(mask).shape if mask is not None else np.asarray(attention).shape
+        sy, sx = height / grid[0], width / grid[1]
+        y1, x1, y2, x2 = (int(v) for v in box)
+        # an inclusive grid cell y covers image rows [y * sy, (y + 1) * sy)
+        ax.add_patch(Rectangle((x1 * sx - 0.5, y1 * sy - 0.5), (x2 - x1 + 1) * sx, (y2 - y1 + 1) * sy,
+                               fill=False, edgecolor="lime", linewidth=1.5, linestyle="--"))
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(str(title), fontsize="medium")
+
+
+def attention_overlay(path, image, attention=None, mask=None, box=None, title=None) -> Path:
+    """One image's attention overlay as a PNG of :data:`OVERLAY_WIDTH` pixels' width (height by
+    the image's aspect, plus the title): `image` [H,W,3] / [3,H,W] / [H,W] in [0,1] (or 0..255)
+    with `attention` [h,w] in [0,1] (the fused map, e.g. :func:`walnet.ops.fuse_attention`)
+    as a jet heat map stretched over it, `mask` [h,w] (1 = plaque) drawn as its contour and
+    `box` (y1, x1, y2, x2, inclusive, on the same h x w grid, e.g. the RCM's) as a dashed
+    rectangle; each is left out when None. `title`: e.g. the predicted class and probability."""
+    height, width = _image_rgb(np.asarray(image)).shape[:2]
+    aspect = min(max(height / width, 0.25), 4.0)  # a sliver of an ROI still gets a readable figure
+    inches = OVERLAY_WIDTH / _OVERLAY_DPI
+    fig = Figure(figsize=(inches, inches * aspect + 0.6), dpi=_OVERLAY_DPI)
+    _draw_overlay(fig.add_subplot(), image, attention, mask, box, title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def attention_panel(path, images, attention, masks=None, boxes=None, titles=None, columns: int = 3) -> Path:
+    """Attention overlays (:func:`attention_overlay`) of M samples in a grid of `columns`:
+    `images` [M,3,H,W] (or [M,H,W,3]), `attention` [M,h,w], `masks` [M,h,w] and `boxes` [M,4]
+    (or None), `titles` one per sample."""
+    images, attention = _numpy(images), _numpy(attention)
+    if images is None or images.shape[0] == 0:
+        raise ValueError("attention_panel needs at least one image")
+    m = images.shape[0]
+    masks, boxes = _numpy(masks), _numpy(boxes)
+    for name, data in (("attention", attention), ("masks", masks), ("boxes", boxes), ("titles", titles)):
+        if data is not None and len(data) != m:
+            raise ValueError(f"{name}: {len(data)} for {m} images")
+    cols = min(m, columns)
+    rows = -(-m // cols)
+    fig = Figure(figsize=(2.6 * cols, 2.8 * rows), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= m:
+            ax.set_axis_off()
+            continue
+        _draw_overlay(ax, images[k], attention[k], None if masks is None else masks[k],
+                      None if boxes is None else boxes[k], None if titles is None else titles[k])
     fig.tight_layout()
     return _save(fig, path)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from walnet import ops
 from walnet.constants import IGNORE_INDEX
 from walnet.engine.distributed import all_reduce_sum
 from walnet.engine.metrics import classification_metrics, mask_iou_dice
@@ -63,7 +64,10 @@ class EvalOutputs:
     at input resolution, ``pred`` (argmax of the segmentation), ``pseudo`` (PGM mask,
     IGNORE_INDEX = ignored; None without a PGM) and ``truth`` (nearest-resized), uint8 [M,h,w]
     at the segmentation's resolution, and ``indices`` (the samples' ``index`` in the dataset).
-    ``images`` is None when no sample qualified.
+    ``images`` is None when no sample qualified. For the attention panel the same samples keep
+    ``attention``, the fused attention map (:func:`walnet.ops.fuse_attention`) float32 [M,h,w],
+    and ``boxes``, the RCM's boxes on that grid (int32 [M,4]; None for a model whose RCM crops
+    nothing, see :meth:`walnet.models.WALNet.rcm_boxes`).
     """
 
     panel: int = 0
@@ -74,6 +78,8 @@ class EvalOutputs:
     pseudo: np.ndarray | None = None
     pred: np.ndarray | None = None
     truth: np.ndarray | None = None
+    attention: np.ndarray | None = None
+    boxes: np.ndarray | None = None
     indices: list[int] = field(default_factory=list)
 
 
@@ -114,6 +120,12 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
         small = small[:, 0].bool().numpy()
         pred = out.seg_logits.argmax(dim=1).cpu().numpy().astype(bool)
         pseudo = pgm(images, out.attention).cpu().numpy() if pgm is not None else None
+        fused = boxes = None
+        if outputs is not None and outputs.panel and out.attention:
+            fused = ops.fuse_attention(*(a.float() for a in out.attention)).cpu().numpy()
+            rcm_boxes = getattr(model, "rcm_boxes", None)  # WAL-Net's; a wrapped model shows no box
+            boxes = rcm_boxes(out.seg_logits) if rcm_boxes is not None else None
+            boxes = boxes.cpu().numpy() if boxes is not None else None
         for i in np.flatnonzero(known.numpy()):
             seg_scores.append(mask_iou_dice(pred[i], small[i]))
             if pseudo is not None and (pseudo[i] != IGNORE_INDEX).all():
@@ -123,7 +135,8 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
                 shown[label] = shown.get(label, 0) + 1
                 index = int(batch["index"][i]) if "index" in batch else len(kept)
                 kept.append((index, images[i].float().cpu().numpy(), None if pseudo is None else pseudo[i],
-                             pred[i].astype(np.uint8), small[i].astype(np.uint8)))
+                             pred[i].astype(np.uint8), small[i].astype(np.uint8), None if fused is None else fused[i],
+                             None if boxes is None else boxes[i]))
     result = classification_metrics(torch.cat(targets).numpy(), torch.cat(probs).numpy(), class_names)
     if outputs is not None:
         outputs.targets, outputs.probs = torch.cat(targets).numpy(), torch.cat(probs).numpy()
@@ -132,6 +145,8 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
             outputs.indices = [k[0] for k in kept]
             outputs.images, outputs.pred, outputs.truth = (np.stack([k[j] for k in kept]) for j in (1, 3, 4))
             outputs.pseudo = None if kept[0][2] is None else np.stack([k[2] for k in kept])
+            outputs.attention = None if kept[0][5] is None else np.stack([k[5] for k in kept])
+            outputs.boxes = None if kept[0][6] is None else np.stack([k[6] for k in kept])
     for name, scores in (("seg", seg_scores), ("pseudo", pseudo_scores)):
         if scores:
             result[f"{name}_iou"] = float(np.mean([s[0] for s in scores]))

@@ -1,10 +1,14 @@
-"""``walnet predict``: class probabilities of images (files and/or folders) from a checkpoint
-or an exported model folder, as a CSV file, and optionally the predicted plaque masks as PNGs.
+"""``walnet predict``: class probabilities of images (files and/or folders, or the rows of a
+CSV with ROI boxes) from a checkpoint or an exported model folder, as a CSV file, and optionally
+the predicted plaque masks and attention overlays as PNGs.
 
 The model is rebuilt from the checkpoint as ``walnet evaluate`` does (its train config and class
 map), or read from a ``walnet export`` folder (:func:`walnet.models.load_pretrained`; classes and
 input size from its config.json); the images are read as in training
-(:class:`walnet.data.PlaqueDataset`: RGB, resized to the train size, scaled to [0, 1]).
+(:class:`walnet.data.PlaqueDataset`: RGB, cropped to the ROI box a ``--csv`` row gives, resized to
+the train size, scaled to [0, 1]): a CSV is read by training's reader
+(:func:`walnet.data.read_csv`, labels optional), so a model sees at prediction what it saw in
+training.
 DICOM inputs (``.dcm``, ``.dicom``; ``pip install 'walnet[dicom]'``) are cropped to their
 ultrasound region unless ``--no-dicom-region`` is given or the checkpoint was trained with it;
 each frame of a multi-frame file is classified on its own row, and the CSV then has a ``frame``
@@ -23,33 +27,38 @@ import numpy as np
 import torch
 from PIL import Image
 
+from walnet import ops
 from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record, expand_dicom
 from walnet.data.dicom import DICOM_EXTENSIONS
+from walnet.data.sources import read_csv
 from walnet.engine.checkpoint import WriteError, atomic_open, check_writable, remove_stale_temps, temp_prefix
 from walnet.engine.config import PredictConfig
 from walnet.engine.speed import loader_workers
-from walnet.engine.step import as_output
+from walnet.engine.step import as_output, autocast
 from walnet.engine.trainer import load_trained, pick_device
 from walnet.models.pretrained import load_pretrained, read_config
 
 
-def collect_images(inputs, exclude: Path | None = None) -> list[Path]:
+def collect_images(inputs, exclude=None) -> list[Path]:
     """The image files of `inputs` (files and/or folders), in order: a file as given, a folder
     scanned recursively for :data:`IMAGE_EXTENSIONS` (sorted; hidden files and folders, whose
     names start with ".", skipped: temporaries and macOS "._" companions are no images). Files
-    under `exclude` (the masks folder) are skipped when it lies inside a scanned folder, so
-    written masks are not read back as input; a folder at or under `exclude` is scanned whole.
-    The same file named twice is kept once. A missing input or a folder without images is an
-    error naming it."""
+    under `exclude` (a folder or several: the masks and overlays folders) are skipped when it lies
+    inside a scanned folder, so written PNGs are not read back as input; a folder at or under
+    `exclude` is scanned whole. The same file named twice is kept once. A missing input or a
+    folder without images is an error naming it."""
     found: dict[Path, Path] = {}
-    skip = exclude.resolve() if exclude is not None else None
+    if exclude is None or isinstance(exclude, (str, os.PathLike)):
+        exclude = () if exclude is None else (exclude,)
+    skips = [Path(e).resolve() for e in exclude if e is not None]
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            skip_here = skip if skip is not None and not item.resolve().is_relative_to(skip) else None
+            here = item.resolve()
+            skip_here = [skip for skip in skips if not here.is_relative_to(skip)]
             images = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                             and not any(part.startswith(".") for part in p.relative_to(item).parts)
-                            and not (skip_here is not None and p.resolve().is_relative_to(skip_here)))
+                            and not any(p.resolve().is_relative_to(skip) for skip in skip_here))
             if not images:
                 raise ValueError(f"folder {item} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
         elif item.is_file():
@@ -79,10 +88,21 @@ def _mask_names(records: list[Record]) -> list[str]:
 
 
 def predict(config: PredictConfig | str | Path, inputs=None, output_csv=None, **options) -> dict:
-    """Classifies the images of ``inputs`` (files and/or folders, see :func:`collect_images`)
-    with the model of ``checkpoint`` (or of the exported folder ``model``) and writes
-    ``output``: ``path, predicted, prob_<class>...`` (one row per image, class columns in the
-    model's class order), plus a ``mask`` column when ``masks_dir`` is given.
+    """Classifies the images of ``inputs`` (files and/or folders, see :func:`collect_images`),
+    or those listed in ``csv``, with the model of ``checkpoint`` (or of the exported folder
+    ``model``) and writes ``output``: ``path, predicted, prob_<class>...`` (one row per image,
+    class columns in the model's class order), plus a ``mask`` / ``overlay`` column when
+    ``masks_dir`` / ``overlays_dir`` is given.
+
+    ``csv`` is read as training reads its CSV (:func:`walnet.data.read_csv`, same columns and
+    checks, with the label optional and not used): each image is cropped to its row's ROI box
+    (``y1,x1,y2,x2`` or ``xmin,ymin,xmax,ymax``) before the resize, as in training; a box
+    outside its image is an error naming the CSV line and the file. The output's ``path`` is
+    then the image's absolute path, in the CSV's row order.
+
+    ``amp``: the model runs under bfloat16 autocast (on CUDA and on CPU alike; bfloat16 needs
+    no loss scaling and has float32's range); the probabilities are computed in float32 from
+    the bfloat16 logits.
 
     ``config``: a :class:`PredictConfig`, or the checkpoint, with the inputs and the output CSV
     next to it and :class:`PredictConfig`'s other fields as keywords
@@ -90,18 +110,23 @@ def predict(config: PredictConfig | str | Path, inputs=None, output_csv=None, **
     model="exported/")`` for a model folder).
 
     With `masks_dir`, each image's predicted segmentation (argmax of the segmentation head,
-    resized nearest to the image size as read: a DICOM frame's after its region crop; 0 / 255
-    8-bit) is written there as
-    ``<image stem>.png`` (``<stem>_1.png``, ... for repeated stems); a model without a
-    segmentation head (baselines, ``walnet_no_pgm``) is then an error.
+    resized nearest to the image size as read, a DICOM frame's after its region crop, 0 / 255
+    8-bit; with an ROI box, resized to the box and 0 outside it) is written there as ``<image stem>.png`` (``<stem>_1.png``, ... for
+    repeated stems). With `overlays_dir`, each image's attention overlay
+    (:func:`walnet.engine.figures.attention_overlay`: the fused attention A1·A2·A3 as the PGM
+    fuses it, as a heat map over the image, or over its ROI crop, at the file's resolution; the
+    predicted mask's contour; the box the RCM crops; titled with the file, the predicted class
+    and its probability) is written there under the same names. A model without a segmentation
+    head (baselines, ``walnet_no_pgm``) is then an error.
 
-    Nothing is written before every check passed: the CSV and the masks never go over an input
-    image (not even with ``overwrite=True``), an existing CSV or mask file is only replaced with
-    ``overwrite=True``, both places must be writable, and every image must be readable (else an
-    error naming it). The masks are written to a temporary folder and moved into place together
-    with the CSV, which is written atomically once every image is done: a failed run leaves
-    neither behind.
-    Returns a summary: ``images``, ``output``, ``masks`` (folder or None), ``counts`` per class.
+    Nothing is written before every check passed: the CSV, masks and overlays never go over an
+    input image (not even with ``overwrite=True``), an existing CSV, mask or overlay file is only
+    replaced with ``overwrite=True``, every place must be writable, and every image must be
+    readable (else an error naming it). The masks and overlays are written to temporary folders
+    and moved into place together with the CSV, which is written atomically once every image is
+    done: a failed run leaves none of them behind.
+    Returns a summary: ``images``, ``output``, ``masks`` and ``overlays`` (folders or None),
+    ``counts`` per class.
     """
     if not isinstance(config, PredictConfig):
         config = PredictConfig(checkpoint=config, inputs=inputs, output=output_csv, **options)
@@ -118,12 +143,14 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _check_targets(output_csv: Path, masks_dir: Path | None, paths: list[Path], mask_names: list[str] | None,
+def _check_targets(output_csv: Path, folders: list[tuple[str, str, Path, list[str]]], paths: list[Path],
                    overwrite: bool) -> None:
     """Everything predict will refuse to write, decided before any model work: the user's input
     images are never a target (not even with ``overwrite``: compared as files, so links and
-    other spellings of an input count as the input), the CSV and a mask never share a path, an
-    existing CSV or mask is only replaced with ``overwrite``, and both places are writable."""
+    other spellings of an input count as the input), the CSV and a PNG never share a path, two
+    PNG folders are not one folder, an existing CSV or PNG is only replaced with ``overwrite``,
+    and every place is writable. `folders`: (flag, what, folder, file names) of each PNG folder,
+    e.g. ("--masks", "mask", masks_dir, names)."""
     inputs = {}
     for p in paths:
         inputs.setdefault(_file_id(p), p)
@@ -137,33 +164,35 @@ def _check_targets(output_csv: Path, masks_dir: Path | None, paths: list[Path], 
     if output_csv.exists() and not overwrite:
         raise FileExistsError(f"{output_csv} already exists; pass --overwrite to replace it")
     check_writable(output_csv, "--output")
-    if masks_dir is None:
-        return
-    check_writable(masks_dir, "--masks", folder=True)
-    targets = [masks_dir / n for n in mask_names]
-    clashes = [(t, p) for t, p in zip(targets, paths) if _file_id(t) in inputs]
-    if clashes:
-        target, source = clashes[0]
-        raise ValueError(f"--masks {masks_dir} would write the mask of {source} over your input image "
-                         f"{inputs[_file_id(target)]} ({len(clashes)} input image(s) in all); choose a --masks "
-                         "folder apart from the input images: they are never replaced, not even with --overwrite")
-    csv_id = output_csv.resolve()
-    same = [t for t in targets if t.resolve() == csv_id]
-    if same:
-        raise ValueError(f"--output {output_csv} is also where --masks writes the mask {same[0].name}; "
-                         "give the CSV another name or place")
-    folders = [t for t in targets if t.is_dir()]
-    if folders:
-        raise ValueError(f"--masks {masks_dir}: {folders[0]} is a folder where a mask file would go")
-    taken = [t for t in targets if t.exists() or t.is_symlink()]
-    if taken and not overwrite:
-        raise FileExistsError(f"{taken[0]} already exists ({len(taken)} earlier mask(s) would be replaced); "
-                              "pass --overwrite to replace them")
+    if len(folders) == 2 and folders[0][2].resolve() == folders[1][2].resolve():
+        # one name per image in each: the overlay would replace the mask
+        raise ValueError(f"{folders[0][0]} and {folders[1][0]} are both {folders[0][2]}; give them different folders")
+    for flag, what, folder, names in folders:
+        check_writable(folder, flag, folder=True)
+        targets = [folder / n for n in names]
+        clashes = [(t, p) for t, p in zip(targets, paths) if _file_id(t) in inputs]
+        if clashes:
+            target, source = clashes[0]
+            raise ValueError(f"{flag} {folder} would write the {what} of {source} over your input image "
+                             f"{inputs[_file_id(target)]} ({len(clashes)} input image(s) in all); choose a {flag} "
+                             "folder apart from the input images: they are never replaced, not even with --overwrite")
+        csv_id = output_csv.resolve()
+        same = [t for t in targets if t.resolve() == csv_id]
+        if same:
+            raise ValueError(f"--output {output_csv} is also where {flag} writes the {what} {same[0].name}; "
+                             "give the CSV another name or place")
+        taken_by_folders = [t for t in targets if t.is_dir()]
+        if taken_by_folders:
+            raise ValueError(f"{flag} {folder}: {taken_by_folders[0]} is a folder where a {what} file would go")
+        taken = [t for t in targets if t.exists() or t.is_symlink()]
+        if taken and not overwrite:
+            raise FileExistsError(f"{taken[0]} already exists ({len(taken)} earlier {what}(s) would be replaced); "
+                                  "pass --overwrite to replace them")
 
 
 def _check_readable(records: list[Record], size: int, region: bool) -> None:
-    """Every input opens as the dataset opens it, checked before anything is written (an
-    error half way would leave masks without their CSV)."""
+    """Every input opens as the dataset opens it (its ROI box inside it), checked before
+    anything is written (an error half way would leave masks without their CSV)."""
     checked = PlaqueDataset(records, size=size, skip_bad=True, dicom_region=region)
     if not checked.skipped:
         return
@@ -178,18 +207,33 @@ def _check_readable(records: list[Record], size: int, region: bool) -> None:
     raise ValueError(f"{reason}{more}; nothing was written")
 
 
+def _records(config: PredictConfig, exclude) -> tuple[list[Record], list[Path]]:
+    """The records to predict and each one's path as the output CSV shows it: the CSV's rows
+    (labels not read; masks not read either, predict draws its own), or the input images."""
+    if config.csv is not None:
+        listed, _ = read_csv(config.csv, labels=False)
+        if not listed:
+            raise ValueError(f"--csv {config.csv} lists no images")
+        records = [Record(r.path, 0, box=r.box, frame=r.frame, origin=r.origin) for r in listed]
+        return records, [r.path for r in records]
+    found = collect_images(config.inputs, exclude=exclude)
+    # one record per image, one per frame of a multi-frame DICOM file (labels are not used)
+    records = [r for p in found for r in expand_dicom(Record(p, 0))]
+    shown = {p.resolve(): p for p in found}  # the CSV names each image as the user gave it
+    return records, [shown.get(r.path, r.path) for r in records]
+
+
 @torch.no_grad()
 def _predict(config: PredictConfig) -> dict:
     overwrite = config.overwrite
     output_csv = Path(config.output)
     masks_dir = Path(config.masks_dir) if config.masks_dir is not None else None
-    found = collect_images(config.inputs, exclude=masks_dir)
-    # one record per image, one per frame of a multi-frame DICOM file (labels are not used)
-    records = [r for p in found for r in expand_dicom(Record(p, 0))]
-    shown = {p.resolve(): p for p in found}  # the CSV names each image as the user gave it
-    paths = [shown.get(r.path, r.path) for r in records]
-    mask_names = _mask_names(records) if masks_dir is not None else None
-    _check_targets(output_csv, masks_dir, paths, mask_names, overwrite)
+    overlays_dir = Path(config.overlays_dir) if config.overlays_dir is not None else None
+    records, paths = _records(config, (masks_dir, overlays_dir))
+    names = _mask_names(records)
+    folders = [(flag, what, folder, names) for flag, what, folder in
+               (("--masks", "mask", masks_dir), ("--overlays", "overlay", overlays_dir)) if folder is not None]
+    _check_targets(output_csv, folders, paths, overwrite)
     device = pick_device(config.device)
     region = not config.no_dicom_region
     if config.model is not None:
@@ -201,51 +245,67 @@ def _predict(config: PredictConfig) -> dict:
         model, classes, trained, _ = load_trained(config.checkpoint, device)
         name, size, source = trained.model, trained.size, config.checkpoint
         region = region and not trained.no_dicom_region  # read DICOM inputs as the model was trained
-    if masks_dir is not None and getattr(model, "decoder", None) is None:
-        raise ValueError(f"model {name!r} of {source} has no segmentation head; "
-                         "--masks needs a WAL-Net with its PGM (not a baseline or walnet_no_pgm)")
+    for flag, *_ in folders:
+        if getattr(model, "decoder", None) is None:
+            raise ValueError(f"model {name!r} of {source} has no segmentation head; {flag} needs a WAL-Net with "
+                             "its PGM (not a baseline or walnet_no_pgm)")
     _check_readable(records, size, region)
 
     made = []  # folders this run creates: removed again (when still empty) if it fails
-    if masks_dir is not None:
-        for folder in (masks_dir, *masks_dir.parents):
-            if folder.exists():
+    for _, _, folder, _ in folders:
+        for parent in (folder, *folder.parents):
+            if parent.exists() or parent in made:
                 break
-            made.append(folder)
-    staging, done = None, False
+            made.append(parent)
+    made.sort(key=lambda f: len(f.parts), reverse=True)  # deepest first
+    staging, done = {}, False
     try:
-        if masks_dir is not None:
-            # masks go to a temporary folder first and move into place with the CSV, so a
-            # failure part way leaves neither (and a rerun is not refused)
-            masks_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps(masks_dir, _STAGING)
-            staging = Path(tempfile.mkdtemp(prefix=temp_prefix(_STAGING), suffix=".tmp", dir=masks_dir))
-        probs = _run(model, records, size, region, config, device, classes, staging, mask_names)
+        for _, what, folder, _ in folders:
+            # the PNGs go to a temporary folder first and move into place with the CSV, so a
+            # failure part way leaves none of them (and a rerun is not refused)
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(folder, _STAGING[what])
+            staging[what] = Path(tempfile.mkdtemp(prefix=temp_prefix(_STAGING[what]), suffix=".tmp", dir=folder))
+        probs = _run(model, records, size, region, config, device, classes, staging, names)
         predicted = probs.argmax(axis=1)
+        extra = [(what, folder) for _, what, folder, _ in folders]
         with atomic_open(output_csv, text=True) as f:
             writer = csv.writer(f)
             frames = any(r.frame is not None for r in records)
             writer.writerow(["path", *(["frame"] if frames else []), "predicted", *(f"prob_{c}" for c in classes),
-                             *(["mask"] if mask_names else [])])
+                             *(what for what, _ in extra)])
             for i, (p, r) in enumerate(zip(paths, records)):
                 frame = ["" if r.frame is None else str(r.frame)] if frames else []
                 row = [str(p), *frame, classes[predicted[i]], *(f"{float(x):.9g}" for x in probs[i])]
-                writer.writerow(row + ([str(masks_dir / mask_names[i])] if mask_names else []))
+                writer.writerow(row + [str(folder / names[i]) for _, folder in extra])
             f.flush()
             os.fsync(f.fileno())
-            for name in mask_names or ():  # the CSV is on disk; it is renamed into place right after
-                os.replace(staging / name, masks_dir / name)
+            for what, folder in extra:  # the CSV is on disk; it is renamed into place right after
+                for name in names:
+                    os.replace(staging[what] / name, folder / name)
         done = True
     finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        for folder in staging.values():
+            shutil.rmtree(folder, ignore_errors=True)
         if not done:
             for folder in made:  # deepest first; only while empty
                 with contextlib.suppress(OSError):
                     folder.rmdir()
     counts = {c: int((predicted == k).sum()) for k, c in enumerate(classes)}
-    return {"images": len(records), "output": str(output_csv), "masks": str(masks_dir) if masks_dir else None,
-            "counts": counts}
+    return {"images": len(paths), "output": str(output_csv), "masks": str(masks_dir) if masks_dir else None,
+            "overlays": str(overlays_dir) if overlays_dir else None, "counts": counts}
+
+
+#: The temporary folders' names in the masks and overlays folders (see temp_prefix).
+_STAGING = {"mask": "walnet-masks", "overlay": "walnet-overlays"}
+
+
+def _write(target: Path, write, what: str) -> None:
+    try:
+        write(target)
+    except OSError as exc:
+        raise WriteError(f"cannot write the {what} {target.name} to {target.parent.parent}: "
+                         f"{exc.strerror or exc}; no mask, overlay or CSV was written") from None
 
 
 def _read_size(dataset: PlaqueDataset, index: int) -> tuple[int, int]:
@@ -257,28 +317,50 @@ def _read_size(dataset: PlaqueDataset, index: int) -> tuple[int, int]:
     return dataset.image_size(index)  # a DICOM frame: its size after the region crop
 
 
-_STAGING = "walnet-masks"  # the temporary masks folder's name in the masks folder (see temp_prefix)
+def _mask_png(mask: np.ndarray, record: Record, width: int, height: int) -> Image.Image:
+    """The 0/255 mask of one image at its size as read (`width` x `height`): resized nearest to
+    the ROI box (or the whole image) and placed there, 0 elsewhere."""
+    if record.box is None:
+        return Image.fromarray(mask).resize((width, height), Image.NEAREST)
+    y1, x1, y2, x2 = record.box
+    full = Image.new("L", (width, height), 0)
+    full.paste(Image.fromarray(mask).resize((x2 - x1 + 1, y2 - y1 + 1), Image.NEAREST), (x1, y1))
+    return full
 
 
-def _run(model, records, size, region, config, device, classes, staging, mask_names) -> np.ndarray:
-    """The model's class probabilities of every record [N, classes]; with `staging`, each
-    image's mask is written there under its name in `mask_names`."""
+def _run(model, records, size, region, config, device, classes, staging, names) -> np.ndarray:
+    """The model's class probabilities of every image [N, classes]; for each kind in `staging`
+    ("mask", "overlay"), each image's PNG is written to that folder under its name in `names`."""
     dataset = PlaqueDataset(records, size=size, dicom_region=region)
     loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=loader_workers(config.workers, device),
                                          pin_memory=device.type == "cuda")
     probs = np.zeros((len(records), len(classes)), dtype=np.float32)
+    amp_dtype = torch.bfloat16 if config.amp else None
+    if "overlay" in staging:
+        from walnet.engine import figures  # matplotlib only when overlays are asked for
     for batch in loader:
         index = batch["index"].numpy()
-        out = as_output(model(batch["image"].to(device)))
-        probs[index] = torch.softmax(out.logits.float(), dim=1).cpu().numpy()
-        if staging is not None:
-            seg = (out.seg_logits.argmax(dim=1) * 255).to(torch.uint8).cpu().numpy()
+        with autocast(device, amp_dtype):
+            out = as_output(model(batch["image"].to(device)))
+        batch_probs = torch.softmax(out.logits.float(), dim=1).cpu().numpy()
+        probs[index] = batch_probs
+        if not staging:
+            continue
+        seg = out.seg_logits.float().argmax(dim=1).to(torch.uint8).cpu().numpy()
+        if "mask" in staging:
             for i, mask in zip(index, seg):
-                size_i = _read_size(dataset, i)
-                target = staging / mask_names[i]
-                try:
-                    Image.fromarray(mask).resize(size_i, Image.NEAREST).save(target)
-                except OSError as exc:
-                    raise WriteError(f"cannot write the mask {target.name} to {staging.parent}: "
-                                     f"{exc.strerror or exc}; no mask and no CSV were written") from None
+                png = _mask_png(mask * 255, records[i], *_read_size(dataset, i))
+                _write(staging["mask"] / names[i], png.save, "mask")
+        if "overlay" in staging:
+            fused = ops.fuse_attention(*(a.float() for a in out.attention)).cpu().numpy()
+            boxes = model.rcm_boxes(out.seg_logits.float()) if hasattr(model, "rcm_boxes") else None
+            boxes = boxes.cpu().numpy() if boxes is not None else None
+            for k, i in enumerate(index):
+                p = batch_probs[k]
+                frame = "" if records[i].frame is None else f" frame {records[i].frame}"
+                title = f"{Path(records[i].path).name}{frame}: {classes[p.argmax()]} ({p.max():.1%})"
+                _write(staging["overlay"] / names[i],
+                       lambda target: figures.attention_overlay(target, dataset.region(i), fused[k], seg[k],
+                                                                None if boxes is None else boxes[k], title),
+                       "overlay")
     return probs

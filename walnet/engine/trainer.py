@@ -419,7 +419,9 @@ def evaluate_run(config: EvalConfig) -> dict:
 
     Unless ``no_figures``, also writes ``roc.png`` (paper Fig. 4), ``confusion.png``
     (Fig. 5) and, where the split has true masks and the model a segmentation head,
-    ``segmentation.png`` (Fig. 6); their names are listed under ``"figures"`` in the result."""
+    ``segmentation.png`` (Fig. 6) and ``attention.png`` (the same samples' fused attention
+    over the image, the predicted mask's contour and the RCM box); their names are listed under
+    ``"figures"`` in the result."""
     ckpt = Path(config.checkpoint)
     device = pick_device(config.device)
     if config.output:
@@ -446,7 +448,8 @@ def evaluate_run(config: EvalConfig) -> dict:
         result["patient"] = per_patient
     result.update(split=config.split, images=len(dataset), checkpoint=str(ckpt), epoch=int(state["epoch"]))
     if figures:
-        result["figures"] = ["roc.png", "confusion.png"] + (["segmentation.png"] if outputs.images is not None else [])
+        result["figures"] = (["roc.png", "confusion.png"] + (["segmentation.png"] if outputs.images is not None else [])
+                             + (["attention.png"] if outputs.attention is not None else []))
     out = Path(config.output) if config.output else ckpt.parent
     out.mkdir(parents=True, exist_ok=True)
     with atomic_open(out / "metrics.json", text=True) as f:
@@ -467,3 +470,16 @@ def _write_figures(out: Path, result: dict, outputs: EvalOutputs, dataset, class
         titles = [f"{r.path.name}{'' if r.frame is None else f' #{r.frame}'}\n{classes[r.label]}" for r in records]
         figures.segmentation_panel(out / "segmentation.png", outputs.images, outputs.pseudo, outputs.pred,
                                    outputs.truth, titles)
+    if outputs.attention is not None:
+        titles = [f"{dataset.records[i].path.name}: {classes[p.argmax()]} {p.max():.0%}"
+                  for i, p in zip(outputs.indices, _panel_probs(outputs))]
+        figures.attention_panel(out / "attention.png", outputs.images, outputs.attention, outputs.pred,
+                                outputs.boxes, titles)
+
+
+def _panel_probs(outputs: EvalOutputs):
+    """The class probabilities of the panel's samples (``probs`` is in loader order)."""
+    if outputs.order is None:  # no indices: the panel kept its samples' positions instead
+        return [outputs.probs[i] for i in outputs.indices]
+    where = {int(index): k for k, index in enumerate(outputs.order)}
+    return [outputs.probs[where[i]] for i in outputs.indices]

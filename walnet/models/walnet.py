@@ -111,6 +111,19 @@ class WALNet(nn.Module):
             return False
         return not (self.training and epoch is not None and epoch < self.rcm_warmup_epochs)
 
+    def rcm_boxes(self, seg_logits: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor | None:
+        """The boxes the RCM crops (int32 [N,4], (y1, x1, y2, x2), inclusive) from a feature map
+        of `size` (default: the segmentation's grid) given `seg_logits`, as :func:`walnet.ops.roi_crop`
+        finds them (threshold 0.5; dilated by W/7 for "dilated_crop", tight for "crop" and
+        "bg_rm_crop"). None when this model's RCM crops nothing (no RCM, "rwm", "bg_rm"). For
+        showing where the model looked; the forward pass does not call it."""
+        if not self.use_rcm or self.roi_method not in ("crop", "bg_rm_crop", "dilated_crop"):
+            return None
+        prob = torch.softmax(seg_logits.float(), dim=1)[:, 1]
+        dilation = 1 / 7 if self.roi_method == "dilated_crop" else 0.0
+        size = tuple(seg_logits.shape[-2:]) if size is None else size
+        return ops.mask_boxes(prob, size, 0.5, dilation, backend=self.backend)
+
     def forward(self, x: torch.Tensor, epoch: int | None = None) -> WALNetOutput:
         # The PGM takes its superpixels from the caller's [0, 1] image (TrainStep passes it the
         # batch itself), so normalising here reaches the encoder alone.
