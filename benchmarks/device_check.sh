@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Device check (`make device-check`): run on a machine with an NVIDIA GPU, sized to fit a short
-# lease (about 8 minutes on an H100/H200 with a prebuilt extension).
+# Device check (`make device-check`): run on a machine with an NVIDIA GPU (about 15 minutes on an
+# H100/H200 with a prebuilt extension). PARTS picks what runs, so that each part fits one short
+# command: PARTS=checks (steps 2-3, about 8 minutes), PARTS=tables (4-5, about 7 minutes);
+# default both.
 #   1. uses walnet/_C.abi3.so as it is when it loads with CUDA kernels (a prebuilt extension,
 #      carried to the machine), else builds one for the visible card;
 #   2. runs every CUDA case of the op and model tests (-k cuda), without stopping at the first
@@ -8,8 +10,9 @@
 #   3. runs benchmarks/sanitize_ops.py (every op once, small inputs) under compute-sanitizer's
 #      memcheck, racecheck and synccheck;
 #   4. prints the GPU ratio tables (CPU_TABLES=1: the CPU rows too);
-#   5. prints the training-throughput tables (benchmarks/train_throughput.py: the bare step in
-#      every mode at batch 8 and 32, and a phantom epoch, generated into $PHANTOM).
+#   5. prints the training-throughput tables (benchmarks/train_throughput.py: the bare step
+#      eager and graphed at batch 8 and 32, compiled + graphed for WAL-Net at batch 8, and a
+#      phantom epoch, generated into $PHANTOM) and the graphed-vs-eager losses per step.
 # Every step has its own time limit; the output goes to stdout and, where $OUT is set, to
 # $OUT/device_check.log. Exit status: the number of failed steps (0 when all passed).
 set -uo pipefail
@@ -51,10 +54,12 @@ fi
   || exit 1
 
 # The op, model and training-step tests.
-OP_TESTS=(tests/test_fuse_attention.py tests/test_superpixel_mean.py tests/test_pseudo_mask.py tests/test_pgm.py
+OP_TESTS=(tests/test_cuda_graphs.py tests/test_fuse_attention.py tests/test_superpixel_mean.py tests/test_pseudo_mask.py tests/test_pgm.py
           tests/test_mask_boxes.py tests/test_crop_resize.py tests/test_crop_resize_backward.py tests/test_roi_crop.py
           tests/test_felzenszwalb.py tests/test_felzenszwalb_api.py tests/test_felzenszwalb_skimage.py
           tests/test_models.py tests/test_step.py tests/test_train.py)
+PARTS=${PARTS:-checks,tables}
+if [[ ,$PARTS, == *,checks,* ]]; then
 step "CUDA tests" "$LIMIT_TESTS" "$PY" -m pytest "${OP_TESTS[@]}" -q -k cuda -p no:cacheprovider -p no:randomly
 
 SANITIZER=${SANITIZER:-compute-sanitizer}
@@ -64,6 +69,9 @@ for tool in memcheck racecheck synccheck; do
     "$SANITIZER" --tool "$tool" --error-exitcode 1 --target-processes all "$PY" benchmarks/sanitize_ops.py --device cuda
 done
 
+fi
+
+if [[ ,$PARTS, == *,tables,* ]]; then
 DEVICES=(cuda)
 [ -n "${CPU_TABLES:-}" ] && DEVICES+=(cpu)  # CPU_TABLES=1: the CPU rows too, from the same machine
 for table in pgm_table rcm_table felzenszwalb_table; do
@@ -72,8 +80,13 @@ for table in pgm_table rcm_table felzenszwalb_table; do
   done
 done
 step "step_table cuda" "$LIMIT_TABLE" "$PY" benchmarks/step_table.py --device cuda
-step "train_throughput cuda" "$LIMIT_THROUGHPUT" "$PY" benchmarks/train_throughput.py --device cuda --epoch \
-  --phantom "$PHANTOM"
+step "train_throughput cuda" "$LIMIT_THROUGHPUT" "$PY" benchmarks/train_throughput.py --device cuda \
+  --modes eager-fp32,eager,graphed --epoch --epoch-modes graphed,eager-fp32 --phantom "$PHANTOM"
+# compiling a resnest50d step takes about two minutes per entry: WAL-Net at batch 8 only
+step "train_throughput cuda compiled" "$LIMIT_THROUGHPUT" "$PY" benchmarks/train_throughput.py --device cuda \
+  --batches 8 --variants walnet --modes compiled+graphed
+step "graph_vs_eager cuda" "$LIMIT_TABLE" "$PY" benchmarks/graph_vs_eager.py
+fi
 
 echo "== device check: $failed step(s) failed"
 exit "$failed"
