@@ -96,7 +96,7 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_steps(step, images, target, warmup: int, steps: int, device) -> float:
+def time_steps(step, warmup: int, steps: int, device) -> float:
     """Median seconds of one synchronised call of step() after `warmup` calls."""
     for _ in range(warmup):
         step()
@@ -120,13 +120,13 @@ def step_seconds(variant: str, mode: str, batch: int, size: int, device, warmup:
         model = walnet.WALNet(backbone=backbone).to(device).train()
         run = make_step(model, "authors", images, target)
         with flags(mode_speed("eager-fp32", device), "eager-fp32"):
-            return time_steps(run, images, target, warmup, steps, device)
+            return time_steps(run, warmup, steps, device)
     speed = mode_speed(mode, device)
     model, step = build(variant, speed, device, backbone)
     if speed.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with flags(speed, mode), walnet.ops.value_checks(False):
-        return time_steps(lambda: step(images, target, 100), images, target, warmup, steps, device)
+        return time_steps(lambda: step(images, target, 100), warmup, steps, device)
 
 
 def step_table(args, device) -> None:

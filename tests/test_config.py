@@ -53,8 +53,9 @@ def test_cli_defaults_are_the_config_defaults(monkeypatch):
 
 def test_cli_passes_every_option_on(monkeypatch):
     argv = ["train", "--data-dir", "d", "--output", "o", "--model", "walnet_no_rcm", "--backbone", "resnet18",
-            "--pretrained", "--epochs", "3", "--eval-metric", "macro_f1", "-b", "2", "--lr", "0.5", "--seed", "7", "--size", "64", "--precision",
-            "bf16", "--compile", "--no-cuda-graphs", "--no-channels-last", "--no-tf32", "--no-cudnn-benchmark", "--sync-bn", "-j", "2", "--resume", "o/last.pt", "--roi-method", "crop",
+            "--pretrained", "--epochs", "3", "--eval-metric", "macro_f1", "-b", "2", "--lr", "0.5", "--seed", "7",
+            "--size", "64", "--precision", "bf16", "--compile", "--no-cuda-graphs", "--no-channels-last", "--no-tf32",
+            "--no-cudnn-benchmark", "--sync-bn", "-j", "2", "--resume", "o/last.pt", "--roi-method", "crop",
             "--no-rcm", "--no-pgm", "--rcm-warmup", "0", "--attention-channels", "16", "--device", "cpu",
             "--skip-bad", "--classes", "calcified, soft ,mixed"]
     (config,) = _built(monkeypatch, trainer, "train", argv)

@@ -14,7 +14,8 @@ a missing patient id.
 Every bad input is a ValueError (FileNotFoundError for a missing file) whose one-line message
 names the file, the line and the column: the CSV is decoded as UTF-8 (a byte-order mark is
 accepted), labels must match the known classes (walnet.data.classes), box values must be whole
-numbers. One image (or DICOM frame) is one sample, keyed by its resolved path (and frame): rows that list the same file (in
+numbers. One image (or DICOM frame) is one sample, keyed by its resolved path (and frame):
+rows that list the same file (in
 any spelling) and agree are merged with a :class:`DuplicateRowWarning`; rows that disagree are
 an error, since keeping both would put one image in two classes or two splits.
 """

@@ -24,7 +24,8 @@ def confusion_matrix(target, pred, num_classes: int) -> np.ndarray:
         raise ValueError(f"target has shape {target.shape} but pred has {pred.shape}")
     if target.size and (min(target.min(), pred.min()) < 0 or max(target.max(), pred.max()) >= num_classes):
         raise ValueError(f"class indices must lie in [0, {num_classes})")
-    return np.bincount(target * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    counts = np.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
 
 
 def _safe_div(a, b):
@@ -82,6 +83,15 @@ def _checked(target, probs) -> tuple[np.ndarray, np.ndarray]:
     return target, probs
 
 
+def _precision_recall_f1(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall and F1 [..., K] of confusion matrices [..., K, K] (rows true,
+    columns predicted); a class with no prediction or no sample scores 0."""
+    tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(float)
+    precision = _safe_div(tp, cm.sum(axis=-2))
+    recall = _safe_div(tp, cm.sum(axis=-1))
+    return precision, recall, _safe_div(2 * precision * recall, precision + recall)
+
+
 def classification_metrics(target, probs, class_names=None) -> dict:
     """All the paper's metrics from true labels [N] and class probabilities [N,K].
 
@@ -91,8 +101,8 @@ def classification_metrics(target, probs, class_names=None) -> dict:
     lists), class_names.
 
     A sensitivity whose class has no sample, or a specificity whose class has every sample, is
-    undefined and given as None; macro_specificity is the mean of the defined ones (None if none is). The paper's
-    macro_recall (the mean sensitivity) counts an undefined recall as 0, as scikit-learn does.
+    undefined and given as None; macro_specificity is the mean of the defined ones (None if none
+    is). The paper's macro_recall (the mean sensitivity) counts an undefined recall as 0, as scikit-learn does.
     """
     target, probs = _checked(target, probs)
     k = probs.shape[1]
@@ -100,9 +110,7 @@ def classification_metrics(target, probs, class_names=None) -> dict:
     pred = probs.argmax(axis=1)
     cm = confusion_matrix(target, pred, k)
     tp = np.diag(cm).astype(float)
-    precision = _safe_div(tp, cm.sum(axis=0))
-    recall = _safe_div(tp, cm.sum(axis=1))
-    f1 = _safe_div(2 * precision * recall, precision + recall)
+    precision, recall, f1 = _precision_recall_f1(cm)
     n = cm.sum()
     observed = tp.sum() / n if n else 0.0
     expected = float((cm.sum(axis=0) * cm.sum(axis=1)).sum()) / (n * n) if n else 0.0
@@ -128,15 +136,6 @@ def classification_metrics(target, probs, class_names=None) -> dict:
         "confusion": cm.tolist(),
         "class_names": names,
     }
-
-
-def _f1_of_counts(cm: np.ndarray) -> np.ndarray:
-    """Macro F1 of confusion matrices [..., K, K] (counts as floats), as in
-    :func:`classification_metrics` (a class with no prediction or no sample scores 0)."""
-    tp = np.diagonal(cm, axis1=-2, axis2=-1)
-    precision = _safe_div(tp, cm.sum(axis=-2))
-    recall = _safe_div(tp, cm.sum(axis=-1))
-    return _safe_div(2 * precision * recall, precision + recall).mean(axis=-1)
 
 
 def _weighted_auc(starts, positive_sorted, owner_sorted, weights) -> tuple[np.ndarray, np.ndarray]:
@@ -199,7 +198,7 @@ def bootstrap_ci(target, probs, resamples: int = BOOTSTRAP_RESAMPLES, seed: int 
         offsets = np.arange(hi - lo)[:, None] * n
         weights = np.bincount((draws + offsets).ravel(), minlength=(hi - lo) * n).reshape(hi - lo, n).astype(float)
         accuracy[lo:hi] = weights @ correct / n
-        f1[lo:hi] = _f1_of_counts((weights @ cell).reshape(-1, k, k))
+        f1[lo:hi] = _precision_recall_f1((weights @ cell).reshape(-1, k, k))[2].mean(axis=-1)
         auc[lo:hi], auc_defined[lo:hi] = _weighted_auc(starts, positive_sorted, owner_sorted, weights)
     q = [50 * (1 - level), 50 * (1 + level)]
 

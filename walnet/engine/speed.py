@@ -72,7 +72,8 @@ def speed_of(config: TrainConfig, device: torch.device, processes: int = 1) -> S
     elif graphs and processes > 1:
         graphs, because = False, "a CUDA graph runs one process; DDP steps run eagerly"
     elif graphs and amp_dtype is None:
-        graphs, because = False, "float32 steps run eagerly: their graphed losses are not yet verified against eager ones"
+        graphs, because = False, ("float32 steps run eagerly: their graphed losses are not yet verified against "
+                                  "eager ones")
     return Speed(amp_dtype=amp_dtype, channels_last=cuda and not config.no_channels_last, cuda_graphs=graphs,
                  compile=config.compile, tf32=cuda and not config.no_tf32,
                  cudnn_benchmark=cuda and not config.no_cudnn_benchmark,
