@@ -5,6 +5,7 @@ from walnet.constants import IGNORE_INDEX
 from walnet.ops import reference
 from walnet.ops._checks import BACKENDS, set_value_checks, value_checks
 from walnet.ops._library import build_info, built_backends
+from walnet.ops._preview import PREVIEW, preview_kernels, set_preview_kernels
 from walnet.ops.felzenszwalb import ALGORITHMS, felzenszwalb, segment_counts
 from walnet.ops.pgm import fuse_attention, pseudo_mask, superpixel_mean
 from walnet.ops.rcm import ROI_METHODS, crop_resize, mask_boxes, roi_crop
@@ -13,6 +14,7 @@ __all__ = [
     "ALGORITHMS",
     "BACKENDS",
     "IGNORE_INDEX",
+    "PREVIEW",
     "ROI_METHODS",
     "build_info",
     "built_backends",
@@ -20,10 +22,12 @@ __all__ = [
     "felzenszwalb",
     "fuse_attention",
     "mask_boxes",
+    "preview_kernels",
     "pseudo_mask",
     "reference",
     "roi_crop",
     "segment_counts",
+    "set_preview_kernels",
     "set_value_checks",
     "superpixel_mean",
     "value_checks",
