@@ -1,9 +1,16 @@
-"""Prints the Felzenszwalb ratio table: walnet.ops.felzenszwalb on a batch (the "sequential"
-algorithm and "reservations", Kruskal by deterministic reservations) vs
+"""Prints the Felzenszwalb ratio table: walnet.ops.felzenszwalb on a batch vs
 skimage.segmentation.felzenszwalb called once per image, as users call it (numpy's own argsort,
 unpatched). Run: python benchmarks/felzenszwalb_table.py [--device cuda] [--threads K].
 
-Settings: scale=64, sigma=0.5, min_size=10 (the PGM's). Shapes: 8 x 56², 64 x 224², 1 x 512².
+Columns, old and new side by side: on CUDA "block" (the 1,024-thread block per image) and
+"reservations" (the warp per image, a preview kernel: this script turns preview kernels on), with
+the default round rules and with the chain rule off; on the CPU "sequential" (the CPU's own) and
+the two GPU algorithms as the CPU emulates them. For the reservation algorithms: the mean rounds per
+image (merge pass + min_size pass) and the time per round (the batch's time over the rounds of
+its images, which run concurrently on a GPU).
+
+Settings: scale=64, sigma=0.5, min_size=10 (the PGM's). Shapes: 8 x 56² (the PGM's batch), 64 x 224²,
+1 x 512², and on CUDA 4096 x 56² (a saturated GPU; skimage's time there is 512 times its 8 x 56²).
 Images: skimage.data's shipped RGB photos (astronaut, chelsea, coffee, colorwheel,
 hubble_deep_field, immunohistochemistry, retina, rocket, stereo_motorcycle, logo), random square
 crops (40% to 100% of the shorter side, some mirrored) resized to the size with anti-aliasing
@@ -12,10 +19,8 @@ walnet gets them as one float64 [N,3,H,W] tensor u / 255 (skimage's own conversi
 the device, so the columns compare the segmentation, not the host-to-device copy.
 
 Rows are measured at --threads (default 1) and, unless --no-all-threads, at all cores. skimage is
-single-threaded: it is timed once per shape, under --threads, and compared to both rows.
-The rounds column is the mean per image of the reservation rounds of the merge pass / the
-min_size pass (return_rounds=True, algorithm="reservations"). All rows of one run come from the same
-machine and process."""
+single-threaded: it is timed once per shape, under --threads, and compared to both rows. All rows
+of one run come from the same machine and process."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +39,8 @@ from walnet import ops  # noqa: E402
 
 #: (N, size) of the table; the pytest-benchmark suite uses the first.
 FZ_CONFIGS = [(8, 56), (64, 224), (1, 512)]
+#: A saturated GPU: timed on CUDA only, skimage's time scaled from the first config's.
+FZ_SATURATED = (4096, 56)
 #: The PGM's setting: (scale, sigma, min_size).
 FZ_PARAMS = (64.0, 0.5, 10)
 RGB_NAMES = ["astronaut", "chelsea", "coffee", "colorwheel", "hubble_deep_field", "immunohistochemistry", "retina",
@@ -98,9 +105,13 @@ def skimage_per_image(images_u8: np.ndarray, scale=FZ_PARAMS[0], sigma=FZ_PARAMS
     return [felzenszwalb(img, scale=scale, sigma=sigma, min_size=min_size, channel_axis=-1) for img in images_u8]
 
 
-def walnet_algorithms(device: str) -> list[str]:
-    """The algorithms the device's kernel runs ("auto" is the device's own)."""
-    return ["sequential", "reservations"] if device == "cpu" else ["auto", "reservations"]
+#: (column name, algorithm, round rules) of the table, per device type.
+COLUMNS = {
+    "cpu": [("sequential", "sequential", None), ("reservations", "reservations", None),
+            ("block", "block", None)],
+    "cuda": [("block", "block", None), ("reservations", "reservations", None),
+             ("reservations, no chain", "reservations", ops.RoundRules(chain=False))],
+}
 
 
 def main() -> None:
@@ -112,37 +123,47 @@ def main() -> None:
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device here")
+    on_cuda = args.device.startswith("cuda")
+    if on_cuda:
+        ops.set_preview_kernels(True)  # the warp kernel is a preview kernel until a GPU confirms it
     thread_counts = [args.threads]
     if not args.no_all_threads and args.all_threads != args.threads:
         thread_counts.append(args.all_threads)
     torch.set_num_threads(args.threads)
-    algorithms = walnet_algorithms(args.device)
+    columns = COLUMNS["cuda" if on_cuda else "cpu"]
     scale, sigma, min_size = FZ_PARAMS
     print(f"felzenszwalb on {args.device}: {machine(args.device)}")
     print(f"torch {torch.__version__}, walnet backends {sorted(ops.built_backends())}; "
           f"scale={scale:g}, sigma={sigma:g}, min_size={min_size}; skimage once per image, single-threaded\n")
-    names = [f"walnet {a} (ms)" for a in algorithms]
-    ratios = [f"skimage / {a}" for a in algorithms]
-    header = ["N x size", "threads", *names, "skimage (ms)", *ratios, "rounds merge / min_size"]
+    timed = [c for c in columns if c[1] != "sequential"]
+    header = ["N x size", "threads", *[f"{c[0]} (ms)" for c in columns], "skimage (ms)",
+              *[f"skimage / {c[0]}" for c in columns], *[f"rounds/image {c[0]}" for c in timed],
+              *[f"µs/round {c[0]}" for c in timed]]
     print("| " + " | ".join(header) + " |")
-    print("|---|---:|" + "---:|" * (2 * len(algorithms) + 2))
-    for n, size in FZ_CONFIGS:
+    print("|---|---:|" + "---:|" * (len(header) - 2))
+    configs = FZ_CONFIGS + ([FZ_SATURATED] if on_cuda else [])
+    sk_per_image = {}
+    for n, size in configs:
         u, x = fz_inputs(n, size, args.device)
         run = dict(min_run_time=args.min_run_time)
         torch.set_num_threads(args.threads)
-        sk = median_ms(lambda: skimage_per_image(u), threads=args.threads, **run)
-        _, rounds = ops.felzenszwalb(x, scale, sigma, min_size, algorithm="reservations", return_rounds=True)
-        mean_rounds = rounds.double().mean(0).tolist()
+        if (n, size) == FZ_SATURATED:
+            sk = sk_per_image[size] * n
+        else:
+            sk = median_ms(lambda: skimage_per_image(u), threads=args.threads, **run)
+            sk_per_image.setdefault(size, sk / n)
+        rounds = {}
+        for name, algorithm, rules in timed:
+            _, r = ops.felzenszwalb(x, scale, sigma, min_size, algorithm=algorithm, rules=rules, return_rounds=True)
+            rounds[name] = float(r.double().sum(1).mean())
         for threads in thread_counts:
             torch.set_num_threads(threads)
-            ms = [
-                median_ms(lambda a=a: ops.felzenszwalb(x, scale, sigma, min_size, algorithm=a), threads=threads, **run)
-                for a in algorithms
-            ]
-            cells = " | ".join(f"{m:.3f}" for m in ms)
-            rcells = " | ".join(f"{sk / m:.1f}×" for m in ms)
-            print(f"| {n} x {size}² | {threads} | {cells} | {sk:.1f} | {rcells} | "
-                  f"{mean_rounds[0]:.1f} / {mean_rounds[1]:.1f} |", flush=True)
+            ms = {name: median_ms(lambda a=a, r=r: ops.felzenszwalb(x, scale, sigma, min_size, algorithm=a, rules=r),
+                                  threads=threads, **run)
+                  for name, a, r in columns}
+            cells = [f"{ms[c[0]]:.3f}" for c in columns] + [f"{sk:.1f}"] + [f"{sk / ms[c[0]]:.1f}×" for c in columns]
+            cells += [f"{rounds[c[0]]:.1f}" for c in timed] + [f"{1e3 * ms[c[0]] / rounds[c[0]]:.2f}" for c in timed]
+            print(f"| {n} x {size}² | {threads} | " + " | ".join(cells) + " |", flush=True)
     torch.set_num_threads(args.threads)
 
 

@@ -26,8 +26,14 @@ TORCH_LIBRARY(walnet, m) {
   m.def("crop_resize(Tensor features, Tensor boxes, int out_height, int out_width, bool bilinear) -> Tensor");
   m.def("crop_resize_backward(Tensor grad, Tensor boxes, int in_height, int in_width, bool bilinear) -> Tensor");
   // Felzenszwalb superpixels (docs/design.md §6). weights: scipy's Gaussian kernel, centre first;
-  // k = scale / 255. reservations: Kruskal by deterministic reservations (the GPU's algorithm)
-  // rather than skimage's sequential Kruskal; both give the same labels. Returns labels [N,H,W]
-  // int32 and the reservation rounds [N,2] int32 (0 for the sequential algorithm).
-  m.def("felzenszwalb(Tensor images, float[] weights, float k, int min_size, bool reservations) -> (Tensor, Tensor)");
+  // k = scale / 255. algorithm: "sequential" (skimage's Kruskal, CPU), "reservations" (Kruskal by
+  // deterministic reservations in warp rounds, whose rules are window, compact, prefilter and
+  // chain) or "block" (reservations, 1,024-edge positional window); all give the same labels.
+  // Returns labels [N,H,W] int32 and the reservation rounds [N,2] int32 (0 for sequential).
+  m.def(
+      "felzenszwalb(Tensor images, float[] weights, float k, int min_size, str algorithm, int window, bool compact, "
+      "bool prefilter, bool chain) -> (Tensor, Tensor)");
+  // Where the CUDA warp kernel keeps the union-find state of an image of `pixels` pixels, given
+  // the dynamic shared memory a block may have: [layout (0 shared, 1 split, 2 global), bytes].
+  m.def("felzenszwalb_plan(int pixels, int shared_limit) -> int[]");
 }

@@ -9,6 +9,8 @@ import torch
 import walnet
 from walnet import ops
 
+from felzenszwalb_oracle import gpu_algorithms
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -50,16 +52,18 @@ def _attention(seed, n=4):
     return maps
 
 
-@pytest.mark.parametrize("algorithm", ["auto", "reservations"])
-def test_cuda_graph_felzenszwalb_replays_on_new_images(algorithm):
+@pytest.mark.parametrize("size", [56, 224])
+@pytest.mark.parametrize("algorithm", ["auto"] + gpu_algorithms("cuda"))
+def test_cuda_graph_felzenszwalb_replays_on_new_images(algorithm, size):
     def fn(x):
-        return ops.felzenszwalb(x, 64, 0.5, 10, algorithm=algorithm)
+        return ops.felzenszwalb(x, 64, 0.5, 10, algorithm=algorithm, return_rounds=True)
 
-    replay = _graphed(fn, _images(0))
+    replay = _graphed(fn, _images(0, size=size))
     for seed in (1, 2, 3):
-        x = _images(seed)
-        (got,) = replay(x)
-        assert torch.equal(got, fn(x)), seed
+        x = _images(seed, size=size)
+        got = replay(x)
+        want = fn(x)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), seed
 
 
 def test_cuda_graph_pseudo_mask_replays_on_new_inputs():

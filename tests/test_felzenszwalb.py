@@ -1,7 +1,7 @@
-"""Felzenszwalb superpixels (walnet.ops.felzenszwalb): the labels of both algorithms, the reference
+"""Felzenszwalb superpixels (walnet.ops.felzenszwalb): the labels of every algorithm, the reference
 and every device against skimage, the oracle (see felzenszwalb_oracle.py), on the corpus and on
 small, degenerate and threshold-straddling images; numbering, counts, rounds, layouts and
-determinism."""
+determinism. The round counts themselves are tested in test_felzenszwalb_rounds.py."""
 from __future__ import annotations
 
 import functools
@@ -15,7 +15,7 @@ from walnet import ops
 
 from conftest import DEVICES, HAS_CUDA
 from felzenszwalb_oracle import (BIG_GROUPS, CASES, PARAMS, PARAMS_224, assert_labels_equal, corpus,
-                                 group_float, kernel_variants, oracle, pid, require_op, shipped, skimage_labels,
+                                 gpu_algorithms, group_float, kernel_variants, oracle, pid, require_op, shipped, skimage_labels,
                                  small_groups, smooth_noise, stable_argsort, tiefree_group, u8_to_walnet,
                                  variant_name)
 
@@ -34,11 +34,29 @@ def test_sequential_equals_stable_skimage(group, params):
 
 
 @pytest.mark.parametrize("group, params", CASES)
-def test_reservations_equals_stable_skimage(group, params):
+@pytest.mark.parametrize("algorithm", ["reservations", "block"])
+def test_reservations_equals_stable_skimage(group, params, algorithm):
+    """Both GPU algorithms, as the CPU runs them step for step (default round rules)."""
     require_op("cpu")
     g = corpus()[group]
-    out = ops.felzenszwalb(g.images, *params, algorithm="reservations")
-    assert_labels_equal(out, oracle(group, params), g.names, f"reservations {group} {params}")
+    out = ops.felzenszwalb(g.images, *params, algorithm=algorithm)
+    assert_labels_equal(out, oracle(group, params), g.names, f"{algorithm} {group} {params}")
+
+
+#: Round rules other than the default, each changing the rounds but never the labels.
+OTHER_RULES = [ops.RoundRules(chain=False), ops.RoundRules(window=32), ops.RoundRules(compact=False, prefilter=False),
+               ops.RoundRules(window=32, compact=False, prefilter=False, chain=False)]
+
+
+@pytest.mark.parametrize("rules", OTHER_RULES, ids=repr)
+@pytest.mark.parametrize("group", ["ship-rgb56-u8", "ties56-rgb-u8", "ties56-gray-f64", "rand56-rgb-u8", "lfw25-f64",
+                                   "c2-48x40-f64", "crop-rgb-37x83-u8", "crop-gray-61x29-f32"])
+def test_round_rules_keep_the_labels(group, rules):
+    require_op("cpu")
+    g = corpus()[group]
+    for params in PARAMS[:5]:
+        out = ops.felzenszwalb(g.images, *params, algorithm="reservations", rules=rules)
+        assert_labels_equal(out, oracle(group, params), g.names, f"{rules} {group} {params}")
 
 
 @pytest.mark.parametrize("params", [PARAMS[0], PARAMS[2], PARAMS[4]], ids=pid)
@@ -48,7 +66,7 @@ def test_single_images_equal_their_batch(params):
     g = corpus()["ties56-rgb-u8"]
     batch = ops.felzenszwalb(g.images, *params, algorithm="sequential")
     for i in range(0, len(g), 3):
-        for algorithm in ("sequential", "reservations"):
+        for algorithm in ("sequential", "reservations", "block"):
             assert torch.equal(ops.felzenszwalb(g.images[i : i + 1], *params, algorithm=algorithm)[0], batch[i])
 
 
@@ -59,7 +77,7 @@ def test_unpatched_skimage_on_tie_free_images(params):
     require_op("cpu")
     g = tiefree_group()
     want = [skimage_labels(img, *params, tie_rule="numpy") for img in g.sk_inputs]
-    for algorithm in ("sequential", "reservations"):
+    for algorithm in ("sequential", "reservations", "block"):
         assert_labels_equal(ops.felzenszwalb(g.images, *params, algorithm=algorithm), want, g.names,
                             f"{algorithm} vs unpatched skimage {params}")
 
@@ -70,7 +88,7 @@ def test_unpatched_skimage_on_tie_free_224():
     imgs = [smooth_noise(rng, 224, 224, 3, 1.5), rng.random((224, 224, 3))]
     g = group_float([("smooth224", imgs[0]), ("uniform224", imgs[1])])
     want = [skimage_labels(img, 64, 0.5, 10, tie_rule="numpy") for img in imgs]
-    for algorithm in ("sequential", "reservations"):
+    for algorithm in ("sequential", "reservations", "block"):
         assert_labels_equal(ops.felzenszwalb(g.images, 64, 0.5, 10, algorithm=algorithm), want, g.names, algorithm)
 
 
@@ -230,7 +248,7 @@ def _check_numbering(labels: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("group", ["ship-rgb56-u8", "ties56-gray-f64", "rgb224-u8", "crop-rgb-37x83-u8"])
-@pytest.mark.parametrize("algorithm", ["sequential", "reservations"])
+@pytest.mark.parametrize("algorithm", ["sequential", "reservations", "block"])
 def test_numbering_and_segment_counts(group, algorithm):
     require_op("cpu")
     g = corpus()[group]
@@ -263,23 +281,24 @@ def test_rounds():
     assert rounds.dtype == torch.int32 and rounds.shape == (len(g), 2)
     assert (rounds == 0).all()
     assert torch.equal(labels, ops.felzenszwalb(x, 64, 0.5, 10, algorithm="sequential"))
-    plabels, prounds = ops.felzenszwalb(x, 64, 0.5, 10, algorithm="reservations", return_rounds=True)
-    assert torch.equal(plabels, labels)
-    assert prounds.dtype == torch.int32 and prounds.shape == (len(g), 2)
-    assert (prounds[:, 0] > 0).all()
     n_edges = 4 * 56 * 56
-    assert (prounds <= n_edges).all()
-    # small segments exist on noise at scale 1 with min_size 50: the min_size pass has work
-    noise = u8_to_walnet(np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8))
-    _, r = ops.felzenszwalb(noise, 1, 0.0, 50, algorithm="reservations", return_rounds=True)
-    assert (r > 0).all()
-    # scale 0: the merge pass merges nothing, yet its edges are still decided in rounds
-    _, r0 = ops.felzenszwalb(noise, 0, 0.0, 50, algorithm="reservations", return_rounds=True)
-    assert (r0 > 0).all()
-    # a single pixel has no edges: no round can be needed for it
-    _, r1 = ops.felzenszwalb(torch.rand(1, 3, 1, 1, dtype=torch.float64), algorithm="reservations",
-                             return_rounds=True)
-    assert r1.shape == (1, 2) and (r1 >= 0).all() and (r1 <= 1).all()
+    for algorithm in ("reservations", "block"):
+        plabels, prounds = ops.felzenszwalb(x, 64, 0.5, 10, algorithm=algorithm, return_rounds=True)
+        assert torch.equal(plabels, labels)
+        assert prounds.dtype == torch.int32 and prounds.shape == (len(g), 2)
+        assert (prounds[:, 0] > 0).all()
+        assert (prounds <= n_edges).all()
+        # small segments exist on noise at scale 1 with min_size 50: the min_size pass has work
+        noise = u8_to_walnet(np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8))
+        _, r = ops.felzenszwalb(noise, 1, 0.0, 50, algorithm=algorithm, return_rounds=True)
+        assert (r > 0).all()
+        # scale 0: the merge pass merges nothing, yet its edges are still decided in rounds
+        _, r0 = ops.felzenszwalb(noise, 0, 0.0, 50, algorithm=algorithm, return_rounds=True)
+        assert (r0 > 0).all()
+        # a single pixel has no edges: no round can be needed for it
+        _, r1 = ops.felzenszwalb(torch.rand(1, 3, 1, 1, dtype=torch.float64), algorithm=algorithm,
+                                 return_rounds=True)
+        assert r1.shape == (1, 2) and (r1 >= 0).all() and (r1 <= 1).all()
     # the reference runs the sequential algorithm: no rounds
     _, rr = ops.felzenszwalb(noise[:, :, :8, :8], 1, 0.0, 50, backend="reference", return_rounds=True)
     assert rr.shape == (2, 2) and rr.dtype == torch.int32 and (rr == 0).all()
@@ -291,21 +310,24 @@ def test_rounds():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("group", ["ship-rgb56-u8", "ties56-rgb-u8", "ship-gray56-f64", "c4-56-u8", "rgb224-u8"])
 def test_device_equals_sequential_cpu(device, group):
-    """The device's default path (the GPU algorithm on CUDA) equals the CPU's sequential labels."""
+    """The device's default path and every reservation algorithm it runs equal the CPU's
+    sequential labels, and each algorithm reports the rounds its CPU emulation reports."""
     require_op(device)
     require_op("cpu")
     g = corpus()[group]
     for params in (PARAMS_224 if group in BIG_GROUPS else PARAMS[:4]):
         sequential = ops.felzenszwalb(g.images, *params, algorithm="sequential")
-        for algorithm in ("auto", "reservations"):
+        for algorithm in ["auto"] + gpu_algorithms(device):
             labels, rounds = ops.felzenszwalb(g.images.to(device), *params, algorithm=algorithm, return_rounds=True)
             assert labels.device.type == device and rounds.device.type == device
             assert_labels_equal(labels, [e.numpy() for e in sequential], g.names, f"{device} {algorithm} {params}")
             counts = ops.segment_counts(labels)
             assert counts.device.type == device
             assert torch.equal(counts.cpu(), sequential.flatten(1).amax(1).long() + 1)
-            if algorithm == "reservations" or device != "cpu":
+            if algorithm != "auto":
                 assert (rounds[:, 0] > 0).all()
+                _, cpu_rounds = ops.felzenszwalb(g.images, *params, algorithm=algorithm, return_rounds=True)
+                assert torch.equal(rounds.cpu(), cpu_rounds), f"{device} {algorithm} {params}: rounds differ from the CPU's"
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")

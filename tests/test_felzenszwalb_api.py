@@ -14,8 +14,8 @@ from walnet import ops
 from walnet.ops import _dispatch, _library, reference
 
 from conftest import DEVICES, HAS_CUDA, spy_on
-from felzenszwalb_oracle import (PARAMS, assert_labels_equal, corpus, kernel_variants, oracle, require_op, shipped,
-                                 u8_to_walnet, variant_name)
+from felzenszwalb_oracle import (PARAMS, assert_labels_equal, corpus, gpu_algorithms, kernel_variants, oracle,
+                                 require_op, shipped, u8_to_walnet, variant_name)
 
 
 def test_defaults_are_skimages():
@@ -71,9 +71,65 @@ def test_backend_and_force_reference(monkeypatch):
     assert torch.equal(ops.felzenszwalb(x, 64, 0.5, 10, backend="reference"), want) and len(calls) == 1
     monkeypatch.setenv("WALNET_FORCE_REFERENCE", "1")
     assert torch.equal(ops.felzenszwalb(x, 64, 0.5, 10), want) and len(calls) == 2
-    for algorithm in ("sequential", "reservations"):
+    for algorithm in ("sequential", "reservations", "block"):
         assert torch.equal(ops.felzenszwalb(x, 64, 0.5, 10, algorithm=algorithm, backend="kernel"), want)
     assert len(calls) == 2
+
+
+def test_algorithm_choice_per_device():
+    """"auto" is "sequential" on the CPU and, on CUDA, the block kernel unless preview kernels are
+    on; CUDA's warp kernel ("reservations") is a preview kernel and "sequential" is CPU-only."""
+    from walnet.ops.felzenszwalb import _resolve_algorithm
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    with ops.preview_kernels(False):
+        assert _resolve_algorithm("auto", cpu) == "sequential"
+        assert _resolve_algorithm("auto", None) == "sequential"
+        assert _resolve_algorithm("auto", cuda) == "block"
+        for algorithm in ("sequential", "reservations", "block"):
+            assert _resolve_algorithm(algorithm, cpu) == algorithm
+        assert _resolve_algorithm("block", cuda) == "block"
+        with pytest.raises(ValueError, match="preview kernel not yet confirmed on a GPU"):
+            _resolve_algorithm("reservations", cuda)
+        with pytest.raises(ValueError, match="algorithm='sequential' runs on the CPU only"):
+            _resolve_algorithm("sequential", cuda)
+    with ops.preview_kernels(True):
+        assert _resolve_algorithm("auto", cuda) == "reservations"
+        assert _resolve_algorithm("reservations", cuda) == "reservations"
+        assert _resolve_algorithm("auto", cpu) == "sequential"
+
+
+def test_preview_setting_is_restored():
+    from walnet.ops._preview import preview_kernels_enabled
+
+    before = preview_kernels_enabled()
+    try:
+        ops.set_preview_kernels(True)
+        assert preview_kernels_enabled()
+        with ops.preview_kernels(False):
+            assert not preview_kernels_enabled()
+        assert preview_kernels_enabled()
+    finally:
+        ops.set_preview_kernels(before)
+    assert "felzenszwalb" in ops.PREVIEW
+
+
+def test_round_rules_arguments():
+    require_op("cpu")
+    x = u8_to_walnet(shipped("coffee")[None, 100:116, 200:218])
+    want = ops.felzenszwalb(x, 64, 0.5, 10)
+    assert torch.equal(ops.felzenszwalb(x, 64, 0.5, 10, algorithm="reservations", rules=ops.RoundRules(32)), want)
+    assert ops.RoundRules() == ops.RoundRules(window=64, compact=True, prefilter=True, chain=True)
+    for bad in (16, 128, 0, True, 64.0):
+        with pytest.raises(ValueError, match="window must be 32 or 64"):
+            ops.RoundRules(window=bad)
+    with pytest.raises(TypeError, match="RoundRules.chain must be a bool"):
+        ops.RoundRules(chain=1)
+    with pytest.raises(TypeError, match="rules must be a walnet.ops.RoundRules"):
+        ops.felzenszwalb(x, algorithm="reservations", rules={"window": 32})
+    for algorithm in ("auto", "sequential", "block"):
+        with pytest.raises(ValueError, match="rules apply to algorithm='reservations' only"):
+            ops.felzenszwalb(x, algorithm=algorithm, rules=ops.RoundRules())
 
 
 def test_no_kernel_for_the_device(monkeypatch):
@@ -145,7 +201,8 @@ def _bad_cases():
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"algorithm": "sequential"}, {"algorithm": "reservations"},
-                                    {"backend": "reference"}, {"backend": "kernel"}], ids=variant_name)
+                                    {"algorithm": "block"}, {"backend": "reference"}, {"backend": "kernel"}],
+                         ids=variant_name)
 @pytest.mark.parametrize("case", _bad_cases(), ids=lambda c: c[0])
 def test_bad_input(case, kwargs):
     _, args, case_kwargs, exc, name = case
@@ -166,7 +223,7 @@ def test_bad_input_keyword_arguments():
 
 
 def test_public_api():
-    for name in ("felzenszwalb", "segment_counts"):
+    for name in ("felzenszwalb", "segment_counts", "RoundRules"):
         assert name in ops.__all__
         assert getattr(ops, name).__doc__
 
@@ -190,10 +247,11 @@ def test_opcheck(device):
     images = u8_to_walnet(np.stack([u, u[::-1].copy()])).to(device)
     assert images.dtype == torch.float64 and images.is_contiguous()
     op = torch.ops.walnet.felzenszwalb.default
-    for reservations in (False, True):
-        torch.library.opcheck(op, (images, _scipy_weights(0.5), 64 / 255, 10, reservations))
-        torch.library.opcheck(op, (images[:, :1].contiguous(), _scipy_weights(2.0), 1 / 255, 0, reservations))
-        torch.library.opcheck(op, (images, _scipy_weights(0.8), 0.0, 20, reservations))
+    for algorithm in ["sequential"] * (device == "cpu") + gpu_algorithms(device):
+        rules = (algorithm, 64, True, True, True)
+        torch.library.opcheck(op, (images, _scipy_weights(0.5), 64 / 255, 10, *rules))
+        torch.library.opcheck(op, (images[:, :1].contiguous(), _scipy_weights(2.0), 1 / 255, 0, *rules))
+        torch.library.opcheck(op, (images, _scipy_weights(0.8), 0.0, 20, algorithm, 32, False, False, False))
 
 
 def test_direct_op_equals_wrapper():
@@ -201,27 +259,33 @@ def test_direct_op_equals_wrapper():
     require_op("cpu")
     g = corpus()["ship-rgb56-u8"]
     for scale, sigma, min_size in (PARAMS[0], PARAMS[2], PARAMS[3], (0, 0.8, 20)):
-        for reservations in (False, True):
+        for algorithm in ("sequential", "reservations", "block"):
             labels, rounds = torch.ops.walnet.felzenszwalb(g.images, _scipy_weights(sigma), scale / 255, min_size,
-                                                           reservations)
+                                                           algorithm, 64, True, True, True)
             assert_labels_equal(labels, oracle("ship-rgb56-u8", (scale, sigma, min_size)), g.names, "direct op")
             assert rounds.shape == (len(g), 2) and rounds.dtype == torch.int32
-            assert bool((rounds > 0).any()) == reservations
+            assert bool((rounds > 0).any()) == (algorithm != "sequential")
 
 
 def test_direct_op_checks_arguments():
     """torch.ops.walnet.felzenszwalb called without the wrapper still refuses bad arguments."""
     require_op("cpu")
     x = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    rules = ("reservations", 64, True, True, True)
     with pytest.raises(RuntimeError, match="images must be float64"):
-        torch.ops.walnet.felzenszwalb(x.float(), [1.0], 0.1, 10, False)
+        torch.ops.walnet.felzenszwalb(x.float(), [1.0], 0.1, 10, *rules)
     with pytest.raises(RuntimeError, match=r"images must be \[N,C,H,W\]"):
-        torch.ops.walnet.felzenszwalb(x[0], [1.0], 0.1, 10, False)
+        torch.ops.walnet.felzenszwalb(x[0], [1.0], 0.1, 10, *rules)
     for k in (-0.1, float("nan"), float("inf")):
         with pytest.raises(RuntimeError, match="k must be finite and >= 0"):
-            torch.ops.walnet.felzenszwalb(x, [1.0], k, 10, False)
+            torch.ops.walnet.felzenszwalb(x, [1.0], k, 10, *rules)
     with pytest.raises(RuntimeError, match="min_size >= 0"):
-        torch.ops.walnet.felzenszwalb(x, [1.0], 0.1, -1, True)
+        torch.ops.walnet.felzenszwalb(x, [1.0], 0.1, -1, *rules)
+    with pytest.raises(RuntimeError, match="algorithm must be 'sequential', 'reservations' or 'block'"):
+        torch.ops.walnet.felzenszwalb(x, [1.0], 0.1, 10, "parallel", 64, True, True, True)
+    for window in (0, 16, 65, 1024):
+        with pytest.raises(RuntimeError, match="window must be 32 or 64"):
+            torch.ops.walnet.felzenszwalb(x, [1.0], 0.1, 10, "reservations", window, True, True, True)
 
 
 def test_torch_compile_fullgraph():

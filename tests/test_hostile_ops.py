@@ -36,8 +36,8 @@ def test_felzenszwalb_huge_min_size_is_not_wrapped(kwargs):
 def test_felzenszwalb_raw_op_clamps_min_size():
     require_kernel("cpu")
     x = torch.rand(1, 3, 9, 11, dtype=torch.float64)
-    for reservations in (False, True):
-        labels, _ = torch.ops.walnet.felzenszwalb(x, [], 1 / 255, 2**40, reservations)
+    for algorithm in ("sequential", "reservations", "block"):
+        labels, _ = torch.ops.walnet.felzenszwalb(x, [], 1 / 255, 2**40, algorithm, 64, True, True, True)
         assert int(labels.max()) == 0
 
 

@@ -17,10 +17,10 @@ def test_runs_every_op_on_the_cpu(monkeypatch, capsys):
     assert sanitize_ops.main() == 0
     out = capsys.readouterr().out
     for op in ("fuse_attention", "superpixel_mean", "pseudo_mask", "mask_boxes", "roi_crop[3]",
-               "felzenszwalb rgb reservations[1]", "crop_resize bilinear backward",
+               "felzenszwalb rgb reservations[1]", "felzenszwalb gray block[1]", "crop_resize bilinear backward",
                "pseudo_mask bad labels", "crop_resize_backward bad boxes"):
         assert f"ok      {op} " in out, op
-    assert "23 of 23 outputs on cpu equal" in out
+    assert "31 of 31 outputs on cpu equal" in out
 
 
 def test_reports_a_difference(monkeypatch, capsys):

@@ -9,3 +9,14 @@
 #else
 #define WALNET_HD inline
 #endif
+
+// Unrolls the next loop (a fixed, small trip count) on the device and with GCC/Clang.
+#if defined(__CUDA_ARCH__)
+#define WALNET_UNROLL _Pragma("unroll")
+#elif defined(__clang__)
+#define WALNET_UNROLL _Pragma("clang loop unroll(full)")
+#elif defined(__GNUC__)
+#define WALNET_UNROLL _Pragma("GCC unroll 4")
+#else
+#define WALNET_UNROLL
+#endif

@@ -1,22 +1,28 @@
 // CPU kernel of the Felzenszwalb op: images in parallel across threads, each run serially, by
-// one of two algorithms that give the same labels (skimage's). reservations=false: skimage's
-// sequential Kruskal. reservations=true: the GPU's algorithm, Kruskal by deterministic
-// reservations, round by round with the same step functions the CUDA kernel runs, so that a
-// CPU-only build tests the GPU's rounds.
+// one of three algorithms that give the same labels (skimage's). "sequential": skimage's
+// Kruskal. "reservations" and "block": the CUDA kernels' algorithms, Kruskal by deterministic
+// reservations, round by round with the same code the CUDA kernels run (warp_rounds.h: one warp
+// per image; felzenszwalb.h: the 1,024-thread block per image), so that a CPU-only build tests
+// the GPU's rounds and reports the same round counts.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <tuple>
 #include <vector>
 
 #include "../common/checks.h"
 #include "felzenszwalb.h"
+#include "felzenszwalb_args.h"
+#include "warp_rounds.h"
 
 namespace walnet {
 namespace {
+
+using fz::Algorithm;
 
 struct ImageScratch {
   std::vector<double> tmp, smooth, weight, ew;
@@ -25,6 +31,12 @@ struct ImageScratch {
   std::vector<uint64_t> keys, keys_tmp;
   std::vector<double> cint;
   std::vector<uint8_t> decided;
+  // "reservations": the sorted edges, the warp's shared memory and the state in the index type
+  // of the CUDA kernel's layout for the image size.
+  std::vector<fz::SortedEdge> edges;
+  std::unique_ptr<fz::WarpScratch> warp = std::make_unique<fz::WarpScratch>();
+  std::vector<uint16_t> parent16, size16;
+  std::vector<float> tau;
 };
 
 // Gaussian smoothing of a C x H x W float64 image as scipy: rows (axis 0), then columns.
@@ -106,9 +118,10 @@ int32_t run_sequential(const fz::PassState& st, int64_t E) {
   return 0;
 }
 
-// One pass by deterministic reservations; each phase is a loop over the window in place of the
-// GPU's threads (the phases are separated as the GPU separates them by barriers).
-int32_t run_reservations(const fz::PassState& st, int64_t E) {
+// One pass by deterministic reservations as the "block" CUDA kernel runs it; each phase is a loop
+// over the window in place of the GPU's threads (the phases are separated as the GPU separates
+// them by barriers).
+int32_t run_block(const fz::PassState& st, int64_t E) {
   int32_t rounds = 0;
   int64_t start = 0;
   std::vector<uint8_t> bidding(fz::kWindow);
@@ -125,11 +138,31 @@ int32_t run_reservations(const fz::PassState& st, int64_t E) {
   return rounds;
 }
 
+// "reservations": the CUDA kernel's warp rounds, lanes one after the other.
+template <typename Index>
+void run_warp(std::vector<Index>& parent, std::vector<Index>& size, int64_t HW, int64_t E, double k, int32_t min_size,
+              const fz::RoundRules& rules, ImageScratch& s, int32_t* labels, int32_t* rounds) {
+  parent.resize(HW), size.resize(HW), s.tau.resize(HW);
+  const fz::Forest<Index> forest{parent.data(), size.data(), s.tau.data()};
+  fz::segment_warp(warp::Warp{}, *s.warp, forest, s.edges.data(), HW, E, k, min_size, rules, labels, rounds);
+}
+
 void segment_image(const double* img, int64_t C, int64_t H, int64_t W, at::ArrayRef<double> weights, double k,
-                   int64_t min_size, bool reservations, ImageScratch& s, int32_t* labels, int32_t* rounds) {
+                   int64_t min_size, Algorithm algorithm, const fz::RoundRules& rules, ImageScratch& s,
+                   int32_t* labels, int32_t* rounds) {
   const int64_t HW = H * W, E = fz::edge_counts(H, W).total();
   smooth_image(img, C, H, W, weights, s);
   sorted_edges(C, H, W, s);
+  if (algorithm == Algorithm::kReservations) {
+    s.edges.resize(E);
+    for (int64_t i = 0; i < E; ++i) s.edges[i] = {s.ep[i], s.eq[i], s.ew[i]};
+    // The index type of the state follows the layout an sm_90 GPU would use for this image.
+    if (fz::warp_plan(HW, fz::kSm90SharedBytes).layout == fz::StateLayout::kGlobal)
+      run_warp(s.parent, s.size, HW, E, k, fz::min_size_i32(min_size), rules, s, labels, rounds);
+    else
+      run_warp(s.parent16, s.size16, HW, E, k, fz::min_size_i32(min_size), rules, s, labels, rounds);
+    return;
+  }
   s.parent.resize(HW), s.size.assign(HW, 1), s.cint.assign(HW, 0.0), s.bids.assign(HW, fz::kNoBid);
   for (int64_t p = 0; p < HW; ++p) s.parent[p] = static_cast<int32_t>(p);
   s.ra.resize(E), s.rb.resize(E);
@@ -139,14 +172,17 @@ void segment_image(const double* img, int64_t C, int64_t H, int64_t W, at::Array
     st.min_size_pass = pass == 1;
     s.decided.assign(E, 0);
     st.decided = s.decided.data();
-    rounds[pass] = reservations ? run_reservations(st, E) : run_sequential(st, E);
+    rounds[pass] = algorithm == Algorithm::kBlock ? run_block(st, E) : run_sequential(st, E);
   }
   fz::number_components(s.parent.data(), HW, labels);
 }
 
 std::tuple<at::Tensor, at::Tensor> felzenszwalb_cpu(const at::Tensor& images_, at::ArrayRef<double> weights,
-                                                    double k, int64_t min_size, bool reservations) {
+                                                    double k, int64_t min_size, c10::string_view algorithm_name,
+                                                    int64_t window, bool compact, bool prefilter, bool chain) {
   check_images(images_, k, min_size);
+  const Algorithm algorithm = fz::parse_algorithm(algorithm_name);
+  const fz::RoundRules rules = fz::round_rules(window, compact, prefilter, chain);
   const auto images = images_.contiguous();
   const int64_t N = images.size(0), C = images.size(1), H = images.size(2), W = images.size(3);
   auto labels = at::empty({N, H, W}, images.options().dtype(at::kInt));
@@ -157,15 +193,28 @@ std::tuple<at::Tensor, at::Tensor> felzenszwalb_cpu(const at::Tensor& images_, a
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     ImageScratch scratch;
     for (int64_t n = begin; n < end; ++n)
-      segment_image(pi + n * C * H * W, C, H, W, weights, k, min_size, reservations, scratch, pl + n * H * W, pr + 2 * n);
+      segment_image(pi + n * C * H * W, C, H, W, weights, k, min_size, algorithm, rules, scratch, pl + n * H * W,
+                    pr + 2 * n);
   });
   return {labels, rounds};
+}
+
+std::vector<int64_t> felzenszwalb_plan(int64_t pixels, int64_t shared_limit) {
+  TORCH_CHECK(pixels > 0 && pixels < (int64_t(1) << 30), "felzenszwalb_plan: pixels must be in [1, 2^30), got ",
+              pixels);
+  const fz::WarpPlan plan = fz::warp_plan(pixels, shared_limit);
+  return {static_cast<int64_t>(plan.layout), plan.shared_bytes};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(walnet, CPU, m) {
   m.impl("felzenszwalb", &felzenszwalb_cpu);
+}
+
+// No tensor arguments: one kernel for every device.
+TORCH_LIBRARY_IMPL(walnet, CompositeExplicitAutograd, m) {
+  m.impl("felzenszwalb_plan", &felzenszwalb_plan);
 }
 
 }  // namespace walnet

@@ -1,11 +1,13 @@
-// CUDA kernel of the Felzenszwalb op: the same labels as the CPU op, bit for bit. It always runs
-// Kruskal by deterministic reservations (the `reservations` argument is ignored: both
-// algorithms give the same labels).
+// CUDA kernels of the Felzenszwalb op: the same labels as the CPU op, bit for bit, by Kruskal by
+// deterministic reservations ("sequential" is CPU-only).
 // Per batch: Gaussian smoothing (rows, then columns) and edge weights in float64 without FMA;
-// a segmented stable sort of every image's edges by weight (CUB); then one thread block per
-// image runs Kruskal by deterministic reservations — the rounds of felzenszwalb.h, a window of
-// kWindow sorted edges per round, inside one kernel — and numbers the components in raster
-// order with a block-wide scan. Nothing is read back by the host.
+// a segmented stable sort of every image's edges by weight (CUB); then all rounds of both passes
+// and the numbering of the components inside one kernel, by one of two:
+//   "reservations": kruskal_warp_kernel, one warp per image running the rounds of warp_rounds.h
+//     with the image's state in shared memory where it fits (fz::warp_plan), no block barrier;
+//   "block": kruskal_kernel, one 1,024-thread block per image running the rounds of
+//     felzenszwalb.h (a positional window of kWindow sorted edges, state in global memory).
+// Nothing is read back by the host.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -20,6 +22,8 @@
 #include "../common/checks.h"
 #include "../common/cuda_launch.cuh"
 #include "felzenszwalb.h"
+#include "felzenszwalb_args.h"
+#include "warp_rounds.h"
 
 namespace walnet {
 namespace {
@@ -60,6 +64,72 @@ __global__ void gather_sorted_kernel(const int32_t* index, int64_t H, int64_t W,
   WALNET_GRID_STRIDE(i, total) {
     fz::edge_endpoints(index[i], H, W, ep + i, eq + i);
   }
+}
+
+// The sorted edges as records (endpoints and weight) for the warp kernel's ring.
+__global__ void gather_records_kernel(const int32_t* index, const double* weight, int64_t H, int64_t W,
+                                      int64_t total, fz::SortedEdge* out) {
+  WALNET_GRID_STRIDE(i, total) {
+    fz::SortedEdge e;
+    fz::edge_endpoints(index[i], H, W, &e.p, &e.q);
+    e.w = weight[i];
+    out[i] = e;
+  }
+}
+
+// One warp (one block) per image: both passes of warp_rounds.h and the numbering. The state of
+// the image is in shared memory after the warp's scratch (Index = uint16_t: parent, size and,
+// with kTauShared, tau) or in global memory (Index = int32_t).
+template <typename Index, bool kTauShared>
+__global__ void __launch_bounds__(warp::kLanes)
+    kruskal_warp_kernel(fz::SortedEdge* edges, int64_t E, int64_t HW, Index* g_parent, Index* g_size, float* g_tau,
+                        double k, int32_t min_size, fz::RoundRules rules, int32_t* labels, int32_t* rounds) {
+  extern __shared__ __align__(16) unsigned char shared[];
+  auto& scratch = *reinterpret_cast<fz::WarpScratch*>(shared);
+  const int64_t n = blockIdx.x;
+  unsigned char* state = shared + fz::scratch_bytes();
+  fz::Forest<Index> f;
+  if constexpr (sizeof(Index) == 2) {
+    f.parent = reinterpret_cast<Index*>(state);
+    f.size = f.parent + HW;
+  } else {
+    f.parent = g_parent + n * HW;
+    f.size = g_size + n * HW;
+  }
+  if constexpr (kTauShared) {
+    f.tau = reinterpret_cast<float*>(state + 4 * HW);
+  } else {
+    f.tau = g_tau + n * HW;
+  }
+  fz::segment_warp(warp::Warp{}, scratch, f, edges + n * E, HW, E, k, min_size, rules, labels + n * HW, rounds + 2 * n);
+}
+
+template <typename Index, bool kTauShared>
+void launch_warp(const fz::WarpPlan& plan, fz::SortedEdge* edges, int64_t N, int64_t E, int64_t HW, double k,
+                 int32_t min_size, const fz::RoundRules& rules, const at::TensorOptions& opts, at::Tensor& labels,
+                 at::Tensor& rounds) {
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  auto kernel = kruskal_warp_kernel<Index, kTauShared>;
+  if (plan.shared_bytes > 48 * 1024)
+    AT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(plan.shared_bytes)));
+  // Global state where the layout keeps it out of shared memory.
+  at::Tensor forest, tau;
+  Index *parent = nullptr, *size = nullptr;
+  float* tau_ptr = nullptr;
+  if constexpr (sizeof(Index) == 4) {
+    forest = at::empty({2, N * HW}, opts.dtype(at::kInt));
+    parent = reinterpret_cast<Index*>(forest[0].mutable_data_ptr<int32_t>());
+    size = reinterpret_cast<Index*>(forest[1].mutable_data_ptr<int32_t>());
+  }
+  if constexpr (!kTauShared) {
+    tau = at::empty({N * HW}, opts.dtype(at::kFloat));
+    tau_ptr = tau.mutable_data_ptr<float>();
+  }
+  kernel<<<N, warp::kLanes, plan.shared_bytes, stream>>>(edges, E, HW, parent, size, tau_ptr, k, min_size, rules,
+                                                        labels.mutable_data_ptr<int32_t>(),
+                                                        rounds.mutable_data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 struct ImageBuffers {
@@ -133,8 +203,13 @@ __global__ void __launch_bounds__(kWindow) kruskal_kernel(ImageBuffers b, int64_
 }
 
 std::tuple<at::Tensor, at::Tensor> felzenszwalb_cuda(const at::Tensor& images_, at::ArrayRef<double> weights,
-                                                     double k, int64_t min_size, bool /*reservations: always*/) {
+                                                     double k, int64_t min_size, c10::string_view algorithm_name,
+                                                     int64_t window, bool compact, bool prefilter, bool chain) {
   check_images(images_, k, min_size);
+  const fz::Algorithm algorithm = fz::parse_algorithm(algorithm_name);
+  TORCH_CHECK(algorithm != fz::Algorithm::kSequential,
+              "felzenszwalb: algorithm='sequential' runs on the CPU only; CUDA runs 'reservations' or 'block'");
+  const fz::RoundRules rules = fz::round_rules(window, compact, prefilter, chain);
   const c10::cuda::CUDAGuard guard(images_.device());
   const auto stream = at::cuda::getCurrentCUDAStream();
   const auto images = images_.contiguous();
@@ -182,6 +257,23 @@ std::tuple<at::Tensor, at::Tensor> felzenszwalb_cuda(const at::Tensor& images_, 
         temp.mutable_data_ptr(), temp_bytes, keys.const_data_ptr<double>(), keys_sorted.mutable_data_ptr<double>(),
         index.const_data_ptr<int32_t>(), index_sorted.mutable_data_ptr<int32_t>(), static_cast<int>(total),
         static_cast<int>(N), off, off + 1, stream));
+    if (algorithm == fz::Algorithm::kReservations) {
+      auto records = at::empty({total * static_cast<int64_t>(sizeof(fz::SortedEdge))}, opts.dtype(at::kByte));
+      auto* edges = reinterpret_cast<fz::SortedEdge*>(records.mutable_data_ptr());
+      gather_records_kernel<<<grid_for(total), kBlock, 0, stream>>>(index_sorted.const_data_ptr<int32_t>(),
+                                                                    keys_sorted.const_data_ptr<double>(), H, W, total,
+                                                                    edges);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const fz::WarpPlan plan = fz::warp_plan(HW, at::cuda::getDeviceProperties(images.get_device())->sharedMemPerBlockOptin);
+      const int32_t ms = fz::min_size_i32(min_size);
+      if (plan.layout == fz::StateLayout::kShared)
+        launch_warp<uint16_t, true>(plan, edges, N, E, HW, k, ms, rules, opts, labels, rounds);
+      else if (plan.layout == fz::StateLayout::kSplit)
+        launch_warp<uint16_t, false>(plan, edges, N, E, HW, k, ms, rules, opts, labels, rounds);
+      else
+        launch_warp<int32_t, false>(plan, edges, N, E, HW, k, ms, rules, opts, labels, rounds);
+      return {labels, rounds};
+    }
     auto ep = at::empty({total}, opts.dtype(at::kInt)), eq = at::empty_like(ep);
     gather_sorted_kernel<<<grid_for(total), kBlock, 0, stream>>>(index_sorted.const_data_ptr<int32_t>(), H, W, total,
                                                                  ep.mutable_data_ptr<int32_t>(), eq.mutable_data_ptr<int32_t>());

@@ -6,7 +6,7 @@ from walnet.ops import reference
 from walnet.ops._checks import BACKENDS, set_value_checks, value_checks
 from walnet.ops._library import build_info, built_backends
 from walnet.ops._preview import PREVIEW, preview_kernels, set_preview_kernels
-from walnet.ops.felzenszwalb import ALGORITHMS, felzenszwalb, segment_counts
+from walnet.ops.felzenszwalb import ALGORITHMS, RoundRules, felzenszwalb, segment_counts
 from walnet.ops.pgm import fuse_attention, pseudo_mask, superpixel_mean
 from walnet.ops.rcm import ROI_METHODS, crop_resize, mask_boxes, roi_crop
 
@@ -16,6 +16,7 @@ __all__ = [
     "IGNORE_INDEX",
     "PREVIEW",
     "ROI_METHODS",
+    "RoundRules",
     "build_info",
     "built_backends",
     "crop_resize",

@@ -1,0 +1,32 @@
+// The Felzenszwalb op's algorithm arguments, parsed and checked once for the CPU and CUDA entry
+// points (the Python wrapper checks them first, with friendlier messages).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+#include "warp_rounds.h"
+
+namespace walnet {
+namespace fz {
+
+// "sequential": skimage's Kruskal (CPU); "reservations": the warp rounds of warp_rounds.h;
+// "block": the 1,024-thread block rounds of felzenszwalb.h.
+enum class Algorithm { kSequential, kReservations, kBlock };
+
+inline Algorithm parse_algorithm(c10::string_view name) {
+  if (name == "sequential") return Algorithm::kSequential;
+  if (name == "reservations") return Algorithm::kReservations;
+  TORCH_CHECK(name == "block", "felzenszwalb: algorithm must be 'sequential', 'reservations' or 'block', got '",
+              std::string(name), "'");
+  return Algorithm::kBlock;
+}
+
+inline RoundRules round_rules(int64_t window, bool compact, bool prefilter, bool chain) {
+  TORCH_CHECK(window == 32 || window == kMaxWindow, "felzenszwalb: window must be 32 or 64, got ", window);
+  return {static_cast<int32_t>(window), compact, prefilter, chain};
+}
+
+}  // namespace fz
+}  // namespace walnet
