@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Device check (`make device-check`): run on a machine with an NVIDIA GPU (about 15 minutes on an
+# Device check (`make device-check`): run on a machine with an NVIDIA GPU (about 20 minutes on an
 # H100/H200 with a prebuilt extension). PARTS picks what runs, so that each part fits one short
-# command: PARTS=checks (steps 2-3, about 8 minutes), PARTS=tables (4-5, about 7 minutes);
-# default both.
+# command: PARTS=kernels (step K, at most 8 minutes), PARTS=checks (steps 2-3, about 8 minutes),
+# PARTS=tables (4-5, about 7 minutes); default all three.
+#   K. the preview kernels (walnet.ops.PREVIEW), with WALNET_PREVIEW_KERNELS=1: their CUDA tests
+#      (labels and round counts equal to the CPU's on the corpus, CUDA-graph replays), then
+#      compute-sanitizer memcheck, racecheck and synccheck on benchmarks/sanitize_ops.py (every
+#      state layout of the warp kernel, forced on small images), then old-vs-new timings in one
+#      process each (felzenszwalb_table: block vs warp kernel; rcm_table: per level vs one pass;
+#      pgm_table: the PGM with the preview kernels). A preview kernel becomes the default once this
+#      part passes on a GPU.
 #   1. uses walnet/_C.abi3.so as it is when it loads with CUDA kernels (a prebuilt extension,
 #      carried to the machine), else builds one for the visible card;
 #   2. runs every CUDA case of the op and model tests (-k cuda), without stopping at the first
@@ -58,12 +65,31 @@ OP_TESTS=(tests/test_cuda_graphs.py tests/test_fuse_attention.py tests/test_supe
           tests/test_mask_boxes.py tests/test_crop_resize.py tests/test_crop_resize_backward.py tests/test_roi_crop.py
           tests/test_felzenszwalb.py tests/test_felzenszwalb_api.py tests/test_felzenszwalb_skimage.py
           tests/test_models.py tests/test_step.py tests/test_train.py)
-PARTS=${PARTS:-checks,tables}
+PARTS=${PARTS:-kernels,checks,tables}
+SANITIZER=${SANITIZER:-compute-sanitizer}
+command -v "$SANITIZER" >/dev/null || SANITIZER=/usr/local/cuda/bin/compute-sanitizer
+
+if [[ ,$PARTS, == *,kernels,* ]]; then
+PREVIEW_TESTS=(tests/test_felzenszwalb.py tests/test_felzenszwalb_api.py tests/test_felzenszwalb_skimage.py
+               tests/test_felzenszwalb_rounds.py tests/test_cuda_graphs.py tests/test_roi_crop.py tests/test_rcm_levels.py)
+step "preview kernels: CUDA tests" "${LIMIT_PREVIEW_TESTS:-240}" env WALNET_PREVIEW_KERNELS=1 "$PY" -m pytest \
+  "${PREVIEW_TESTS[@]}" -q -k cuda -p no:cacheprovider -p no:randomly
+for tool in memcheck racecheck synccheck; do
+  step "preview kernels: compute-sanitizer $tool" "$LIMIT_SANITIZER" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+    "$SANITIZER" --tool "$tool" --error-exitcode 1 --target-processes all "$PY" benchmarks/sanitize_ops.py \
+    --device cuda
+done
+step "preview kernels: felzenszwalb_table cuda" "$LIMIT_TABLE" "$PY" benchmarks/felzenszwalb_table.py --device cuda \
+  --min-run-time "$MIN_RUN_TIME"
+step "preview kernels: rcm_table cuda" "$LIMIT_TABLE" env WALNET_PREVIEW_KERNELS=1 "$PY" benchmarks/rcm_table.py \
+  --device cuda --min-run-time "$MIN_RUN_TIME"
+step "preview kernels: pgm_table cuda" "$LIMIT_TABLE" env WALNET_PREVIEW_KERNELS=1 "$PY" benchmarks/pgm_table.py \
+  --device cuda --min-run-time "$MIN_RUN_TIME"
+fi
+
 if [[ ,$PARTS, == *,checks,* ]]; then
 step "CUDA tests" "$LIMIT_TESTS" "$PY" -m pytest "${OP_TESTS[@]}" -q -k cuda -p no:cacheprovider -p no:randomly
 
-SANITIZER=${SANITIZER:-compute-sanitizer}
-command -v "$SANITIZER" >/dev/null || SANITIZER=/usr/local/cuda/bin/compute-sanitizer
 for tool in memcheck racecheck synccheck; do
   step "compute-sanitizer $tool" "$LIMIT_SANITIZER" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
     "$SANITIZER" --tool "$tool" --error-exitcode 1 --target-processes all "$PY" benchmarks/sanitize_ops.py --device cuda

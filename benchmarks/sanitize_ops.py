@@ -16,9 +16,20 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from walnet import ops  # noqa: E402
+from walnet.ops.felzenszwalb import SM90_SHARED_BYTES, _weights, warp_plan  # noqa: E402
+
+def layout_limits(height: int, width: int) -> dict[str, int]:
+    """The shared memory to plan with for each of the warp kernel's state layouts (the largest
+    that gives it) on an image of height x width."""
+    shared = warp_plan(height, width, SM90_SHARED_BYTES)
+    assert shared[0] == "shared", shared
+    split = warp_plan(height, width, shared[1] - 1)
+    assert split[0] == "split", split
+    assert warp_plan(height, width, split[1] - 1)[0] == "global"
+    return {"shared": shared[1], "split": split[1], "global": split[1] - 1}
 
 
-def _inputs(seed: int = 0, with_large: bool = False) -> dict:
+def _inputs(seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     n = 3
     a1, a2, a3 = (torch.rand(n, h, w, generator=g) for h, w in ((20, 24), (10, 12), (5, 6)))
@@ -31,14 +42,8 @@ def _inputs(seed: int = 0, with_large: bool = False) -> dict:
     bad_labels = labels.long().clone()
     bad_labels[0, 0, 0], bad_labels[1, 5, 7], bad_labels[2, 19, 23] = -1, 20 * 24, 2**40
     bad_boxes = torch.tensor([[-5, -5, 100, 100], [9, 3, 2, 1], [2**30, 4, 2**31 - 1, 5]], dtype=torch.int32)
-    large = {}
-    if with_large:
-        # rows of pixels whose state does not fit the warp's shared memory on sm_90 ("split": the
-        # thresholds in global memory; "global": all of it), few edges each
-        large = {f"1x{w}": torch.rand(1, 1, 1, w, generator=g, dtype=torch.float64) for w in (30000, 60000)}
     return dict(a1=a1, a2=a2, a3=a3, images=images, labels=labels, levels=levels, seg_logits=seg_logits,
-                boxes=boxes, grad=torch.randn(n, 8, 17, 31, generator=g), bad_labels=bad_labels, bad_boxes=bad_boxes,
-                large=large)
+                boxes=boxes, grad=torch.randn(n, 8, 17, 31, generator=g), bad_labels=bad_labels, bad_boxes=bad_boxes)
 
 
 def _run_ops(x: dict) -> dict:
@@ -60,9 +65,11 @@ def _run_ops(x: dict) -> dict:
     for rules in (ops.RoundRules(window=32, compact=False, prefilter=False, chain=False), ops.RoundRules(chain=False)):
         out[f"felzenszwalb reservations {rules}"] = list(
             ops.felzenszwalb(x["images"], 1, 0.5, 20, algorithm="reservations", rules=rules, return_rounds=True))
-    for name, images in x["large"].items():  # the warp kernel's other state layouts
-        out[f"felzenszwalb reservations {name}"] = list(
-            ops.felzenszwalb(images, 64, 0.5, 10, algorithm="reservations", return_rounds=True))
+    # the warp kernel's three state layouts, forced on small images by the shared memory it may plan with
+    weights = _weights(0.5)
+    for layout, limit in layout_limits(*x["images"].shape[-2:]).items():
+        out[f"felzenszwalb reservations {layout} layout"] = list(torch.ops.walnet.felzenszwalb(
+            x["images"], weights, 64 / 255, 10, "reservations", 64, True, True, True, limit))
     # what the value checks would refuse, straight to the kernels: a defined result, no stray access
     out["pseudo_mask bad labels"] = torch.ops.walnet.pseudo_mask(x["a1"], x["a2"], x["a3"], x["bad_labels"], 0.18)
     out["crop_resize bad boxes"] = torch.ops.walnet.crop_resize(x["levels"][0], x["bad_boxes"], 17, 31, True)
@@ -77,8 +84,6 @@ def _run_ops(x: dict) -> dict:
 
 
 def _to(value, device):
-    if isinstance(value, dict):
-        return {k: _to(v, device) for k, v in value.items()}
     if isinstance(value, list):
         return [t.to(device) for t in value]
     return value.to(device)
@@ -95,14 +100,12 @@ def _flatten(out: dict) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--large", action="store_true",
-                        help="also Felzenszwalb on images too large for the warp kernel's shared memory")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type not in ops.built_backends():
         print(f"walnet has no {device.type} kernels in this build: {sorted(ops.built_backends())}")
         return 1
-    x = _inputs(with_large=args.large)
+    x = _inputs()
     with ops.preview_kernels(True):  # the preview kernels too: this program is how they are checked
         want = _flatten(_run_ops(x))
         on_device = {k: _to(v, device) for k, v in x.items()}

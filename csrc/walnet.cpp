@@ -29,10 +29,12 @@ TORCH_LIBRARY(walnet, m) {
   // k = scale / 255. algorithm: "sequential" (skimage's Kruskal, CPU), "reservations" (Kruskal by
   // deterministic reservations in warp rounds, whose rules are window, compact, prefilter and
   // chain) or "block" (reservations, 1,024-edge positional window); all give the same labels.
+  // shared_limit: the shared memory the warp kernel may plan with (0: the device's; the CPU plans
+  // with sm_90's), so that tests can run every state layout on small images.
   // Returns labels [N,H,W] int32 and the reservation rounds [N,2] int32 (0 for sequential).
   m.def(
       "felzenszwalb(Tensor images, float[] weights, float k, int min_size, str algorithm, int window, bool compact, "
-      "bool prefilter, bool chain) -> (Tensor, Tensor)");
+      "bool prefilter, bool chain, int shared_limit=0) -> (Tensor, Tensor)");
   // Where the CUDA warp kernel keeps the union-find state of an image of `pixels` pixels, given
   // the dynamic shared memory a block may have: [layout (0 shared, 1 split, 2 global), bytes].
   m.def("felzenszwalb_plan(int pixels, int shared_limit) -> int[]");

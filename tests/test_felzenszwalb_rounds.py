@@ -15,13 +15,15 @@ import pytest
 import torch
 
 from walnet import ops
-from walnet.ops.felzenszwalb import SM90_SHARED_BYTES, warp_plan
+from walnet.ops.felzenszwalb import SM90_SHARED_BYTES, _weights, warp_plan
 
-from felzenszwalb_oracle import assert_labels_equal, require_op, u8_to_walnet
+from conftest import DEVICES, HAS_CUDA
+from felzenszwalb_oracle import PARAMS, assert_labels_equal, corpus, require_op, u8_to_walnet
 from felzenszwalb_rounds import reservation_rounds, sorted_edges
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.felzenszwalb_table import FZ_PARAMS, fz_images_u8  # noqa: E402
+from benchmarks.sanitize_ops import layout_limits  # noqa: E402
 
 ALL_RULES = [ops.RoundRules(w, c, p, ch) for w, c, p, ch in itertools.product((32, 64), (True, False), (True, False),
                                                                                (True, False))]
@@ -186,3 +188,58 @@ def test_labels_at_the_layout_boundaries():
         for rules in (ops.RoundRules(), ops.RoundRules(window=32, compact=False, prefilter=False, chain=False)):
             got = ops.felzenszwalb(x, *FZ_PARAMS, algorithm="reservations", rules=rules)
             assert torch.equal(got, want), f"{h}x{w} ({warp_plan(h, w, SM90_SHARED_BYTES)[0]}) {rules}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("group", ["ship-rgb56-u8", "ties56-gray-f64", "crop-rgb-37x83-u8"])
+def test_every_state_layout(device, group):
+    """The warp kernel's three state layouts (shared, split, global), forced on small images by
+    the shared memory it may plan with: the same labels and rounds as each other and as the
+    CPU's default plan. (On the CPU the global layout's int32 state replaces uint16.)"""
+    require_op(device)
+    require_op("cpu")
+    g = corpus()[group]
+    for scale, sigma, min_size in PARAMS[:3]:
+        args = (_weights(sigma), scale / 255, min_size, "reservations", 64, True, True, True)
+        want_labels, want_rounds = torch.ops.walnet.felzenszwalb(g.images, *args)
+        assert_labels_equal(want_labels, list(ops.felzenszwalb(g.images, scale, sigma, min_size).numpy()), g.names,
+                            "default plan")
+        for layout, limit in layout_limits(*g.images.shape[-2:]).items():
+            labels, rounds = torch.ops.walnet.felzenszwalb(g.images.to(device), *args, limit)
+            assert torch.equal(labels.cpu(), want_labels), f"{device} {layout} layout {group}"
+            assert torch.equal(rounds.cpu(), want_rounds), f"{device} {layout} layout {group}: rounds"
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("rules", ALL_RULES, ids=repr)
+def test_cuda_rounds_equal_the_cpu(rules):
+    """The warp kernel on a GPU counts the rounds its CPU emulation counts, image by image, with
+    the same labels: 8 x 56^2 with every rule, 16 x 224^2 (the split layout) with the default."""
+    require_op("cuda")
+    configs = [(8, 56)] + ([(16, 224)] if rules == ops.RoundRules() else [])
+    with ops.preview_kernels(True):
+        for n, size in configs:
+            x = u8_to_walnet(fz_images_u8(n, size))
+            cpu = ops.felzenszwalb(x, *FZ_PARAMS, algorithm="reservations", rules=rules, return_rounds=True)
+            cuda = ops.felzenszwalb(x.cuda(), *FZ_PARAMS, algorithm="reservations", rules=rules, return_rounds=True)
+            assert torch.equal(cuda[0].cpu(), cpu[0]), f"{n} x {size}: labels"
+            assert torch.equal(cuda[1].cpu(), cpu[1]), f"{n} x {size}: rounds"
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_cuda_labels_at_the_layout_boundaries():
+    """The largest image of each layout of this GPU's plan and one pixel more."""
+    require_op("cuda")
+    rng = np.random.default_rng(4)
+    order = ("shared", "split", "global")
+    with ops.preview_kernels(True):
+        for layout in ("shared", "split"):
+            lo, hi = 1, 1 << 20
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if order.index(warp_plan(1, mid)[0]) <= order.index(layout) else (lo, mid)
+            for n in (lo, lo + 1):
+                x = u8_to_walnet((rng.integers(0, 4, (1, 1, n, 3)) * 85).astype(np.uint8))
+                cpu = ops.felzenszwalb(x, *FZ_PARAMS, algorithm="reservations", return_rounds=True)
+                cuda = ops.felzenszwalb(x.cuda(), *FZ_PARAMS, algorithm="reservations", return_rounds=True)
+                assert torch.equal(cuda[0].cpu(), cpu[0]) and torch.equal(cuda[1].cpu(), cpu[1]), (layout, n)

@@ -18,9 +18,10 @@ def test_runs_every_op_on_the_cpu(monkeypatch, capsys):
     out = capsys.readouterr().out
     for op in ("fuse_attention", "superpixel_mean", "pseudo_mask", "mask_boxes", "roi_crop[3]",
                "felzenszwalb rgb reservations[1]", "felzenszwalb gray block[1]", "crop_resize bilinear backward",
+               "felzenszwalb reservations global layout[1]",
                "pseudo_mask bad labels", "crop_resize_backward bad boxes"):
         assert f"ok      {op} " in out, op
-    assert "31 of 31 outputs on cpu equal" in out
+    assert "37 of 37 outputs on cpu equal" in out
 
 
 def test_reports_a_difference(monkeypatch, capsys):

@@ -28,5 +28,12 @@ inline RoundRules round_rules(int64_t window, bool compact, bool prefilter, bool
   return {static_cast<int32_t>(window), compact, prefilter, chain};
 }
 
+// The shared memory the warp kernel plans with: the caller's limit where given (> 0), capped by
+// the device's.
+inline int64_t shared_limit_for(int64_t requested, int64_t device_limit) {
+  TORCH_CHECK(requested >= 0, "felzenszwalb: shared_limit must be >= 0, got ", requested);
+  return requested > 0 && requested < device_limit ? requested : device_limit;
+}
+
 }  // namespace fz
 }  // namespace walnet

@@ -148,16 +148,16 @@ void run_warp(std::vector<Index>& parent, std::vector<Index>& size, int64_t HW, 
 }
 
 void segment_image(const double* img, int64_t C, int64_t H, int64_t W, at::ArrayRef<double> weights, double k,
-                   int64_t min_size, Algorithm algorithm, const fz::RoundRules& rules, ImageScratch& s,
-                   int32_t* labels, int32_t* rounds) {
+                   int64_t min_size, Algorithm algorithm, const fz::RoundRules& rules, int64_t shared_limit,
+                   ImageScratch& s, int32_t* labels, int32_t* rounds) {
   const int64_t HW = H * W, E = fz::edge_counts(H, W).total();
   smooth_image(img, C, H, W, weights, s);
   sorted_edges(C, H, W, s);
   if (algorithm == Algorithm::kReservations) {
     s.edges.resize(E);
     for (int64_t i = 0; i < E; ++i) s.edges[i] = {s.ep[i], s.eq[i], s.ew[i]};
-    // The index type of the state follows the layout an sm_90 GPU would use for this image.
-    if (fz::warp_plan(HW, fz::kSm90SharedBytes).layout == fz::StateLayout::kGlobal)
+    // The index type of the state follows the layout the CUDA kernel would use for this image.
+    if (fz::warp_plan(HW, shared_limit).layout == fz::StateLayout::kGlobal)
       run_warp(s.parent, s.size, HW, E, k, fz::min_size_i32(min_size), rules, s, labels, rounds);
     else
       run_warp(s.parent16, s.size16, HW, E, k, fz::min_size_i32(min_size), rules, s, labels, rounds);
@@ -179,10 +179,12 @@ void segment_image(const double* img, int64_t C, int64_t H, int64_t W, at::Array
 
 std::tuple<at::Tensor, at::Tensor> felzenszwalb_cpu(const at::Tensor& images_, at::ArrayRef<double> weights,
                                                     double k, int64_t min_size, c10::string_view algorithm_name,
-                                                    int64_t window, bool compact, bool prefilter, bool chain) {
+                                                    int64_t window, bool compact, bool prefilter, bool chain,
+                                                    int64_t shared_limit) {
   check_images(images_, k, min_size);
   const Algorithm algorithm = fz::parse_algorithm(algorithm_name);
   const fz::RoundRules rules = fz::round_rules(window, compact, prefilter, chain);
+  const int64_t limit = fz::shared_limit_for(shared_limit, fz::kSm90SharedBytes);
   const auto images = images_.contiguous();
   const int64_t N = images.size(0), C = images.size(1), H = images.size(2), W = images.size(3);
   auto labels = at::empty({N, H, W}, images.options().dtype(at::kInt));
@@ -193,8 +195,8 @@ std::tuple<at::Tensor, at::Tensor> felzenszwalb_cpu(const at::Tensor& images_, a
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     ImageScratch scratch;
     for (int64_t n = begin; n < end; ++n)
-      segment_image(pi + n * C * H * W, C, H, W, weights, k, min_size, algorithm, rules, scratch, pl + n * H * W,
-                    pr + 2 * n);
+      segment_image(pi + n * C * H * W, C, H, W, weights, k, min_size, algorithm, rules, limit, scratch,
+                    pl + n * H * W, pr + 2 * n);
   });
   return {labels, rounds};
 }

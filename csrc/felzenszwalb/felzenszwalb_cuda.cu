@@ -204,13 +204,16 @@ __global__ void __launch_bounds__(kWindow) kruskal_kernel(ImageBuffers b, int64_
 
 std::tuple<at::Tensor, at::Tensor> felzenszwalb_cuda(const at::Tensor& images_, at::ArrayRef<double> weights,
                                                      double k, int64_t min_size, c10::string_view algorithm_name,
-                                                     int64_t window, bool compact, bool prefilter, bool chain) {
+                                                     int64_t window, bool compact, bool prefilter, bool chain,
+                                                     int64_t shared_limit) {
   check_images(images_, k, min_size);
   const fz::Algorithm algorithm = fz::parse_algorithm(algorithm_name);
   TORCH_CHECK(algorithm != fz::Algorithm::kSequential,
               "felzenszwalb: algorithm='sequential' runs on the CPU only; CUDA runs 'reservations' or 'block'");
   const fz::RoundRules rules = fz::round_rules(window, compact, prefilter, chain);
   const c10::cuda::CUDAGuard guard(images_.device());
+  const int64_t limit =
+      fz::shared_limit_for(shared_limit, at::cuda::getDeviceProperties(images_.get_device())->sharedMemPerBlockOptin);
   const auto stream = at::cuda::getCurrentCUDAStream();
   const auto images = images_.contiguous();
   const int64_t N = images.size(0), C = images.size(1), H = images.size(2), W = images.size(3), HW = H * W;
@@ -264,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor> felzenszwalb_cuda(const at::Tensor& images_, 
                                                                     keys_sorted.const_data_ptr<double>(), H, W, total,
                                                                     edges);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      const fz::WarpPlan plan = fz::warp_plan(HW, at::cuda::getDeviceProperties(images.get_device())->sharedMemPerBlockOptin);
+      const fz::WarpPlan plan = fz::warp_plan(HW, limit);
       const int32_t ms = fz::min_size_i32(min_size);
       if (plan.layout == fz::StateLayout::kShared)
         launch_warp<uint16_t, true>(plan, edges, N, E, HW, k, ms, rules, opts, labels, rounds);

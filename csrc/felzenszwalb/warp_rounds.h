@@ -4,7 +4,7 @@
 // a machine without a GPU it reproduces the GPU kernel's labels and its round counts.
 //
 // A round over a window of up to 64 sorted, undecided edges (two slots per lane):
-//   1. finds:   each slot's two current roots (path halving); an edge inside one component is
+//   1. finds:   each slot's two current roots; an edge inside one component is
 //               decided (dropped), and so, in the min_size pass, is one whose two sides both
 //               have min_size pixels (sizes only grow);
 //   2. bids:    every other slot sets its bit in the bid masks of its two roots (a hash table of
@@ -106,18 +106,29 @@ WALNET_HD WarpPlan warp_plan(int64_t HW, int64_t shared_limit) {
 }
 
 // --- union-find --------------------------------------------------------------------------------
+// Lanes that run concurrently only read the forest; a pointer is rewritten only by the lane that
+// owns its component in that step (the lane deciding an edge owns both of its components), so no
+// two lanes ever race on shared memory (compute-sanitizer's racecheck stays clean).
 
-// Root of x with path halving. Concurrent lanes may halve the same path: every write moves a
-// pointer to an ancestor, so any interleaving leaves a valid forest with the same roots.
 template <typename Index>
-WALNET_HD int32_t find_halving(Index* parent, int32_t x) {
+WALNET_HD int32_t root_of(const Index* parent, int32_t x) {
   while (true) {
     const int32_t p = parent[x];
     if (p == x) return x;
-    const int32_t g = parent[p];
-    parent[x] = static_cast<Index>(g);
-    x = g;
+    x = p;
   }
+}
+
+// Root of x, every node on the way re-pointed at it (the caller owns x's component).
+template <typename Index>
+WALNET_HD int32_t compress_path(Index* parent, int32_t x) {
+  const int32_t root = root_of(parent, x);
+  while (x != root) {
+    const int32_t next = parent[x];
+    parent[x] = static_cast<Index>(root);
+    x = next;
+  }
+  return root;
 }
 
 // --- the bid table -----------------------------------------------------------------------------
@@ -127,7 +138,7 @@ WALNET_HD int bid_home(int32_t root) {
 }
 
 // Sets `slot`'s bit in the mask of `root` (claiming a hash slot for it if needed); returns the
-// hash slot, which the release step clears.
+// hash slot, which the release step clears (the root's first bidder does).
 WALNET_HD int place_bid(WarpScratch& s, int32_t root, int slot) {
   int h = bid_home(root);
   while (true) {
@@ -231,8 +242,11 @@ WALNET_HD void commit_winner(WarpScratch& s, int cur, const Pass<Index>& pass, c
     const bool only_to_r = (mask_other & ~mask_r) == 0;
     if (j != j0 && warp::lowest64(mask_other) != j && !only_to_r) break;
     s.decided[cur][j] = 1;
-    if (find_halving(pass.f.parent, other) == hub) continue;  // merged into the hub earlier in the chain
-    const bool merged = decide(pass, s.window[cur][j].w, hub, hub_size, hub_tau, other, r_is_a ? s.tb[j] : s.ta[j]);
+    if (root_of(pass.f.parent, other) == hub) continue;  // merged into the hub earlier in the chain
+    const SortedEdge e = s.window[cur][j];
+    const bool merged = decide(pass, e.w, hub, hub_size, hub_tau, other, r_is_a ? s.tb[j] : s.ta[j]);
+    compress_path(pass.f.parent, e.p);  // this lane owns both sides: shorten the next finds
+    compress_path(pass.f.parent, e.q);
     if (!rules.chain || (merged && !only_to_r)) break;
   }
 }
@@ -289,7 +303,7 @@ WALNET_UNROLL
         live[h][lane] = false;
         if (h >= slots || slot >= filled || s.decided[cur][slot]) continue;
         const SortedEdge e = s.window[cur][slot];
-        const int32_t a = find_halving(pass.f.parent, e.p), b = find_halving(pass.f.parent, e.q);
+        const int32_t a = root_of(pass.f.parent, e.p), b = root_of(pass.f.parent, e.q);
         if (a == b || (pass.min_size_pass && pass.f.size[a] >= pass.min_size && pass.f.size[b] >= pass.min_size)) {
           s.decided[cur][slot] = 1;
           continue;
@@ -308,26 +322,28 @@ WALNET_UNROLL
     warp.sync();
 
     // Commit: the winners (and their chains).
+    warp::Lanes<bool> first_on_a[2], first_on_b[2];
     warp.each([&](int lane) {
 WALNET_UNROLL
       for (int h = 0; h < 2; ++h) {
         const int slot = lane + warp::kLanes * h;
         if (h >= slots || !live[h][lane]) continue;
         const uint64_t mask_a = bids_on(s, s.ra[slot]), mask_b = bids_on(s, s.rb[slot]);
-        if (warp::lowest64(mask_a) == slot && warp::lowest64(mask_b) == slot)
-          commit_winner(s, cur, pass, rules, slot, mask_a, mask_b);
+        first_on_a[h][lane] = warp::lowest64(mask_a) == slot;
+        first_on_b[h][lane] = warp::lowest64(mask_b) == slot;
+        if (first_on_a[h][lane] && first_on_b[h][lane]) commit_winner(s, cur, pass, rules, slot, mask_a, mask_b);
       }
     });
     warp.sync();
 
-    // Release the bids; wait for the ring's edges of the next refill (all but the copies issued
-    // this round, which the refill after next may need).
+    // Release the bids (each root's first bidder clears its entry); wait for the ring's edges of
+    // the next refill (all but the copies issued this round, which the refill after next may need).
     warp.each([&](int lane) {
 WALNET_UNROLL
       for (int h = 0; h < 2; ++h) {
         if (h >= slots || !live[h][lane]) continue;
-        clear_bid(s, home_a[h][lane]);
-        clear_bid(s, home_b[h][lane]);
+        if (first_on_a[h][lane]) clear_bid(s, home_a[h][lane]);
+        if (first_on_b[h][lane]) clear_bid(s, home_b[h][lane]);
       }
     });
     warp::wait_async<1>();
@@ -356,16 +372,27 @@ WALNET_UNROLL
   return rounds;
 }
 
-// The prefilter of the min_size pass: keeps, in order and in place, the edges whose two sides
-// are different components with one of them below min_size; returns how many. (An edge dropped
-// here would be dropped by the finds of any later round: components only merge, sizes only grow.)
+// Points every pixel straight at its root: the roots are found first (into `scratch`, HW ints),
+// then written, so that no lane rewrites a pointer another lane is following.
 template <typename Index>
-WALNET_HD int64_t prefilter(const warp::Warp& warp, SortedEdge* edges, int64_t E, int64_t HW, const Forest<Index>& f,
-                            int32_t min_size) {
+WALNET_HD void flatten(const warp::Warp& warp, const Forest<Index>& f, int64_t HW, int32_t* scratch) {
   warp.each([&](int lane) {
-    for (int64_t p = lane; p < HW; p += warp::kLanes) f.parent[p] = static_cast<Index>(find_halving(f.parent, static_cast<int32_t>(p)));
+    for (int64_t p = lane; p < HW; p += warp::kLanes) scratch[p] = root_of(f.parent, static_cast<int32_t>(p));
   });
   warp.sync();
+  warp.each([&](int lane) {
+    for (int64_t p = lane; p < HW; p += warp::kLanes) f.parent[p] = static_cast<Index>(scratch[p]);
+  });
+  warp.sync();
+}
+
+// The prefilter of the min_size pass on a flattened forest: keeps, in order and in place, the
+// edges whose two sides are different components with one of them below min_size; returns how
+// many. (An edge dropped here would be dropped by the finds of any later round: components only
+// merge, sizes only grow.)
+template <typename Index>
+WALNET_HD int64_t prefilter(const warp::Warp& warp, SortedEdge* edges, int64_t E, const Forest<Index>& f,
+                            int32_t min_size) {
   int64_t kept = 0;
   for (int64_t base = 0; base < E; base += warp::kLanes) {
     warp::Lanes<bool> keep;
@@ -397,7 +424,7 @@ WALNET_HD void number_roots(const warp::Warp& warp, const Forest<Index>& f, int6
     warp::Lanes<bool> is_root;
     warp.each([&](int lane) {
       const int64_t p = base + lane;
-      is_root[lane] = p < HW && find_halving(f.parent, static_cast<int32_t>(p)) == p;
+      is_root[lane] = p < HW && f.parent[p] == p;
     });
     const uint32_t mask = warp.ballot(is_root);
     warp.each([&](int lane) {
@@ -408,8 +435,7 @@ WALNET_HD void number_roots(const warp::Warp& warp, const Forest<Index>& f, int6
   warp.sync();
   warp.each([&](int lane) {
     for (int64_t p = lane; p < HW; p += warp::kLanes) {
-      const int32_t r = find_halving(f.parent, static_cast<int32_t>(p));
-      if (r != p) labels[p] = labels[r];
+      if (f.parent[p] != p) labels[p] = labels[root_of(f.parent, static_cast<int32_t>(p))];
     }
   });
 }
@@ -434,7 +460,10 @@ WALNET_HD void segment_warp(const warp::Warp& warp, WarpScratch& s, const Forest
   Pass<Index> pass{f, edges, E, k, min_size, false};
   const int32_t merge_rounds = run_pass(warp, s, pass, rules);
   pass.min_size_pass = true;
-  if (rules.prefilter) pass.count = prefilter(warp, edges, E, HW, f, min_size);
+  if (rules.prefilter) {
+    flatten(warp, f, HW, labels);  // the labels are written last: scratch until then
+    pass.count = prefilter(warp, edges, E, f, min_size);
+  }
   const int32_t min_size_rounds = run_pass(warp, s, pass, rules);
   number_roots(warp, f, HW, labels);
   warp.each([&](int lane) {

@@ -220,6 +220,7 @@ def segment_counts(labels: torch.Tensor) -> torch.Tensor:
 if _library.LOADED:
 
     @torch.library.register_fake("walnet::felzenszwalb")
-    def _felzenszwalb_fake(images, weights, k, min_size, algorithm, window, compact, prefilter, chain):
+    def _felzenszwalb_fake(images, weights, k, min_size, algorithm, window, compact, prefilter, chain,
+                           shared_limit=0):
         n, _, h, w = images.shape
         return images.new_empty((n, h, w), dtype=torch.int32), images.new_empty((n, 2), dtype=torch.int32)
