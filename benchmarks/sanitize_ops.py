@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from walnet import ops  # noqa: E402
 from walnet.ops.felzenszwalb import SM90_SHARED_BYTES, _weights, warp_plan  # noqa: E402
 
+
 def layout_limits(height: int, width: int) -> dict[str, int]:
     """The shared memory to plan with for each of the warp kernel's state layouts (the largest
     that gives it) on an image of height x width."""
