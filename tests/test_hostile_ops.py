@@ -244,5 +244,5 @@ def test_bad_level_boxes_are_clamped_without_value_checks(device):
     for level, (a, b) in enumerate(zip(got, want)):
         assert torch.equal(a, b)
         h, w = features[level].shape[-2:]
-        assert torch.equal(a, torch.ops.walnet.crop_resize_backward(grads[level], clamped[:, level].contiguous().to(device),
-                                                                    h, w, False))
+        level_boxes = clamped[:, level].contiguous().to(device)
+        assert torch.equal(a, torch.ops.walnet.crop_resize_backward(grads[level], level_boxes, h, w, False))

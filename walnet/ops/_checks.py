@@ -213,7 +213,8 @@ def as_boxes(boxes, features: torch.Tensor) -> torch.Tensor:
 
 def check_sizes(sizes, name: str, max_count: int) -> list[tuple[int, int]]:
     """A non-empty list (or tuple) of at most `max_count` (H, W) pairs, each as :func:`check_size`."""
-    if not isinstance(sizes, (list, tuple)) or (len(sizes) == 2 and all(isinstance(s, numbers.Integral) for s in sizes)):
+    pair = isinstance(sizes, (list, tuple)) and len(sizes) == 2 and all(isinstance(s, numbers.Integral) for s in sizes)
+    if not isinstance(sizes, (list, tuple)) or pair:
         raise TypeError(f"{name} must be a list of (H, W) pairs, one per level, got {sizes!r}")
     if not 1 <= len(sizes) <= max_count:
         raise ValueError(f"{name} must hold 1 to {max_count} levels, got {len(sizes)}")
@@ -242,7 +243,8 @@ def as_levels(levels, name: str, max_count: int) -> list[torch.Tensor]:
         check_same_batch(f, f"{name}[{i}]", levels[0], first)
         check_same_device(f, f"{name}[{i}]", levels[0], first)
         if f.dtype != levels[0].dtype:
-            raise TypeError(f"{name}[{i}] is {f.dtype} but {first} is {levels[0].dtype}; the levels must share one dtype")
+            raise TypeError(f"{name}[{i}] is {f.dtype} but {first} is {levels[0].dtype}; the levels must share one "
+                            "dtype")
     for i, f in enumerate(levels):
         if not sample_fits_int32(f):
             raise ValueError(f"{name}[{i}] must have fewer than 2^31 elements per sample, got {tuple(f.shape)}")

@@ -201,6 +201,10 @@ def roi_crop(
     Returns:
         The transformed map(s), same shapes as the input. A sample with no foreground at a level
         passes unchanged through every method but "rwm".
+
+    On the kernel path the crop methods find every level's box with one :func:`roi_boxes` and
+    crop every level with one :func:`crop_levels` (on CUDA only while preview kernels are
+    enabled, see walnet.ops.PREVIEW; else level by level), with the reference's result.
     """
     single = isinstance(features, torch.Tensor)
     levels = [features] if single else list(features)
