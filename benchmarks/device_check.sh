@@ -63,6 +63,7 @@ fi
 # The op, model and training-step tests.
 OP_TESTS=(tests/test_cuda_graphs.py tests/test_fuse_attention.py tests/test_superpixel_mean.py tests/test_pseudo_mask.py tests/test_pgm.py
           tests/test_mask_boxes.py tests/test_crop_resize.py tests/test_crop_resize_backward.py tests/test_roi_crop.py
+          tests/test_roi_boxes.py tests/test_crop_levels.py tests/test_hostile_ops.py
           tests/test_felzenszwalb.py tests/test_felzenszwalb_api.py tests/test_felzenszwalb_skimage.py
           tests/test_models.py tests/test_step.py tests/test_train.py)
 PARTS=${PARTS:-kernels,checks,tables}

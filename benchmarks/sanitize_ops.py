@@ -43,8 +43,17 @@ def _inputs(seed: int = 0) -> dict:
     bad_labels = labels.long().clone()
     bad_labels[0, 0, 0], bad_labels[1, 5, 7], bad_labels[2, 19, 23] = -1, 20 * 24, 2**40
     bad_boxes = torch.tensor([[-5, -5, 100, 100], [9, 3, 2, 1], [2**30, 4, 2**31 - 1, 5]], dtype=torch.int32)
+    # per level (the levels above, channels_last mixed in): bad boxes, clamped by the kernels
+    bad_level_boxes = torch.stack([bad_boxes, bad_boxes.flip(1), bad_boxes // 3, -bad_boxes], dim=1)
+    mixed = [f.contiguous(memory_format=torch.channels_last) if i % 2 else f for i, f in enumerate(levels)]
+    # sizes beyond the CUDA kernels' shared-memory tables: computed per element instead
+    wide_prob = torch.rand(1, 2, 33000, generator=g)
+    wide_level = torch.randn(1, 1, 2, 9000, generator=g)
     return dict(a1=a1, a2=a2, a3=a3, images=images, labels=labels, levels=levels, seg_logits=seg_logits,
-                boxes=boxes, grad=torch.randn(n, 8, 17, 31, generator=g), bad_labels=bad_labels, bad_boxes=bad_boxes)
+                boxes=boxes, grad=torch.randn(n, 8, 17, 31, generator=g), bad_labels=bad_labels, bad_boxes=bad_boxes,
+                mixed=mixed, level_grads=[torch.randn(f.shape, generator=g) for f in mixed],
+                bad_level_boxes=bad_level_boxes, wide_prob=wide_prob, wide_level=wide_level,
+                wide_box=torch.tensor([[[0, 4000, 1, 4100]]], dtype=torch.int32))
 
 
 def _run_ops(x: dict) -> dict:
@@ -81,6 +90,21 @@ def _run_ops(x: dict) -> dict:
         crop = ops.crop_resize(f, x["boxes"], (17, 31), mode)
         (grad,) = torch.autograd.grad(crop, f, x["grad"])
         out[f"crop_resize {mode}"], out[f"crop_resize {mode} backward"] = crop.detach(), grad
+    # the one-pass RCM (preview kernels on CUDA): the ops themselves and roi_crop through them
+    prob = x["seg_logits"].softmax(1)[:, 1]
+    sizes = [f.shape[-1] for f in x["levels"]]
+    level_boxes = torch.ops.walnet.roi_boxes(prob, sizes, sizes, 0.5, 1 / 7)
+    out["roi_boxes"] = level_boxes
+    out["crop_levels"] = list(torch.ops.walnet.crop_levels(x["mixed"], level_boxes))
+    out["crop_levels_backward"] = list(torch.ops.walnet.crop_levels_backward(x["level_grads"], level_boxes))
+    with ops.preview_kernels(True):
+        out["roi_crop one-pass"] = ops.roi_crop(x["mixed"], x["seg_logits"], "bg_rm_crop")
+    out["crop_levels bad boxes"] = list(torch.ops.walnet.crop_levels(x["mixed"], x["bad_level_boxes"]))
+    out["crop_levels_backward bad boxes"] = list(
+        torch.ops.walnet.crop_levels_backward(x["level_grads"], x["bad_level_boxes"]))
+    out["roi_boxes wide map"] = torch.ops.walnet.roi_boxes(x["wide_prob"], [2, 5], [33000, 999], 0.9, 0.01)
+    out["crop_levels wide level"] = torch.ops.walnet.crop_levels([x["wide_level"]], x["wide_box"])[0]
+    out["crop_levels_backward wide level"] = torch.ops.walnet.crop_levels_backward([x["wide_level"]], x["wide_box"])[0]
     return out
 
 

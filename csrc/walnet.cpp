@@ -25,6 +25,11 @@ TORCH_LIBRARY(walnet, m) {
   m.def("mask_boxes(Tensor prob, int height, int width, float threshold, float dilation) -> Tensor");
   m.def("crop_resize(Tensor features, Tensor boxes, int out_height, int out_width, bool bilinear) -> Tensor");
   m.def("crop_resize_backward(Tensor grad, Tensor boxes, int in_height, int in_width, bool bilinear) -> Tensor");
+  // The one-pass RCM over 1 to 8 levels: every level's mask_boxes (int32 [N,L,4]), every level's
+  // nearest crop_resize back to its own size with boxes[:, l], and that crop's transpose.
+  m.def("roi_boxes(Tensor prob, int[] heights, int[] widths, float threshold, float dilation) -> Tensor");
+  m.def("crop_levels(Tensor[] features, Tensor boxes) -> Tensor[]");
+  m.def("crop_levels_backward(Tensor[] grads, Tensor boxes) -> Tensor[]");
   // Felzenszwalb superpixels (docs/design.md §6). weights: scipy's Gaussian kernel, centre first;
   // k = scale / 255. algorithm: "sequential" (skimage's Kruskal, CPU), "reservations" (Kruskal by
   // deterministic reservations in warp rounds, whose rules are window, compact, prefilter and

@@ -88,22 +88,49 @@ def test_cuda_graph_pgm_replays_on_new_inputs():
         assert torch.equal(got, pgm(inputs[0], inputs[1:])), seed
 
 
+def _levels(seed):
+    g = torch.Generator().manual_seed(seed)
+    levels = [torch.rand(4, c, s, s, generator=g).cuda() for c, s in ((8, 56), (8, 28), (8, 14), (16, 7))]
+    levels[1] = levels[1].contiguous(memory_format=torch.channels_last)
+    return levels
+
+
+def _seg(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    return (torch.randn(4, 2, 56, 56, generator=g) * 3).cuda()
+
+
+@pytest.mark.parametrize("preview", [False, True], ids=["per-level", "one-pass"])
 @pytest.mark.parametrize("method", ops.ROI_METHODS)
-def test_cuda_graph_roi_crop_replays_on_new_inputs(method):
-    def features(seed):
-        g = torch.Generator().manual_seed(seed)
-        return [torch.rand(4, c, s, s, generator=g).cuda() for c, s in ((8, 56), (8, 28), (8, 14), (16, 7))]
-
-    def seg(seed):
-        g = torch.Generator().manual_seed(100 + seed)
-        return (torch.randn(4, 2, 56, 56, generator=g) * 3).cuda()
-
+def test_cuda_graph_roi_crop_replays_on_new_inputs(method, preview):
     def fn(f1, f2, f3, f4, s):
-        return tuple(ops.roi_crop([f1, f2, f3, f4], s, method))
+        with ops.preview_kernels(preview):
+            return tuple(ops.roi_crop([f1, f2, f3, f4], s, method))
 
-    replay = _graphed(fn, *features(0), seg(0))
+    replay = _graphed(fn, *_levels(0), _seg(0))
     for seed in (1, 2, 3):
-        inputs = (*features(seed), seg(seed))
+        inputs = (*_levels(seed), _seg(seed))
         got = replay(*inputs)
         for a, b in zip(got, fn(*inputs)):
+            assert torch.equal(a, b), seed
+
+
+def test_cuda_graph_one_pass_rcm_ops_replay_on_new_inputs():
+    """roi_boxes, crop_levels and crop_levels_backward (the preview kernels of the one-pass RCM)
+    captured once: boxes, crops and gradients of new inputs, bit for bit as run eagerly."""
+    sizes = [56, 28, 14, 7]
+
+    def fn(f1, f2, f3, f4, s, g1, g2, g3, g4):
+        boxes = torch.ops.walnet.roi_boxes(torch.softmax(s, dim=1)[:, 1], sizes, sizes, 0.5, 1 / 7)
+        crops = torch.ops.walnet.crop_levels([f1, f2, f3, f4], boxes)
+        grads = torch.ops.walnet.crop_levels_backward([g1, g2, g3, g4], boxes)
+        return (boxes, *crops, *grads)
+
+    replay = _graphed(fn, *_levels(0), _seg(0), *_levels(50))
+    for seed in (1, 2, 3):
+        inputs = (*_levels(seed), _seg(seed), *_levels(50 + seed))
+        got = replay(*inputs)
+        want = fn(*inputs)
+        assert len(got) == 9
+        for a, b in zip(got, want):
             assert torch.equal(a, b), seed

@@ -2,7 +2,7 @@
 types (Felzenszwalb's min_size and sigma, mask_boxes' dilation and size), and a defined result,
 never an out-of-bounds access, where bad labels or boxes reach the kernels with the value checks
 off (sync-free CUDA training runs so): an invalid label is ignored (NaN mean, pseudo-mask 255),
-a box is clamped into the map."""
+a box is clamped into the map (also each level's box of crop_levels)."""
 from __future__ import annotations
 
 import numpy as np
@@ -217,3 +217,32 @@ def test_bad_boxes_are_clamped_without_value_checks(device, mode):
     (want_grad,) = torch.autograd.grad(reference.crop_resize(ref_f, _clamped(boxes, 9, 11), (6, 7), mode), ref_f,
                                        grad)
     torch.testing.assert_close(got_grad.cpu(), want_grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_level_boxes_are_clamped_without_value_checks(device):
+    """crop_levels and its backward clamp every level's boxes into that level's map, as crop_resize
+    does: the result of the clamped boxes, bit for bit."""
+    require_kernel(device)
+    g = torch.Generator().manual_seed(3)
+    features = [torch.randn(4, 3, 9, 11, generator=g, dtype=torch.float64),
+                torch.randn(4, 2, 5, 4, generator=g, dtype=torch.float64).contiguous(memory_format=torch.channels_last)]
+    level0 = [[-5, -5, 100, 100], [7, 3, 2, 1], [2**30, 4, 2**31 - 1, 5], [-(2**31), 0, -3, 10]]
+    level1 = [[0, 0, 4, 3], [-1, 2, 2, 9], [4, 3, 4, 3], [3, -7, 1, -2]]
+    boxes = torch.tensor([[a, b] for a, b in zip(level0, level1)], dtype=torch.int32)
+    with pytest.raises(ValueError, match="is not a box"):
+        ops.crop_levels(features, boxes)
+    clamped = torch.stack([_clamped(boxes[:, level], *f.shape[-2:]) for level, f in enumerate(features)], dim=1)
+    leaves = [f.to(device).requires_grad_() for f in features]
+    with ops.value_checks(False), ops.preview_kernels(True):
+        out = ops.crop_levels(leaves, boxes.to(device), backend="kernel")
+    for o, w in zip(out, reference.crop_levels(features, clamped)):
+        assert torch.equal(o.detach().cpu(), w)
+    grads = [torch.randn(f.shape, generator=g, dtype=torch.float64).to(device) for f in features]
+    got = torch.autograd.grad(out, leaves, grads)
+    want = torch.ops.walnet.crop_levels_backward(grads, clamped.to(device))
+    for level, (a, b) in enumerate(zip(got, want)):
+        assert torch.equal(a, b)
+        h, w = features[level].shape[-2:]
+        level_boxes = clamped[:, level].contiguous().to(device)
+        assert torch.equal(a, torch.ops.walnet.crop_resize_backward(grads[level], level_boxes, h, w, False))

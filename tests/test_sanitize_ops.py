@@ -19,9 +19,12 @@ def test_runs_every_op_on_the_cpu(monkeypatch, capsys):
     for op in ("fuse_attention", "superpixel_mean", "pseudo_mask", "mask_boxes", "roi_crop[3]",
                "felzenszwalb rgb reservations[1]", "felzenszwalb gray block[1]", "crop_resize bilinear backward",
                "felzenszwalb reservations global layout[1]",
-               "pseudo_mask bad labels", "crop_resize_backward bad boxes"):
+               "pseudo_mask bad labels", "crop_resize_backward bad boxes", "roi_boxes", "crop_levels[3]",
+               "crop_levels_backward[1]", "roi_crop one-pass[0]", "crop_levels bad boxes[2]",
+               "crop_levels_backward bad boxes[3]", "roi_boxes wide map", "crop_levels wide level",
+               "crop_levels_backward wide level"):
         assert f"ok      {op} " in out, op
-    assert "37 of 37 outputs on cpu equal" in out
+    assert "61 of 61 outputs on cpu equal" in out
 
 
 def test_reports_a_difference(monkeypatch, capsys):

@@ -4,8 +4,10 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
 
 namespace walnet {
 
@@ -70,9 +72,65 @@ inline void check_crop(const at::Tensor& t, const char* name, const at::Tensor& 
   check_size(H, W, op, what);
 }
 
-// mask_boxes' dilation: any non-negative value, +inf included (the box then spans the map).
-inline void check_dilation(double dilation) {
-  TORCH_CHECK(dilation >= 0, "mask_boxes: dilation must be >= 0 (and not NaN), got ", dilation);
+// mask_boxes' and roi_boxes' dilation: any non-negative value, +inf included (the box then spans
+// the map).
+inline void check_dilation(double dilation, const char* op = "mask_boxes") {
+  TORCH_CHECK(dilation >= 0, op, ": dilation must be >= 0 (and not NaN), got ", dilation);
+}
+
+// --- The one-pass RCM ops over the feature levels (docs/design.md §5) ------------------------
+
+// Levels per call at most: their sizes (roi_boxes) and tensors (crop_levels) reach the CUDA
+// kernels by value, in fixed-size arrays.
+constexpr int64_t kMaxLevels = 8;
+
+inline void check_level_count(int64_t L, const char* op, const char* name) {
+  TORCH_CHECK(L >= 1 && L <= kMaxLevels, op, ": ", name, " must hold 1 to ", kMaxLevels, " levels, got ", L);
+}
+
+// roi_boxes' map and level sizes (the dilation is checked by check_dilation).
+inline void check_roi_boxes(const at::Tensor& prob, at::IntArrayRef heights, at::IntArrayRef widths) {
+  check_map(prob, "prob");
+  check_level_count(static_cast<int64_t>(heights.size()), "roi_boxes", "heights");
+  TORCH_CHECK(widths.size() == heights.size(), "roi_boxes: widths must have one entry per level, like heights (",
+              heights.size(), "), got ", widths.size());
+  for (size_t l = 0; l < heights.size(); ++l) check_size(heights[l], widths[l], "roi_boxes", "level");
+}
+
+// The per-level boxes of crop_levels and its backward: int32 [N,L,4] on the levels' device.
+inline void check_level_boxes(const at::Tensor& boxes, const at::Tensor& like, int64_t L) {
+  TORCH_CHECK(boxes.dim() == 3 && boxes.size(0) == like.size(0) && boxes.size(1) == L && boxes.size(2) == 4,
+              "boxes must be [N,L,4] with the levels' N = ", like.size(0), " and L = ", L, ", got ", boxes.sizes());
+  TORCH_CHECK(boxes.scalar_type() == at::kInt, "boxes must be int32, got ", boxes.scalar_type());
+  TORCH_CHECK(boxes.device() == like.device(), "boxes must be on ", like.device());
+}
+
+// Offsets inside one sample of a level are 32-bit in the kernels: its farthest element (through
+// the strides) and its element count must stay below 2^31.
+inline bool sample_fits_int32(const at::Tensor& t) {
+  int64_t last = 0;
+  for (int64_t d = 1; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  return last < (int64_t(1) << 31) && t.numel() / std::max<int64_t>(t.size(0), 1) < (int64_t(1) << 31);
+}
+
+// The levels of crop_levels (name "features") and of its backward ("grads"): 1 to kMaxLevels
+// floating [N,C,H,W] tensors of one batch size, dtype and device, with their boxes.
+inline void check_levels(at::TensorList levels, const char* name, const at::Tensor& boxes, const char* op) {
+  const int64_t L = static_cast<int64_t>(levels.size());
+  check_level_count(L, op, name);
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor& t = levels[l];
+    const std::string level = std::string(name) + "[" + std::to_string(l) + "]";
+    check_features(t, level.c_str());
+    TORCH_CHECK(t.size(0) == levels[0].size(0), op, ": ", level, " has batch size ", t.size(0), " but ", name,
+                "[0] has ", levels[0].size(0));
+    TORCH_CHECK(t.scalar_type() == levels[0].scalar_type(), op, ": ", level, " is ", t.scalar_type(), " but ", name,
+                "[0] is ", levels[0].scalar_type(), " (one dtype for all levels)");
+    TORCH_CHECK(t.device() == levels[0].device(), op, ": ", level, " is on ", t.device(), " but ", name, "[0] is on ",
+                levels[0].device());
+    TORCH_CHECK(sample_fits_int32(t), op, ": ", level, " must have fewer than 2^31 elements per sample");
+  }
+  check_level_boxes(boxes, levels[0], L);
 }
 
 // Felzenszwalb's images, float64 [N,C,H,W] (pixel indices and segment sizes are int32), and its

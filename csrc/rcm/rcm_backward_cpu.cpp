@@ -1,7 +1,8 @@
 // CPU kernel of crop_resize_backward, a gather like the CUDA kernel (no atomics): every source
 // pixel sums the output pixels that read it, in rcm::crop_grad's order, so the bits equal the
-// CUDA kernel's. Runs of (sample, channel) planes per task. Nearest streams over the gradient's
-// rows with the readers of every source row and column tabulated once per sample; bilinear
+// CUDA kernel's. Runs of (sample, channel) planes per task. Nearest (also crop_levels_backward's
+// per level) streams over the gradient's rows with the readers of every source row and column
+// tabulated once per sample from the inverted reader tables of rcm.h; bilinear
 // tabulates each source index's reader range and gathers per pixel. Strided access, so
 // contiguous and channels_last tensors need no copy.
 #include <ATen/ATen.h>
@@ -23,17 +24,21 @@ namespace {
 using rcm::Box;
 
 // The output indices reading each source index of a nearest resize from `in` to `out`: the
-// first (clamped to a valid index when there is none) and how many (consecutive ones).
+// first (clamped to a valid index when there is none) and how many (consecutive ones), from the
+// inverted reader table of rcm.h (the CUDA kernel of crop_levels_backward builds the same).
 struct Readers {
-  std::vector<int32_t> first, count;
+  std::vector<int32_t> begin, first, count;
   int32_t most = 0;  // the largest count
 
   void tabulate(int64_t in, int64_t out) {
-    first.assign(in, 0);
-    count.assign(in, 0);
-    for (int64_t o = 0; o < out; ++o) {
-      const int64_t s = nearest_src(o, in, out);
-      if (count[s]++ == 0) first[s] = static_cast<int32_t>(o);
+    begin.resize(in + 1);
+    for (int64_t o = 0; o < out; ++o) rcm::invert_readers(o, in, out, begin.data());
+    first.resize(in);
+    count.resize(in);
+    for (int64_t s = 0; s < in; ++s) {
+      const Range r = rcm::reader_range(begin.data(), s);
+      first[s] = static_cast<int32_t>(std::min<int64_t>(r.begin, out - 1));
+      count[s] = static_cast<int32_t>(r.end - r.begin);
     }
     most = *std::max_element(count.begin(), count.end());
   }
@@ -127,6 +132,20 @@ void nearest_planes_grad(const scalar_t* pg, const Strides4& gs, scalar_t* po, c
 
 }  // namespace
 
+void rcm::crop_nearest_backward_into(const at::Tensor& grad, const int32_t* pb, at::Tensor& out) {
+  const int64_t N = grad.size(0), C = grad.size(1), OH = grad.size(2), OW = grad.size(3);
+  const int64_t H = out.size(2), W = out.size(3);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "crop_resize_backward_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const scalar_t* pg = grad.const_data_ptr<scalar_t>();
+    scalar_t* po = out.mutable_data_ptr<scalar_t>();
+    const Strides4 gs = strides_of(grad), os = strides_of(out);
+    at::parallel_for(0, N * C, plane_grain(OH * OW), [&](int64_t begin, int64_t end) {
+      nearest_planes_grad<T>(pg, gs, po, os, pb, C, H, W, OH, OW, begin, end);
+    });
+  });
+}
+
 at::Tensor rcm::crop_resize_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes_, int64_t H, int64_t W,
                                          bool bilinear) {
   check_crop(grad, "grad", boxes_, H, W, "crop_resize_backward", "input");
@@ -134,17 +153,15 @@ at::Tensor rcm::crop_resize_backward_cpu(const at::Tensor& grad, const at::Tenso
   const int64_t N = grad.size(0), C = grad.size(1), OH = grad.size(2), OW = grad.size(3);
   auto out = rcm::crop_output(grad, H, W);
   const int32_t* pb = boxes.const_data_ptr<int32_t>();
+  if (!bilinear) {
+    rcm::crop_nearest_backward_into(grad, pb, out);
+    return out;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "crop_resize_backward_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* pg = grad.const_data_ptr<scalar_t>();
     scalar_t* po = out.mutable_data_ptr<scalar_t>();
     const Strides4 gs = strides_of(grad), os = strides_of(out);
-    if (!bilinear) {
-      at::parallel_for(0, N * C, plane_grain(OH * OW), [&](int64_t begin, int64_t end) {
-        nearest_planes_grad<T>(pg, gs, po, os, pb, C, H, W, OH, OW, begin, end);
-      });
-      return;
-    }
     const int64_t gsH = gs.H, gsW = gs.W, osH = os.H, osW = os.W;
     at::parallel_for(0, N * C, plane_grain(OH * OW), [&](int64_t begin, int64_t end) {
       std::vector<Range> rows(H), cols(W);

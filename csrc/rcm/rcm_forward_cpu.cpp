@@ -61,11 +61,18 @@ at::Tensor crop_resize_cpu(const at::Tensor& features, const at::Tensor& boxes_,
                            bool bilinear) {
   check_crop(features, "features", boxes_, OH, OW, "crop_resize", "output");
   const auto boxes = boxes_.contiguous();
-  const int64_t N = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
   auto out = rcm::crop_output(features, OH, OW);
-  if (out.numel() == 0) return out;
-  const int32_t* pb = boxes.const_data_ptr<int32_t>();
-  if (!bilinear && rcm::crop_nearest_cpu(features, pb, out)) return out;
+  rcm::crop_resize_into(features, boxes.const_data_ptr<int32_t>(), out, bilinear);
+  return out;
+}
+
+}  // namespace
+
+void rcm::crop_resize_into(const at::Tensor& features, const int32_t* pb, at::Tensor& out, bool bilinear) {
+  if (out.numel() == 0) return;
+  const int64_t N = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
+  const int64_t OH = out.size(2), OW = out.size(3);
+  if (!bilinear && rcm::crop_nearest_cpu(features, pb, out)) return;
   // The generic path: bilinear, or nearest on strides that have no fast path.
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "crop_resize_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -95,10 +102,7 @@ at::Tensor crop_resize_cpu(const at::Tensor& features, const at::Tensor& boxes_,
       }
     });
   });
-  return out;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(walnet, CPU, m) {
   m.impl("mask_boxes", &mask_boxes_cpu);

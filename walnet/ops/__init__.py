@@ -8,17 +8,19 @@ from walnet.ops._library import build_info, built_backends
 from walnet.ops._preview import PREVIEW, preview_kernels, set_preview_kernels
 from walnet.ops.felzenszwalb import ALGORITHMS, RoundRules, felzenszwalb, segment_counts
 from walnet.ops.pgm import fuse_attention, pseudo_mask, superpixel_mean
-from walnet.ops.rcm import ROI_METHODS, crop_resize, mask_boxes, roi_crop
+from walnet.ops.rcm import MAX_LEVELS, ROI_METHODS, crop_levels, crop_resize, mask_boxes, roi_boxes, roi_crop
 
 __all__ = [
     "ALGORITHMS",
     "BACKENDS",
     "IGNORE_INDEX",
+    "MAX_LEVELS",
     "PREVIEW",
     "ROI_METHODS",
     "RoundRules",
     "build_info",
     "built_backends",
+    "crop_levels",
     "crop_resize",
     "felzenszwalb",
     "fuse_attention",
@@ -26,6 +28,7 @@ __all__ = [
     "preview_kernels",
     "pseudo_mask",
     "reference",
+    "roi_boxes",
     "roi_crop",
     "segment_counts",
     "set_preview_kernels",

@@ -211,6 +211,71 @@ def as_boxes(boxes, features: torch.Tensor) -> torch.Tensor:
     return boxes.to(torch.int32)
 
 
+def check_sizes(sizes, name: str, max_count: int) -> list[tuple[int, int]]:
+    """A non-empty list (or tuple) of at most `max_count` (H, W) pairs, each as :func:`check_size`."""
+    pair = isinstance(sizes, (list, tuple)) and len(sizes) == 2 and all(isinstance(s, numbers.Integral) for s in sizes)
+    if not isinstance(sizes, (list, tuple)) or pair:
+        raise TypeError(f"{name} must be a list of (H, W) pairs, one per level, got {sizes!r}")
+    if not 1 <= len(sizes) <= max_count:
+        raise ValueError(f"{name} must hold 1 to {max_count} levels, got {len(sizes)}")
+    return [check_size(size, f"{name}[{i}]") for i, size in enumerate(sizes)]
+
+
+def sample_fits_int32(t: torch.Tensor) -> bool:
+    """Whether every element of one sample of [N,...] `t` lies less than 2^31 elements from the
+    sample's first (through the strides), and the sample has fewer than 2^31 elements: the one-pass
+    RCM kernels index inside a sample with 32-bit offsets."""
+    last = sum((size - 1) * stride for size, stride in zip(t.shape[1:], t.stride()[1:]))
+    return last < 2**31 and math.prod(t.shape[1:]) < 2**31
+
+
+def as_levels(levels, name: str, max_count: int) -> list[torch.Tensor]:
+    """Validates a non-empty list (or tuple) of at most `max_count` feature levels, each as
+    :func:`as_features`, of one batch size, dtype and device, each sample within 32-bit offsets
+    (:func:`sample_fits_int32`); returns them as a list (gradients flow)."""
+    if not isinstance(levels, (list, tuple)):
+        raise TypeError(f"{name} must be a list of [N,C,H,W] tensors, one per level, got {type(levels).__name__}")
+    if not 1 <= len(levels) <= max_count:
+        raise ValueError(f"{name} must hold 1 to {max_count} levels, got {len(levels)}")
+    levels = [as_features(f, f"{name}[{i}]") for i, f in enumerate(levels)]
+    first = f"{name}[0]"
+    for i, f in enumerate(levels[1:], 1):
+        check_same_batch(f, f"{name}[{i}]", levels[0], first)
+        check_same_device(f, f"{name}[{i}]", levels[0], first)
+        if f.dtype != levels[0].dtype:
+            raise TypeError(f"{name}[{i}] is {f.dtype} but {first} is {levels[0].dtype}; the levels must share one "
+                            "dtype")
+    for i, f in enumerate(levels):
+        if not sample_fits_int32(f):
+            raise ValueError(f"{name}[{i}] must have fewer than 2^31 elements per sample, got {tuple(f.shape)}")
+    return levels
+
+
+def as_level_boxes(boxes, levels: list[torch.Tensor], name: str = "boxes") -> torch.Tensor:
+    """Validates integer per-level boxes [N,L,4] (y1, x1, y2, x2), inclusive, ``[:, l]`` inside
+    level l's map; returns them as int32. The bounds are a value check (read from the data)."""
+    check_tensor(boxes, name)
+    if boxes.is_floating_point() or boxes.is_complex() or boxes.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {boxes.dtype}")
+    if boxes.dim() != 3 or boxes.shape[1] != len(levels) or boxes.shape[2] != 4:
+        raise ValueError(f"{name} must have shape [N,{len(levels)},4] (one (y1, x1, y2, x2) per sample and level), "
+                         f"got {tuple(boxes.shape)}")
+    check_same_batch(boxes, name, levels[0], "the levels")
+    check_same_device(boxes, name, levels[0], "the levels")
+    if value_checks_enabled():
+        limits = torch.tensor([f.shape[-2:] for f in levels], device=boxes.device)  # [L, 2]: H, W
+        y1, x1, y2, x2 = boxes.long().unbind(2)
+        bad = (y1 < 0) | (x1 < 0) | (y2 >= limits[:, 0]) | (x2 >= limits[:, 1]) | (y1 > y2) | (x1 > x2)
+        if bool(bad.any()):
+            i, level = bad.nonzero()[0].tolist()
+            H, W = levels[level].shape[-2:]
+            raise ValueError(
+                f"{name}[{i}, {level}] = {boxes[i, level].tolist()} is not a box (y1, x1, y2, x2) with "
+                f"0 <= y1 <= y2 < {H} and 0 <= x1 <= x2 < {W}"
+            )
+    return boxes.to(torch.int32)
+
+
 def as_seg_logits(t, levels: list[torch.Tensor], level_names: list[str]) -> torch.Tensor:
     """Validates segmentation logits [N,2,h,w] of the batch and device of every feature level."""
     check_tensor(t, "seg_logits")

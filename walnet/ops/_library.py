@@ -25,6 +25,9 @@ OPS = (
     "mask_boxes",
     "crop_resize",
     "crop_resize_backward",
+    "roi_boxes",
+    "crop_levels",
+    "crop_levels_backward",
     "felzenszwalb",
 )
 

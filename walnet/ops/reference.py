@@ -14,12 +14,14 @@ from walnet.constants import IGNORE_INDEX
 __all__ = [
     "IGNORE_INDEX",
     "ROI_METHODS",
+    "crop_levels",
     "crop_resize",
     "felzenszwalb",
     "fuse_attention",
     "gaussian_weights",
     "mask_boxes",
     "pseudo_mask",
+    "roi_boxes",
     "roi_crop",
     "superpixel_mean",
 ]
@@ -220,15 +222,40 @@ def _memory_format(t: torch.Tensor) -> torch.memory_format:
     return torch._prims_common.suggest_memory_format(t)
 
 
+def roi_boxes(
+    fg_prob: torch.Tensor, sizes: list[tuple[int, int]], threshold: float = 0.5, dilation: float = 1 / 7
+) -> torch.Tensor:
+    """Every level's :func:`mask_boxes`: int32 [N, L, 4] whose ``[:, l]`` is
+    ``mask_boxes(fg_prob, sizes[l], threshold, dilation)``."""
+    return torch.stack([mask_boxes(fg_prob, size, threshold, dilation) for size in sizes], dim=1)
+
+
+def crop_levels(features: list[torch.Tensor], boxes: torch.Tensor) -> list[torch.Tensor]:
+    """Every level's nearest crop back to its own size: ``crop_resize(features[l], boxes[:, l])``
+    for int32 boxes [N, L, 4]."""
+    return [crop_resize(f, boxes[:, level]) for level, f in enumerate(features)]
+
+
+def rwm_level(features: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+    """ROI method "rwm" at one level: ``features * p``, p [N,h,w] nearest-resized to the level."""
+    p = F.interpolate(prob[:, None], size=tuple(features.shape[-2:]), mode="nearest")
+    return features * p.to(features.dtype)
+
+
+def bg_rm_level(features: torch.Tensor, prob: torch.Tensor, threshold: float) -> torch.Tensor:
+    """ROI method "bg_rm" at one level: ``features * m``, m = ``p >= threshold`` nearest-resized to
+    the level; a sample without foreground there passes unchanged."""
+    m = _resize_nearest(prob >= threshold, tuple(features.shape[-2:]))[:, None]
+    has_fg = m.flatten(1).any(dim=1)[:, None, None, None]
+    return torch.where(has_fg, features * m.to(features.dtype), features)
+
+
 def roi_crop(
     features: torch.Tensor | list[torch.Tensor],
     seg_logits: torch.Tensor,
     method: str = "dilated_crop",
     threshold: float = 0.5,
     dilation: float = 1 / 7,
-    *,
-    boxes_fn=None,
-    crop_fn=None,
 ) -> torch.Tensor | list[torch.Tensor]:
     """The RCM: the ROI methods of the paper's Table 3 applied to one feature map or a list.
 
@@ -238,32 +265,22 @@ def roi_crop(
     dilated by ``W * dilation``. Crops are nearest-resized back to the level's size. A sample
     with no foreground at a level (after the resize) passes unchanged through every method but
     ``rwm``.
-
-    ``boxes_fn(prob, size, threshold, dilation)`` and ``crop_fn(features, boxes)`` default to
-    :func:`mask_boxes` and :func:`crop_resize`; the public op passes its kernels, so that both
-    paths share this composition.
     """
-    boxes_fn = boxes_fn or mask_boxes
-    crop_fn = crop_fn or crop_resize
     single = isinstance(features, torch.Tensor)
     levels = [features] if single else list(features)
     prob = torch.softmax(seg_logits.float(), dim=1)[:, 1]
     out = []
     for f in levels:
-        size = tuple(f.shape[-2:])
         if method == "rwm":
-            p = F.interpolate(prob[:, None], size=size, mode="nearest")
-            out.append(f * p.to(f.dtype))
+            out.append(rwm_level(f, prob))
             continue
         if method in ("bg_rm", "bg_rm_crop"):
-            m = _resize_nearest(prob >= threshold, size)[:, None]
-            has_fg = m.flatten(1).any(dim=1)[:, None, None, None]
-            f = torch.where(has_fg, f * m.to(f.dtype), f)
+            f = bg_rm_level(f, prob, threshold)
             if method == "bg_rm":
                 out.append(f)
                 continue
         dil = dilation if method == "dilated_crop" else 0.0
-        out.append(crop_fn(f, boxes_fn(prob, size, threshold, dil)))
+        out.append(crop_resize(f, mask_boxes(prob, tuple(f.shape[-2:]), threshold, dil)))
     return out[0] if single else out
 
 
