@@ -72,7 +72,8 @@ command -v "$SANITIZER" >/dev/null || SANITIZER=/usr/local/cuda/bin/compute-sani
 
 if [[ ,$PARTS, == *,kernels,* ]]; then
 PREVIEW_TESTS=(tests/test_felzenszwalb.py tests/test_felzenszwalb_api.py tests/test_felzenszwalb_skimage.py
-               tests/test_felzenszwalb_rounds.py tests/test_cuda_graphs.py tests/test_roi_crop.py tests/test_rcm_levels.py)
+               tests/test_felzenszwalb_rounds.py tests/test_cuda_graphs.py tests/test_roi_boxes.py
+               tests/test_crop_levels.py tests/test_roi_crop.py tests/test_hostile_ops.py tests/test_pgm.py)
 step "preview kernels: CUDA tests" "${LIMIT_PREVIEW_TESTS:-240}" env WALNET_PREVIEW_KERNELS=1 "$PY" -m pytest \
   "${PREVIEW_TESTS[@]}" -q -k cuda -p no:cacheprovider -p no:randomly
 for tool in memcheck racecheck synccheck; do

@@ -95,7 +95,8 @@ def test_folder_holds_the_files_and_config(exported):
     assert set(config["files"]) == names
     pt2 = config["formats"]["pt2"]
     assert pt2["example_input_shape"] == [2, 3, SIZE, SIZE] and pt2["dynamic_batch"] is True
-    assert pt2["walnet_ops"] == ["walnet::crop_levels", "walnet::roi_boxes"]  # the CPU's one-pass RCM
+    # per level: a program may run on CUDA, where the one-pass RCM is a preview kernel
+    assert pt2["walnet_ops"] == ["walnet::crop_resize", "walnet::mask_boxes"]
     if HAS_ONNX:
         assert config["formats"]["onnx"]["opset"] == export.ONNX_OPSET
     assert read_config(folder) == config
@@ -158,8 +159,8 @@ def test_pt2_round_trip_keeps_walnets_ops(exported):
     _, model, folder = exported
     program = torch.export.load(folder / "model.pt2")
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
-    assert {t for t in targets if t.startswith("walnet.")} == {"walnet.crop_levels.default",
-                                                                 "walnet.roi_boxes.default"}
+    assert {t for t in targets if t.startswith("walnet.")} == {"walnet.crop_resize.default",
+                                                                 "walnet.mask_boxes.default"}
     module = program.module()
     for batch in (1, 3):  # the batch dimension is dynamic
         x = _input(batch)

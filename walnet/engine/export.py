@@ -12,10 +12,9 @@ The folder (``output``) receives:
   metrics from ``metrics.json`` next to the checkpoint, limits, how to load it);
 - with ``pt2``: ``model.pt2``, ``torch.export`` of the model in eval mode, saved with
   ``torch.export.save``. walnet's own operators stay in the program as they are (the RCM's
-  ops as the eager model runs them on the export's device: ``walnet::roi_boxes`` and
-  ``walnet::crop_levels`` on the CPU, ``walnet::mask_boxes`` and ``walnet::crop_resize`` per level
-  on CUDA unless preview kernels are enabled; the PGM does not run in evaluation), so loading it
-  needs ``import walnet`` to register them. The batch dimension is
+  ``walnet::mask_boxes`` and ``walnet::crop_resize`` per level: a program may run on any device,
+  so it holds no preview kernel unless preview kernels are enabled; the PGM does not run in
+  evaluation), so loading it needs ``import walnet`` to register them. The batch dimension is
   dynamic where torch.export allows it, else fixed (config.json says which);
 - with ``onnx``: ``model.onnx`` (opset :data:`ONNX_OPSET`), traced through the pure-PyTorch
   reference versions of walnet's ops (ONNX has no walnet operators; the references are the ops'

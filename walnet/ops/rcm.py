@@ -149,8 +149,12 @@ def crop_levels(
 
 def _one_pass(device: torch.device) -> bool:
     """Whether the one-pass kernels (roi_boxes, crop_levels) run on `device`: always on the CPU;
-    on CUDA, where they are preview kernels, only while preview kernels are enabled."""
-    return device.type != "cuda" or preview_kernels_enabled()
+    on CUDA, where they are preview kernels, only while preview kernels are enabled. A program
+    being exported (torch.export) may run on either device later, so it holds them only while
+    preview kernels are enabled."""
+    if preview_kernels_enabled():
+        return True
+    return device.type != "cuda" and not torch.compiler.is_exporting()
 
 
 def _roi_boxes(prob: torch.Tensor, sizes, threshold: float, dilation: float) -> torch.Tensor:
