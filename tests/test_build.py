@@ -77,3 +77,25 @@ def _nvcc_present():
 def test_cuda_kernels_built_when_nvcc_present():
     """nvcc is here and torch is a CUDA build, so the CUDA objects must have been compiled in."""
     assert "cuda" in ops.built_backends()
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
+def test_shared_headers_compile_as_cxx17(tmp_path):
+    """The host/device headers without ATen compile as C++17, the standard torch builds
+    extensions with before 2.13 (pyproject admits torch >= 2.6): every template instantiated."""
+    csrc = Path(__file__).resolve().parent.parent / "csrc"
+    source = tmp_path / "headers.cpp"
+    source.write_text(
+        '#include "common/warp.h"\n#include "felzenszwalb/felzenszwalb.h"\n#include "felzenszwalb/warp_rounds.h"\n'
+        "namespace fz = walnet::fz;\n"
+        "template <typename Index> void run(Index* parent, Index* size, float* tau) {\n"
+        "  fz::WarpScratch scratch{};\n  fz::SortedEdge edges[1] = {{0, 1, 0.5}};\n"
+        "  int32_t labels[2], rounds[2];\n"
+        "  fz::segment_warp(walnet::warp::Warp{}, scratch, fz::Forest<Index>{parent, size, tau}, edges, 2, 1, 0.1, 2,\n"
+        "                   fz::RoundRules{64, true, true, true}, labels, rounds);\n}\n"
+        "template void run<uint16_t>(uint16_t*, uint16_t*, float*);\n"
+        "template void run<int32_t>(int32_t*, int32_t*, float*);\n"
+    )
+    result = subprocess.run(["c++", "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", "-I", str(csrc), str(source)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

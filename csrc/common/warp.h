@@ -17,9 +17,12 @@
 // concurrent lanes compute. Asynchronous copies (cp.async on sm_80+) are plain copies on the host.
 #pragma once
 
-#include <bit>
 #include <cstdint>
 #include <cstring>
+
+#if defined(_MSC_VER) && !defined(__CUDA_ARCH__)
+#include <intrin.h>
+#endif
 
 #include "macros.h"
 
@@ -115,8 +118,18 @@ inline void commit_async() {}
 template <int kPending>
 inline void wait_async() {}
 
-inline int popc64(uint64_t x) { return std::popcount(x); }
-inline int lowest64(uint64_t x) { return std::countr_zero(x); }
+// (C++17: torch builds extensions as C++17 or C++20, so no <bit>.)
+#if defined(_MSC_VER)
+inline int popc64(uint64_t x) { return static_cast<int>(__popcnt64(x)); }
+inline int lowest64(uint64_t x) {
+  unsigned long i;
+  _BitScanForward64(&i, x);
+  return static_cast<int>(i);
+}
+#else
+inline int popc64(uint64_t x) { return __builtin_popcountll(x); }
+inline int lowest64(uint64_t x) { return __builtin_ctzll(x); }
+#endif
 
 #endif
 

@@ -1,6 +1,7 @@
 // Per-element logic of the Felzenszwalb op (docs/design.md §6), shared by the CPU and CUDA builds:
 // scipy's Gaussian smoothing sample, skimage's edge list and weights, the float32-rounded merge
-// predicate, union-find, and the round logic of Kruskal by deterministic reservations.
+// predicate, union-find, and the rounds of the "block" algorithm (Kruskal by deterministic
+// reservations, one 1,024-thread block per image; the warp's rounds are in warp_rounds.h).
 //
 // Floating-point order is skimage's / scipy's, so that the output equals skimage bit for bit;
 // build with -ffp-contract=off (host) and -fmad=false (device).

@@ -204,6 +204,7 @@ std::tuple<at::Tensor, at::Tensor> felzenszwalb_cpu(const at::Tensor& images_, a
 std::vector<int64_t> felzenszwalb_plan(int64_t pixels, int64_t shared_limit) {
   TORCH_CHECK(pixels > 0 && pixels < (int64_t(1) << 30), "felzenszwalb_plan: pixels must be in [1, 2^30), got ",
               pixels);
+  TORCH_CHECK(shared_limit >= 0, "felzenszwalb_plan: shared_limit must be >= 0, got ", shared_limit);
   const fz::WarpPlan plan = fz::warp_plan(pixels, shared_limit);
   return {static_cast<int64_t>(plan.layout), plan.shared_bytes};
 }
