@@ -84,20 +84,14 @@ def _check_means(rounds: torch.Tensor, merge: float, small: float | None, what: 
         assert round(mean[1], 1) == small, f"{what}: min_size-pass rounds {mean[1]:.3f}, the simulator counts {small}"
 
 
-def test_rounds_of_the_design_study_56():
+@pytest.mark.parametrize("n, size, table", [(8, 56, DESIGN_STUDY_56), (16, 224, DESIGN_STUDY_224)],
+                         ids=["8x56", "16x224"])
+def test_rounds_of_the_design_study(n, size, table):
     require_op("cpu")
-    u8 = fz_images_u8(8, 56)
-    for rules, merge, small in DESIGN_STUDY_56:
+    u8 = fz_images_u8(n, size)
+    for rules, merge, small in table:
         _check_means(_rounds(u8, "reservations", rules), merge, small, repr(rules))
-    _check_means(_rounds(u8, "block"), *BLOCK[56], "block")
-
-
-def test_rounds_of_the_design_study_224():
-    require_op("cpu")
-    u8 = fz_images_u8(16, 224)
-    for rules, merge, small in DESIGN_STUDY_224:
-        _check_means(_rounds(u8, "reservations", rules), merge, small, repr(rules))
-    _check_means(_rounds(u8, "block"), *BLOCK[224], "block")
+    _check_means(_rounds(u8, "block"), *BLOCK[size], "block")
 
 
 def _small_images():

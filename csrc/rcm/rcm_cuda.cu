@@ -282,6 +282,31 @@ __device__ __forceinline__ int block_level(const CropLevels& a) {
   return l;
 }
 
+// What one block of crop_levels or its backward works on: a chunk [begin, end) of the elements of
+// one (level, sample), and that sample's box in the level (clamped into the map).
+struct BlockChunk {
+  int level;
+  int64_t n;
+  int32_t begin, end;
+  Box box;
+  int32_t ch, cw;  // the box's height and width
+};
+
+__device__ __forceinline__ BlockChunk block_chunk(const CropLevels& a, const int32_t* boxes) {
+  BlockChunk w;
+  w.level = block_level(a);
+  const CropLevel& lv = a.level[w.level];
+  const int64_t block = blockIdx.x - lv.first_block;
+  w.n = block / lv.chunks;
+  w.begin = static_cast<int32_t>(block % lv.chunks) * kChunk;
+  const int32_t numel = lv.C * lv.H * lv.W;
+  w.end = numel - w.begin < kChunk ? numel : w.begin + kChunk;
+  w.box = rcm::load_box(boxes, w.n * a.L + w.level, lv.H, lv.W);
+  w.ch = static_cast<int32_t>(w.box.y2 - w.box.y1 + 1);
+  w.cw = static_cast<int32_t>(w.box.x2 - w.box.x1 + 1);
+  return w;
+}
+
 // Element e of a chunk as (channel, row, column): channel fastest for channels_last, else column.
 __device__ __forceinline__ void element_position(const CropLevel& lv, int32_t e, int32_t& c, int32_t& y, int32_t& x) {
   if (lv.channels_last) {
@@ -301,13 +326,10 @@ __device__ __forceinline__ void element_position(const CropLevel& lv, int32_t e,
 template <typename word_t>
 __global__ void crop_levels_kernel(const __grid_constant__ CropLevels a, const int32_t* boxes, int64_t table_entries) {
   extern __shared__ int32_t table[];
-  const int l = block_level(a);
-  const CropLevel& lv = a.level[l];
-  const int64_t block = blockIdx.x - lv.first_block, n = block / lv.chunks;
-  const int32_t begin = static_cast<int32_t>(block % lv.chunks) * kChunk;
-  const Box b = rcm::load_box(boxes, n * a.L + l, lv.H, lv.W);
-  const int32_t y1 = static_cast<int32_t>(b.y1), x1 = static_cast<int32_t>(b.x1);
-  const int32_t ch = static_cast<int32_t>(b.y2 - b.y1 + 1), cw = static_cast<int32_t>(b.x2 - b.x1 + 1);
+  const BlockChunk w = block_chunk(a, boxes);
+  const CropLevel& lv = a.level[w.level];
+  const int64_t n = w.n;
+  const int32_t y1 = static_cast<int32_t>(w.box.y1), x1 = static_cast<int32_t>(w.box.x1), ch = w.ch, cw = w.cw;
   const bool tabulated = lv.H + lv.W <= table_entries;  // uniform across the block
   int32_t* rows = table;
   int32_t* cols = table + lv.H;
@@ -320,9 +342,7 @@ __global__ void crop_levels_kernel(const __grid_constant__ CropLevels a, const i
   }
   const word_t* in = static_cast<const word_t*>(lv.in) + n * lv.in_n;
   word_t* out = static_cast<word_t*>(lv.out) + n * lv.out_n;
-  const int32_t numel = lv.C * lv.H * lv.W;
-  const int32_t end = numel - begin < kChunk ? numel : begin + kChunk;
-  for (int32_t e = begin + threadIdx.x; e < end; e += blockDim.x) {
+  for (int32_t e = w.begin + threadIdx.x; e < w.end; e += blockDim.x) {
     int32_t c, oy, ox;
     element_position(lv, e, c, oy, ox);
     const int32_t src = tabulated ? rows[oy] + cols[ox]
@@ -341,12 +361,11 @@ __global__ void crop_levels_backward_kernel(const __grid_constant__ CropLevels a
                                             int64_t table_entries) {
   using T = at::opmath_type<scalar_t>;
   extern __shared__ int32_t table[];
-  const int l = block_level(a);
-  const CropLevel& lv = a.level[l];
-  const int64_t block = blockIdx.x - lv.first_block, n = block / lv.chunks;
-  const int32_t begin = static_cast<int32_t>(block % lv.chunks) * kChunk;
-  const Box b = rcm::load_box(boxes, n * a.L + l, lv.H, lv.W);
-  const int32_t ch = static_cast<int32_t>(b.y2 - b.y1 + 1), cw = static_cast<int32_t>(b.x2 - b.x1 + 1);
+  const BlockChunk w = block_chunk(a, boxes);
+  const CropLevel& lv = a.level[w.level];
+  const int64_t n = w.n;
+  const Box& b = w.box;
+  const int32_t ch = w.ch, cw = w.cw;
   const bool tabulated = lv.H + lv.W + 2 <= table_entries;  // uniform across the block
   int32_t* rows = table;  // [ch + 1] of [H + 1]
   int32_t* cols = table + lv.H + 1;
@@ -357,9 +376,7 @@ __global__ void crop_levels_backward_kernel(const __grid_constant__ CropLevels a
   }
   const scalar_t* grad = static_cast<const scalar_t*>(lv.in) + n * lv.in_n;
   scalar_t* out = static_cast<scalar_t*>(lv.out) + n * lv.out_n;
-  const int32_t numel = lv.C * lv.H * lv.W;
-  const int32_t end = numel - begin < kChunk ? numel : begin + kChunk;
-  for (int32_t e = begin + threadIdx.x; e < end; e += blockDim.x) {
+  for (int32_t e = w.begin + threadIdx.x; e < w.end; e += blockDim.x) {
     int32_t c, iy, ix;
     element_position(lv, e, c, iy, ix);
     T value = T(0);
