@@ -19,8 +19,8 @@ import torch
 
 from walnet import cli
 from walnet.engine import load_checkpoint, save_checkpoint
-from walnet.engine.checkpoint import (CheckpointError, WriteError, atomic_open, check_writable, load_training_state,
-                                     remove_stale_temps, temp_prefix)
+from walnet.engine.checkpoint import CheckpointError, load_training_state
+from walnet.files import WriteError, atomic_open, check_writable, remove_stale_temps, temp_prefix
 from walnet.engine.config import TrainConfig
 from walnet.engine.trainer import load_trained
 from walnet.models import create_model

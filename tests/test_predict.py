@@ -328,7 +328,7 @@ def test_a_killed_run_s_temporary_masks_are_removed_and_not_read(setup, tmp_path
     _scans(root, tmp_path / "scans", n=2)
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # its pid is now free: a writer that died
-    from walnet.engine.checkpoint import temp_prefix
+    from walnet.files import temp_prefix
     host = temp_prefix("x").split(".")[2].split("-")[0]
     masks = tmp_path / "scans" / "masks"
     stale = masks / f".walnet-masks.{host}-{child.pid}.k2j4.tmp"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from walnet.files import atomic_open
+
 SPLITS = ("train", "val", "test")
 
 
@@ -81,12 +83,10 @@ def save_split(path: str | Path, keys: list[str], splits: list[str]) -> None:
             raise ValueError(f"cannot save the split to {path}: the image {key} is listed twice "
                              f"({first[key]!r} and {given!r}); one image must have one split")
         first[key] = given
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, text=True) as f:
         writer = csv.writer(f)
         writer.writerow(["key", "split"])
         writer.writerows(zip(resolved, splits))
-    tmp.replace(path)
 
 
 def load_split(path: str | Path) -> dict[str, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from walnet import ops
-from walnet.engine.checkpoint import check_writable
+from walnet.files import check_writable
 from walnet.engine.config import TrainConfig
 from walnet.engine.lock import LOCK_NAME
 
@@ -60,7 +60,7 @@ EVAL_FILES = ("metrics.json", "roc.png", "confusion.png", "segmentation.png", "a
 
 def check_output(output, flag: str = "--output", inputs=(), writes=RUN_FILES) -> None:
     """A :class:`ValueError` naming `flag` unless `output` can be (or is) a folder this process
-    writes (:func:`~walnet.engine.checkpoint.check_writable`) and none of the files it `writes`
+    writes (:func:`~walnet.files.check_writable`) and none of the files it `writes`
     there is one of `inputs` (a user's files are never a write target)."""
     check_writable(output, flag, folder=True)
     path = Path(os.path.abspath(output))

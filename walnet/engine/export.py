@@ -31,14 +31,10 @@ is :func:`walnet.models.load_pretrained`.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib.util
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +44,10 @@ from torch import nn
 
 from walnet._version import __version__
 from walnet.data import load_split, phantom
-from walnet.engine.checkpoint import remove_stale_temps, temp_prefix
 from walnet.engine.checks import check_output, pick_device
 from walnet.engine.config import SPLITS, ExportConfig
 from walnet.engine.trainer import load_trained
+from walnet.files import first_line, staged
 from walnet.models import BASELINES, WALNet
 from walnet.models.pretrained import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE
 
@@ -74,7 +70,7 @@ ONNX_FILE = "model.onnx"
 ONNX_DATA_FILE = "model.onnx.data"  # ONNX keeps weights over 2 GB in a file beside the model
 #: Every file an export may write: an existing one is only replaced with ``overwrite``.
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, PT2_FILE, ONNX_FILE, ONNX_DATA_FILE)
-_STAGING = "walnet-export"  # the temporary folder's name in the output folder (see temp_prefix)
+_STAGING = "walnet-export"  # the temporary folder's name in the output folder (see walnet.files.staged)
 
 
 class ExportError(RuntimeError):
@@ -129,10 +125,6 @@ def _check_target(config: ExportConfig) -> None:
     if existing and not config.overwrite:
         raise FileExistsError(f"--output {out} already holds {', '.join(existing)}; pass --overwrite to replace "
                               "the export there")
-
-
-def _first_line(exc: BaseException) -> str:
-    return next((s.strip() for s in str(exc).splitlines() if s.strip()), type(exc).__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,12 +220,12 @@ def _export_pt2(model: nn.Module, names: list[str], size: int, device: torch.dev
     try:
         program = torch.export.export(wrapper, (example,), dynamic_shapes=_dynamic_batch())
     except Exception as exc:  # noqa: BLE001 - whatever keeps the batch from being dynamic: try a fixed one
-        static_reason = _first_line(exc)
+        static_reason = first_line(exc)
         example = _example(1, size, device)
         try:
             program = torch.export.export(wrapper, (example,))
         except Exception as exc2:  # noqa: BLE001 - torch.export's errors have no common base
-            raise ExportError(f"torch.export cannot export the model ({_first_line(exc2)}); nothing was "
+            raise ExportError(f"torch.export cannot export the model ({first_line(exc2)}); nothing was "
                               "written") from exc2
     torch.export.save(program, path)
     check = _example(3 if static_reason is None else 1, size, device)
@@ -263,12 +255,12 @@ def _export_onnx(model: nn.Module, names: list[str], size: int, path: Path) -> d
     try:
         program = torch.onnx.export(wrapper, (example,), dynamic_shapes=_dynamic_batch(), **kw)
     except Exception as exc:  # noqa: BLE001 - whatever keeps the batch from being dynamic: try a fixed one
-        static_reason = _first_line(exc)
+        static_reason = first_line(exc)
         example = _example(1, size, "cpu")
         try:
             program = torch.onnx.export(wrapper, (example,), **kw)
         except Exception as exc2:  # noqa: BLE001 - the exporter's errors have no common base
-            raise ExportError(f"torch.onnx.export cannot export the model ({_first_line(exc2)}); nothing was "
+            raise ExportError(f"torch.onnx.export cannot export the model ({first_line(exc2)}); nothing was "
                               "written") from exc2
     program.save(str(path))  # weights inside the file unless they exceed protobuf's 2 GB
     entry = {"file": ONNX_FILE, "opset": ONNX_OPSET, "input": "image", "outputs": names,
@@ -339,12 +331,8 @@ def _export(config: ExportConfig) -> dict:
         "formats": {},
     }
 
-    made = [f for f in (out, *out.parents) if not f.exists()]  # folders to remove again if this fails
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out, _STAGING)
-    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(_STAGING), suffix=".tmp", dir=out))
-    done = False
-    try:
+    with staged(out, _STAGING) as stage:
+        staging = stage.path
         info["formats"]["safetensors"] = _write_safetensors(model, staging / WEIGHTS_FILE)
         if "pt2" in config.formats:
             info["formats"]["pt2"] = _export_pt2(model, names, trained.size, device, staging / PT2_FILE)
@@ -355,21 +343,10 @@ def _export(config: ExportConfig) -> dict:
         (staging / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         card = _model_card(info, trained, ckpt, metrics, metrics_note, _split_sizes(ckpt.parent / "split.csv"))
         (staging / CARD_FILE).write_text(card, encoding="utf-8")
-        for name in files:  # on disk before any is renamed into place
-            with open(staging / name, "rb") as f:
-                os.fsync(f.fileno())
-        for name in files:
-            os.replace(staging / name, out / name)
+        stage.commit(files)
         for name in EXPORT_FILES:  # an earlier export's files of formats not written this time
             if name not in files and (out / name).exists():
                 (out / name).unlink()
-        done = True
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not done:
-            for folder in made:  # deepest first; only while empty
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
     onnx = info["formats"].get("onnx")
     return {"output": str(out), "files": files, "model": trained.model, "epoch": int(state["epoch"]),
             "formats": info["formats"], "onnx_checked": None if onnx is None else onnx["checked"] is not None}
@@ -394,7 +371,7 @@ def _read_metrics(path: Path) -> tuple[dict | None, str | None]:
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"{path} could not be read ({_first_line(exc)})"
+        return None, f"{path} could not be read ({first_line(exc)})"
     if not isinstance(metrics, dict) or "accuracy" not in metrics:
         return None, f"{path} is not a metrics file of `walnet evaluate`"
     return metrics, None
@@ -407,7 +384,7 @@ def _split_sizes(path: Path) -> dict | str | None:
     try:
         splits = list(load_split(path).values())
     except (OSError, ValueError) as exc:
-        return f"{path} could not be read ({_first_line(exc)})"
+        return f"{path} could not be read ({first_line(exc)})"
     return {s: splits.count(s) for s in SPLITS}
 
 

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from walnet.constants import IGNORE_INDEX
-from walnet.engine.checkpoint import atomic_open
+from walnet.files import atomic_open
 from walnet.engine.metrics import roc_auc, roc_curve
 
 # mask colours: background, foreground, ignored / unknown

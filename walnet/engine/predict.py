@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +29,11 @@ from walnet import ops
 from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record, expand_dicom
 from walnet.data.dicom import DICOM_EXTENSIONS
 from walnet.data.sources import read_csv
-from walnet.engine.checkpoint import WriteError, atomic_open, check_writable, remove_stale_temps, temp_prefix
 from walnet.engine.config import PredictConfig
 from walnet.engine.speed import loader_workers
 from walnet.engine.step import as_output, autocast
 from walnet.engine.trainer import load_trained, pick_device
+from walnet.files import WriteError, atomic_open, check_writable, staged
 from walnet.models.pretrained import load_pretrained, read_config
 
 
@@ -251,52 +249,32 @@ def _predict(config: PredictConfig) -> dict:
                              "its PGM (not a baseline or walnet_no_pgm)")
     _check_readable(records, size, region)
 
-    made = []  # folders this run creates: removed again (when still empty) if it fails
-    for _, _, folder, _ in folders:
-        for parent in (folder, *folder.parents):
-            if parent.exists() or parent in made:
-                break
-            made.append(parent)
-    made.sort(key=lambda f: len(f.parts), reverse=True)  # deepest first
-    staging, done = {}, False
-    try:
-        for _, what, folder, _ in folders:
-            # the PNGs go to a temporary folder first and move into place with the CSV, so a
-            # failure part way leaves none of them (and a rerun is not refused)
-            folder.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps(folder, _STAGING[what])
-            staging[what] = Path(tempfile.mkdtemp(prefix=temp_prefix(_STAGING[what]), suffix=".tmp", dir=folder))
-        probs = _run(model, records, size, region, config, device, classes, staging, names)
+    # The PNGs go to a temporary folder first and move into place with the CSV, so a failure
+    # part way leaves none of them (and a rerun is not refused).
+    with contextlib.ExitStack() as stack:
+        stages = {what: stack.enter_context(staged(folder, _STAGING[what])) for _, what, folder, _ in folders}
+        probs = _run(model, records, size, region, config, device, classes,
+                     {what: stage.path for what, stage in stages.items()}, names)
         predicted = probs.argmax(axis=1)
-        extra = [(what, folder) for _, what, folder, _ in folders]
         with atomic_open(output_csv, text=True) as f:
             writer = csv.writer(f)
             frames = any(r.frame is not None for r in records)
             writer.writerow(["path", *(["frame"] if frames else []), "predicted", *(f"prob_{c}" for c in classes),
-                             *(what for what, _ in extra)])
+                             *stages])
             for i, (p, r) in enumerate(zip(paths, records)):
                 frame = ["" if r.frame is None else str(r.frame)] if frames else []
                 row = [str(p), *frame, classes[predicted[i]], *(f"{float(x):.9g}" for x in probs[i])]
-                writer.writerow(row + [str(folder / names[i]) for _, folder in extra])
+                writer.writerow(row + [str(stage.target / names[i]) for stage in stages.values()])
             f.flush()
             os.fsync(f.fileno())
-            for what, folder in extra:  # the CSV is on disk; it is renamed into place right after
-                for name in names:
-                    os.replace(staging[what] / name, folder / name)
-        done = True
-    finally:
-        for folder in staging.values():
-            shutil.rmtree(folder, ignore_errors=True)
-        if not done:
-            for folder in made:  # deepest first; only while empty
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+            for stage in stages.values():  # the CSV is on disk; it is renamed into place right after
+                stage.commit(names)
     counts = {c: int((predicted == k).sum()) for k, c in enumerate(classes)}
     return {"images": len(paths), "output": str(output_csv), "masks": str(masks_dir) if masks_dir else None,
             "overlays": str(overlays_dir) if overlays_dir else None, "counts": counts}
 
 
-#: The temporary folders' names in the masks and overlays folders (see temp_prefix).
+#: The temporary folders' names in the masks and overlays folders (see walnet.files.staged).
 _STAGING = {"mask": "walnet-masks", "overlay": "walnet-overlays"}
 
 

@@ -32,8 +32,8 @@ import torch
 from walnet import ops
 from walnet.data import PlaqueDataset, load_split, read_csv, save_split, scan_image_folder, split_indices
 from walnet.engine import distributed, lock
-from walnet.engine.checkpoint import (TRAINED_KEYS, CheckpointError, atomic_open, check_writable, load_checkpoint,
-                                      load_training_state, load_weights, save_checkpoint)
+from walnet.engine.checkpoint import (TRAINED_KEYS, CheckpointError, load_checkpoint, load_training_state,
+                                      load_weights, save_checkpoint)
 from walnet.engine.checks import (EVAL_FILES, check_data_path, check_output, check_stages, check_train_config,
                                   pick_device)
 from walnet.engine.config import EvalConfig, TrainConfig
@@ -41,6 +41,7 @@ from walnet.engine.loops import EvalOutputs, evaluate, train_one_epoch
 from walnet.engine.metrics import bootstrap_ci, patient_metrics
 from walnet.engine.speed import Speed, backend_flags, loader_workers, speed_of
 from walnet.engine.step import TrainStep
+from walnet.files import atomic_open, write_text
 from walnet.models import PseudoMaskGenerator, create_model
 
 PANEL_SAMPLES = 6  # rows of the segmentation panel of `walnet evaluate`
@@ -115,12 +116,10 @@ def _keep_rows_before(path: Path, epoch: int) -> None:
         return
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, text=True) as f:
         writer = csv.DictWriter(f, METRIC_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 def _append_row(path: Path, row: dict) -> None:
@@ -322,8 +321,7 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, speed: Speed,
     saved = config.to_dict()
     metrics_path = output / "metrics.csv"
     if ctx.is_main:
-        with open(output / "args.json", "w") as f:
-            json.dump(saved, f, indent=2)
+        write_text(output / "args.json", json.dumps(saved, indent=2))
         _keep_rows_before(metrics_path, start)
     net = model
     if ctx.enabled:

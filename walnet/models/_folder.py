@@ -17,6 +17,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from walnet.files import first_line, weights_mismatch
 from walnet.models.normalize import fill_missing_stats
 
 #: The ``"format"`` tag of an exported model's config.json, and the one version this walnet reads.
@@ -90,13 +91,8 @@ def build(folder: str | Path, config: dict, make: Callable[..., nn.Module]) -> n
     try:
         return make(config["model"], num_classes=config["num_classes"], pretrained=False, **config["kwargs"])
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:
-        first = next((s for s in str(exc).splitlines() if s.strip()), type(exc).__name__)
         raise ValueError(f"{Path(folder) / CONFIG_FILE} describes a model walnet cannot build "
-                         f"({config['model']!r} with {config['kwargs']}): {first}") from None
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "[" + ", ".join(map(str, t.shape)) + "]"
+                         f"({config['model']!r} with {config['kwargs']}): {first_line(exc)}") from None
 
 
 def load_weights(model: nn.Module, folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -111,19 +107,9 @@ def load_weights(model: nn.Module, folder: str | Path, device: str | torch.devic
     try:
         weights = safetensors.torch.load_file(path, device="cpu")
     except (safetensors.SafetensorError, OSError, ValueError) as exc:
-        first = next((s for s in str(exc).splitlines() if s.strip()), type(exc).__name__)
-        raise ValueError(f"{path} cannot be read as safetensors weights: {first}") from None
+        raise ValueError(f"{path} cannot be read as safetensors weights: {first_line(exc)}") from None
     weights = fill_missing_stats(model, weights)
-    own = model.state_dict()
-    problems = []
-    shapes = [f"{k} {_shape(weights[k])} in the file, {_shape(own[k])} in the model"
-              for k in own if k in weights and weights[k].shape != own[k].shape]
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    for items, what in ((shapes, "shape(s) differ"), (missing, "parameter(s) missing"),
-                        (unexpected, "unexpected parameter(s)")):
-        if items:
-            problems.append(f"{len(items)} {what}, e.g. {items[0]}")
+    problems = weights_mismatch(model.state_dict(), weights)
     if problems:
         raise ValueError(f"{path} does not fit the model its {CONFIG_FILE} describes "
                          f"({type(model).__name__}): {'; '.join(problems)}")

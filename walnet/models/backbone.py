@@ -19,18 +19,12 @@ import timm
 import torch
 from torch import nn
 
-
-def _first_line(exc: BaseException) -> str:
-    return next((s.strip() for s in str(exc).splitlines() if s.strip()), type(exc).__name__)
+from walnet.files import first_line, weights_mismatch
 
 
 def _classifier_prefixes(cfg: dict) -> tuple[str, ...]:
     names = cfg.get("classifier") or ()
     return (names,) if isinstance(names, str) else tuple(names)
-
-
-def _shape(t) -> str:
-    return "[" + ", ".join(map(str, t.shape)) + "]"
 
 
 def check_pretrained_file(path: str | Path, architecture: str) -> None:
@@ -46,7 +40,7 @@ def check_pretrained_file(path: str | Path, architecture: str) -> None:
     try:
         weights = timm.models.load_state_dict(str(path), device="cpu")
     except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"pretrained_file {path} cannot be read as a state dict ({_first_line(exc)})") from None
+        raise ValueError(f"pretrained_file {path} cannot be read as a state dict ({first_line(exc)})") from None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise ValueError(f"pretrained_file {path} holds no state dict (parameter name -> tensor)")
     with torch.device("meta"):
@@ -54,13 +48,7 @@ def check_pretrained_file(path: str | Path, architecture: str) -> None:
     skip = tuple(p + "." for p in _classifier_prefixes(model.pretrained_cfg))
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
     weights = {k: v for k, v in weights.items() if not k.startswith(skip)}
-    shapes = [f"{k} {_shape(weights[k])} in the file, {_shape(own[k])} in the model"
-              for k in own if k in weights and weights[k].shape != own[k].shape]
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    problems = [f"{len(items)} {what}, e.g. {items[0]}"
-                for items, what in ((shapes, "shape(s) differ"), (missing, "weight(s) missing"),
-                                    (unexpected, "unexpected weight(s)")) if items]
+    problems = weights_mismatch(own, weights, noun="weight")
     if problems:
         raise ValueError(f"pretrained_file {path} does not hold weights of the backbone {architecture}: "
                          f"{'; '.join(problems)}")
@@ -81,4 +69,4 @@ def create_timm(architecture: str, *, pretrained: bool = False, pretrained_file:
         if "state_dict" not in str(exc):  # not torch's "Error(s) in loading state_dict": not the file's fault
             raise
         raise ValueError(f"pretrained_file {pretrained_file} cannot be loaded into the backbone {architecture}: "
-                         f"{_first_line(exc)}") from None
+                         f"{first_line(exc)}") from None
