@@ -279,3 +279,48 @@ def test_baselines_normalise_their_input():
     twin.input_std.fill_(1.0)
     with torch.no_grad():
         assert torch.equal(twin(x), plain(x))
+
+
+@pytest.mark.parametrize("method", list(ops.ROI_METHODS))
+def test_rcm_module_is_roi_crop_and_its_boxes_are_what_it_crops(method):
+    """walnet.models.rcm.RCM applies ops.roi_crop with its method, threshold and dilation, and
+    its boxes are mask_boxes of the same mask, grown as the method grows them; WAL-Net's
+    rcm_boxes are its RCM's (None without an RCM)."""
+    from walnet.constants import RCM_DILATION, RCM_THRESHOLD
+    from walnet.models.rcm import RCM
+
+    g = torch.Generator().manual_seed(3)
+    seg = torch.randn(3, 2, 12, 12, generator=g)
+    levels = [torch.randn(3, 4, s, s, generator=g) for s in (12, 6, 3)]
+    rcm = RCM(method)
+    assert (rcm.threshold, rcm.dilation) == (RCM_THRESHOLD, RCM_DILATION) == (0.5, 1 / 7)
+    for got, want in zip(rcm(levels, seg), ops.roi_crop(levels, seg, method, 0.5, 1 / 7)):
+        assert torch.equal(got, want)
+    boxes = rcm.boxes(seg, (6, 6))
+    prob = seg.softmax(1)[:, 1]
+    if method in ("rwm", "bg_rm"):
+        assert boxes is None
+    else:
+        dilation = 1 / 7 if method == "dilated_crop" else 0.0
+        assert torch.equal(boxes, ops.mask_boxes(prob, (6, 6), 0.5, dilation))
+        # a crop method's boxes are where its crops come from: cropping with them is the RCM
+        crop = ops.crop_resize(levels[1], boxes)
+        if method != "bg_rm_crop":
+            assert torch.equal(rcm(levels, seg)[1], crop)
+    model = walnet.WALNet(**SMALL, roi_method=method).eval()
+    assert model.roi_method == method and model.rcm.method == method
+    got = model.rcm_boxes(seg)
+    assert (got is None) == (boxes is None) and (got is None or torch.equal(got, rcm.boxes(seg)))
+    assert walnet.WALNet(**SMALL, use_rcm=False).rcm_boxes(seg) is None
+    with pytest.raises(ValueError, match="roi_method must be one of"):
+        RCM("tight")
+
+
+def test_walnet_backend_reaches_its_rcm():
+    model = walnet.WALNet(**SMALL, backend="reference")
+    assert model.backend == model.rcm.backend == "reference"
+    model.backend = "auto"
+    assert model.rcm.backend == "auto"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        model.backend = "fast"
+    assert not any(k.startswith("rcm") for k in model.state_dict())  # the RCM holds no weights

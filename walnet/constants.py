@@ -4,5 +4,10 @@
 #: or a true mask that is unknown. ``CrossEntropyLoss(ignore_index=IGNORE_INDEX)`` skips it.
 IGNORE_INDEX = 255
 
+#: The RCM's foreground threshold on the segmentation's plaque probability, and the dilation of
+#: its box as a fraction of the feature map's width (the authors' W / 7).
+RCM_THRESHOLD = 0.5
+RCM_DILATION = 1 / 7
+
 #: The paper's plaque classes, in label order (0 hyperechoic, 1 hypoechoic, 2 mixed-echoic).
 PLAQUE_CLASSES = ("hyperechoic", "hypoechoic", "mixed-echoic")

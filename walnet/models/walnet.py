@@ -14,6 +14,7 @@ from walnet.models.attention import GridAttentionGate
 from walnet.models.backbone import create_timm
 from walnet.models.decoder import DeepLabV3PlusDecoder
 from walnet.models.normalize import input_stats, normalize, register_stats
+from walnet.models.rcm import RCM
 
 
 class WALNetOutput(NamedTuple):
@@ -66,10 +67,7 @@ class WALNet(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        if backend not in ops.BACKENDS:
-            raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
-        if roi_method not in ops.ROI_METHODS:
-            raise ValueError(f"roi_method must be one of {ops.ROI_METHODS}, got {roi_method!r}")
+        self.rcm = RCM(roi_method, backend=backend)  # first: it checks roi_method and backend
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.encoder = create_timm(backbone, features_only=True, out_indices=(1, 2, 3, 4), pretrained=pretrained,
@@ -87,10 +85,8 @@ class WALNet(nn.Module):
         else:
             self.gates, self.decoder = nn.ModuleList(), None
             self.heads = nn.ModuleList([nn.Linear(c4, num_classes)])
-        self.roi_method = roi_method
         self.rcm_warmup_epochs = rcm_warmup_epochs
         self.use_rcm = use_rcm and use_pgm
-        self.backend = backend
 
     @classmethod
     def from_pretrained(cls, folder, device: str | torch.device = "cpu") -> WALNet:
@@ -106,23 +102,33 @@ class WALNet(nn.Module):
         model = build(folder, config, lambda name, **kwargs: cls(**kwargs))
         return load_weights(model, folder, device)
 
+    @property
+    def roi_method(self) -> str:
+        """The RCM's ROI method."""
+        return self.rcm.method
+
+    @property
+    def backend(self) -> str:
+        """The op backend of the model's RCM ("auto", "kernel", "reference")."""
+        return self.rcm.backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in ops.BACKENDS:
+            raise ValueError(f"backend must be one of {ops.BACKENDS}, got {value!r}")
+        self.rcm.backend = value
+
     def rcm_active(self, epoch: int | None) -> bool:
         if not self.use_rcm:
             return False
         return not (self.training and epoch is not None and epoch < self.rcm_warmup_epochs)
 
     def rcm_boxes(self, seg_logits: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor | None:
-        """The boxes the RCM crops (int32 [N,4], (y1, x1, y2, x2), inclusive) from a feature map
-        of `size` (default: the segmentation's grid) given `seg_logits`, as :func:`walnet.ops.roi_crop`
-        finds them (threshold 0.5; dilated by W/7 for "dilated_crop", tight for "crop" and
-        "bg_rm_crop"). None when this model's RCM crops nothing (no RCM, "rwm", "bg_rm"). For
-        showing where the model looked; the forward pass does not call it."""
-        if not self.use_rcm or self.roi_method not in ("crop", "bg_rm_crop", "dilated_crop"):
-            return None
-        prob = torch.softmax(seg_logits.float(), dim=1)[:, 1]
-        dilation = 1 / 7 if self.roi_method == "dilated_crop" else 0.0
-        size = tuple(seg_logits.shape[-2:]) if size is None else size
-        return ops.mask_boxes(prob, size, 0.5, dilation, backend=self.backend)
+        """The boxes the RCM crops (:meth:`RCM.boxes`) from a feature map of `size` (default: the
+        segmentation's grid) given `seg_logits`; None when this model's RCM crops nothing (no
+        RCM, "rwm", "bg_rm"). For showing where the model looked; the forward pass does not call
+        it."""
+        return self.rcm.boxes(seg_logits, size) if self.use_rcm else None
 
     def forward(self, x: torch.Tensor, epoch: int | None = None) -> WALNetOutput:
         # The PGM takes its superpixels from the caller's [0, 1] image (TrainStep passes it the
@@ -135,7 +141,7 @@ class WALNet(nn.Module):
         seg_logits = self.decoder(f1, c4)
         levels = ys + [c4]
         if self.rcm_active(epoch):
-            levels = ops.roi_crop(levels, seg_logits, self.roi_method, backend=self.backend)
+            levels = self.rcm(levels, seg_logits)
         pooled = [y.sum(dim=(2, 3)) for y in levels[:3]] + [levels[3].mean(dim=(2, 3))]
         logits = torch.stack([head(p) for head, p in zip(self.heads, pooled)]).mean(dim=0)
         return WALNetOutput(logits, seg_logits, tuple(a for _, a in gated))

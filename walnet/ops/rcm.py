@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from walnet.constants import RCM_DILATION, RCM_THRESHOLD
 from walnet.ops import _checks, _library, reference
 from walnet.ops._dispatch import use_kernel
 from walnet.ops._preview import preview_kernels_enabled
@@ -27,8 +28,8 @@ MAX_LEVELS = 8
 def mask_boxes(
     fg_prob: torch.Tensor,
     size: tuple[int, int],
-    threshold: float = 0.5,
-    dilation: float = 1 / 7,
+    threshold: float = RCM_THRESHOLD,
+    dilation: float = RCM_DILATION,
     *,
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -93,8 +94,8 @@ def crop_resize(
 def roi_boxes(
     fg_prob: torch.Tensor,
     sizes: list[tuple[int, int]],
-    threshold: float = 0.5,
-    dilation: float = 1 / 7,
+    threshold: float = RCM_THRESHOLD,
+    dilation: float = RCM_DILATION,
     *,
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -185,8 +186,8 @@ def roi_crop(
     features: torch.Tensor | list[torch.Tensor],
     seg_logits: torch.Tensor,
     method: str = "dilated_crop",
-    threshold: float = 0.5,
-    dilation: float = 1 / 7,
+    threshold: float = RCM_THRESHOLD,
+    dilation: float = RCM_DILATION,
     *,
     backend: str = "auto",
 ) -> torch.Tensor | list[torch.Tensor]:
@@ -235,7 +236,7 @@ def roi_crop(
     else:
         if method == "bg_rm_crop":
             levels = [reference.bg_rm_level(f, prob, threshold) for f in levels]
-        out = _crop_kernels(levels, prob, threshold, dilation if method == "dilated_crop" else 0.0)
+        out = _crop_kernels(levels, prob, threshold, reference.crop_dilation(method, dilation))
     return out[0] if single else out
 
 

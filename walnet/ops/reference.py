@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from walnet.constants import IGNORE_INDEX
+from walnet.constants import IGNORE_INDEX, RCM_DILATION, RCM_THRESHOLD
 
 __all__ = [
     "IGNORE_INDEX",
@@ -114,6 +114,14 @@ def pseudo_mask(
 ROI_METHODS = ("rwm", "bg_rm", "bg_rm_crop", "crop", "dilated_crop")
 
 
+def crop_dilation(method: str, dilation: float = RCM_DILATION) -> float | None:
+    """How ROI method `method` grows its box: `dilation` for "dilated_crop", 0 (the tight box)
+    for "crop" and "bg_rm_crop", None for the methods that crop nothing ("rwm", "bg_rm")."""
+    if method == "dilated_crop":
+        return dilation
+    return 0.0 if method in ("crop", "bg_rm_crop") else None
+
+
 def _ratio(in_size: torch.Tensor, out_size: int, dtype: torch.dtype) -> torch.Tensor:
     """``in_size / out_size`` in `dtype`, correctly rounded on every device. PyTorch's CUDA
     kernels divide a tensor by a Python number as a multiplication by its reciprocal, which can
@@ -138,7 +146,7 @@ def _resize_nearest(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def mask_boxes(
-    fg_prob: torch.Tensor, size: tuple[int, int], threshold: float = 0.5, dilation: float = 1 / 7
+    fg_prob: torch.Tensor, size: tuple[int, int], threshold: float = RCM_THRESHOLD, dilation: float = RCM_DILATION
 ) -> torch.Tensor:
     """Dilated bounding box of the foreground, at a feature level's size: int32 [N,4] as
     (y1, x1, y2, x2), inclusive.
@@ -223,7 +231,7 @@ def _memory_format(t: torch.Tensor) -> torch.memory_format:
 
 
 def roi_boxes(
-    fg_prob: torch.Tensor, sizes: list[tuple[int, int]], threshold: float = 0.5, dilation: float = 1 / 7
+    fg_prob: torch.Tensor, sizes: list[tuple[int, int]], threshold: float = RCM_THRESHOLD, dilation: float = RCM_DILATION
 ) -> torch.Tensor:
     """Every level's :func:`mask_boxes`: int32 [N, L, 4] whose ``[:, l]`` is
     ``mask_boxes(fg_prob, sizes[l], threshold, dilation)``."""
@@ -254,8 +262,8 @@ def roi_crop(
     features: torch.Tensor | list[torch.Tensor],
     seg_logits: torch.Tensor,
     method: str = "dilated_crop",
-    threshold: float = 0.5,
-    dilation: float = 1 / 7,
+    threshold: float = RCM_THRESHOLD,
+    dilation: float = RCM_DILATION,
 ) -> torch.Tensor | list[torch.Tensor]:
     """The RCM: the ROI methods of the paper's Table 3 applied to one feature map or a list.
 
@@ -279,8 +287,7 @@ def roi_crop(
             if method == "bg_rm":
                 out.append(f)
                 continue
-        dil = dilation if method == "dilated_crop" else 0.0
-        out.append(crop_resize(f, mask_boxes(prob, tuple(f.shape[-2:]), threshold, dil)))
+        out.append(crop_resize(f, mask_boxes(prob, tuple(f.shape[-2:]), threshold, crop_dilation(method, dilation))))
     return out[0] if single else out
 
 
