@@ -1,7 +1,7 @@
 """Checkpoints and atomic writes: written atomically (no temporary left, the old file intact when
 saving fails, a full disk a one-line error), temporaries of killed writers removed by the next
 write, the mode a plain ``open`` gives, and every unloadable file a one-line error naming it
-(through ``load_checkpoint``, ``load_trained``, ``load_training_state`` and the command line)."""
+(through ``load_checkpoint``, ``load_model``, ``load_training_state`` and the command line)."""
 from __future__ import annotations
 
 import errno
@@ -22,7 +22,7 @@ from walnet.engine import load_checkpoint, save_checkpoint
 from walnet.engine.checkpoint import CheckpointError, load_training_state
 from walnet.files import WriteError, atomic_open, check_writable, remove_stale_temps, temp_prefix
 from walnet.engine.config import TrainConfig
-from walnet.engine.trainer import load_trained
+from walnet.engine.loading import load_model
 from walnet.models import create_model
 
 from conftest import unwritable_folder
@@ -114,11 +114,11 @@ def _unloadable(kind: str, tmp_path: Path, good_bytes: bytes) -> tuple[Path, str
     if kind == "other-model":  # weights of an unrelated network under a WAL-Net config
         torch.save({"model": torch.nn.Linear(4, 3).state_dict(), "args": _args(), "classes": CLASSES,
                     "epoch": 0}, path)
-        return path, (r"does not match model walnet \(backbone resnet18, --attention-channels 8\): "
+        return path, (r"does not match model walnet \(backbone resnet18, 8 attention channels\): "
                       r"\d+ parameter.s. missing, e\.g\. .*unexpected parameter.s., e\.g\. weight")
     if kind == "other-channels":  # WAL-Net weights with 16 attention channels, config saying 8
         torch.save({"model": _walnet(16).state_dict(), "args": _args(8), "classes": CLASSES, "epoch": 0}, path)
-        return path, (r"does not match model walnet \(backbone resnet18, --attention-channels 8\): "
+        return path, (r"does not match model walnet \(backbone resnet18, 8 attention channels\): "
                       r"\d+ shape.s. differ, e\.g\. \S+ \[16, .*\] in the checkpoint, \[8, .*\] in the model")
     raise AssertionError(kind)
 
@@ -131,7 +131,7 @@ KINDS = ["truncated", "random", "empty", "plain-dict", "list", "text", "folder",
 def test_unloadable_checkpoints_give_one_line(kind, tmp_path, good):
     path, words = _unloadable(kind, tmp_path, good[1])
     with pytest.raises(CheckpointError, match=words) as info:
-        load_trained(path)
+        load_model(path)
     message = str(info.value)
     assert str(path) in message and "\n" not in message and len(message) < 400
     assert isinstance(info.value, ValueError)  # what the command line reports as one line
@@ -139,7 +139,7 @@ def test_unloadable_checkpoints_give_one_line(kind, tmp_path, good):
 
 def test_missing_checkpoint_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt does not exist"):
-        load_trained(tmp_path / "nope.pt")
+        load_model(tmp_path / "nope.pt")
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
@@ -223,7 +223,7 @@ def test_a_checkpoint_without_the_normalisation_buffers_loads_as_it_was_trained(
     args = TrainConfig.from_dict({**_args(), "model": name}).to_dict()
     path = save_checkpoint(tmp_path / "best.pt", {"model": _without_normalisation(model.state_dict()),
                                                   "args": args, "classes": CLASSES, "epoch": 0})
-    loaded, *_ = load_trained(path)
+    loaded = load_model(path).model
     assert torch.equal(loaded.input_mean, torch.zeros(1, 3, 1, 1))
     assert torch.equal(loaded.input_std, torch.ones(1, 3, 1, 1))
     old = model.eval()  # the old model: its backbone took the image as it is
@@ -241,7 +241,7 @@ def test_only_the_normalisation_buffers_may_be_missing(tmp_path):
     state.pop("heads.0.bias")
     path = save_checkpoint(tmp_path / "best.pt", {"model": state, "args": _args(), "classes": CLASSES, "epoch": 0})
     with pytest.raises(CheckpointError, match=r"1 parameter\(s\) missing, e.g. heads.0.bias$"):
-        load_trained(path)
+        load_model(path)
     # resuming an old run keeps its (absent) normalisation too
     model = _walnet()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -15,6 +15,7 @@ import pytest
 from walnet import cli
 from walnet.engine import demo, export, predict, trainer
 from walnet.engine.config import DemoConfig, EvalConfig, ExportConfig, PredictConfig, TrainConfig
+from walnet.engine.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "walnet" / "engine"
@@ -131,7 +132,8 @@ def test_old_style_checkpoint_args_are_read(tmp_path):
     args = {"command": "train", **config.to_dict()}
     ckpt = save_checkpoint(tmp_path / "last.pt", {"model": model.state_dict(), "args": args,
                                                    "classes": ["a", "b", "c"], "epoch": 1})
-    loaded, classes, trained, state = trainer.load_trained(ckpt)
+    got = load_model(ckpt)
+    loaded, classes, trained, state = got.model, got.classes, got.train_config, got.checkpoint
     assert trained == config and classes == ("a", "b", "c") and state["epoch"] == 1
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name

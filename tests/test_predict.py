@@ -169,10 +169,10 @@ def _scans(root: Path, folder: Path, n=2) -> list[Path]:
 @pytest.fixture
 def no_model(monkeypatch):
     """Fails the test if predict gets as far as loading the model."""
-    def load_trained(*args, **kwargs):
+    def load_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the error")
 
-    monkeypatch.setattr("walnet.engine.predict.load_trained", load_trained)
+    monkeypatch.setattr("walnet.engine.predict.load_model", load_model)
 
 
 def _cli_error(capsys, *argv) -> str:

@@ -18,6 +18,7 @@ import torch
 from walnet.data import phantom
 from walnet.engine import lock, trainer
 from walnet.engine.config import TrainConfig
+from walnet.engine.loading import load_model
 from walnet.engine.speed import speed_of
 from walnet.engine.trainer import train
 
@@ -447,13 +448,14 @@ def _assert_encoder_holds(model, weights):
 def test_pretrained_file_sets_the_encoders_initial_weights(data, tmp_path, resnet18_file, monkeypatch):
     pth, safetensors_file, weights = resnet18_file
     for path in (pth, safetensors_file):  # both formats timm reads
-        model = trainer._create_model(_config(data, tmp_path / "unused", pretrained_file=path), 3)
+        config = _config(data, tmp_path / "unused", pretrained_file=path)
+        model = trainer._create_model(config, config.model_spec())
         _assert_encoder_holds(model, weights)
     # a run starts from them: the model its first step trains, as _create_model built it
     built = []
 
-    def spy(config, num_classes):
-        model = real(config, num_classes)
+    def spy(config, spec):
+        model = real(config, spec)
         built.append({k: v.clone() for k, v in model.encoder.state_dict().items()})
         return model
 
@@ -484,7 +486,7 @@ def test_a_trained_model_is_rebuilt_without_the_pretrained_file(data, tmp_path, 
     real = backbone.create_timm
     monkeypatch.setattr(backbone, "create_timm", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     monkeypatch.setattr("walnet.models.walnet.create_timm", backbone.create_timm)
-    model, *_ = trainer.load_trained(run / "best.pt")
+    model = load_model(run / "best.pt").model
     assert calls and all(kw.get("pretrained_file") is None and not kw.get("pretrained") for kw in calls)
     saved = torch.load(run / "best.pt", weights_only=True)["model"]
     for name, tensor in model.state_dict().items():

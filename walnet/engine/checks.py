@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from walnet import ops
-from walnet.files import check_writable
 from walnet.engine.config import TrainConfig
 from walnet.engine.lock import LOCK_NAME
+from walnet.files import check_writable
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -79,17 +79,18 @@ def check_train_config(config: TrainConfig) -> torch.device:
     device = pick_device(config.device)
     if config.model not in model_names():
         raise ValueError(f"--model {config.model!r} is unknown; choose one of {', '.join(model_names())}")
-    if config.model.startswith("walnet"):
+    if config.roi_method is not None and config.roi_method not in ops.ROI_METHODS:
+        raise ValueError(f"--roi-method must be one of {', '.join(ops.ROI_METHODS)}, got {config.roi_method!r}")
+    spec = config.model_spec()
+    if spec.is_walnet:
         import timm
 
         if not timm.is_model(config.backbone):
             raise ValueError(f"unknown backbone {config.backbone!r} for --backbone (timm has no such model; "
                              "e.g. resnet18, resnet50, resnest50d)")
-        if config.roi_method is not None and config.roi_method not in ops.ROI_METHODS:
-            raise ValueError(f"--roi-method must be one of {', '.join(ops.ROI_METHODS)}, got {config.roi_method!r}")
     check_data_path(config.data_dir, config.csv)
     if config.pretrained_file is not None:
-        check_pretrained_file(config.pretrained_file, config.model, config.backbone)
+        check_pretrained_file(config.pretrained_file, spec.architecture)
     if config.resume is not None:
         if os.path.isdir(config.resume):
             raise ValueError(f"--resume {config.resume} is a folder; give the checkpoint in it (last.pt)")
@@ -99,15 +100,13 @@ def check_train_config(config: TrainConfig) -> torch.device:
     return device
 
 
-def check_pretrained_file(path, model: str, backbone: str) -> None:
-    """``--pretrained-file``: a file that holds weights of the timm model under `model` (its
-    `backbone` for WAL-Net, the baseline's own timm model otherwise); a one-line
-    :class:`ValueError` naming the option otherwise (missing file, unreadable, another
-    architecture: the first difference), before any work."""
-    from walnet.models import BASELINES
+def check_pretrained_file(path, architecture: str) -> None:
+    """``--pretrained-file``: a file that holds weights of the timm model `architecture` (a
+    spec's :attr:`~walnet.models.spec.ModelSpec.architecture`); a one-line :class:`ValueError`
+    naming the option otherwise (missing file, unreadable, another architecture: the first
+    difference), before any work."""
     from walnet.models.backbone import check_pretrained_file as check
 
-    architecture = backbone if model.startswith("walnet") else BASELINES.get(model, model)
     try:
         check(path, architecture)
     except (OSError, ValueError) as exc:

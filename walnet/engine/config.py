@@ -18,6 +18,8 @@ import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 
+from walnet.models.spec import ModelSpec
+
 #: The splits a run's data is divided into (``split.csv``).
 SPLITS = ("train", "val", "test")
 #: The arithmetic of a training run (``--precision``).
@@ -194,6 +196,25 @@ class TrainConfig(_Config):
     skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing")
     no_dicom_region: bool = option(False, "read DICOM images whole instead of cropped to their (largest) "
                                    "ultrasound region")
+
+    def model_spec(self, classes=None) -> ModelSpec:
+        """The model this run trains (or trained), for the class names `classes` (default: the
+        spec's); a ValueError naming ``--model`` or ``--roi-method`` where they name no model."""
+        fields = dict(backbone=self.backbone, rcm_warmup=self.rcm_warmup, attention_channels=self.attention_channels,
+                      size=self.size)
+        if classes is not None:
+            fields["classes"] = tuple(classes)
+        if self.roi_method:
+            fields["roi_method"] = self.roi_method
+        if self.no_rcm:
+            fields["rcm"] = False
+        if self.no_pgm:
+            fields["pgm"] = False
+        try:
+            return ModelSpec.from_name(self.model, **fields)
+        except ValueError as exc:
+            flag = "--roi-method" if "roi_method" in str(exc) else "--model"
+            raise ValueError(f"{flag}: {exc}") from None
 
     def _check(self) -> None:
         _check_data(self)

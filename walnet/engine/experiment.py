@@ -267,7 +267,7 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
                                model=pairs[0][0], resume=None))
     if train.pretrained_file is not None:  # one file for every run: each run's backbone must fit it
         for model, _ in pairs[1:]:
-            check_pretrained_file(train.pretrained_file, model, train.backbone)
+            check_pretrained_file(train.pretrained_file, replace(train, model=model).model_spec().architecture)
     if evaluate is not None:
         pick_device(evaluate.device)
     data = dict(csv=train.csv, data_dir=train.data_dir)

@@ -42,14 +42,13 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from walnet._version import __version__
 from walnet.data import load_split, phantom
 from walnet.engine.checks import check_output, pick_device
-from walnet.engine.config import SPLITS, ExportConfig
-from walnet.engine.trainer import load_trained
+from walnet.engine.config import SPLITS, ExportConfig, TrainConfig
+from walnet.engine.loading import load_model
 from walnet.files import first_line, staged
-from walnet.models import BASELINES, WALNet
-from walnet.models.pretrained import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE
+from walnet.models import ModelSpec, WALNet
+from walnet.models.folder import CONFIG_FILE, FORMAT, WEIGHTS_FILE, folder_config, output_names
 
 #: The ONNX opset the export asks for (torch's default for its dynamo-based exporter).
 ONNX_OPSET = 20
@@ -129,32 +128,6 @@ def _check_target(config: ExportConfig) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # what the model is
-
-
-def _description(model: nn.Module, trained) -> tuple[dict, str]:
-    """The arguments :func:`walnet.models.create_model` rebuilds `model` from (every WAL-Net
-    setting spelled out, so config.json says what the model is without walnet's defaults) and
-    its backbone (the timm model)."""
-    if isinstance(model, WALNet):
-        kwargs = dict(backbone=trained.backbone, attention_channels=trained.attention_channels,
-                      roi_method=model.roi_method, use_rcm=model.use_rcm, use_pgm=model.use_pgm,
-                      rcm_warmup_epochs=model.rcm_warmup_epochs)
-        return kwargs, trained.backbone
-    return {}, BASELINES.get(trained.model, trained.model)
-
-
-def _input_stats(model: nn.Module) -> tuple[list[float], list[float]]:
-    """The mean and std the model normalises its input with (its buffers ``input_mean`` and
-    ``input_std``; the identity for a checkpoint from before they existed), each as the
-    shortest decimals that read back as the buffer's float32 values (0.485, not 0.48500001...)."""
-    def decimals(buffer: torch.Tensor) -> list[float]:
-        return [float(str(np.float32(v))) for v in buffer.detach().float().cpu().flatten().tolist()]
-
-    return decimals(model.input_mean), decimals(model.input_std)
-
-
-def _output_names(model: nn.Module) -> list[str]:
-    return ["logits", "seg_logits"] if getattr(model, "decoder", None) is not None else ["logits"]
 
 
 class _Outputs(nn.Module):
@@ -299,65 +272,30 @@ def _export(config: ExportConfig) -> dict:
         require_onnx()
     _check_target(config)
     device = pick_device(config.device)
-    model, classes, trained, state = load_trained(ckpt, device)
-    kwargs, backbone = _description(model, trained)
-    names = _output_names(model)
-    mean, std = _input_stats(model)
+    trained = load_model(ckpt, device, kind="checkpoint")
+    model, spec, run = trained.model, trained.spec, trained.train_config
+    names = output_names(model)
     metrics, metrics_note = _read_metrics(ckpt.parent / "metrics.json")
-    info = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model": trained.model,
-        "kwargs": kwargs,
-        "num_classes": len(classes),
-        "classes": list(classes),
-        "backbone": backbone,
-        "input": {
-            "size": trained.size,
-            "shape": ["N", 3, trained.size, trained.size],
-            "channels": "RGB",
-            "dtype": "float32",
-            "value_range": [0.0, 1.0],
-            "mean": mean,
-            "std": std,
-            "normalization": "inside the model: it takes RGB images scaled to [0, 1] (8-bit values / 255) and "
-                             "resized to size x size, as walnet reads them, and computes (image - mean) / std "
-                             "itself before its backbone; do not normalise the input",
-        },
-        "outputs": _outputs_doc(names, len(classes)),
-        "walnet_version": __version__,
-        "torch_version": torch.__version__,
-        "checkpoint": {"path": str(ckpt), "epoch": int(state["epoch"])},
-        "formats": {},
-    }
-
+    info = folder_config(model, spec, ckpt, trained.checkpoint["epoch"])
     with staged(out, _STAGING) as stage:
         staging = stage.path
         info["formats"]["safetensors"] = _write_safetensors(model, staging / WEIGHTS_FILE)
         if "pt2" in config.formats:
-            info["formats"]["pt2"] = _export_pt2(model, names, trained.size, device, staging / PT2_FILE)
+            info["formats"]["pt2"] = _export_pt2(model, names, spec.size, device, staging / PT2_FILE)
         if "onnx" in config.formats:
-            info["formats"]["onnx"] = _export_onnx(model, names, trained.size, staging / ONNX_FILE)
+            info["formats"]["onnx"] = _export_onnx(model, names, spec.size, staging / ONNX_FILE)
         files = sorted(p.name for p in staging.iterdir()) + [CONFIG_FILE, CARD_FILE]
         info["files"] = files
         (staging / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        card = _model_card(info, trained, ckpt, metrics, metrics_note, _split_sizes(ckpt.parent / "split.csv"))
+        card = _model_card(info, spec, run, ckpt, metrics, metrics_note, _split_sizes(ckpt.parent / "split.csv"))
         (staging / CARD_FILE).write_text(card, encoding="utf-8")
         stage.commit(files)
         for name in EXPORT_FILES:  # an earlier export's files of formats not written this time
             if name not in files and (out / name).exists():
                 (out / name).unlink()
     onnx = info["formats"].get("onnx")
-    return {"output": str(out), "files": files, "model": trained.model, "epoch": int(state["epoch"]),
+    return {"output": str(out), "files": files, "model": run.model, "epoch": int(trained.checkpoint["epoch"]),
             "formats": info["formats"], "onnx_checked": None if onnx is None else onnx["checked"] is not None}
-
-
-def _outputs_doc(names: list[str], num_classes: int) -> dict:
-    doc = {"logits": f"[N, {num_classes}] class logits in the order of \"classes\" (softmax: probabilities)"}
-    if "seg_logits" in names:
-        doc["seg_logits"] = ("[N, 2, size/4, size/4] plaque segmentation logits (channel 1: plaque), learned from "
-                             "the PGM's pseudo masks")
-    return doc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,21 +382,20 @@ def _stats(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
-def _model_card(info: dict, trained, ckpt: Path, metrics: dict | None, metrics_note: str | None,
-                split_sizes: dict | str | None) -> str:
-    name, kw, size = info["model"], info["kwargs"], info["input"]["size"]
-    walnet_model = name.startswith("walnet")
-    if walnet_model:
-        parts = [f"WAL-Net (`{name}`): timm `{kw['backbone']}` encoder"]
-        if kw["use_pgm"]:
-            parts.append(f"attention gates ({kw['attention_channels']} channels), DeepLabV3+ decoder trained from "
+def _model_card(info: dict, spec: ModelSpec, trained: TrainConfig, ckpt: Path, metrics: dict | None,
+                metrics_note: str | None, split_sizes: dict | str | None) -> str:
+    name, size = trained.model, spec.size
+    if spec.is_walnet:
+        parts = [f"WAL-Net (`{name}`): timm `{spec.backbone}` encoder"]
+        if spec.has_pgm:
+            parts.append(f"attention gates ({spec.attention_channels} channels), DeepLabV3+ decoder trained from "
                          "PGM pseudo masks")
-            parts.append(f"RCM `{kw['roi_method']}`" if kw["use_rcm"] else "no RCM")
+            parts.append(f"RCM `{spec.roi_method}`" if spec.has_rcm else "no RCM")
         else:
             parts.append("no PGM or RCM (pooled stage 4, one linear head)")
         architecture = ", ".join(parts)
     else:
-        architecture = f"baseline `{name}`: the timm classifier `{info['backbone']}`"
+        architecture = f"baseline `{name}`: the timm classifier `{spec.architecture}`"
     classes = ", ".join(f"{k} `{c}`" for k, c in enumerate(info["classes"]))
     outputs = "; ".join(f"`{k}` {v}" for k, v in info["outputs"].items())
     lines = [
@@ -492,7 +429,7 @@ def _model_card(info: dict, trained, ckpt: Path, metrics: dict | None, metrics_n
         f"- Training: up to {trained.epochs} epoch(s); this checkpoint is from epoch {info['checkpoint']['epoch']} "
         f"(counted from 0). Seed {trained.seed}, input size {trained.size}, batch size "
         f"{trained.batch_size}, Adam lr {trained.lr:g}"
-        + (f", RCM off for the first {trained.rcm_warmup} epochs" if walnet_model and kw.get("use_rcm") else "")
+        + (f", RCM off for the first {spec.rcm_warmup} epochs" if spec.has_rcm else "")
         + (f", from the pretrained backbone weights of `{trained.pretrained_file}`" if trained.pretrained_file
            else ", from pretrained backbone weights" if trained.pretrained else ", from random initialisation") + ".",
     ]
@@ -531,7 +468,7 @@ def _model_card(info: dict, trained, ckpt: Path, metrics: dict | None, metrics_n
         "",
         "model = load_pretrained(\"DIR\")             # any walnet model, eval mode, no pickle",
     ]
-    if walnet_model:
+    if spec.is_walnet:
         lines.append("model = walnet.WALNet.from_pretrained(\"DIR\")   # the same, for WAL-Net models")
     lines += ["classes = read_config(\"DIR\")[\"classes\"]",
               "```", "",

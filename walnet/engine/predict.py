@@ -2,9 +2,9 @@
 CSV with ROI boxes) from a checkpoint or an exported model folder, as a CSV file, and optionally
 the predicted plaque masks and attention overlays as PNGs.
 
-The model is rebuilt from the checkpoint as ``walnet evaluate`` does (its train config and class
-map), or read from a ``walnet export`` folder (:func:`walnet.models.load_pretrained`; classes and
-input size from its config.json); the images are read as in training
+The model comes from :func:`walnet.engine.loading.load_model`: rebuilt from a checkpoint (its
+train config and class map) or read from a ``walnet export`` folder (classes and input size from
+its config.json); the images are read as in training
 (:class:`walnet.data.PlaqueDataset`: RGB, cropped to the ROI box a ``--csv`` row gives, resized to
 the train size, scaled to [0, 1]): a CSV is read by training's reader
 (:func:`walnet.data.read_csv`, labels optional), so a model sees at prediction what it saw in
@@ -32,9 +32,9 @@ from walnet.data.sources import read_csv
 from walnet.engine.config import PredictConfig
 from walnet.engine.speed import loader_workers
 from walnet.engine.step import as_output, autocast
-from walnet.engine.trainer import load_trained, pick_device
+from walnet.engine.checks import pick_device
+from walnet.engine.loading import load_model
 from walnet.files import WriteError, atomic_open, check_writable, staged
-from walnet.models.pretrained import load_pretrained, read_config
 
 
 def collect_images(inputs, exclude=None) -> list[Path]:
@@ -235,18 +235,15 @@ def _predict(config: PredictConfig) -> dict:
     device = pick_device(config.device)
     region = not config.no_dicom_region
     if config.model is not None:
-        exported = read_config(config.model)
-        model = load_pretrained(config.model, device)
-        classes, name, source = tuple(exported["classes"]), exported["model"], config.model
-        size = exported["input"]["size"]
+        trained = load_model(config.model, device, kind="folder")
     else:
-        model, classes, trained, _ = load_trained(config.checkpoint, device)
-        name, size, source = trained.model, trained.size, config.checkpoint
-        region = region and not trained.no_dicom_region  # read DICOM inputs as the model was trained
+        trained = load_model(config.checkpoint, device, kind="checkpoint")
+    model, classes, size, source = trained.model, trained.classes, trained.size, trained.source
+    region = region and trained.dicom_region  # read DICOM inputs as the model was trained
     for flag, *_ in folders:
-        if getattr(model, "decoder", None) is None:
-            raise ValueError(f"model {name!r} of {source} has no segmentation head; {flag} needs a WAL-Net with "
-                             "its PGM (not a baseline or walnet_no_pgm)")
+        if not trained.spec.has_pgm:
+            raise ValueError(f"model {trained.spec.describe()} of {source} has no segmentation head; {flag} needs "
+                             "a WAL-Net with its PGM (not a baseline or walnet_no_pgm)")
     _check_readable(records, size, region)
 
     # The PNGs go to a temporary folder first and move into place with the CSV, so a failure

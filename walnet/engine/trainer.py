@@ -32,17 +32,17 @@ import torch
 from walnet import ops
 from walnet.data import PlaqueDataset, load_split, read_csv, save_split, scan_image_folder, split_indices
 from walnet.engine import distributed, lock
-from walnet.engine.checkpoint import (TRAINED_KEYS, CheckpointError, load_checkpoint, load_training_state,
-                                      load_weights, save_checkpoint)
+from walnet.engine.checkpoint import load_training_state, save_checkpoint
 from walnet.engine.checks import (EVAL_FILES, check_data_path, check_output, check_stages, check_train_config,
                                   pick_device)
 from walnet.engine.config import EvalConfig, TrainConfig
+from walnet.engine.loading import load_model
 from walnet.engine.loops import EvalOutputs, evaluate, train_one_epoch
 from walnet.engine.metrics import bootstrap_ci, patient_metrics
 from walnet.engine.speed import Speed, backend_flags, loader_workers, speed_of
 from walnet.engine.step import TrainStep
 from walnet.files import atomic_open, write_text
-from walnet.models import PseudoMaskGenerator, create_model
+from walnet.models import ModelSpec, PseudoMaskGenerator
 
 PANEL_SAMPLES = 6  # rows of the segmentation panel of `walnet evaluate`
 #: The key in :func:`~walnet.engine.loops.evaluate`'s result of each ``--eval-metric``.
@@ -88,20 +88,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _model_kwargs(config: TrainConfig) -> dict:
-    if not config.model.startswith("walnet"):
-        return {}
-    kw = dict(backbone=config.backbone, rcm_warmup_epochs=config.rcm_warmup,
-              attention_channels=config.attention_channels)
-    if config.roi_method:
-        kw["roi_method"] = config.roi_method
-    if config.no_rcm:
-        kw["use_rcm"] = False
-    if config.no_pgm:
-        kw["use_pgm"] = False
-    return kw
-
-
 def _epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch: its data order and random draws are then the same whether or not
     the run was resumed just before it."""
@@ -131,14 +117,13 @@ def _append_row(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
-def _create_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
-    """The model a run starts from: `config`'s, with pretrained backbone weights where it asks
+def _create_model(config: TrainConfig, spec: ModelSpec) -> torch.nn.Module:
+    """The model a run starts from: `spec`, with pretrained backbone weights where `config` asks
     for them (downloaded, or read from ``--pretrained-file``). Only a run's start builds it so;
-    :func:`load_trained` rebuilds a trained model without them (its checkpoint holds every
-    weight, and the file may be gone)."""
+    :func:`~walnet.engine.loading.load_model` rebuilds a trained model without them (its
+    checkpoint holds every weight, and the file may be gone)."""
     try:
-        model = create_model(config.model, num_classes=num_classes, pretrained=config.pretrained,
-                             pretrained_file=config.pretrained_file, **_model_kwargs(config))
+        model = spec.build(pretrained=config.pretrained, pretrained_file=config.pretrained_file)
     except ValueError as exc:
         if config.pretrained_file is None or "pretrained_file" not in str(exc):
             raise
@@ -243,7 +228,8 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
     speed = speed_of(config, device, ctx.world_size)
     train_loader = _train_loader(train_set, sampler, config, speed, pin)
     val_loader = _loader(val_set, config, speed, pin)
-    model = _create_model(config, len(classes))
+    spec = config.model_spec(classes)
+    model = _create_model(config, spec)
     wrote_split = False
     if ctx.is_main and new_split:
         assign_splits(records, output, config.seed)  # the same split, now known to work: saved for later runs
@@ -251,7 +237,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
     distributed.barrier(ctx)  # the other ranks may read the split file rank 0 wrote
     try:
         with backend_flags(speed):
-            return _run_epochs(config, ctx, speed, model, classes, train_loader, sampler, val_loader)
+            return _run_epochs(config, ctx, speed, model, spec, train_loader, sampler, val_loader)
     except BaseException:
         # a run that ends before its first checkpoint keeps no split of its own: a rerun (with
         # corrected data, another seed) splits anew instead of failing the same way
@@ -298,8 +284,8 @@ def _resumed_best(state: dict, config: TrainConfig) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else -math.inf
 
 
-def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, speed: Speed, model, classes, train_loader,
-                sampler, val_loader) -> dict:
+def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, speed: Speed, model, spec: ModelSpec,
+                train_loader, sampler, val_loader) -> dict:
     output, device = Path(config.output), ctx.device
     pin = device.type == "cuda"
     if config.sync_bn and ctx.enabled:
@@ -311,12 +297,12 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, speed: Speed,
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, capturable=speed.cuda_graphs)
     amp_dtype = speed.amp_dtype
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
-    pgm = PseudoMaskGenerator() if config.model.startswith("walnet") and not config.no_pgm else None
+    pgm = PseudoMaskGenerator() if spec.has_pgm else None
+    classes = spec.classes
     start, best = 0, -math.inf
     if config.resume:
         state = load_training_state(config.resume, model, optimizer, scaler, map_location=device,
-                                    describe=f"{config.model} (backbone {config.backbone}, "
-                                             f"--attention-channels {config.attention_channels})")
+                                    describe=spec.describe())
         start, best = int(state["epoch"]) + 1, _resumed_best(state, config)
     saved = config.to_dict()
     metrics_path = output / "metrics.csv"
@@ -378,32 +364,6 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, speed: Speed,
     return row
 
 
-def load_trained(checkpoint, device="cpu") -> tuple[torch.nn.Module, tuple[str, ...], TrainConfig, dict]:
-    """The model of a ``walnet train`` checkpoint, rebuilt from its train config with its
-    weights, in eval mode on `device`; its class names, its train config and the whole
-    checkpoint. A file that is no such checkpoint, or whose weights do not fit the model its
-    config describes, is a one-line :class:`~walnet.engine.checkpoint.CheckpointError`."""
-    state = load_checkpoint(checkpoint, map_location="cpu", keys=TRAINED_KEYS)
-    try:
-        # not strict: checkpoints of other walnet versions may hold keys that are no options here
-        trained = TrainConfig.from_dict(state["args"], strict=False)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {checkpoint}: its train config (\"args\") is not valid: {exc}") from None
-    classes = tuple(state["classes"])
-    describe = trained.model
-    if trained.model.startswith("walnet"):
-        describe += f" (backbone {trained.backbone}, --attention-channels {trained.attention_channels})"
-    try:
-        # pretrained=False: the checkpoint holds every weight, so neither a download nor the
-        # run's --pretrained-file (which may be gone) is needed
-        model = create_model(trained.model, num_classes=len(classes), pretrained=False, **_model_kwargs(trained))
-    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint {checkpoint}: its train config names a model walnet cannot build "
-                              f"({describe}): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    load_weights(model, state["model"], checkpoint, describe)
-    return model.to(device).eval(), classes, trained, state
-
-
 def evaluate_run(config: EvalConfig) -> dict:
     """``walnet evaluate``: rebuilds the model of a checkpoint (its train config and class map),
     scores it on one split of the data (the run's saved split), writes ``metrics.json``; returns
@@ -424,16 +384,21 @@ def evaluate_run(config: EvalConfig) -> dict:
     device = pick_device(config.device)
     if config.output:
         check_output(config.output, inputs=(config.csv,), writes=EVAL_FILES)
-    model, classes, trained, state = load_trained(ckpt, device)
-    records, classes = load_records(config.data_dir, config.csv, classes)
-    splits = assign_splits(records, ckpt.parent, trained.seed)
+    trained = load_model(ckpt, device)
+    if trained.train_config is None:
+        raise ValueError(f"--checkpoint {ckpt} is a model folder written by walnet export; evaluate scores a "
+                         "training checkpoint (best.pt or last.pt), whose run folder holds the split")
+    model = trained.model
+    records, classes = load_records(config.data_dir, config.csv, trained.classes)
+    splits = assign_splits(records, ckpt.parent, trained.train_config.seed)
     # a run trained on whole DICOM frames is scored on whole frames too
-    region = not (config.no_dicom_region or trained.no_dicom_region)
+    region = not config.no_dicom_region and trained.dicom_region
     dataset = PlaqueDataset([r for r, s in zip(records, splits) if s == config.split], trained.size, config.skip_bad,
                             dicom_region=region)
     if len(dataset) == 0:
         raise ValueError(f"no images in the {config.split!r} split")
-    pgm = PseudoMaskGenerator() if trained.model.startswith("walnet") and not trained.no_pgm else None
+    pgm = PseudoMaskGenerator() if trained.spec.has_pgm else None
+    state = trained.checkpoint
     loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=loader_workers(config.workers, device))
     figures = not config.no_figures
     outputs = EvalOutputs(panel=PANEL_SAMPLES if figures else 0)

@@ -2,6 +2,7 @@
 from walnet.models.attention import GridAttentionGate
 from walnet.models.decoder import ASPP, DeepLabV3PlusDecoder
 from walnet.models.factory import BASELINES, create_model, model_names
+from walnet.models.spec import ModelSpec
 from walnet.models.pretrained import load_pretrained
 from walnet.models.walnet import LossParts, PseudoMaskGenerator, WALNet, WALNetOutput, walnet_loss
 
@@ -11,6 +12,7 @@ __all__ = [
     "DeepLabV3PlusDecoder",
     "GridAttentionGate",
     "LossParts",
+    "ModelSpec",
     "PseudoMaskGenerator",
     "WALNet",
     "WALNetOutput",

@@ -1,28 +1,15 @@
-"""``walnet.create_model(name)``: WAL-Net variants, ablations and the paper's Table 1 baselines."""
+"""``walnet.create_model(name)``: WAL-Net variants, ablations and the paper's Table 1 baselines
+(the names and what they fix: :mod:`walnet.models.registry`)."""
 from __future__ import annotations
 
 from torch import nn
 
-from walnet import ops
 from walnet.models.backbone import create_timm
 from walnet.models.normalize import normalize_inputs
+from walnet.models.registry import BASELINES, model_names, variant_settings
 from walnet.models.walnet import WALNet
 
-#: The seven baselines of the paper's Table 1, as timm models of comparable size (~12-37M params).
-BASELINES = {
-    "convnextv2": "convnextv2_tiny",
-    "dpn": "dpn68b",
-    "repvit": "repvit_m1_5",
-    "sequencer": "sequencer2d_s",
-    "rexnet": "rexnet_200",
-    "res2net": "res2net50_26w_4s",
-    "resnest": "resnest50d",
-}
-
-
-def model_names() -> list[str]:
-    """Every name :func:`create_model` accepts."""
-    return ["walnet", "walnet_no_rcm", "walnet_no_pgm"] + [f"walnet_{m}" for m in ops.ROI_METHODS] + list(BASELINES)
+__all__ = ["BASELINES", "create_model", "model_names"]
 
 
 def create_model(name: str, num_classes: int = 3, pretrained: bool = False, pretrained_file: str | None = None,
@@ -40,18 +27,12 @@ def create_model(name: str, num_classes: int = 3, pretrained: bool = False, pret
     and std (buffers ``input_mean`` / ``input_std``; a baseline through a forward pre-hook,
     :func:`walnet.models.normalize.normalize_inputs`). `pretrained_file` loads the backbone's
     pretrained weights from a local file (implies `pretrained`; nothing is downloaded).
+    A :class:`walnet.models.spec.ModelSpec` builds the same models from one value.
     """
-    # What each WAL-Net variant fixes; kwargs may repeat a setting but not contradict it.
-    variants = {"walnet": {}, "walnet_no_rcm": {"use_rcm": False}, "walnet_no_pgm": {"use_pgm": False}}
-    variants.update({f"walnet_{m}": {"roi_method": m} for m in ops.ROI_METHODS})
-    if name in variants:
-        fixed = variants[name]
-        clash = {k: kwargs[k] for k in fixed if k in kwargs and kwargs[k] != fixed[k]}
-        if clash:
-            raise ValueError(f"model {name!r} sets {fixed}, which contradicts {clash}")
-        return WALNet(num_classes=num_classes, pretrained=pretrained, pretrained_file=pretrained_file,
-                      **{**kwargs, **fixed})
     if name in BASELINES:
         return normalize_inputs(create_timm(BASELINES[name], num_classes=num_classes, pretrained=pretrained,
                                             pretrained_file=pretrained_file, **kwargs))
-    raise ValueError(f"unknown model {name!r}; choose one of {model_names()}")
+    if name not in model_names():
+        raise ValueError(f"unknown model {name!r}; choose one of {model_names()}")
+    return WALNet(num_classes=num_classes, pretrained=pretrained, pretrained_file=pretrained_file,
+                  **variant_settings(name, kwargs, as_args=True))

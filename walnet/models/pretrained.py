@@ -11,10 +11,35 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from walnet.models._folder import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, build, load_weights, read_config
-from walnet.models.factory import create_model
+from walnet.files import first_line
+from walnet.models.folder import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, load_weights, read_config
+from walnet.models.spec import ModelSpec
 
-__all__ = ["CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "load_pretrained", "read_config"]
+__all__ = ["CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "load_folder", "load_pretrained", "read_config",
+           "read_spec"]
+
+
+def read_spec(folder: str | Path, config: dict) -> ModelSpec:
+    """The :class:`ModelSpec` of a checked `config` (of `folder`); one no spec can hold is a
+    ValueError naming config.json."""
+    try:
+        return ModelSpec.from_config(config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{Path(folder) / CONFIG_FILE} describes a model walnet cannot build "
+                         f"({config['model']!r} with {config['kwargs']}): {first_line(exc)}") from None
+
+
+def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec, dict]:
+    """The model of an exported folder with its weights, in eval mode on `device`; its spec and
+    its checked config.json. Built never pretrained: nothing is downloaded."""
+    config = read_config(folder)
+    spec = read_spec(folder, config)
+    try:
+        model = spec.build()
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        raise ValueError(f"{Path(folder) / CONFIG_FILE} describes a model walnet cannot build "
+                         f"({spec.describe()}): {first_line(exc)}") from None
+    return load_weights(model, folder, device), spec, config
 
 
 def load_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -26,6 +51,4 @@ def load_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> n
 
     A missing folder or file, a config.json of another format or version, or weights that do
     not fit the model the config describes is an error naming the file."""
-    config = read_config(folder)
-    model = build(folder, config, create_model)
-    return load_weights(model, folder, device)
+    return load_folder(folder, device)[0]

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from walnet import ops
-from walnet.models._folder import build, load_weights, read_config
 from walnet.models.attention import GridAttentionGate
 from walnet.models.backbone import create_timm
 from walnet.models.decoder import DeepLabV3PlusDecoder
@@ -95,11 +94,18 @@ class WALNet(nn.Module):
         A folder that holds a baseline is an error (load it with
         :func:`walnet.models.load_pretrained`); so are a missing file, another format or
         version, and weights that do not fit (each naming the file)."""
+        from walnet.models.folder import CONFIG_FILE, load_weights, read_config
+        from walnet.models.registry import BASELINES, variant_settings
+
         config = read_config(folder)
-        if not config["model"].startswith("walnet"):
+        if config["model"] in BASELINES:
             raise ValueError(f"{folder} holds the baseline {config['model']!r}, not a WAL-Net; load it with "
                              "walnet.models.load_pretrained")
-        model = build(folder, config, lambda name, **kwargs: cls(**kwargs))
+        try:
+            kwargs = variant_settings(config["model"], config["kwargs"], as_args=True)
+            model = cls(num_classes=config["num_classes"], **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{folder}/{CONFIG_FILE} describes a model walnet cannot build: {exc}") from None
         return load_weights(model, folder, device)
 
     @property

@@ -1,22 +1,27 @@
-"""Reading an exported model folder (``walnet export``): ``config.json`` and
-``model.safetensors``, checked, with errors that name the file.
+"""The exported model folder (``walnet export``) as one format, written and read here.
 
-Shared by :func:`walnet.models.load_pretrained` and :meth:`walnet.WALNet.from_pretrained`; of
-:mod:`walnet.models` it imports only :mod:`~walnet.models.normalize` (which imports no model), so
-that both can use it (the model classes are passed in). Nothing here unpickles: the config is
-JSON and the weights are safetensors.
+``config.json`` holds a format tag and version, the model's :class:`~walnet.models.spec.ModelSpec`
+(:meth:`~walnet.models.spec.ModelSpec.to_config`: name, arguments, classes, input size), how the
+model takes its input (RGB in [0, 1], the mean and std it normalises with itself) and what it
+returns; ``model.safetensors`` holds its weights. :func:`folder_config` makes the config,
+:func:`read_config` checks one, :func:`load_weights` puts the weights into a model
+(:func:`walnet.models.pretrained.load_folder` builds it). Nothing here unpickles: the config is
+JSON and the weights are safetensors. The export's other files (the model card, the pt2 and ONNX
+programs) are written by :mod:`walnet.engine.export`. This module builds no model, so the model
+classes can use it.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import safetensors
 import safetensors.torch
 import torch
 from torch import nn
 
+from walnet._version import __version__
 from walnet.files import first_line, weights_mismatch
 from walnet.models.normalize import fill_missing_stats
 
@@ -62,8 +67,6 @@ def read_config(folder: str | Path) -> dict:
         raise ValueError(f"{path} is not a walnet model config (its \"format\" is {found!r}, expected {FORMAT!r})")
     version = config.get("format_version")
     if version != FORMAT_VERSION:
-        from walnet._version import __version__
-
         raise ValueError(f"{path} is format_version {version!r}; walnet {__version__} reads version "
                          f"{FORMAT_VERSION} (export the model again with this walnet, or use the walnet that wrote it)")
     checks = {
@@ -82,17 +85,6 @@ def read_config(folder: str | Path) -> dict:
         if not ok(config[key]):
             raise ValueError(f"{path}: {key!r} must be {what}, got {config[key]!r}")
     return config
-
-
-def build(folder: str | Path, config: dict, make: Callable[..., nn.Module]) -> nn.Module:
-    """``make(model, num_classes=..., pretrained=False, **kwargs)`` of `config` (never
-    pretrained: nothing is downloaded); arguments the model does not take are a ValueError
-    naming config.json."""
-    try:
-        return make(config["model"], num_classes=config["num_classes"], pretrained=False, **config["kwargs"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
-        raise ValueError(f"{Path(folder) / CONFIG_FILE} describes a model walnet cannot build "
-                         f"({config['model']!r} with {config['kwargs']}): {first_line(exc)}") from None
 
 
 def load_weights(model: nn.Module, folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -115,3 +107,50 @@ def load_weights(model: nn.Module, folder: str | Path, device: str | torch.devic
                          f"({type(model).__name__}): {'; '.join(problems)}")
     model.load_state_dict(weights)
     return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def input_stats(model: nn.Module) -> tuple[list[float], list[float]]:
+    """The mean and std the model normalises its input with (its buffers ``input_mean`` and
+    ``input_std``; the identity for a checkpoint from before they existed), each as the
+    shortest decimals that read back as the buffer's float32 values (0.485, not 0.48500001...)."""
+    def decimals(buffer: torch.Tensor) -> list[float]:
+        return [float(str(np.float32(v))) for v in buffer.detach().float().cpu().flatten().tolist()]
+
+    return decimals(model.input_mean), decimals(model.input_std)
+
+
+def output_names(model: nn.Module) -> list[str]:
+    """The outputs of the model's exported programs: the logits, and where it has a segmentation
+    head, the segmentation logits."""
+    return ["logits", "seg_logits"] if getattr(model, "decoder", None) is not None else ["logits"]
+
+
+def folder_config(model: nn.Module, spec, checkpoint: str | Path, epoch: int) -> dict:
+    """config.json of the folder exported from `model` (its :class:`~walnet.models.spec.ModelSpec`
+    `spec`), the epoch `epoch` of the checkpoint `checkpoint`; the exporter adds ``formats`` and
+    ``files``."""
+    mean, std = input_stats(model)
+    size, classes = spec.size, len(spec.classes)
+    config = spec.to_config()
+    outputs = {"logits": f"[N, {classes}] class logits in the order of \"classes\" (softmax: probabilities)"}
+    if "seg_logits" in output_names(model):
+        outputs["seg_logits"] = ("[N, 2, size/4, size/4] plaque segmentation logits (channel 1: plaque), learned "
+                                 "from the PGM's pseudo masks")
+    config["input"].update({
+        "shape": ["N", 3, size, size],
+        "channels": "RGB",
+        "dtype": "float32",
+        "value_range": [0.0, 1.0],
+        "mean": mean,
+        "std": std,
+        "normalization": "inside the model: it takes RGB images scaled to [0, 1] (8-bit values / 255) and "
+                         "resized to size x size, as walnet reads them, and computes (image - mean) / std "
+                         "itself before its backbone; do not normalise the input",
+    })
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, **config, "backbone": spec.architecture,
+            "outputs": outputs, "walnet_version": __version__, "torch_version": torch.__version__,
+            "checkpoint": {"path": str(checkpoint), "epoch": int(epoch)}, "formats": {}}
