@@ -196,3 +196,15 @@ def test_patient_metrics_without_patient_ids_is_none():
     assert patient_metrics([0, 1], np.eye(2), [None, ""]) is None
     with pytest.raises(ValueError, match="patients has 1 entries but target has 2"):
         patient_metrics([0, 1], np.eye(2), ["A"])
+
+
+def test_class_precision_recall_leaves_undefined_classes_undefined():
+    from walnet.engine.metrics import class_precision_recall
+
+    # rows true, columns predicted: class 2 has no sample and is never predicted; class 1 is never predicted
+    confusion = [[3, 0, 0], [2, 0, 0], [0, 0, 0]]
+    precision, recall = class_precision_recall(confusion)
+    assert precision == [0.6, None, None] and recall == [1.0, 0.0, None]
+    # the same rule as classification_metrics' sensitivity
+    m = classification_metrics(np.array([0, 0, 0, 1, 1]), np.eye(3)[[0, 0, 0, 0, 0]])
+    assert list(m["sensitivity"].values()) == recall

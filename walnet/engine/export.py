@@ -34,7 +34,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +41,12 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from walnet.data import load_split, phantom
 from walnet.engine.checks import check_output, pick_device
-from walnet.engine.config import SPLITS, ExportConfig, TrainConfig
+from walnet.engine.config import ExportConfig
 from walnet.engine.loading import load_model
 from walnet.files import first_line, staged
-from walnet.models import ModelSpec, WALNet
+from walnet.engine.model_card import model_card
+from walnet.models import WALNet
 from walnet.models.folder import CONFIG_FILE, FORMAT, WEIGHTS_FILE, folder_config, output_names
 
 #: The ONNX opset the export asks for (torch's default for its dynamo-based exporter).
@@ -275,7 +274,6 @@ def _export(config: ExportConfig) -> dict:
     trained = load_model(ckpt, device, kind="checkpoint")
     model, spec, run = trained.model, trained.spec, trained.train_config
     names = output_names(model)
-    metrics, metrics_note = _read_metrics(ckpt.parent / "metrics.json")
     info = folder_config(model, spec, ckpt, trained.checkpoint["epoch"])
     with staged(out, _STAGING) as stage:
         staging = stage.path
@@ -287,7 +285,7 @@ def _export(config: ExportConfig) -> dict:
         files = sorted(p.name for p in staging.iterdir()) + [CONFIG_FILE, CARD_FILE]
         info["files"] = files
         (staging / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        card = _model_card(info, spec, run, ckpt, metrics, metrics_note, _split_sizes(ckpt.parent / "split.csv"))
+        card = model_card(info, spec, run, ckpt)
         (staging / CARD_FILE).write_text(card, encoding="utf-8")
         stage.commit(files)
         for name in EXPORT_FILES:  # an earlier export's files of formats not written this time
@@ -296,195 +294,3 @@ def _export(config: ExportConfig) -> dict:
     onnx = info["formats"].get("onnx")
     return {"output": str(out), "files": files, "model": run.model, "epoch": int(trained.checkpoint["epoch"]),
             "formats": info["formats"], "onnx_checked": None if onnx is None else onnx["checked"] is not None}
-
-
-# ---------------------------------------------------------------------------------------------
-# the model card
-
-
-def _read_metrics(path: Path) -> tuple[dict | None, str | None]:
-    """``walnet evaluate``'s metrics.json, or None and why not (None: there is none)."""
-    if not path.is_file():
-        return None, None
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"{path} could not be read ({first_line(exc)})"
-    if not isinstance(metrics, dict) or "accuracy" not in metrics:
-        return None, f"{path} is not a metrics file of `walnet evaluate`"
-    return metrics, None
-
-
-def _split_sizes(path: Path) -> dict | str | None:
-    """Images per split of the run's split.csv; why not where it cannot be read; None without one."""
-    if not path.is_file():
-        return None
-    try:
-        splits = list(load_split(path).values())
-    except (OSError, ValueError) as exc:
-        return f"{path} could not be read ({first_line(exc)})"
-    return {s: splits.count(s) for s in SPLITS}
-
-
-def _number(value) -> str:
-    return "n/a" if not isinstance(value, (int, float)) or math.isnan(value) else f"{value:.3f}"
-
-
-def _is_phantom(trained) -> bool:
-    """Whether the run's data is walnet's phantom (where its folder can still be found)."""
-    folder = Path(trained.csv).parent if trained.csv is not None else Path(trained.data_dir)
-    return phantom.is_phantom(folder)
-
-
-def _data_source(trained) -> str:
-    source = f"the CSV `{trained.csv}`" if trained.csv is not None else f"the ImageFolder tree `{trained.data_dir}`"
-    if _is_phantom(trained):
-        source += " (walnet's synthetic plaque phantom, not real ultrasound)"
-    return source
-
-
-def _metrics_section(metrics: dict | None, note: str | None, info: dict, ckpt: Path, trained) -> list[str]:
-    if metrics is None:
-        why = note or f"there is no metrics.json next to the checkpoint ({ckpt.parent})"
-        data = f"--csv {trained.csv}" if trained.csv is not None else f"--data-dir {trained.data_dir}"
-        return ["No evaluation was found: " + why + ". The model's accuracy on held-out data is unknown. "
-                "Score it on the run's test split, then export again:", "",
-                "```bash", f"walnet evaluate --checkpoint {ckpt} {data}", "```"]
-    lines = [f"`walnet evaluate` on the **{metrics.get('split', '?')}** split ({metrics.get('images', '?')} images) "
-             f"of the run (`{ckpt.parent / 'metrics.json'}`):", ""]
-    if metrics.get("epoch") is not None and metrics.get("epoch") != info["checkpoint"]["epoch"]:
-        lines += [f"**These scores are of the checkpoint of epoch {metrics['epoch']}, not of the exported one "
-                  f"(epoch {info['checkpoint']['epoch']}).**", ""]
-    rows = [("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("macro precision", "macro_precision"),
-            ("macro recall", "macro_recall"), ("Cohen's kappa", "kappa"), ("ROC-AUC (micro)", "auc_micro"),
-            ("predicted-mask IoU", "seg_iou"), ("predicted-mask Dice", "seg_dice"),
-            ("pseudo-mask IoU", "pseudo_iou"), ("pseudo-mask Dice", "pseudo_dice")]
-    lines += ["| metric | value |", "|---|---|"]
-    lines += [f"| {label} | {_number(metrics[key])} |" for label, key in rows if key in metrics]
-    confusion = metrics.get("confusion")
-    names = metrics.get("class_names") or info["classes"]
-    if isinstance(confusion, list) and len(confusion) == len(names):
-        cm = np.asarray(confusion, dtype=float)
-        tp = np.diag(cm)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            precision, recall = tp / cm.sum(axis=0), tp / cm.sum(axis=1)
-        auc = metrics.get("auc_per_class") or {}
-        lines += ["", "| class | images | precision | recall | ROC-AUC |", "|---|---|---|---|---|"]
-        lines += [f"| {c} | {int(cm[k].sum())} | {_number(float(precision[k]))} | {_number(float(recall[k]))} | "
-                  f"{_number(auc.get(c))} |" for k, c in enumerate(names)]
-        lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
-                  "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        lines += [f"| {c} | " + " | ".join(str(int(v)) for v in cm[k]) + " |" for k, c in enumerate(names)]
-    return lines
-
-
-def _stats(values: list[float]) -> str:
-    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
-
-
-def _model_card(info: dict, spec: ModelSpec, trained: TrainConfig, ckpt: Path, metrics: dict | None,
-                metrics_note: str | None, split_sizes: dict | str | None) -> str:
-    name, size = trained.model, spec.size
-    if spec.is_walnet:
-        parts = [f"WAL-Net (`{name}`): timm `{spec.backbone}` encoder"]
-        if spec.has_pgm:
-            parts.append(f"attention gates ({spec.attention_channels} channels), DeepLabV3+ decoder trained from "
-                         "PGM pseudo masks")
-            parts.append(f"RCM `{spec.roi_method}`" if spec.has_rcm else "no RCM")
-        else:
-            parts.append("no PGM or RCM (pooled stage 4, one linear head)")
-        architecture = ", ".join(parts)
-    else:
-        architecture = f"baseline `{name}`: the timm classifier `{spec.architecture}`"
-    classes = ", ".join(f"{k} `{c}`" for k, c in enumerate(info["classes"]))
-    outputs = "; ".join(f"`{k}` {v}" for k, v in info["outputs"].items())
-    lines = [
-        f"# {name}: carotid plaque classifier",
-        "",
-        f"Exported with `walnet export` (walnet {info['walnet_version']}, torch {info['torch_version']}) from "
-        f"`{ckpt}` (epoch {info['checkpoint']['epoch']}). Files: {', '.join(f'`{f}`' for f in info['files'])}.",
-        "",
-        "## Model",
-        "",
-        f"- Architecture: {architecture}.",
-        f"- Classes, in label order: {classes}.",
-        f"- Outputs: {outputs}.",
-        "",
-        "## Input",
-        "",
-        f"An RGB image as float32 `[N, 3, {size}, {size}]` with values in [0, 1], resized to {size}x{size} "
-        "(crop it to the plaque ROI first if the training data was cropped so). The model normalises the "
-        f"input itself, `(image - mean) / std` with mean {_stats(info['input']['mean'])} and std "
-        f"{_stats(info['input']['std'])} (its buffers `input_mean`, `input_std`), so pass the [0, 1] image "
-        "as it is; do not normalise it first.",
-        "",
-        "## Intended use",
-        "",
-        "Research on the classification of carotid plaque echogenicity in B-mode ultrasound. It is **not a "
-        "medical device** and must not be used for diagnosis, treatment or any clinical decision.",
-        "",
-        "## Training data",
-        "",
-        f"- Data: {_data_source(trained)}.",
-        f"- Training: up to {trained.epochs} epoch(s); this checkpoint is from epoch {info['checkpoint']['epoch']} "
-        f"(counted from 0). Seed {trained.seed}, input size {trained.size}, batch size "
-        f"{trained.batch_size}, Adam lr {trained.lr:g}"
-        + (f", RCM off for the first {spec.rcm_warmup} epochs" if spec.has_rcm else "")
-        + (f", from the pretrained backbone weights of `{trained.pretrained_file}`" if trained.pretrained_file
-           else ", from pretrained backbone weights" if trained.pretrained else ", from random initialisation") + ".",
-    ]
-    if isinstance(split_sizes, dict):
-        lines.append("- Split (the run's `split.csv`, patient-grouped): "
-                     + ", ".join(f"{s} {n} images" for s, n in split_sizes.items()) + ".")
-    elif isinstance(split_sizes, str):
-        lines.append(f"- Split: {split_sizes}.")
-    else:
-        lines.append("- Split: no `split.csv` next to the checkpoint (the data's own split column, or unknown).")
-    lines += ["", "## Evaluation", ""]
-    lines += _metrics_section(metrics, metrics_note, info, ckpt, trained)
-    lines += [
-        "",
-        "## Limitations",
-        "",
-        ("- Trained on walnet's synthetic phantom only: it has never seen a real scan, and its scores say nothing "
-         "about real ultrasound." if _is_phantom(trained) else
-         "- Trained on a small dataset (plaque datasets hold hundreds to a few thousand scans): its scores have wide "
-         "uncertainty and need not hold on other data."),
-        "- Domain shift: other scanners, probes, presets, gain settings, operators and centres change the image "
-        "statistics; validate it on data from the target setting before relying on any score.",
-        "- The segmentation output is learned from weak pseudo masks (attention maps and superpixels), not from "
-        "annotated plaque outlines: it is not a validated segmentation.",
-        "- It knows the classes above only and gives one of them for any input, including images without a "
-        "plaque; its probabilities are not calibrated.",
-        "",
-        "## How to load",
-        "",
-        "`DIR` is this folder; `images` a float32 tensor `[N, 3, size, size]` in [0, 1] as above.",
-        "",
-        "```python",
-        "import walnet",
-        "from walnet.models import load_pretrained",
-        "from walnet.models.pretrained import read_config",
-        "",
-        "model = load_pretrained(\"DIR\")             # any walnet model, eval mode, no pickle",
-    ]
-    if spec.is_walnet:
-        lines.append("model = walnet.WALNet.from_pretrained(\"DIR\")   # the same, for WAL-Net models")
-    lines += ["classes = read_config(\"DIR\")[\"classes\"]",
-              "```", "",
-              "```bash", "walnet predict --model DIR scans/ --output predictions.csv", "```"]
-    if "pt2" in info["formats"]:
-        pt2 = info["formats"]["pt2"]
-        lines += ["", "```python", "import torch, walnet                       # walnet registers its ops",
-                  "program = torch.export.load(\"DIR/model.pt2\").module()",
-                  "outputs = program(images)                 # (" + ", ".join(pt2["outputs"]) + ")", "```",
-                  f"(batch dimension {'dynamic' if pt2['dynamic_batch'] else 'fixed'}; exported on "
-                  f"{pt2['device']})"]
-    if "onnx" in info["formats"]:
-        onnx = info["formats"]["onnx"]
-        lines += ["", "```python", "import onnxruntime",
-                  "session = onnxruntime.InferenceSession(\"DIR/model.onnx\")",
-                  "outputs = session.run(None, {\"image\": images.numpy()})   # ["
-                  + ", ".join(onnx["outputs"]) + "]", "```",
-                  f"(opset {onnx['opset']}; walnet's ops as their pure-PyTorch references)"]
-    return "\n".join(lines) + "\n"

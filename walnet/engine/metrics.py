@@ -92,6 +92,17 @@ def _precision_recall_f1(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return precision, recall, _safe_div(2 * precision * recall, precision + recall)
 
 
+def class_precision_recall(confusion) -> tuple[list[float | None], list[float | None]]:
+    """Per-class precision TP / (TP + FP) and recall (sensitivity) TP / (TP + FN) of a confusion
+    matrix (rows: true class, columns: predicted); None where a class is never predicted
+    (precision) or has no sample (recall): undefined, not 0."""
+    cm = np.asarray(confusion, dtype=float)
+    tp, predicted, positives = np.diag(cm), cm.sum(axis=0), cm.sum(axis=1)
+    precision = [float(tp[c] / predicted[c]) if predicted[c] else None for c in range(len(tp))]
+    recall = [float(tp[c] / positives[c]) if positives[c] else None for c in range(len(tp))]
+    return precision, recall
+
+
 def classification_metrics(target, probs, class_names=None) -> dict:
     """All the paper's metrics from true labels [N] and class probabilities [N,K].
 
@@ -119,7 +130,7 @@ def classification_metrics(target, probs, class_names=None) -> dict:
     positives = cm.sum(axis=1)
     negatives = n - positives
     true_negatives = n - cm.sum(axis=0) - positives + tp  # neither true nor predicted class c
-    sensitivity = [float(tp[c] / positives[c]) if positives[c] else None for c in range(k)]
+    sensitivity = class_precision_recall(cm)[1]
     specificity = [float(true_negatives[c] / negatives[c]) if negatives[c] else None for c in range(k)]
     defined = [v for v in specificity if v is not None]
     return {
