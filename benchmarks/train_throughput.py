@@ -153,7 +153,7 @@ def step_table(args, device) -> None:
 
 
 def epoch_table(args, device) -> None:
-    from walnet.data import PlaqueDataset, phantom
+    from walnet.data import PlaqueDataset, assign_splits, load_records, phantom
     from walnet.engine import trainer
     from walnet.engine.loops import train_one_epoch
 
@@ -164,8 +164,8 @@ def epoch_table(args, device) -> None:
         print(f"\n(phantom generated in {time.perf_counter() - t0:.0f} s)")
     config = TrainConfig(csv=labels, output=tempfile.mkdtemp(), batch_size=args.batches[0], size=args.size,
                          rcm_warmup=0, workers=args.workers, device=str(device))
-    records, _ = trainer.load_records(csv_path=labels)
-    splits = trainer.assign_splits(records, Path(config.output), config.seed, save=False)
+    records, _ = load_records(csv_path=labels)
+    splits = assign_splits(records, Path(config.output), config.seed, save=False)
     train_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "train"], config.size)
     print(f"\n### Phantom epoch: {len(train_set)} training images at {args.size}², batch {config.batch_size}\n")
     print("| mode | loader workers | epoch (s) | images/s | steps on preloaded batches (s) | loader share |")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from walnet import cli
-from walnet.engine import demo, export, predict, trainer
+from walnet.engine import demo, evaluation, export, predict, trainer
 from walnet.engine.config import DemoConfig, EvalConfig, ExportConfig, PredictConfig, TrainConfig
 from walnet.engine.loading import load_model
 
@@ -34,7 +34,7 @@ def test_cli_defaults_are_the_config_defaults(monkeypatch):
     (config,) = _built(monkeypatch, trainer, "train", ["train", "--csv", "x", "--output", "y"])
     assert config == TrainConfig(csv="x", output="y")
     scores = dict(split="test", images=1, accuracy=1.0, macro_f1=1.0, kappa=1.0, auc_micro=1.0)
-    (config,) = _built(monkeypatch, trainer, "evaluate_run", ["evaluate", "--checkpoint", "c", "--data-dir", "d"],
+    (config,) = _built(monkeypatch, evaluation, "evaluate_run", ["evaluate", "--checkpoint", "c", "--data-dir", "d"],
                        scores)
     assert config == EvalConfig(checkpoint="c", data_dir="d")
     summary = dict(images=1, counts={}, output="o.csv", masks=None, overlays=None)

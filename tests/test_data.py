@@ -237,7 +237,7 @@ def test_split_keys_do_not_depend_on_how_the_csv_path_is_spelled(tmp_path, monke
     """The audit's case: a run made with `--csv ph/labels.csv` evaluated with `$PWD/ph/labels.csv`,
     `ph/../ph/labels.csv` or from another working directory finds its split (through the
     engine's assign_splits, which keys records by `str(record.path)`)."""
-    from walnet.engine.trainer import assign_splits
+    from walnet.data import assign_splits
 
     phantom.generate(tmp_path / "ph", n=30, size=16)
     (tmp_path / "elsewhere").mkdir()

@@ -120,11 +120,11 @@ def test_per_class_metrics_are_aggregated_from_nested_dicts(tmp_path):
 
 
 def test_experiment_tables_hold_the_paper_columns_and_sensitivity_specificity(tmp_path, monkeypatch):
-    from walnet.engine import trainer
+    from walnet.engine import evaluation, trainer
 
     scores = iter([_scored("walnet", 0, (0.5, 1.0), (0.25, 0.75)), _scored("walnet", 1, (0.7, 0.9), (0.75, 0.25))])
     monkeypatch.setattr(trainer, "train", lambda config: (Path(config.output) / "best.pt").write_bytes(b""))
-    monkeypatch.setattr(trainer, "evaluate_run", lambda config: next(scores))
+    monkeypatch.setattr(evaluation, "evaluate_run", lambda config: next(scores))
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("path,label\n")
     out = tmp_path / "exp"
@@ -243,7 +243,7 @@ def test_experiment_holds_each_run_folder_from_training_to_scoring(tmp_path, mon
     experiment (or train) into it stops instead of resuming it too."""
     import json
 
-    from walnet.engine import lock, trainer
+    from walnet.engine import evaluation, lock, trainer
 
     seen = []
 
@@ -256,7 +256,7 @@ def test_experiment_holds_each_run_folder_from_training_to_scoring(tmp_path, mon
         return {k: 0.5 for k in KEYS}
 
     monkeypatch.setattr(trainer, "train", fake_train)
-    monkeypatch.setattr(trainer, "evaluate_run", fake_evaluate)
+    monkeypatch.setattr(evaluation, "evaluate_run", fake_evaluate)
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("path,label\n")
     run_experiment(["walnet"], tmp_path / "exp", seeds=[0], log=lambda line: None,

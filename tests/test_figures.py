@@ -154,7 +154,7 @@ def test_evaluate_collects_the_figure_arrays(tmp_path):
 
 @pytest.mark.parametrize("no_figures", [False, True])
 def test_evaluate_run_writes_figures(tmp_path, no_figures):
-    from walnet.engine.trainer import evaluate_run
+    from walnet.engine.evaluation import evaluate_run
 
     csv_path, _, ckpt = _tiny_run(tmp_path)
     out = tmp_path / "scores"

@@ -408,9 +408,10 @@ def test_an_older_metrics_csv_gets_the_new_columns(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,loss,cls_loss,seg_loss,train_accuracy,val_accuracy,val_macro_f1\n"
                     "0,1.5,1.0,0.5,0.4,0.5,0.45\n1,1.2,0.8,0.4,0.6,0.7,0.65\n")
-    trainer._keep_rows_before(path, 1)  # a resume from epoch 0
-    trainer._append_row(path, {"epoch": 1, "loss": 1.1, "cls_loss": 0.7, "seg_loss": 0.4, "train_accuracy": 0.6,
-                               "val_accuracy": 0.7, "val_macro_f1": 0.6, "val_kappa": 0.5, "val_auc": 0.8})
+    log = trainer.RunLog(path)
+    log.resume_at(1)  # a resume from epoch 0
+    log.append({"epoch": 1, "loss": 1.1, "cls_loss": 0.7, "seg_loss": 0.4, "train_accuracy": 0.6,
+                "val_accuracy": 0.7, "val_macro_f1": 0.6, "val_kappa": 0.5, "val_auc": 0.8})
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)

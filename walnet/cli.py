@@ -120,7 +120,7 @@ def _add_train(sub) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from walnet.engine.trainer import evaluate_run
+    from walnet.engine.evaluation import evaluate_run
 
     r = evaluate_run(_config(EvalConfig, args))
     extra = "".join(f", {k} {r[k]:.3f}" for k in ("seg_iou", "pseudo_iou") if k in r)

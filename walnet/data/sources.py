@@ -295,3 +295,27 @@ def read_csv(csv_path: str | Path, classes=None, *, labels: bool = True) -> tupl
         frames = expand_dicom(record, at)
         entries += [(r, f"line {line}" if len(frames) == 1 else f"line {line} frame {r.frame}") for r in frames]
     return _dedupe(entries, where, names), names
+
+
+def check_data_path(data_dir=None, csv_path=None) -> None:
+    """The data option given is a file (``--csv``) or a folder (``--data-dir``) that exists."""
+    if csv_path is not None:
+        if Path(csv_path).is_dir():
+            raise ValueError(f"--csv {csv_path} is a folder, not a CSV file (an ImageFolder tree is read with "
+                             "--data-dir)")
+        if not Path(csv_path).is_file():
+            raise FileNotFoundError(f"--csv {csv_path}: no such file")
+    if data_dir is not None:
+        if not Path(data_dir).exists():
+            raise FileNotFoundError(f"--data-dir {data_dir}: no such folder")
+        if not Path(data_dir).is_dir():
+            raise ValueError(f"--data-dir {data_dir} is a file, not a folder (a CSV file is read with --csv)")
+
+
+def load_records(data_dir=None, csv_path=None, classes=None) -> tuple[list[Record], tuple[str, ...]]:
+    """Records and class names from an ImageFolder tree (``--data-dir``) or a CSV file (``--csv``),
+    exactly one of them (:func:`scan_image_folder`, :func:`read_csv`)."""
+    if (data_dir is None) == (csv_path is None):
+        raise ValueError("give exactly one of --data-dir and --csv")
+    check_data_path(data_dir, csv_path)
+    return scan_image_folder(data_dir, classes) if data_dir is not None else read_csv(csv_path, classes)

@@ -145,3 +145,26 @@ def _exists(path: str) -> bool:
         return Path(path).exists()
     except OSError:
         return False
+
+
+def assign_splits(records, output: Path, seed: int, *, save: bool = True,
+                  hint: str = "score the data the run was trained on") -> list[str]:
+    """The split of each record of a run whose folder is `output`: the records' own split column
+    if every record has one; else ``output/split.csv`` if it exists (reused, so every run sees
+    the same partition; `hint` ends the error when it does not cover the records); else a new
+    6:2:2 split (:func:`split_indices`), written there unless ``save=False``."""
+    if all(r.split for r in records):
+        return [r.split for r in records]
+    keys = [r.key for r in records]
+    split_file = Path(output) / "split.csv"
+    if split_file.is_file():
+        saved = load_split(split_file)
+        missing = [k for k in keys if k not in saved]
+        if missing:
+            raise ValueError(f"{split_file} does not cover {len(missing)} image(s), e.g. {missing[0]}: it holds "
+                             f"the split of other data; {hint}")
+        return [saved[k] for k in keys]
+    splits = split_indices([r.label for r in records], [r.patient for r in records], seed=seed)
+    if save:
+        save_split(split_file, keys, splits)
+    return splits

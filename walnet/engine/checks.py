@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from walnet import ops
+from walnet.data.sources import check_data_path
 from walnet.engine.config import TrainConfig
 from walnet.engine.lock import LOCK_NAME
 from walnet.files import check_writable
@@ -34,21 +35,6 @@ def pick_device(name: str = "auto") -> torch.device:
     elif device.type != "cpu":  # walnet's operators have CPU and CUDA kernels only
         raise ValueError(f"--device {name}: walnet runs on cpu or cuda devices; use auto, cpu, cuda or cuda:<index>")
     return device
-
-
-def check_data_path(data_dir=None, csv_path=None) -> None:
-    """The data option given is a file (``--csv``) or a folder (``--data-dir``) that exists."""
-    if csv_path is not None:
-        if Path(csv_path).is_dir():
-            raise ValueError(f"--csv {csv_path} is a folder, not a CSV file (an ImageFolder tree is read with "
-                             "--data-dir)")
-        if not Path(csv_path).is_file():
-            raise FileNotFoundError(f"--csv {csv_path}: no such file")
-    if data_dir is not None:
-        if not Path(data_dir).exists():
-            raise FileNotFoundError(f"--data-dir {data_dir}: no such folder")
-        if not Path(data_dir).is_dir():
-            raise ValueError(f"--data-dir {data_dir} is a file, not a folder (a CSV file is read with --csv)")
 
 
 #: The files a run writes into its folder (none of them may be the run's input).

@@ -28,7 +28,8 @@ def run_demo(output: str | Path, config: DemoConfig = DemoConfig()) -> dict:
     """Runs the demo into ``output``; returns the test metrics (``evaluate_run``'s dict) plus
     ``chance`` (share of the test split's most frequent class) and ``seconds``."""
     from walnet.data import phantom
-    from walnet.engine.trainer import evaluate_run, train
+    from walnet.engine.evaluation import evaluate_run
+    from walnet.engine.trainer import train
 
     start = time.monotonic()
     output = Path(output)

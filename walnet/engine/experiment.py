@@ -246,7 +246,8 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
     """
     from walnet.engine.checks import check_output, check_pretrained_file, check_train_config, pick_device
     from walnet.engine.lock import run_lock
-    from walnet.engine.trainer import evaluate_run, train as train_run
+    from walnet.engine.evaluation import evaluate_run
+    from walnet.engine.trainer import train as train_run
     from walnet.models import model_names
 
     pairs = [(c, c) if isinstance(c, str) else (c[0], c[1]) for c in configs]

@@ -1,15 +1,12 @@
-"""The runs behind ``walnet train`` and ``walnet evaluate``: data, split, model, epochs, logs,
-checkpoints, scores.
+"""The run behind ``walnet train``: data, split, model, epochs, logs, checkpoints.
 
 Outputs in ``output/``: ``args.json`` (the :class:`TrainConfig`, ``to_dict()``), ``split.csv``
 (reused on later runs), ``metrics.csv`` (one row per epoch), ``last.pt`` and ``best.pt`` (written
 atomically; model, optimizer, scaler, epoch, the config under ``"args"``, class map, and the
 validation metric that chooses ``best.pt`` with its best value so far, ``best_metric`` and
-``best_value``). ``walnet evaluate`` writes ``metrics.json``: the scores of
-:func:`~walnet.engine.metrics.classification_metrics`, their bootstrap intervals and, where the
-data has patient ids, the same per patient (``"patient"``). An output folder that already holds
-a run is only continued with ``resume`` (never overwritten), and it is locked while a run writes
-it (:mod:`walnet.engine.lock`).
+``best_value``). An output folder that already holds a run is only continued with ``resume``
+(never overwritten), and it is locked while a run writes it (:mod:`walnet.engine.lock`).
+``walnet evaluate`` scores a run's checkpoint: :mod:`walnet.engine.evaluation`.
 
 The settings are checked before any work (device, model, backbone, data paths, output folder),
 and a new ``split.csv`` is written only once the split has given usable training and validation
@@ -19,6 +16,7 @@ sets and the model is built; a run that fails before its first checkpoint remove
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import csv
 import json
 import math
@@ -30,56 +28,22 @@ import numpy as np
 import torch
 
 from walnet import ops
-from walnet.data import PlaqueDataset, load_split, read_csv, save_split, scan_image_folder, split_indices
+from walnet.data import PlaqueDataset, assign_splits, load_records
 from walnet.engine import distributed, lock
 from walnet.engine.checkpoint import load_training_state, save_checkpoint
-from walnet.engine.checks import (EVAL_FILES, check_data_path, check_output, check_stages, check_train_config,
-                                  pick_device)
-from walnet.engine.config import EvalConfig, TrainConfig
-from walnet.engine.loading import load_model
-from walnet.engine.loops import EvalOutputs, evaluate, train_one_epoch
-from walnet.engine.metrics import bootstrap_ci, patient_metrics
-from walnet.engine.speed import Speed, backend_flags, loader_workers, speed_of
+from walnet.engine.checks import check_stages, check_train_config
+from walnet.engine.config import TrainConfig
+from walnet.engine.loops import evaluate, train_one_epoch
+from walnet.engine.speed import Speed, backend_flags, speed_of
 from walnet.engine.step import TrainStep
 from walnet.files import atomic_open, write_text
 from walnet.models import ModelSpec, PseudoMaskGenerator
 
-PANEL_SAMPLES = 6  # rows of the segmentation panel of `walnet evaluate`
 #: The key in :func:`~walnet.engine.loops.evaluate`'s result of each ``--eval-metric``.
 EVAL_METRIC_KEYS = {"accuracy": "accuracy", "macro_f1": "macro_f1", "kappa": "kappa", "auc": "auc_micro"}
 #: The columns of metrics.csv: every ``--eval-metric`` has its ``val_<metric>`` column.
 METRIC_FIELDS = ("epoch", "loss", "cls_loss", "seg_loss", "train_accuracy",
                  *(f"val_{metric}" for metric in EVAL_METRIC_KEYS))
-
-
-def load_records(data_dir=None, csv_path=None, classes=None):
-    """Records and class names from an ImageFolder tree or a CSV file (exactly one of them)."""
-    if (data_dir is None) == (csv_path is None):
-        raise ValueError("give exactly one of --data-dir and --csv")
-    check_data_path(data_dir, csv_path)
-    return scan_image_folder(data_dir, classes) if data_dir is not None else read_csv(csv_path, classes)
-
-
-def assign_splits(records, output: Path, seed: int, *, save: bool = True,
-                  hint: str = "score the data the run was trained on") -> list[str]:
-    """The records' own split column if every record has one; else ``output/split.csv`` if it
-    exists (reused, so every run sees the same partition; `hint` ends the error when it does not
-    cover the records); else a new 6:2:2 split, written there unless ``save=False``."""
-    if all(r.split for r in records):
-        return [r.split for r in records]
-    keys = [r.key for r in records]
-    split_file = output / "split.csv"
-    if split_file.is_file():
-        saved = load_split(split_file)
-        missing = [k for k in keys if k not in saved]
-        if missing:
-            raise ValueError(f"{split_file} does not cover {len(missing)} image(s), e.g. {missing[0]}: it holds "
-                             f"the split of other data; {hint}")
-        return [saved[k] for k in keys]
-    splits = split_indices([r.label for r in records], [r.patient for r in records], seed=seed)
-    if save:
-        save_split(split_file, keys, splits)
-    return splits
 
 
 def _seed_everything(seed: int) -> None:
@@ -94,27 +58,52 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def _keep_rows_before(path: Path, epoch: int) -> None:
-    """Drops the metrics rows of epochs >= `epoch` (written by a run killed before its checkpoint)
-    and rewrites the file with the columns of :data:`METRIC_FIELDS`, so the rows of a resumed run
-    fit its header (a metrics.csv of an older walnet gets the new columns, empty in its rows)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
-    with atomic_open(path, text=True) as f:
-        writer = csv.DictWriter(f, METRIC_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+class RunLog:
+    """A run's ``metrics.csv``: one row per epoch, with the columns of :data:`METRIC_FIELDS`."""
 
+    def __init__(self, path: Path):
+        self.path = path
 
-def _append_row(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, METRIC_FIELDS)
-        if new:
+    def resume_at(self, epoch: int) -> None:
+        """Drops the rows of epochs >= `epoch` (written by a run killed before its checkpoint) and
+        rewrites the file with the columns of :data:`METRIC_FIELDS`, so the rows of a resumed run
+        fit its header (a metrics.csv of an older walnet gets the new columns, empty in its rows)."""
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
+        with atomic_open(self.path, text=True) as f:
+            writer = csv.DictWriter(f, METRIC_FIELDS, extrasaction="ignore")
             writer.writeheader()
-        writer.writerow(row)
+            writer.writerows(rows)
+
+    def append(self, row: dict) -> None:
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, METRIC_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+class RunCheckpoints:
+    """A run's ``last.pt`` (every epoch) and ``best.pt`` (the epoch with the best validation
+    score by ``config.eval_metric`` so far; of equal scores the later one, trained longer; an
+    undefined (NaN) score never)."""
+
+    def __init__(self, config: TrainConfig, classes, best: float):
+        self.output, self.metric, self.best = Path(config.output), config.eval_metric, best
+        self.args, self.classes = config.to_dict(), list(classes)
+
+    def save(self, epoch: int, value: float, model, optimizer, scaler) -> None:
+        improved = value >= self.best
+        self.best = value if improved else self.best
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch,
+                 "best_metric": self.metric, "best_value": self.best, "args": self.args, "classes": self.classes}
+        save_checkpoint(self.output / "last.pt", state)
+        if improved:
+            save_checkpoint(self.output / "best.pt", state)
 
 
 def _create_model(config: TrainConfig, spec: ModelSpec) -> torch.nn.Module:
@@ -284,10 +273,23 @@ def _resumed_best(state: dict, config: TrainConfig) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else -math.inf
 
 
-def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, speed: Speed, model, spec: ModelSpec,
-                train_loader, sampler, val_loader) -> dict:
-    output, device = Path(config.output), ctx.device
-    pin = device.type == "cuda"
+@dataclasses.dataclass
+class _Training:
+    """What the epochs of a run share: the model (and `net`, its DDP wrapper where there is one),
+    optimizer, gradient scaler, training step and PGM, and the epoch to start from."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    step: TrainStep
+    pgm: PseudoMaskGenerator | None
+    start: int
+    best: float
+
+
+def _prepare(config: TrainConfig, ctx: distributed.DistContext, speed: Speed, model, spec: ModelSpec) -> _Training:
+    device = ctx.device
     if config.sync_bn and ctx.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
@@ -295,154 +297,78 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, speed: Speed,
         model = model.to(memory_format=torch.channels_last)
     # capturable: Adam's step counts live on the device, so its update can join the CUDA graph
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, capturable=speed.cuda_graphs)
-    amp_dtype = speed.amp_dtype
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda") if speed.amp_dtype == torch.float16 and device.type == "cuda" else None
     pgm = PseudoMaskGenerator() if spec.has_pgm else None
-    classes = spec.classes
     start, best = 0, -math.inf
     if config.resume:
         state = load_training_state(config.resume, model, optimizer, scaler, map_location=device,
                                     describe=spec.describe())
         start, best = int(state["epoch"]) + 1, _resumed_best(state, config)
-    saved = config.to_dict()
-    metrics_path = output / "metrics.csv"
-    if ctx.is_main:
-        write_text(output / "args.json", json.dumps(saved, indent=2))
-        _keep_rows_before(metrics_path, start)
     net = model
     if ctx.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if pin else None)
-    step = TrainStep(net, pgm, optimizer, amp_dtype=amp_dtype, scaler=scaler, compile=speed.compile,
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    step = TrainStep(net, pgm, optimizer, amp_dtype=speed.amp_dtype, scaler=scaler, compile=speed.compile,
                      cuda_graph=speed.cuda_graphs)
+    return _Training(model, net, optimizer, scaler, step, pgm, start, best)
+
+
+def _fit(config: TrainConfig, ctx: distributed.DistContext, run: _Training, loader, epoch: int) -> tuple[dict, float]:
+    """One training epoch: its stats and seconds; a failure that a setting causes (or a loss that
+    diverged) as an error naming it."""
+    device = ctx.device
+    # On CUDA the ops' NaN checks would cost host syncs every step; the kernels already turn
+    # non-finite attention into ignored pseudo masks, and a diverged loss is caught below.
+    with ops.value_checks(False) if device.type == "cuda" else contextlib.nullcontext():
+        started = time.perf_counter()
+        try:
+            stats = train_one_epoch(run.net, run.pgm, loader, run.optimizer, epoch, device,
+                                    progress=None if ctx.is_main else False, step=run.step)
+        except (RuntimeError, ValueError) as exc:
+            clearer = _epoch_error(exc, config, epoch)
+            if clearer is exc:
+                raise
+            raise clearer from exc
+        seconds = time.perf_counter() - started  # train_one_epoch ends by reading its sums: the GPU is done
+    if not math.isfinite(stats["loss"]):
+        raise FloatingPointError(f"training diverged: the loss of epoch {epoch} is {stats['loss']}; "
+                                 f"{_kept(Path(config.output), epoch)} (try a lower --lr)")
+    return stats, seconds
+
+
+def _report(config: TrainConfig, row: dict, seconds: float) -> None:
+    value = row[f"val_{config.eval_metric}"]
+    chosen = "" if config.eval_metric == "accuracy" else f", val {config.eval_metric} {value:.3f}"
+    print(f"epoch {row['epoch']}: loss {row['loss']:.4f} (cls {row['cls_loss']:.4f}, seg {row['seg_loss']:.4f}), "
+          f"train acc {row['train_accuracy']:.3f}, val acc {row['val_accuracy']:.3f}{chosen} "
+          f"(training {seconds:.1f} s)", flush=True)
+
+
+def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, speed: Speed, model, spec: ModelSpec,
+                train_loader, sampler, val_loader) -> dict:
+    """The epochs of a run: fit, then (rank 0) validate, log and checkpoint; returns the last
+    epoch's metrics row."""
+    output = Path(config.output)
+    run = _prepare(config, ctx, speed, model, spec)
+    log, checkpoints = RunLog(output / "metrics.csv"), RunCheckpoints(config, spec.classes, run.best)
     if ctx.is_main:
-        print(f"training on {device}: {speed.describe()}", flush=True)
+        write_text(output / "args.json", json.dumps(config.to_dict(), indent=2))
+        log.resume_at(run.start)
+        print(f"training on {ctx.device}: {speed.describe()}", flush=True)
     row = {}
-    for epoch in range(start, config.epochs):
+    for epoch in range(run.start, config.epochs):
         _seed_everything(_epoch_seed(config.seed, epoch))
         sampler.set_epoch(epoch)
-        # On CUDA the ops' NaN checks would cost host syncs every step; the kernels already turn
-        # non-finite attention into ignored pseudo masks, and a diverged loss is caught below.
-        with ops.value_checks(False) if device.type == "cuda" else contextlib.nullcontext():
-            started = time.perf_counter()
-            try:
-                stats = train_one_epoch(net, pgm, train_loader, optimizer, epoch, device,
-                                        progress=None if ctx.is_main else False, step=step)
-            except (RuntimeError, ValueError) as exc:
-                clearer = _epoch_error(exc, config, epoch)
-                if clearer is exc:
-                    raise
-                raise clearer from exc
-            seconds = time.perf_counter() - started  # train_one_epoch ends by reading its sums: the GPU is done
-        if not math.isfinite(stats["loss"]):
-            raise FloatingPointError(f"training diverged: the loss of epoch {epoch} is {stats['loss']}; "
-                                     f"{_kept(output, epoch)} (try a lower --lr)")
+        stats, seconds = _fit(config, ctx, run, train_loader, epoch)
         if ctx.is_main:
             # DDP's forward talks to the other ranks, so rank 0 validates the bare model.
-            val = evaluate(model if ctx.enabled else net, val_loader, device, class_names=classes,
-                           amp_dtype=amp_dtype)
+            val = evaluate(run.model if ctx.enabled else run.net, val_loader, ctx.device, class_names=spec.classes,
+                           amp_dtype=speed.amp_dtype)
             row = {"epoch": epoch, "loss": stats["loss"], "cls_loss": stats["cls_loss"],
                    "seg_loss": stats["seg_loss"], "train_accuracy": stats["accuracy"],
                    **{f"val_{metric}": val[key] for metric, key in EVAL_METRIC_KEYS.items()}}
-            _append_row(metrics_path, row)
-            value = row[f"val_{config.eval_metric}"]
-            chosen = "" if config.eval_metric == "accuracy" else f", val {config.eval_metric} {value:.3f}"
-            print(f"epoch {epoch}: loss {row['loss']:.4f} (cls {row['cls_loss']:.4f}, seg {row['seg_loss']:.4f}), "
-                  f"train acc {row['train_accuracy']:.3f}, val acc {row['val_accuracy']:.3f}{chosen} "
-                  f"(training {seconds:.1f} s)", flush=True)
-            # >=: of equal scores the later epoch (trained longer) becomes best.pt; an undefined
-            # (NaN) score never does
-            improved = value >= best
-            best = value if improved else best
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch,
-                     "best_metric": config.eval_metric, "best_value": best, "args": saved,
-                     "classes": list(classes)}
-            save_checkpoint(output / "last.pt", state)
-            if improved:
-                save_checkpoint(output / "best.pt", state)
+            log.append(row)
+            _report(config, row, seconds)
+            checkpoints.save(epoch, row[f"val_{config.eval_metric}"], run.model, run.optimizer, run.scaler)
         distributed.barrier(ctx)
     return row
-
-
-def evaluate_run(config: EvalConfig) -> dict:
-    """``walnet evaluate``: rebuilds the model of a checkpoint (its train config and class map),
-    scores it on one split of the data (the run's saved split), writes ``metrics.json``; returns
-    it.
-
-    ``metrics.json`` holds :func:`~walnet.engine.loops.evaluate`'s scores (per-class sensitivity
-    and specificity among them), 95% percentile-bootstrap intervals of accuracy, macro F1 and
-    micro AUC over the images (``accuracy_ci``, ..., and their settings under ``"bootstrap"``;
-    :func:`~walnet.engine.metrics.bootstrap_ci`) and, where images have patient ids, the same
-    scores per patient under ``"patient"`` (:func:`~walnet.engine.metrics.patient_metrics`).
-
-    Unless ``no_figures``, also writes ``roc.png`` (paper Fig. 4), ``confusion.png``
-    (Fig. 5) and, where the split has true masks and the model a segmentation head,
-    ``segmentation.png`` (Fig. 6) and ``attention.png`` (the same samples' fused attention
-    over the image, the predicted mask's contour and the RCM box); their names are listed under
-    ``"figures"`` in the result."""
-    ckpt = Path(config.checkpoint)
-    device = pick_device(config.device)
-    if config.output:
-        check_output(config.output, inputs=(config.csv,), writes=EVAL_FILES)
-    trained = load_model(ckpt, device)
-    if trained.train_config is None:
-        raise ValueError(f"--checkpoint {ckpt} is a model folder written by walnet export; evaluate scores a "
-                         "training checkpoint (best.pt or last.pt), whose run folder holds the split")
-    model = trained.model
-    records, classes = load_records(config.data_dir, config.csv, trained.classes)
-    splits = assign_splits(records, ckpt.parent, trained.train_config.seed)
-    # a run trained on whole DICOM frames is scored on whole frames too
-    region = not config.no_dicom_region and trained.dicom_region
-    dataset = PlaqueDataset([r for r, s in zip(records, splits) if s == config.split], trained.size, config.skip_bad,
-                            dicom_region=region)
-    if len(dataset) == 0:
-        raise ValueError(f"no images in the {config.split!r} split")
-    pgm = PseudoMaskGenerator() if trained.spec.has_pgm else None
-    state = trained.checkpoint
-    loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=loader_workers(config.workers, device))
-    figures = not config.no_figures
-    outputs = EvalOutputs(panel=PANEL_SAMPLES if figures else 0)
-    result = evaluate(model, loader, device, pgm=pgm, class_names=classes, outputs=outputs)
-    result.update(bootstrap_ci(outputs.targets, outputs.probs))
-    # each score's image by its dataset index, not by position: right for any loader order
-    patients = [dataset.records[i].patient for i in outputs.order]
-    per_patient = patient_metrics(outputs.targets, outputs.probs, patients, classes)
-    if per_patient is not None:
-        result["patient"] = per_patient
-    result.update(split=config.split, images=len(dataset), checkpoint=str(ckpt), epoch=int(state["epoch"]))
-    if figures:
-        result["figures"] = (["roc.png", "confusion.png"] + (["segmentation.png"] if outputs.images is not None else [])
-                             + (["attention.png"] if outputs.attention is not None else []))
-    out = Path(config.output) if config.output else ckpt.parent
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out / "metrics.json", text=True) as f:
-        json.dump(result, f, indent=2)
-    if figures:
-        _write_figures(out, result, outputs, dataset, classes)
-    return result
-
-
-def _write_figures(out: Path, result: dict, outputs: EvalOutputs, dataset, classes) -> None:
-    from walnet.engine import figures  # matplotlib only when figures are asked for
-
-    tag = f"{result['split']} split, {result['images']} images"
-    figures.roc_figure(out / "roc.png", outputs.targets, outputs.probs, classes, title=f"ROC ({tag})")
-    figures.confusion_figure(out / "confusion.png", result["confusion"], classes, title=f"Confusion ({tag})")
-    if outputs.images is not None:
-        records = [dataset.records[i] for i in outputs.indices]
-        titles = [f"{r.path.name}{'' if r.frame is None else f' #{r.frame}'}\n{classes[r.label]}" for r in records]
-        figures.segmentation_panel(out / "segmentation.png", outputs.images, outputs.pseudo, outputs.pred,
-                                   outputs.truth, titles)
-    if outputs.attention is not None:
-        titles = [f"{dataset.records[i].path.name}: {classes[p.argmax()]} {p.max():.0%}"
-                  for i, p in zip(outputs.indices, _panel_probs(outputs))]
-        figures.attention_panel(out / "attention.png", outputs.images, outputs.attention, outputs.pred,
-                                outputs.boxes, titles)
-
-
-def _panel_probs(outputs: EvalOutputs):
-    """The class probabilities of the panel's samples (``probs`` is in loader order)."""
-    if outputs.order is None:  # no indices: the panel kept its samples' positions instead
-        return [outputs.probs[i] for i in outputs.indices]
-    where = {int(index): k for k, index in enumerate(outputs.order)}
-    return [outputs.probs[where[i]] for i in outputs.indices]

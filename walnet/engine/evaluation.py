@@ -1,0 +1,109 @@
+"""The run behind ``walnet evaluate``: a trained model scored on one split of its run's data.
+
+It writes ``metrics.json`` (the checkpoint's folder, or ``output``): the scores of
+:func:`~walnet.engine.metrics.classification_metrics`, their bootstrap intervals and, where the
+data has patient ids, the same per patient (``"patient"``); and unless asked not to, the figures
+of the paper (ROC, confusion matrix, segmentations) and an attention panel.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from walnet.data import PlaqueDataset, assign_splits, load_records
+from walnet.engine.checks import EVAL_FILES, check_output, pick_device
+from walnet.engine.config import EvalConfig
+from walnet.engine.loading import load_model
+from walnet.engine.loops import EvalOutputs, evaluate
+from walnet.engine.metrics import bootstrap_ci, patient_metrics
+from walnet.engine.speed import loader_workers
+from walnet.files import atomic_open
+from walnet.models import PseudoMaskGenerator
+
+PANEL_SAMPLES = 6  # rows of the segmentation panel of `walnet evaluate`
+
+
+def evaluate_run(config: EvalConfig) -> dict:
+    """``walnet evaluate``: rebuilds the model of a checkpoint (its train config and class map),
+    scores it on one split of the data (the run's saved split), writes ``metrics.json``; returns
+    it.
+
+    ``metrics.json`` holds :func:`~walnet.engine.loops.evaluate`'s scores (per-class sensitivity
+    and specificity among them), 95% percentile-bootstrap intervals of accuracy, macro F1 and
+    micro AUC over the images (``accuracy_ci``, ..., and their settings under ``"bootstrap"``;
+    :func:`~walnet.engine.metrics.bootstrap_ci`) and, where images have patient ids, the same
+    scores per patient under ``"patient"`` (:func:`~walnet.engine.metrics.patient_metrics`).
+
+    Unless ``no_figures``, also writes ``roc.png`` (paper Fig. 4), ``confusion.png``
+    (Fig. 5) and, where the split has true masks and the model a segmentation head,
+    ``segmentation.png`` (Fig. 6) and ``attention.png`` (the same samples' fused attention
+    over the image, the predicted mask's contour and the RCM box); their names are listed under
+    ``"figures"`` in the result."""
+    ckpt = Path(config.checkpoint)
+    device = pick_device(config.device)
+    if config.output:
+        check_output(config.output, inputs=(config.csv,), writes=EVAL_FILES)
+    trained = load_model(ckpt, device)
+    if trained.train_config is None:
+        raise ValueError(f"--checkpoint {ckpt} is a model folder written by walnet export; evaluate scores a "
+                         "training checkpoint (best.pt or last.pt), whose run folder holds the split")
+    model = trained.model
+    records, classes = load_records(config.data_dir, config.csv, trained.classes)
+    splits = assign_splits(records, ckpt.parent, trained.train_config.seed)
+    # a run trained on whole DICOM frames is scored on whole frames too
+    region = not config.no_dicom_region and trained.dicom_region
+    dataset = PlaqueDataset([r for r, s in zip(records, splits) if s == config.split], trained.size, config.skip_bad,
+                            dicom_region=region)
+    if len(dataset) == 0:
+        raise ValueError(f"no images in the {config.split!r} split")
+    pgm = PseudoMaskGenerator() if trained.spec.has_pgm else None
+    state = trained.checkpoint
+    loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=loader_workers(config.workers, device))
+    figures = not config.no_figures
+    outputs = EvalOutputs(panel=PANEL_SAMPLES if figures else 0)
+    result = evaluate(model, loader, device, pgm=pgm, class_names=classes, outputs=outputs)
+    result.update(bootstrap_ci(outputs.targets, outputs.probs))
+    # each score's image by its dataset index, not by position: right for any loader order
+    patients = [dataset.records[i].patient for i in outputs.order]
+    per_patient = patient_metrics(outputs.targets, outputs.probs, patients, classes)
+    if per_patient is not None:
+        result["patient"] = per_patient
+    result.update(split=config.split, images=len(dataset), checkpoint=str(ckpt), epoch=int(state["epoch"]))
+    if figures:
+        result["figures"] = (["roc.png", "confusion.png"] + (["segmentation.png"] if outputs.images is not None else [])
+                             + (["attention.png"] if outputs.attention is not None else []))
+    out = Path(config.output) if config.output else ckpt.parent
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out / "metrics.json", text=True) as f:
+        json.dump(result, f, indent=2)
+    if figures:
+        _write_figures(out, result, outputs, dataset, classes)
+    return result
+
+
+def _write_figures(out: Path, result: dict, outputs: EvalOutputs, dataset, classes) -> None:
+    from walnet.engine import figures  # matplotlib only when figures are asked for
+
+    tag = f"{result['split']} split, {result['images']} images"
+    figures.roc_figure(out / "roc.png", outputs.targets, outputs.probs, classes, title=f"ROC ({tag})")
+    figures.confusion_figure(out / "confusion.png", result["confusion"], classes, title=f"Confusion ({tag})")
+    if outputs.images is not None:
+        records = [dataset.records[i] for i in outputs.indices]
+        titles = [f"{r.path.name}{'' if r.frame is None else f' #{r.frame}'}\n{classes[r.label]}" for r in records]
+        figures.segmentation_panel(out / "segmentation.png", outputs.images, outputs.pseudo, outputs.pred,
+                                   outputs.truth, titles)
+    if outputs.attention is not None:
+        titles = [f"{dataset.records[i].path.name}: {classes[p.argmax()]} {p.max():.0%}"
+                  for i, p in zip(outputs.indices, _panel_probs(outputs))]
+        figures.attention_panel(out / "attention.png", outputs.images, outputs.attention, outputs.pred,
+                                outputs.boxes, titles)
+
+
+def _panel_probs(outputs: EvalOutputs):
+    """The class probabilities of the panel's samples (``probs`` is in loader order)."""
+    if outputs.order is None:  # no indices: the panel kept its samples' positions instead
+        return [outputs.probs[i] for i in outputs.indices]
+    where = {int(index): k for k, index in enumerate(outputs.order)}
+    return [outputs.probs[where[i]] for i in outputs.indices]
