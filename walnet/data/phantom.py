@@ -105,32 +105,10 @@ def _plaque_geometry(rng: np.random.Generator, size: int):
                 phase=phase, amp=amp, skew=skew, bw=bw, bh=bh)
 
 
-def render_sample(rng: np.random.Generator, label: int, size: int = 224) -> tuple[np.ndarray, np.ndarray]:
-    """Render one phantom plaque crop.
-
-    Args:
-        rng: source of all randomness (the result is a pure function of its state).
-        label: class index, 0 hyperechoic, 1 hypoechoic, 2 mixed-echoic.
-        size: output side in pixels.
-
-    Returns:
-        ``(image, mask)``: ``image`` uint8 ``(size, size, 3)`` (grey replicated in three
-        channels), ``mask`` uint8 ``(size, size)`` with the true plaque = 255, else 0.
-    """
-    label = int(label)
-    if label not in (0, 1, 2):
-        raise ValueError(f"label must be 0, 1 or 2, got {label}")
-    if size < 16:
-        raise ValueError(f"size must be >= 16, got {size}")
-    S = int(size)
-    g = _plaque_geometry(rng, S)
-
-    yy = np.arange(S, dtype=np.float32)[:, None] + 0.5
-    xx = np.arange(S, dtype=np.float32)[None, :] + 0.5
-    # Height above the wall, positive into the lumen.
+def _plaque_mask(g: dict, yy: np.ndarray, xx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The plaque mask (a perturbed half-ellipse on the wall, plus the part inside the wall) and
+    the height above the wall of every pixel (positive into the lumen)."""
     up = (g["wall"] - yy) if g["far"] else (yy - g["wall"])
-
-    # ---- plaque mask: perturbed half-ellipse on the wall, plus the part inside the wall
     dx = (xx - g["cx"]) / g["a"]
     dy = up / g["b"]
     theta = np.arctan2(dy, dx)
@@ -141,39 +119,48 @@ def render_sample(rng: np.random.Generator, label: int, size: int = 224) -> tupl
     plaque = (dxs**2 + np.maximum(dy, 0) ** 2 <= r**2) & (up >= -g["embed"]) & (np.abs(dx) <= 1.0)
     # Make sure the in-wall part tapers like the plaque foot (no rectangular slab).
     plaque &= (up >= 0) | (np.abs(dx) <= np.sqrt(np.clip(1.0 + up / g["embed"], 0, 1)) * 0.98)
+    return plaque, up
 
-    # ---- physical scale (mm per pixel) for speckle grain and wall thickness
+
+def _physical_scale(rng: np.random.Generator, g: dict) -> dict:
+    """mm per pixel (lateral sx, axial sy), the lumen's height in pixels and the intima-media
+    thickness in mm: they set the speckle grain and the wall's look."""
     length_mm = rng.uniform(6.0, 20.0)
     lumen_mm = rng.uniform(5.0, 8.0)
     thick_mm = min(length_mm * rng.uniform(0.18, 0.45), lumen_mm * rng.uniform(0.35, 0.8))
     sx = length_mm / (2 * g["a"])  # mm / px, lateral
     sy = thick_mm / (g["bh"])  # mm / px, axial
-    lumen_px = lumen_mm / sy
-    imt_mm = rng.uniform(0.5, 1.0)
+    return {"sx": sx, "sy": sy, "lumen_px": lumen_mm / sy, "imt_mm": rng.uniform(0.5, 1.0)}
 
+
+def _tissue(rng: np.random.Generator, S: int, yy: np.ndarray, up: np.ndarray, scale: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The reflectivity of tissue, lumen and the two walls (tissue ~ 1), and the lumen's mask."""
     # Depth into the wall tissue below/above the lumen: distance from the lumen boundary.
     # Lumen occupies 0 <= up <= lumen_px (the opposite wall is at up = lumen_px).
     d_wall = -up  # tissue side of the plaque-bearing wall (d > 0 inside tissue)
-    d_opp = up - lumen_px  # tissue side of the opposite wall
-    lumen = (up > 0) & (up < lumen_px)
-
-    # ---- reflectivity map (tissue ~ 1)
+    d_opp = up - scale["lumen_px"]  # tissue side of the opposite wall
+    lumen = (up > 0) & (up < scale["lumen_px"])
     att = rng.uniform(0.0, 0.8)
     tissue = np.exp(-att * yy / S) * (1.0 + 0.25 * _smooth_noise(rng, (S, S), (rng.integers(3, 7), rng.integers(2, 5))))
     # horizontal layering typical of tissue around the artery
     layers = _smooth_noise(rng, (S, S), (rng.integers(6, 14), 2))
     tissue = np.clip(tissue * (1.0 + 0.2 * layers), 0.2, None)
     R = np.where(lumen, rng.uniform(0.02, 0.06), tissue).astype(np.float32)
-
-    imt_px = imt_mm / sy
+    imt_px = scale["imt_mm"] / scale["sy"]
     for d in (d_wall, d_opp):
         wl = (rng.uniform(2.0, 3.2) * np.exp(-(((d - 0.15 * imt_px) / (0.18 * imt_px + 0.6)) ** 2))
               + rng.uniform(2.0, 3.5) * np.exp(-(((d - 0.85 * imt_px) / (0.22 * imt_px + 0.6)) ** 2)))
         media = (d > 0.3 * imt_px) & (d < 0.7 * imt_px)
         R = np.where(media, R * 0.45, R) + wl.astype(np.float32)
+    return R, lumen
 
-    # ---- plaque echogenicity
-    inside = plaque
+
+def _plaque_echo(rng: np.random.Generator, label: int, S: int, g: dict, inside: np.ndarray, lumen: np.ndarray,
+                 R: np.ndarray) -> np.ndarray:
+    """The plaque's echogenicity, which gives its class: bright with an acoustic shadow
+    (hyperechoic), dark with an optional bright cap (hypoechoic), or bright and dark blobs with a
+    shadow under the bright parts (mixed)."""
+    w = None
     if label == 0:
         level = rng.uniform(1.8, 3.0)
         tex = 1.0 + 0.25 * _smooth_noise(rng, (S, S), (8, 8))
@@ -200,7 +187,6 @@ def render_sample(rng: np.random.Generator, label: int, size: int = 224) -> tupl
     if label == 1 and rng.random() < 0.5:  # thin bright fibrous cap on the lumen side
         cap = ndimage.binary_dilation(inside, iterations=2) & ~inside & lumen
         R = np.where(cap, R + rng.uniform(0.8, 1.6), R)
-
     if shadow_strength > 0:
         # Everything deeper than the plaque in its columns, with soft lateral edges.
         below = np.maximum.accumulate(inside, axis=0) & ~inside
@@ -209,10 +195,14 @@ def render_sample(rng: np.random.Generator, label: int, size: int = 224) -> tupl
             below = np.maximum.accumulate(bright_part, axis=0) & ~inside
         sh = ndimage.gaussian_filter(below.astype(np.float32), (0.5, rng.uniform(1.0, 3.0)))
         R = R * (1.0 - shadow_strength * sh)
+    return R
 
-    # ---- speckle: envelope of low-pass complex noise, grain in mm -> px
-    lat = np.clip(rng.uniform(0.25, 0.45) / sx, 0.6, 4.0)
-    ax = np.clip(rng.uniform(0.10, 0.22) / sy, 0.5, 3.0)
+
+def _speckle(rng: np.random.Generator, R: np.ndarray, S: int, scale: dict) -> np.ndarray:
+    """The echo amplitude: the reflectivity times the envelope of low-pass complex noise (grain in
+    mm, turned into pixels), optionally blurred by the point spread function."""
+    lat = np.clip(rng.uniform(0.25, 0.45) / scale["sx"], 0.6, 4.0)
+    ax = np.clip(rng.uniform(0.10, 0.22) / scale["sy"], 0.5, 3.0)
     zr = ndimage.gaussian_filter(rng.standard_normal((S, S)).astype(np.float32), (ax, lat))
     zi = ndimage.gaussian_filter(rng.standard_normal((S, S)).astype(np.float32), (ax, lat))
     env = np.hypot(zr, zi)
@@ -221,20 +211,52 @@ def render_sample(rng: np.random.Generator, label: int, size: int = 224) -> tupl
     psf = rng.uniform(0.0, 1.6)
     if psf > 0.3:
         A = ndimage.gaussian_filter(A, (psf * rng.uniform(0.4, 0.8), psf))
+    return A
 
-    # ---- log compression, dynamic range, gain, TGC ramp: the strong global randomisation
+
+def _display(rng: np.random.Generator, A: np.ndarray, tissue: np.ndarray, S: int, yy: np.ndarray) -> np.ndarray:
+    """The B-mode image (uint8 grey): log compression, dynamic range, gain and a TGC ramp, the
+    strong global randomisation; `tissue` marks the pixels whose median sets the gain."""
     db = 20.0 * np.log10(A + 1e-4)
-    ref = float(np.median(db[~lumen & ~inside])) if np.any(~lumen & ~inside) else float(np.median(db))
+    ref = float(np.median(db[tissue])) if np.any(tissue) else float(np.median(db))
     dr = rng.uniform(35.0, 70.0)
     tissue_level = rng.uniform(0.2, 0.72)
     ramp = rng.uniform(-0.15, 0.15) * (yy / S - 0.5)
     v = (db - ref) / dr + tissue_level + ramp
     gamma = rng.uniform(0.8, 1.25)
     v = np.clip(v, 0.0, 1.0) ** gamma
-    img8 = np.round(v * 255.0).astype(np.uint8)
+    return np.round(v * 255.0).astype(np.uint8)
+
+
+def render_sample(rng: np.random.Generator, label: int, size: int = 224) -> tuple[np.ndarray, np.ndarray]:
+    """Render one phantom plaque crop.
+
+    Args:
+        rng: source of all randomness (the result is a pure function of its state).
+        label: class index, 0 hyperechoic, 1 hypoechoic, 2 mixed-echoic.
+        size: output side in pixels.
+
+    Returns:
+        ``(image, mask)``: ``image`` uint8 ``(size, size, 3)`` (grey replicated in three
+        channels), ``mask`` uint8 ``(size, size)`` with the true plaque = 255, else 0.
+    """
+    label = int(label)
+    if label not in (0, 1, 2):
+        raise ValueError(f"label must be 0, 1 or 2, got {label}")
+    if size < 16:
+        raise ValueError(f"size must be >= 16, got {size}")
+    S = int(size)
+    g = _plaque_geometry(rng, S)
+    yy = np.arange(S, dtype=np.float32)[:, None] + 0.5
+    xx = np.arange(S, dtype=np.float32)[None, :] + 0.5
+    plaque, up = _plaque_mask(g, yy, xx)
+    scale = _physical_scale(rng, g)
+    R, lumen = _tissue(rng, S, yy, up, scale)
+    R = _plaque_echo(rng, label, S, g, plaque, lumen, R)
+    A = _speckle(rng, R, S, scale)
+    img8 = _display(rng, A, ~lumen & ~plaque, S, yy)
     image = np.repeat(img8[:, :, None], 3, axis=2)
-    mask = (plaque.astype(np.uint8) * 255)
-    return image, mask
+    return image, plaque.astype(np.uint8) * 255
 
 
 def class_counts(n: int) -> list[int]:

@@ -99,6 +99,21 @@ def _resolve_algorithm(algorithm: str, run_on: torch.device | None) -> str:
     return algorithm
 
 
+def _checked(images, scale, sigma, min_size, algorithm, rules) -> tuple[torch.Tensor, float, float, int]:
+    """The arguments of :func:`felzenszwalb`, checked (an error naming the first bad one)."""
+    images = _checks.as_features(images, "images", empty_batch=True).detach()
+    scale = _checks.check_real(scale, "scale", min_value=0)
+    sigma = _checks.check_real(sigma, "sigma", min_value=0)
+    if sigma > MAX_SIGMA:
+        raise ValueError(f"sigma must be at most {MAX_SIGMA:g} (a Gaussian that wide has millions of taps), "
+                         f"got {sigma}")
+    min_size = _checks.check_int(min_size, "min_size", min_value=0)
+    _checks.check_choice(algorithm, "algorithm", ALGORITHMS)
+    if rules is not None and not isinstance(rules, RoundRules):
+        raise TypeError(f"rules must be a walnet.ops.RoundRules, got {type(rules).__name__}")
+    return images, scale, sigma, min_size
+
+
 def felzenszwalb(
     images: torch.Tensor,
     scale: float = 1.0,
@@ -142,16 +157,7 @@ def felzenszwalb(
     The defaults are skimage's (scale=1, sigma=0.8, min_size=20); WAL-Net's PGM passes its own
     (64, 0.5, 10).
     """
-    images = _checks.as_features(images, "images", empty_batch=True).detach()
-    scale = _checks.check_real(scale, "scale", min_value=0)
-    sigma = _checks.check_real(sigma, "sigma", min_value=0)
-    if sigma > MAX_SIGMA:
-        raise ValueError(f"sigma must be at most {MAX_SIGMA:g} (a Gaussian that wide has millions of taps), "
-                         f"got {sigma}")
-    min_size = _checks.check_int(min_size, "min_size", min_value=0)
-    _checks.check_choice(algorithm, "algorithm", ALGORITHMS)
-    if rules is not None and not isinstance(rules, RoundRules):
-        raise TypeError(f"rules must be a walnet.ops.RoundRules, got {type(rules).__name__}")
+    images, scale, sigma, min_size = _checked(images, scale, sigma, min_size, algorithm, rules)
     device = images.device
     run_on = kernel_device("felzenszwalb", device, backend, host_fallback=True)
     weights = _weights(sigma)
