@@ -7,35 +7,29 @@ torch.compile traces or a CUDA graph captures, and can be switched off with
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 
 import torch
 
-_value_checks = True
+from walnet.ops._switch import Switch
+
+_VALUE_CHECKS = Switch(True)
 
 
 def set_value_checks(enabled: bool) -> None:
     """Turn the data-reading input checks of walnet ops on or off (default on)."""
-    global _value_checks
-    _value_checks = bool(enabled)
+    _VALUE_CHECKS.set(enabled)
 
 
-@contextlib.contextmanager
 def value_checks(enabled: bool):
-    """Within the block, the data-reading input checks are on or off (see
-    :func:`set_value_checks`); the previous setting is restored afterwards."""
-    global _value_checks
-    previous, _value_checks = _value_checks, bool(enabled)
-    try:
-        yield
-    finally:
-        _value_checks = previous
+    """Within the block (``with value_checks(False):``), the data-reading input checks are on or
+    off (see :func:`set_value_checks`); the previous setting is restored afterwards."""
+    return _VALUE_CHECKS.scoped(enabled)
 
 
 def value_checks_enabled() -> bool:
-    if not _value_checks or torch.compiler.is_compiling():
+    if not _VALUE_CHECKS.enabled or torch.compiler.is_compiling():
         return False
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 

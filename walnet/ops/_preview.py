@@ -13,8 +13,9 @@ becomes the default) once the device check has passed on a GPU.
 """
 from __future__ import annotations
 
-import contextlib
 import os
+
+from walnet.ops._switch import Switch
 
 __all__ = ["PREVIEW", "preview_kernels", "preview_kernels_enabled", "set_preview_kernels"]
 
@@ -26,28 +27,21 @@ PREVIEW = {
                 "one launch and its backward in one (while off, CUDA runs mask_boxes and crop_resize per level)",
 }
 
-_enabled = os.environ.get("WALNET_PREVIEW_KERNELS", "0") not in ("", "0")
+_PREVIEW = Switch(os.environ.get("WALNET_PREVIEW_KERNELS", "0") not in ("", "0"))
 
 
 def set_preview_kernels(enabled: bool) -> None:
     """Let walnet ops run the preview CUDA kernels of :data:`PREVIEW` (default off, or on where
     ``WALNET_PREVIEW_KERNELS=1`` was set at import)."""
-    global _enabled
-    _enabled = bool(enabled)
+    _PREVIEW.set(enabled)
 
 
-@contextlib.contextmanager
 def preview_kernels(enabled: bool = True):
-    """Within the block, preview CUDA kernels are allowed (or not); the previous setting is
-    restored afterwards."""
-    global _enabled
-    previous, _enabled = _enabled, bool(enabled)
-    try:
-        yield
-    finally:
-        _enabled = previous
+    """Within the block (``with preview_kernels():``), preview CUDA kernels are allowed (or
+    not); the previous setting is restored afterwards."""
+    return _PREVIEW.scoped(enabled)
 
 
 def preview_kernels_enabled() -> bool:
     """Whether the preview CUDA kernels may run."""
-    return _enabled
+    return _PREVIEW.enabled
