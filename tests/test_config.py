@@ -62,9 +62,9 @@ def test_cli_passes_every_option_on(monkeypatch):
     (config,) = _built(monkeypatch, trainer, "train", argv)
     assert config == TrainConfig(data_dir="d", output="o", model="walnet_no_rcm", backbone="resnet18", pretrained=True,
                                  epochs=3, eval_metric="macro_f1", batch_size=2, lr=0.5, seed=7, size=64, precision="bf16",
-                                 compile=True, no_cuda_graphs=True, no_channels_last=True, no_tf32=True,
-                                 no_cudnn_benchmark=True, sync_bn=True, workers=2, resume="o/last.pt", roi_method="crop",
-                                 no_rcm=True, no_pgm=True, rcm_warmup=0, attention_channels=16, device="cpu",
+                                 compile=True, cuda_graphs=False, channels_last=False, tf32=False,
+                                 cudnn_benchmark=False, sync_bn=True, workers=2, resume="o/last.pt", roi_method="crop",
+                                 rcm=False, pgm=False, rcm_warmup=0, attention_channels=16, device="cpu",
                                  skip_bad=True, classes=("calcified", "soft", "mixed"))
     # every field is one option of its command, and no option is left out of the config
     for config_type, argv in ((TrainConfig, ["train", "--csv", "x", "--output", "y"]),
@@ -77,7 +77,7 @@ def test_cli_passes_every_option_on(monkeypatch):
 
 @pytest.mark.parametrize("config", [
     TrainConfig(csv=Path("data/labels.csv"), output=Path("runs/a"), lr=1, precision="fp16", resume="runs/a/last.pt"),
-    EvalConfig(checkpoint="r/best.pt", data_dir="d", split="val", no_figures=True),
+    EvalConfig(checkpoint="r/best.pt", data_dir="d", split="val", figures=False),
     PredictConfig(checkpoint="r/best.pt", inputs=[Path("x.png"), "folder"], output="p.csv", masks_dir="m"),
     PredictConfig(model=Path("exported"), inputs=["x.png"], output="p.csv"),
     ExportConfig(checkpoint="r/best.pt", output=Path("exported"), formats=("onnx", "pt2"), overwrite=True),
@@ -242,3 +242,21 @@ def test_no_engine_module_imports_the_command_line():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert {f"walnet.engine.{p.stem}" for p in modules if p.stem != "__init__"} <= set(ast.literal_eval(done.stdout))
+
+
+def test_the_negative_switches_of_010_files_read_as_their_positive_fields():
+    """args.json and checkpoints of walnet 0.1.0 hold "no_rcm": true etc.: read back, they mean
+    what they meant (rcm off), and the CLI's --no-... flags set the positive fields."""
+    old = {**TrainConfig(csv="x", output="o").to_dict(), "no_rcm": True, "no_cuda_graphs": True,
+           "no_dicom_region": False}
+    for name in ("rcm", "cuda_graphs", "dicom_region"):
+        old.pop(name)
+    config = TrainConfig.from_dict(old)
+    assert not config.rcm and not config.cuda_graphs and config.dicom_region and config.pgm
+    assert EvalConfig.from_dict({"checkpoint": "c", "csv": "x", "no_figures": True}).figures is False
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="no option"):
+        TrainConfig.from_dict({**config.to_dict(), "no_such": True})
+    parsed = cli.build_parser().parse_args(["evaluate", "--checkpoint", "c", "--csv", "x", "--no-figures"])
+    assert parsed.figures is False
+    assert cli.build_parser().parse_args(["evaluate", "--checkpoint", "c", "--csv", "x"]).figures is True

@@ -117,9 +117,9 @@ def test_region_crop_and_flag(tmp_path):
 
 
 def test_region_flag_is_an_option_of_train_evaluate_predict():
-    assert TrainConfig(data_dir="d", output="o", no_dicom_region=True).no_dicom_region
-    assert not EvalConfig(checkpoint="c", data_dir="d").no_dicom_region
-    assert PredictConfig(checkpoint="c", inputs=["x.dcm"], output="p.csv", no_dicom_region=True).no_dicom_region
+    assert not TrainConfig(data_dir="d", output="o", dicom_region=False).dicom_region
+    assert EvalConfig(checkpoint="c", data_dir="d").dicom_region
+    assert not PredictConfig(checkpoint="c", inputs=["x.dcm"], output="p.csv", dicom_region=False).dicom_region
 
 
 def _cine(tmp_path, name="loop.dcm", frames=3, **kw):

@@ -168,7 +168,7 @@ def test_cli_builds_the_templates_from_the_train_and_evaluate_options(monkeypatc
     assert configs == TABLES["table2"].rows and output == "o" and kw["seeds"] == [0, 1, 2, 3, 4]
     # the given options, every other one at the train / evaluate default
     assert kw["train"] == TrainConfig(csv="x.csv", output="o", epochs=3, batch_size=4, pretrained=True, device="cpu")
-    assert kw["evaluate"] == EvalConfig(checkpoint="best.pt", csv="x.csv", device="cpu", no_figures=True)
+    assert kw["evaluate"] == EvalConfig(checkpoint="best.pt", csv="x.csv", device="cpu", figures=False)
     with pytest.raises(SystemExit):  # the experiment sets the model itself
         cli.build_parser().parse_args(["experiment", "--table", "table1", "--csv", "x", "--output", "o",
                                        "--model", "m"])
@@ -195,7 +195,7 @@ def test_experiment_end_to_end_reuses_and_resumes(tmp_path, capsys):
     # the same settings as templates for the Python API; figures are not what this test checks
     train = TrainConfig(csv=csv_path, output=out, epochs=1, backbone="resnet18", attention_channels=8, size=48,
                         batch_size=8, rcm_warmup=0, device="cpu")
-    evaluate = EvalConfig(checkpoint="best.pt", csv=csv_path, device="cpu", no_figures=True)
+    evaluate = EvalConfig(checkpoint="best.pt", csv=csv_path, device="cpu", figures=False)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, "-m", "walnet", "experiment", "--models", "walnet_no_pgm,walnet_no_rcm",
                            "--seeds", "0,1", "--csv", str(csv_path), "--output", str(out), *flags, "--no-figures"],

@@ -152,19 +152,19 @@ def test_evaluate_collects_the_figure_arrays(tmp_path):
     assert no_pgm.pseudo is None and no_pgm.images.shape[0] == 2
 
 
-@pytest.mark.parametrize("no_figures", [False, True])
-def test_evaluate_run_writes_figures(tmp_path, no_figures):
+@pytest.mark.parametrize("figures", [True, False])
+def test_evaluate_run_writes_figures(tmp_path, figures):
     from walnet.engine.evaluation import evaluate_run
 
     csv_path, _, ckpt = _tiny_run(tmp_path)
     out = tmp_path / "scores"
     config = EvalConfig(checkpoint=ckpt, csv=csv_path, split="train", output=out, batch_size=4, device="cpu",
-                        no_figures=no_figures)
+                        figures=figures)
     result = evaluate_run(config)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == result and saved["images"] > 0
     pngs = sorted(p.name for p in out.glob("*.png"))
-    if no_figures:
+    if not figures:
         assert pngs == [] and "figures" not in saved
     else:
         assert saved["figures"] == ["roc.png", "confusion.png", "segmentation.png", "attention.png"]

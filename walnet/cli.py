@@ -69,7 +69,8 @@ def _add_option(parser, config: type, name: str) -> None:
             parser.add_argument(name, nargs="*", default=f.default, **kw)
         return
     if kind is bool:
-        kw["action"] = "store_true"  # every flag-like field defaults to False
+        # a switch that is on by default is turned off with --no-<name>
+        kw["action"] = argparse.BooleanOptionalAction if f.default is True else "store_true"
     elif kind in (int, float):
         kw["type"] = kind
     if f.default is MISSING:
@@ -198,7 +199,7 @@ def _add_export(sub) -> None:
 
 #: Train fields ``walnet experiment`` does not offer: it sets them per run, or (the ROI method
 #: and the ablations) the model name implies them.
-_EXPERIMENT_SETS_TRAIN = {"output", "model", "seed", "resume", "roi_method", "no_rcm", "no_pgm"}
+_EXPERIMENT_SETS_TRAIN = {"output", "model", "seed", "resume", "roi_method", "rcm", "pgm"}
 #: Evaluate fields it sets per run; the batch size is train's (-b), so scoring keeps its default.
 _EXPERIMENT_SETS_EVAL = {"checkpoint", "split", "output", "batch_size"}
 

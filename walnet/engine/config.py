@@ -62,8 +62,13 @@ class _Config:
     def from_dict(cls, data: typing.Mapping, *, strict: bool = True):
         """The config of ``data`` (e.g. :meth:`to_dict`'s output); missing fields take their
         defaults. A key that is not a field is an error unless ``strict=False`` (reading a
-        checkpoint whose args hold keys this version does not know)."""
+        checkpoint whose args hold keys this version does not know). The negative switches that
+        walnet 0.1.0 wrote (``"no_rcm": true``, ...) are read as their positive fields
+        (``rcm`` false), so its args.json files and checkpoints read as they were written."""
         names = {f.name for f in fields(cls)}
+        data = dict(data)
+        for key in [k for k in data if k.startswith("no_") and k[3:] in names and isinstance(data[k], bool)]:
+            data.setdefault(key[3:], not data.pop(key))
         unknown = sorted(k for k in data if k not in names)
         if unknown and strict:
             raise ValueError(f"{cls.__name__} has no option(s) {unknown}; known: {sorted(names)}")
@@ -177,25 +182,23 @@ class TrainConfig(_Config):
     precision: str = option("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 (bfloat16 autocast) or fp16 "
                             "(float16 autocast with a gradient scaler; the step then runs eagerly)")
     compile: bool = option(False, "torch.compile the step's forward, PGM and loss as one graph (fullgraph)")
-    no_cuda_graphs: bool = option(False, "run the step op by op on CUDA instead of replaying it as one captured "
-                                  "CUDA graph (the default for one CUDA process)")
-    no_channels_last: bool = option(False, "keep the model in NCHW on CUDA (channels-last is the default there)")
-    no_tf32: bool = option(False, "keep float32 matmuls and convolutions at full precision on CUDA (TF32 is the "
-                           "default there)")
-    no_cudnn_benchmark: bool = option(False, "let cuDNN pick convolution algorithms without timing them (timing is "
-                                      "the default on CUDA; it makes the choice, and the last bits, vary by run)")
+    cuda_graphs: bool = option(True, "on one CUDA process, replay the step as one captured CUDA graph (off: op by "
+                               "op)")
+    channels_last: bool = option(True, "keep the model channels-last on CUDA (off: NCHW)")
+    tf32: bool = option(True, "TF32 float32 matmuls and convolutions on CUDA (off: full precision)")
+    cudnn_benchmark: bool = option(True, "let cuDNN time convolution algorithms on CUDA and pick the fastest (it "
+                                   "makes the choice, and the last bits, vary by run; off: its heuristics)")
     sync_bn: bool = option(False, "SyncBatchNorm across torchrun processes (CUDA only)")
     workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)")
     resume: str | None = option(None, "checkpoint (last.pt) to continue from")
     roi_method: str | None = option(None, "RCM method (default dilated_crop)")
-    no_rcm: bool = option(False, "WAL-Net without its RCM")
-    no_pgm: bool = option(False, "WAL-Net without its PGM (and segmentation head)")
+    rcm: bool = option(True, "WAL-Net with its RCM (off: as --model walnet_no_rcm)")
+    pgm: bool = option(True, "WAL-Net with its PGM and segmentation head (off: as --model walnet_no_pgm)")
     rcm_warmup: int = option(20, "epochs with the RCM off at the start")
     attention_channels: int = option(2048, "inner channels of the attention gates")
     device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
     skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing")
-    no_dicom_region: bool = option(False, "read DICOM images whole instead of cropped to their (largest) "
-                                   "ultrasound region")
+    dicom_region: bool = option(True, "crop DICOM images to their (largest) ultrasound region (off: whole images)")
 
     def model_spec(self, classes=None) -> ModelSpec:
         """The model this run trains (or trained), for the class names `classes` (default: the
@@ -206,9 +209,9 @@ class TrainConfig(_Config):
             fields["classes"] = tuple(classes)
         if self.roi_method:
             fields["roi_method"] = self.roi_method
-        if self.no_rcm:
+        if not self.rcm:
             fields["rcm"] = False
-        if self.no_pgm:
+        if not self.pgm:
             fields["pgm"] = False
         try:
             return ModelSpec.from_name(self.model, **fields)
@@ -251,10 +254,10 @@ class EvalConfig(_Config):
     workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)")
     device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
     skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing")
-    no_figures: bool = option(False, "skip roc.png, confusion.png, segmentation.png and attention.png "
-                              "(metrics.json only)")
-    no_dicom_region: bool = option(False, "read DICOM images whole instead of cropped to their ultrasound region "
-                                   "(also the default when the run was trained with --no-dicom-region)")
+    figures: bool = option(True, "write roc.png, confusion.png, segmentation.png and attention.png (off: "
+                           "metrics.json only)")
+    dicom_region: bool = option(True, "crop DICOM images to their ultrasound region (off: whole images; also off "
+                                "where the run was trained with --no-dicom-region)")
 
     def _check(self) -> None:
         _check_given(self, "checkpoint")
@@ -290,8 +293,8 @@ class PredictConfig(_Config):
     workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)")
     device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
     overwrite: bool = option(False, "replace an existing CSV / mask / overlay files")
-    no_dicom_region: bool = option(False, "read DICOM images whole instead of cropped to their ultrasound region "
-                                   "(also the default when the --checkpoint was trained with --no-dicom-region)")
+    dicom_region: bool = option(True, "crop DICOM images to their ultrasound region (off: whole images; also off "
+                                "where the --checkpoint was trained with --no-dicom-region)")
 
     def _check(self) -> None:
         if (self.checkpoint is None) == (self.model is None):

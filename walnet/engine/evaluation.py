@@ -36,7 +36,7 @@ def evaluate_run(config: EvalConfig) -> dict:
     :func:`~walnet.engine.metrics.bootstrap_ci`) and, where images have patient ids, the same
     scores per patient under ``"patient"`` (:func:`~walnet.engine.metrics.patient_metrics`).
 
-    Unless ``no_figures``, also writes ``roc.png`` (paper Fig. 4), ``confusion.png``
+    With ``figures`` (the default), also writes ``roc.png`` (paper Fig. 4), ``confusion.png``
     (Fig. 5) and, where the split has true masks and the model a segmentation head,
     ``segmentation.png`` (Fig. 6) and ``attention.png`` (the same samples' fused attention
     over the image, the predicted mask's contour and the RCM box); their names are listed under
@@ -53,7 +53,7 @@ def evaluate_run(config: EvalConfig) -> dict:
     records, classes = load_records(config.data_dir, config.csv, trained.classes)
     splits = assign_splits(records, ckpt.parent, trained.train_config.seed)
     # a run trained on whole DICOM frames is scored on whole frames too
-    region = not config.no_dicom_region and trained.dicom_region
+    region = config.dicom_region and trained.dicom_region
     dataset = PlaqueDataset([r for r, s in zip(records, splits) if s == config.split], trained.size, config.skip_bad,
                             dicom_region=region)
     if len(dataset) == 0:
@@ -61,7 +61,7 @@ def evaluate_run(config: EvalConfig) -> dict:
     pgm = PseudoMaskGenerator() if trained.spec.has_pgm else None
     state = trained.checkpoint
     loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=loader_workers(config.workers, device))
-    figures = not config.no_figures
+    figures = config.figures
     outputs = EvalOutputs(panel=PANEL_SAMPLES if figures else 0)
     result = evaluate(model, loader, device, pgm=pgm, class_names=classes, outputs=outputs)
     result.update(bootstrap_ci(outputs.targets, outputs.probs))

@@ -47,7 +47,7 @@ class TrainedModel:
     def dicom_region(self) -> bool:
         """Whether DICOM inputs are cropped to their ultrasound region, as the model was trained
         (an exported folder does not record it: the default, cropped)."""
-        return self.train_config is None or not self.train_config.no_dicom_region
+        return self.train_config is None or self.train_config.dicom_region
 
 
 #: What :func:`load_model` may be asked to read.

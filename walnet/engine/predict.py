@@ -233,7 +233,7 @@ def _predict(config: PredictConfig) -> dict:
                (("--masks", "mask", masks_dir), ("--overlays", "overlay", overlays_dir)) if folder is not None]
     _check_targets(output_csv, folders, paths, overwrite)
     device = pick_device(config.device)
-    region = not config.no_dicom_region
+    region = config.dicom_region
     if config.model is not None:
         trained = load_model(config.model, device, kind="folder")
     else:

@@ -66,7 +66,7 @@ def speed_of(config: TrainConfig, device: torch.device, processes: int = 1) -> S
     cuda = device.type == "cuda"
     precision = config.precision if config.precision != "auto" else ("bf16" if cuda else "fp32")
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    graphs, because = cuda and not config.no_cuda_graphs, ""
+    graphs, because = cuda and config.cuda_graphs, ""
     if graphs and amp_dtype == torch.float16:
         graphs, because = False, "fp16's gradient scaler cannot run inside a CUDA graph"
     elif graphs and processes > 1:
@@ -74,9 +74,8 @@ def speed_of(config: TrainConfig, device: torch.device, processes: int = 1) -> S
     elif graphs and amp_dtype is None:
         graphs, because = False, ("float32 steps run eagerly: their graphed losses are not yet verified against "
                                   "eager ones")
-    return Speed(amp_dtype=amp_dtype, channels_last=cuda and not config.no_channels_last, cuda_graphs=graphs,
-                 compile=config.compile, tf32=cuda and not config.no_tf32,
-                 cudnn_benchmark=cuda and not config.no_cudnn_benchmark,
+    return Speed(amp_dtype=amp_dtype, channels_last=cuda and config.channels_last, cuda_graphs=graphs,
+                 compile=config.compile, tf32=cuda and config.tf32, cudnn_benchmark=cuda and config.cudnn_benchmark,
                  workers=loader_workers(config.workers, device), eager_because=because)
 
 

@@ -197,7 +197,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
 
         augment = Augmentation(config.seed)
     # only the training split is augmented; validation (and evaluate, predict) read images as they are
-    region = not config.no_dicom_region
+    region = config.dicom_region
     train_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "train"], config.size, config.skip_bad,
                               dicom_region=region, augment=augment)
     val_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "val"], config.size, config.skip_bad,
