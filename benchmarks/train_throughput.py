@@ -44,7 +44,7 @@ import walnet  # noqa: E402
 from benchmarks.common import machine  # noqa: E402
 from benchmarks.step_table import make_step  # noqa: E402
 from walnet.engine.config import TrainConfig  # noqa: E402
-from walnet.engine.speed import Speed, backend_flags, speed_of  # noqa: E402
+from walnet.engine.runtime import Runtime, backend_flags, runtime_of  # noqa: E402
 from walnet.engine.step import TrainStep  # noqa: E402
 
 VARIANTS = ("walnet", "backbone+decoder", "classifier", "authors")
@@ -59,23 +59,23 @@ class FixedMask(torch.nn.Module):
         return torch.zeros(a1.shape[0], *a1.shape[-2:], dtype=torch.uint8, device=a1.device)
 
 
-def mode_speed(mode: str, device: torch.device) -> Speed:
+def mode_speed(mode: str, device: torch.device) -> Runtime:
     """The step settings of `mode` (see the module doc)."""
-    fast = speed_of(TrainConfig(csv="-", output="-"), torch.device("cuda"))  # walnet's CUDA defaults
+    fast = runtime_of(TrainConfig(csv="-", output="-"), torch.device("cuda"))  # walnet's CUDA defaults
     if mode == "eager-fp32":
-        return Speed(amp_dtype=None, channels_last=False, cuda_graphs=False, compile=False, tf32=False,
+        return Runtime(amp_dtype=None, channels_last=False, cuda_graphs=False, compile=False, tf32=False,
                      cudnn_benchmark=False, workers=0)
     return dataclasses.replace(fast, cuda_graphs="graphed" in mode and device.type == "cuda",
                                compile="compiled" in mode, workers=0)
 
 
-def flags(speed: Speed, mode: str):
+def flags(speed: Runtime, mode: str):
     """The backend flags of `mode`: eager-fp32 keeps torch's own (TF32 convolutions, no
     cudnn.benchmark, float32 matmuls)."""
     return contextlib.nullcontext() if mode == "eager-fp32" else backend_flags(speed)
 
 
-def build(variant: str, speed: Speed, device: torch.device, backbone: str):
+def build(variant: str, speed: Runtime, device: torch.device, backbone: str):
     """Model, PGM (or stand-in) and a TrainStep of `variant` under `speed`."""
     torch.manual_seed(0)
     if variant == "classifier":
@@ -171,7 +171,7 @@ def epoch_table(args, device) -> None:
     print("| mode | loader workers | epoch (s) | images/s | steps on preloaded batches (s) | loader share |")
     print("|---|---:|---:|---:|---:|---:|")
     for mode in args.epoch_modes:
-        speed = dataclasses.replace(mode_speed(mode, device), workers=speed_of(config, device).workers)
+        speed = dataclasses.replace(mode_speed(mode, device), workers=runtime_of(config, device).workers)
         sampler = torch.utils.data.DistributedSampler(train_set, 1, 0, shuffle=True, seed=0)
         loader = trainer._train_loader(train_set, sampler, config, speed, pin=device.type == "cuda")
         model, step = build("walnet", speed, device, args.backbone)

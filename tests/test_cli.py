@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -221,3 +222,26 @@ def test_walnets_warnings_are_one_line(capsys):
     assert capsys.readouterr().err == "walnet train: warning: labels.csv:4 repeats labels.csv:2\n"
     show(UserWarning("elsewhere"), UserWarning, functools.__file__, 10)
     assert capsys.readouterr().err == "" and len(shown) == 1
+
+
+def test_the_engines_log_reaches_the_terminal_only_through_the_command_line(monkeypatch, capsys):
+    """The engine logs on the ``walnet`` logger: a command shows its INFO records as lines on
+    stdout and its warnings as one line on stderr; a Python caller sees nothing it did not ask
+    for, and main() leaves the logger as it found it."""
+    from walnet.engine import trainer
+
+    def fake_train(config):
+        logging.getLogger("walnet.engine.trainer").info("epoch 0: loss 1.0")
+        logging.getLogger("walnet.engine.trainer").warning("skipped 1 unreadable image(s) (--skip-bad)")
+        logging.getLogger("walnet.engine.trainer").debug("not shown")
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    logger = logging.getLogger("walnet")
+    handlers, level = list(logger.handlers), logger.level
+    assert cli.main(["train", "--csv", "x.csv", "--output", "run"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "epoch 0: loss 1.0\n"
+    assert captured.err == "walnet train: warning: skipped 1 unreadable image(s) (--skip-bad)\n"
+    assert logger.handlers == handlers and logger.level == level
+    fake_train(None)  # called from Python: the library prints nothing itself
+    assert capsys.readouterr().out == ""

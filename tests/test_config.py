@@ -260,3 +260,20 @@ def test_the_negative_switches_of_010_files_read_as_their_positive_fields():
     parsed = cli.build_parser().parse_args(["evaluate", "--checkpoint", "c", "--csv", "x", "--no-figures"])
     assert parsed.figures is False
     assert cli.build_parser().parse_args(["evaluate", "--checkpoint", "c", "--csv", "x"]).figures is True
+
+
+def test_train_help_lists_its_options_by_group(capsys):
+    """``walnet train --help`` lists the options under data, model, training and runtime, each
+    option under the group its field names."""
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    headings = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headings == ["options", "data", "model", "training", "runtime"]
+    sections = dict(zip(headings, text.split("\n\n")[1:]))
+    for f in fields(TrainConfig):
+        section = sections[f.metadata["group"]]
+        flag = cli._FLAGS.get(f.name, (cli.flag_of(f.name),))[0]
+        assert any(line.lstrip().startswith(flag + " ") or line.lstrip().startswith(flag + ",")
+                   for line in section.splitlines()), f.name
+    assert "--no-cuda-graphs" in sections["runtime"] and "--no-rcm" in sections["model"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import subprocess
@@ -128,7 +129,7 @@ def test_experiment_tables_hold_the_paper_columns_and_sensitivity_specificity(tm
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("path,label\n")
     out = tmp_path / "exp"
-    run_experiment(["walnet"], out, seeds=[0, 1], log=lambda line: None,
+    run_experiment(["walnet"], out, seeds=[0, 1],
                    train=TrainConfig(csv=csv_path, output=tmp_path, backbone="resnet18", device="cpu"))
     md = (out / "experiment.md").read_text()
     assert "| Method | Accuracy ↑ | F1-score ↑ | Kappa ↑ | Precision ↑ | Recall ↑ | Specificity ↑ |" in md
@@ -185,7 +186,7 @@ def test_run_experiment_refuses_torchrun(tmp_path, monkeypatch):
         run_experiment(["walnet"], tmp_path, seeds=[0], train=TrainConfig(csv="x.csv", output=tmp_path))
 
 
-def test_experiment_end_to_end_reuses_and_resumes(tmp_path, capsys):
+def test_experiment_end_to_end_reuses_and_resumes(tmp_path, caplog):
     from walnet.data import phantom
 
     csv_path = phantom.generate(tmp_path / "ph", n=30, seed=0, size=48)
@@ -218,11 +219,12 @@ def test_experiment_end_to_end_reuses_and_resumes(tmp_path, capsys):
     mtimes = {run: (run / "metrics.json").stat().st_mtime_ns for run in runs}
     (runs[-1] / "metrics.json").unlink()
     last_mtime = (runs[-1] / "last.pt").stat().st_mtime_ns
-    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="walnet")
+    caplog.clear()
     rows = run_experiment(["walnet_no_pgm", "walnet_no_rcm"], out, seeds=[0, 1], train=train, evaluate=evaluate)
-    log = capsys.readouterr().out
+    log = caplog.text
     assert log.count("reusing finished run") == 3 and log.count("resuming interrupted run") == 1
-    assert "training into" not in log and "warning" not in log
+    assert "training into" not in log and not [r for r in caplog.records if r.levelno >= logging.WARNING]
     for run in runs[:-1]:
         assert (run / "metrics.json").stat().st_mtime_ns == mtimes[run]
     assert (runs[-1] / "metrics.json").is_file()
@@ -233,9 +235,9 @@ def test_experiment_end_to_end_reuses_and_resumes(tmp_path, capsys):
     assert [r["n_seeds"] for r in rows] == [2, 2]
 
     # reusing a run trained with other settings says so
-    capsys.readouterr()
+    caplog.clear()
     run_experiment(["walnet_no_pgm"], out, seeds=[0], train=replace(train, epochs=2), evaluate=evaluate)
-    assert "epochs 1 != 2" in capsys.readouterr().out
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "epochs 1 != 2" in r.getMessage()]
 
 
 def test_experiment_holds_each_run_folder_from_training_to_scoring(tmp_path, monkeypatch):
@@ -259,7 +261,7 @@ def test_experiment_holds_each_run_folder_from_training_to_scoring(tmp_path, mon
     monkeypatch.setattr(evaluation, "evaluate_run", fake_evaluate)
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("path,label\n")
-    run_experiment(["walnet"], tmp_path / "exp", seeds=[0], log=lambda line: None,
+    run_experiment(["walnet"], tmp_path / "exp", seeds=[0],
                    train=TrainConfig(csv=csv_path, output=tmp_path, backbone="resnet18", device="cpu"))
     assert seen == [("train", os.getpid()), ("evaluate", os.getpid())]
     assert not (tmp_path / "exp" / "runs" / "walnet" / "seed0" / lock.LOCK_NAME).exists()
@@ -281,7 +283,7 @@ def test_a_second_experiment_stops_at_a_run_another_one_holds(tmp_path, monkeypa
     try:
         (held / lock.LOCK_NAME).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
         with pytest.raises(lock.RunLockedError, match=f"{held} is locked by pid {sleeper.pid}"):
-            run_experiment(["walnet"], tmp_path / "exp", seeds=[0], log=lambda line: None,
+            run_experiment(["walnet"], tmp_path / "exp", seeds=[0],
                            train=TrainConfig(csv=csv_path, output=tmp_path, backbone="resnet18", device="cpu"))
     finally:
         sleeper.kill()

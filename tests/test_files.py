@@ -8,7 +8,8 @@ import os
 import pytest
 import torch
 
-from walnet.files import WriteError, first_line, remove_stale_temps, staged, temp_prefix, weights_mismatch, write_text
+from walnet.files import (WriteError, first_line, move_aside, remove_stale_temps, staged, temp_prefix, weights_mismatch,
+                          write_text)
 
 
 def test_a_stage_commits_its_files_together(tmp_path):
@@ -75,3 +76,12 @@ def test_weights_mismatch():
     ]
     assert weights_mismatch(own, {"a": torch.zeros(2, 3), "c": torch.zeros(1)}, "in the checkpoint", "weight") == [
         "1 weight(s) missing, e.g. b"]
+
+
+def test_move_aside_takes_the_file_for_one_process(tmp_path):
+    path = tmp_path / "walnet.lock"
+    path.write_text("held")
+    aside = move_aside(path, "stale")
+    assert aside == tmp_path / f".walnet.lock.{os.getpid()}.stale" and aside.read_text() == "held"
+    assert not path.exists()
+    assert move_aside(path, "stale") is None  # gone: another process took it first

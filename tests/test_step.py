@@ -1,5 +1,5 @@
 """The training step (walnet.engine.step): eager, compiled (fullgraph) and CUDA-graphed steps give
-the eager step's numbers, and the step's settings per device (walnet.engine.speed)."""
+the eager step's numbers, and the step's settings per device (walnet.engine.runtime)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,7 @@ import torch._dynamo.testing
 
 import walnet
 from walnet.engine.config import TrainConfig
-from walnet.engine.speed import CUDA_WORKERS, backend_flags, loader_workers, speed_of
+from walnet.engine.runtime import CUDA_WORKERS, backend_flags, loader_workers, runtime_of
 from walnet.engine.step import GRAPH_WARMUP_STEPS, TrainStep
 from walnet.models.walnet import walnet_loss
 
@@ -175,41 +175,41 @@ def _config(**kw):
 
 
 def test_cpu_runs_eagerly_in_float32_without_workers():
-    speed = speed_of(_config(), torch.device("cpu"))
-    assert (speed.amp_dtype, speed.cuda_graphs, speed.channels_last, speed.tf32, speed.cudnn_benchmark,
-            speed.workers) == (None, False, False, False, False, 0)
-    assert speed.describe() == "eager, fp32, 0 loader worker(s)"
+    runtime = runtime_of(_config(), torch.device("cpu"))
+    assert (runtime.amp_dtype, runtime.cuda_graphs, runtime.channels_last, runtime.tf32, runtime.cudnn_benchmark,
+            runtime.workers) == (None, False, False, False, False, 0)
+    assert runtime.describe() == "eager, fp32, 0 loader worker(s)"
 
 
 def test_cuda_defaults_and_each_switch_off():
-    cuda_device = torch.device("cuda")  # speed_of only reads the device's type
-    speed = speed_of(_config(), cuda_device)
-    assert (speed.amp_dtype, speed.cuda_graphs, speed.channels_last, speed.tf32, speed.cudnn_benchmark) == (
+    cuda_device = torch.device("cuda")  # runtime_of only reads the device's type
+    runtime = runtime_of(_config(), cuda_device)
+    assert (runtime.amp_dtype, runtime.cuda_graphs, runtime.channels_last, runtime.tf32, runtime.cudnn_benchmark) == (
         torch.bfloat16, True, True, True, True)
-    assert speed.workers == loader_workers(None, cuda_device) and 1 <= speed.workers <= CUDA_WORKERS
-    assert speed.describe().startswith("CUDA graph, bf16 autocast, channels-last, TF32, cudnn.benchmark")
+    assert runtime.workers == loader_workers(None, cuda_device) and 1 <= runtime.workers <= CUDA_WORKERS
+    assert runtime.describe().startswith("CUDA graph, bf16 autocast, channels-last, TF32, cudnn.benchmark")
     for setting in ("cuda_graphs", "channels_last", "tf32", "cudnn_benchmark"):
-        changed = speed_of(_config(**{setting: False}), cuda_device)
-        assert dataclasses.replace(changed, **{setting: True}) == speed, setting
-    fp32 = speed_of(_config(precision="fp32"), cuda_device)
+        changed = runtime_of(_config(**{setting: False}), cuda_device)
+        assert dataclasses.replace(changed, **{setting: True}) == runtime, setting
+    fp32 = runtime_of(_config(precision="fp32"), cuda_device)
     assert fp32.amp_dtype is None and not fp32.cuda_graphs and "not yet verified" in fp32.describe()
-    assert speed_of(_config(workers=3), cuda_device).workers == 3
+    assert runtime_of(_config(workers=3), cuda_device).workers == 3
 
 
 def test_cuda_graphs_step_aside_for_fp16_and_ddp_and_say_why():
-    fp16 = speed_of(_config(precision="fp16"), torch.device("cuda"))
+    fp16 = runtime_of(_config(precision="fp16"), torch.device("cuda"))
     assert fp16.amp_dtype == torch.float16 and not fp16.cuda_graphs
     assert "gradient scaler cannot run inside a CUDA graph" in fp16.describe()
-    ddp = speed_of(_config(), torch.device("cuda"), processes=2)
+    ddp = runtime_of(_config(), torch.device("cuda"), processes=2)
     assert not ddp.cuda_graphs and "DDP steps run eagerly" in ddp.describe()
 
 
 def test_backend_flags_are_restored():
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32)
-    speed = speed_of(_config(), torch.device("cuda"))
-    with backend_flags(speed):
+    runtime = runtime_of(_config(), torch.device("cuda"))
+    with backend_flags(runtime):
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.benchmark
-    with backend_flags(dataclasses.replace(speed, tf32=False, cudnn_benchmark=False)):
+    with backend_flags(dataclasses.replace(runtime, tf32=False, cudnn_benchmark=False)):
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark,
             torch.backends.cudnn.allow_tf32) == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import math
 import os
 import signal
@@ -19,7 +20,7 @@ from walnet.data import phantom
 from walnet.engine import lock, trainer
 from walnet.engine.config import TrainConfig
 from walnet.engine.loading import load_model
-from walnet.engine.speed import speed_of
+from walnet.engine.runtime import runtime_of
 from walnet.engine.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,16 +121,17 @@ def test_fp16_on_cuda_uses_a_gradient_scaler(data, tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_run_is_graphed_by_default_and_resumes(data, tmp_path, capsys):
+def test_cuda_run_is_graphed_by_default_and_resumes(data, tmp_path, caplog):
     """Batches of 4: each epoch's six steps are three warm-up steps, the capture and replays, and
     the RCM switching on in epoch 1 captures anew. The run then resumes with its capturable
     Adam state into one more graphed epoch."""
     run = tmp_path / "graphed"
+    caplog.set_level(logging.INFO, logger="walnet")
     row = train(_config(data, run, epochs=2, batch_size=4, device="cuda"))
-    assert "training on cuda" in capsys.readouterr().out
+    assert "training on cuda" in caplog.text
     assert all(math.isfinite(row[k]) for k in ("loss", "cls_loss", "seg_loss"))
     row = train(_config(data, run, epochs=3, batch_size=4, device="cuda", resume=str(run / "last.pt")))
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "CUDA graph, bf16 autocast, channels-last, TF32, cudnn.benchmark" in out and "epoch 2:" in out
     assert row["epoch"] == 2 and math.isfinite(row["loss"])
 
@@ -188,13 +190,14 @@ def test_train_into_a_locked_folder_fails_at_once(data, tmp_path):
         sleeper.wait()
 
 
-def test_a_stale_lock_is_replaced_and_every_run_removes_its_lock(data, tmp_path, capsys):
+def test_a_stale_lock_is_replaced_and_every_run_removes_its_lock(data, tmp_path, caplog):
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
     run = tmp_path / "run"
     _lock_of(ended.pid, run)
+    caplog.set_level(logging.INFO, logger="walnet")
     train(_config(data, run, epochs=1))
-    assert f"removing the stale lock {run / lock.LOCK_NAME} of pid {ended.pid}" in capsys.readouterr().out
+    assert f"removing the stale lock {run / lock.LOCK_NAME} of pid {ended.pid}" in caplog.text
     assert (run / "last.pt").is_file() and not (run / lock.LOCK_NAME).exists()
     # a failed run removes its lock too
     with pytest.raises(FileExistsError):
@@ -265,7 +268,7 @@ def test_a_split_file_of_other_data_says_what_to_do(data, tmp_path):
 def test_only_a_last_batch_of_one_is_dropped(samples, batch, dropped):
     sampler = torch.utils.data.DistributedSampler(range(samples), 1, 0)
     config = _config("x.csv", "o", batch_size=batch)
-    loader = trainer._train_loader(range(samples), sampler, config, speed_of(config, torch.device("cpu")), pin=False)
+    loader = trainer._train_loader(range(samples), sampler, config, runtime_of(config, torch.device("cpu")), pin=False)
     assert loader.drop_last is dropped
     assert len(loader) == samples // batch + (samples % batch > (1 if dropped else 0))
 
@@ -275,8 +278,8 @@ def test_only_a_last_batch_of_one_is_dropped(samples, batch, dropped):
 def test_a_graphed_or_compiled_run_drops_every_partial_last_batch(samples, batch, mode):
     sampler = torch.utils.data.DistributedSampler(range(samples), 1, 0)
     config = _config("x.csv", "o", batch_size=batch)
-    speed = dataclasses.replace(speed_of(config, torch.device("cpu")), **{mode: True})
-    loader = trainer._train_loader(range(samples), sampler, config, speed, pin=False)
+    runtime = dataclasses.replace(runtime_of(config, torch.device("cpu")), **{mode: True})
+    loader = trainer._train_loader(range(samples), sampler, config, runtime, pin=False)
     assert len(loader) == samples // batch and all(len(b) == batch for b in loader)
 
 
@@ -377,23 +380,6 @@ def test_eval_metric_chooses_best_pt(data, tmp_path, monkeypatch, metric, best_e
     assert [float(r[f"val_{metric}"]) for r in rows] == [s[key] for s in SCRIPT]
 
 
-def test_resume_reads_best_accuracy_of_older_checkpoints(data, tmp_path, monkeypatch):
-    run = tmp_path / "run"
-    _scripted(monkeypatch, SCRIPT[:2])
-    train(_config(data, run, epochs=2))
-    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 1
-    # last.pt as walnet wrote it before --eval-metric: best_accuracy only, here above every later score
-    state = torch.load(run / "last.pt", weights_only=True)
-    del state["best_metric"], state["best_value"]
-    state["best_accuracy"] = 0.95
-    torch.save(state, run / "last.pt")
-    _scripted(monkeypatch, SCRIPT[2:])
-    train(_config(data, run, epochs=4, resume=str(run / "last.pt")))
-    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 1  # 0.6 and 0.7 are below 0.95
-    last = torch.load(run / "last.pt", weights_only=True)
-    assert last["epoch"] == 3 and (last["best_metric"], last["best_value"]) == ("accuracy", 0.95)
-
-
 def test_resume_with_another_eval_metric_is_refused(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
     _scripted(monkeypatch, SCRIPT[:1])
@@ -404,21 +390,24 @@ def test_resume_with_another_eval_metric_is_refused(data, tmp_path, monkeypatch)
     assert [r["epoch"] for r in _rows(run)] == ["0"]
 
 
-def test_an_older_metrics_csv_gets_the_new_columns(tmp_path):
+def test_resume_drops_the_rows_of_unfinished_epochs(tmp_path):
+    """A run killed after logging epoch 1 but before its checkpoint resumes from epoch 1: that
+    row goes, the earlier ones stay as they were, and the new row follows them."""
     path = tmp_path / "metrics.csv"
-    path.write_text("epoch,loss,cls_loss,seg_loss,train_accuracy,val_accuracy,val_macro_f1\n"
-                    "0,1.5,1.0,0.5,0.4,0.5,0.45\n1,1.2,0.8,0.4,0.6,0.7,0.65\n")
     log = trainer.RunLog(path)
-    log.resume_at(1)  # a resume from epoch 0
-    log.append({"epoch": 1, "loss": 1.1, "cls_loss": 0.7, "seg_loss": 0.4, "train_accuracy": 0.6,
-                "val_accuracy": 0.7, "val_macro_f1": 0.6, "val_kappa": 0.5, "val_auc": 0.8})
+    rows = [{name: f"{epoch}.{i}" if name != "epoch" else epoch for i, name in enumerate(trainer.METRIC_FIELDS)}
+            for epoch in range(3)]
+    for row in rows:
+        log.append(row)
+    log.resume_at(1)
+    log.append(rows[2])
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        rows = list(reader)
+        kept = list(reader)
     assert tuple(reader.fieldnames) == trainer.METRIC_FIELDS
-    assert rows[0] == {"epoch": "0", "loss": "1.5", "cls_loss": "1.0", "seg_loss": "0.5", "train_accuracy": "0.4",
-                       "val_accuracy": "0.5", "val_macro_f1": "0.45", "val_kappa": "", "val_auc": ""}
-    assert rows[1]["epoch"] == "1" and rows[1]["val_kappa"] == "0.5"
+    assert kept == [{k: str(v) for k, v in row.items()} for row in (rows[0], rows[2])]
+    log.resume_at(0)
+    assert path.read_text().splitlines() == [",".join(trainer.METRIC_FIELDS)]
 
 
 # --- --pretrained-file -------------------------------------------------------------------------

@@ -12,13 +12,20 @@ Every error a user can cause (bad flags, data, paths, devices, a locked run fold
 terminal as one line, ``walnet <command>: error: ...``, with exit status 2; ``--debug`` (before
 or after the command) shows the traceback instead. An exception of another kind is a bug in
 walnet and keeps its traceback.
+
+The engine reports progress on the ``walnet`` logger and never prints; for the length of a
+command this module shows its records: information as plain lines on stdout (the epoch lines,
+an experiment's table), warnings as ``walnet <command>: warning: ...`` on stderr, like the
+warnings walnet raises.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import contextlib
 import functools
 import json
+import logging
 import sys
 import warnings
 from dataclasses import MISSING, fields
@@ -86,18 +93,29 @@ _ONE_OF = (("data_dir", "csv"), ("checkpoint", "model"))
 
 
 def _add_options(parser, config: type, skip=()) -> None:
-    """One option per field of `config` but those in `skip`, in field order; each pair of
-    :data:`_ONE_OF` (``data_dir`` / ``csv``, ``checkpoint`` / ``model``) that `config` has as a
-    required group of which exactly one is given."""
+    """One option per field of `config` but those in `skip`, in field order, each listed in
+    ``--help`` under its field's group (model, data, runtime, ...); each pair of :data:`_ONE_OF`
+    (``data_dir`` / ``csv``, ``checkpoint`` / ``model``) that `config` has as a required group of
+    which exactly one is given."""
     names = {f.name for f in fields(config)} - set(skip)
-    groups = {}
+    sections = {}
+
+    def section(f):
+        title = f.metadata["group"]
+        if title is None:
+            return parser
+        if title not in sections:
+            sections[title] = parser.add_argument_group(title)
+        return sections[title]
+
+    exclusive = {}
     for pair in _ONE_OF:
         if set(pair) <= names:
-            group = parser.add_mutually_exclusive_group(required=True)
-            groups.update({name: group for name in pair})
+            group = section(next(f for f in fields(config) if f.name == pair[0]))
+            exclusive.update(dict.fromkeys(pair, group.add_mutually_exclusive_group(required=True)))
     for f in fields(config):
         if f.name in names:
-            _add_option(groups.get(f.name, parser), config, f.name)
+            _add_option(exclusive.get(f.name) or section(f), config, f.name)
 
 
 def _config(config: type, args: argparse.Namespace, skip=(), **values):
@@ -358,13 +376,47 @@ def _show_warning(command, default, message, category, filename, lineno, file=No
         default(message, category, filename, lineno, file, line)
 
 
+class _ConsoleHandler(logging.Handler):
+    """The ``walnet`` logger's records on the terminal: INFO as plain lines on stdout, WARNING
+    and above as ``walnet <command>: warning: ...`` on stderr. The streams are looked up per
+    record, so a redirected (or captured) ``sys.stdout`` receives them."""
+
+    def __init__(self, command: str):
+        super().__init__(logging.INFO)
+        self.command = command
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if record.levelno >= logging.WARNING:
+                print(f"walnet {self.command}: warning: {record.getMessage()}", file=sys.stderr, flush=True)
+            else:
+                print(record.getMessage(), file=sys.stdout, flush=True)
+        except Exception:  # noqa: BLE001 - logging's contract: a failed emit never raises
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _console_log(command: str):
+    """Shows the ``walnet`` logger's INFO and above for the block (level and handler restored
+    after, so calling :func:`main` in a process leaves its logging as it was)."""
+    logger = logging.getLogger("walnet")
+    handler, level = _ConsoleHandler(command), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the command's parser, which names the command
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _console_log(args.command):
             warnings.showwarning = functools.partial(_show_warning, args.command, warnings.showwarning)
             return args.run(args)
     except KeyboardInterrupt:

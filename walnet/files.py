@@ -7,6 +7,7 @@
   into the target together (:meth:`Stage.commit`), or none does, and folders the stage created
   are removed again when the work fails.
 - :func:`check_writable` tells, before long work, whether its outputs could be written.
+- :func:`move_aside` renames a file out of the way atomically, for one process alone.
 
 Temporaries are named ``.<name>.<host>-<pid>.<random>.tmp``: those left by a killed writer are
 recognised and removed by the next write to the same target, those of a live writer are left
@@ -244,6 +245,19 @@ def staged(target: str | Path, tag: str) -> Iterator[Stage]:
             for folder in made:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+
+
+def move_aside(path: str | Path, tag: str) -> Path | None:
+    """Renames `path` to ``.<name>.<pid>.<tag>`` in its folder, atomically: of processes moving
+    the same file aside at once, exactly one gets it (a run lock is broken so). Returns the new
+    path, or None where `path` no longer exists (another process moved or removed it first)."""
+    path = Path(path)
+    aside = path.with_name(f".{path.name}.{os.getpid()}.{tag}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return None
+    return aside
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,13 +40,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import pathlib
 
 import numpy as np
 from scipy import ndimage
 
 from walnet.constants import PLAQUE_CLASSES
+from walnet.files import atomic_open, write_text
 
 __all__ = ["CLASSES", "PAPER_COUNTS", "class_counts", "generate", "is_phantom", "render_sample"]
 
@@ -368,7 +368,7 @@ def generate(out_dir, n: int = 1270, seed: int = 0, size: int = 224,
     out.mkdir(parents=True, exist_ok=True)
     params = dict(format=_FORMAT_VERSION, n=n, seed=int(seed), size=int(size),
                   patients_per_class_ratio=float(patients_per_class_ratio))
-    (out / _MARKER).write_text(json.dumps(params, sort_keys=True) + "\n")
+    write_text(out / _MARKER, json.dumps(params, sort_keys=True) + "\n")
 
     counts = class_counts(n)
     labels = [c for c, k in enumerate(counts) for _ in range(k)]
@@ -390,10 +390,8 @@ def generate(out_dir, n: int = 1270, seed: int = 0, size: int = 224,
         rows.append((ipath, CLASSES[lab], pid, mpath))
 
     csv_path = out / _CSV
-    tmp = out / (_CSV + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(csv_path, text=True) as f:
         wr = csv.writer(f, lineterminator="\n")
         wr.writerow(("path", "label", "patient_id", "mask_path"))
         wr.writerows(rows)
-    os.replace(tmp, csv_path)
     return csv_path

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from walnet.files import atomic_open, first_line, weights_mismatch
-from walnet.models.normalize import fill_missing_stats
 
 #: The keys of a ``walnet train`` checkpoint that rebuilding its model needs (``load_trained``).
 TRAINED_KEYS = ("model", "args", "classes", "epoch")
@@ -153,14 +152,8 @@ def load_weights(model: torch.nn.Module, weights: Mapping, path: str | Path, des
     """Loads the state dict `weights` (from the checkpoint `path`) into `model`, strictly. A
     state dict of another model (missing or unexpected parameters, other shapes) is a
     :class:`CheckpointError`: "checkpoint X does not match model Y: ...", the first differences
-    and their count; `describe` names the model (default: its class), `hint` is appended.
-
-    The one exception: a checkpoint written before walnet's models normalised their input
-    lacks the buffers ``input_mean`` and ``input_std``; they are set to the identity, with which
-    the model computes what the one that was saved computed
-    (:func:`walnet.models.normalize.fill_missing_stats`)."""
+    and their count; `describe` names the model (default: its class), `hint` is appended."""
     describe = describe or type(model).__name__
-    weights = fill_missing_stats(model, weights)
     problems = weights_mismatch(model.state_dict(), weights, "in the checkpoint")
     if not problems:
         try:
@@ -176,8 +169,7 @@ def load_training_state(path: str | Path, model: torch.nn.Module, optimizer: tor
                         scaler=None, map_location="cpu", describe: str | None = None) -> dict:
     """``walnet train --resume``: loads the checkpoint `path` (:data:`RESUME_KEYS` required)
     into `model`, `optimizer` and, where both have one, the gradient `scaler`; returns the
-    checkpoint (``epoch`` is the last finished epoch; ``best_metric`` and ``best_value``, or in
-    older files ``best_accuracy``, where saved). Any file that does not fit this run is a
+    checkpoint (``epoch`` is the last finished epoch; ``best_metric`` and ``best_value``, where saved). Any file that does not fit this run is a
     one-line :class:`CheckpointError` naming it."""
     state = load_checkpoint(path, map_location=map_location, keys=RESUME_KEYS)
     hint = "resume with the options of the run that wrote it (its args.json)"

@@ -31,9 +31,10 @@ EVAL_METRICS = ("accuracy", "macro_f1", "kappa", "auc")
 EXPORT_FORMATS = ("safetensors", "pt2", "onnx")
 
 
-def option(default=MISSING, doc: str = ""):
-    """A config field with its default (none: required) and its doc (the option's help)."""
-    return field(default=default, metadata={"doc": doc})
+def option(default=MISSING, doc: str = "", group: str | None = None):
+    """A config field with its default (none: required), its doc (the option's help) and the
+    group its option is listed under in ``--help`` (none: with the command's other options)."""
+    return field(default=default, metadata={"doc": doc, "group": group})
 
 
 def flag_of(name: str) -> str:
@@ -158,47 +159,57 @@ def _check_classes(classes) -> None:
 class TrainConfig(_Config):
     """``walnet train``: what to train on what, for how long, where to write the run."""
 
-    data_dir: str | None = option(None, "ImageFolder root: <dir>/<class>/<image>")
-    csv: str | None = option(None, "CSV: path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]")
-    classes: tuple[str, ...] | None = option(None, "class names in label order, comma-separated (default: the "
-                                             "paper's three classes, or the names found in the data)")
-    output: str = option(doc="run folder (args, split, metrics.csv, last.pt, best.pt)")
+    # data
+    data_dir: str | None = option(None, "ImageFolder root: <dir>/<class>/<image>", group="data")
+    csv: str | None = option(None, "CSV: path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]", group="data")
+    classes: tuple[str, ...] | None = option(None, "class names in label order, comma-separated (default: the paper's "
+                                             "three classes, or the names found in the data)", group="data")
+    size: int = option(224, "input side in pixels", group="data")
+    augment: bool = option(False, "augment the training images: horizontal flip, small affine, gain / contrast "
+                           "jitter, speckle noise (seeded per seed, epoch and image; off: the paper's setup)",
+                           group="data")
+    skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing", group="data")
+    dicom_region: bool = option(True, "crop DICOM images to their (largest) ultrasound region (off: whole images)",
+                                group="data")
+    # model
     model: str = option("walnet", "walnet, walnet_no_rcm, walnet_no_pgm, walnet_<roi method>, or a baseline "
-                        "(resnest, convnextv2, dpn, repvit, sequencer, rexnet, res2net)")
-    backbone: str = option("resnest50d", "timm backbone of WAL-Net")
-    pretrained: bool = option(False, "load pretrained backbone weights (downloads)")
+                        "(resnest, convnextv2, dpn, repvit, sequencer, rexnet, res2net)", group="model")
+    backbone: str = option("resnest50d", "timm backbone of WAL-Net", group="model")
+    pretrained: bool = option(False, "load pretrained backbone weights (downloads)", group="model")
     pretrained_file: str | None = option(None, "load the pretrained backbone weights from this local file instead "
                                          "(a state dict of the timm model, torch.save or safetensors; implies "
-                                         "--pretrained, downloads nothing)")
-    epochs: int = option(100, "epochs to train (a resumed run continues up to this count)")
+                                         "--pretrained, downloads nothing)", group="model")
+    roi_method: str | None = option(None, "RCM method (default dilated_crop)", group="model")
+    rcm: bool = option(True, "WAL-Net with its RCM (off: as --model walnet_no_rcm)", group="model")
+    pgm: bool = option(True, "WAL-Net with its PGM and segmentation head (off: as --model walnet_no_pgm)",
+                       group="model")
+    rcm_warmup: int = option(20, "epochs with the RCM off at the start", group="model")
+    attention_channels: int = option(2048, "inner channels of the attention gates", group="model")
+    # training
+    output: str = option(doc="run folder (args, split, metrics.csv, last.pt, best.pt)", group="training")
+    epochs: int = option(100, "epochs to train (a resumed run continues up to this count)", group="training")
+    batch_size: int = option(8, "images per step (per process under torchrun)", group="training")
+    lr: float = option(1e-4, "Adam learning rate (paper: 1e-4)", group="training")
+    seed: int = option(0, "seed of the split, the initial weights and every epoch's draws", group="training")
     eval_metric: str = option("accuracy", "validation metric that chooses best.pt: accuracy, macro_f1, kappa or auc "
-                              "(micro ROC-AUC); of equal scores the later epoch is kept")
-    batch_size: int = option(8, "images per step (per process under torchrun)")
-    lr: float = option(1e-4, "Adam learning rate (paper: 1e-4)")
-    seed: int = option(0, "seed of the split, the initial weights and every epoch's draws")
-    size: int = option(224, "input side in pixels")
-    augment: bool = option(False, "augment the training images: horizontal flip, small affine, gain / contrast "
-                           "jitter, speckle noise (seeded per seed, epoch and image; off: the paper's setup)")
+                              "(micro ROC-AUC); of equal scores the later epoch is kept", group="training")
+    resume: str | None = option(None, "checkpoint (last.pt) to continue from", group="training")
+    # runtime
+    device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...", group="runtime")
     precision: str = option("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 (bfloat16 autocast) or fp16 "
-                            "(float16 autocast with a gradient scaler; the step then runs eagerly)")
-    compile: bool = option(False, "torch.compile the step's forward, PGM and loss as one graph (fullgraph)")
+                            "(float16 autocast with a gradient scaler; the step then runs eagerly)", group="runtime")
+    compile: bool = option(False, "torch.compile the step's forward, PGM and loss as one graph (fullgraph)",
+                           group="runtime")
     cuda_graphs: bool = option(True, "on one CUDA process, replay the step as one captured CUDA graph (off: op by "
-                               "op)")
-    channels_last: bool = option(True, "keep the model channels-last on CUDA (off: NCHW)")
-    tf32: bool = option(True, "TF32 float32 matmuls and convolutions on CUDA (off: full precision)")
+                               "op)", group="runtime")
+    channels_last: bool = option(True, "keep the model channels-last on CUDA (off: NCHW)", group="runtime")
+    tf32: bool = option(True, "TF32 float32 matmuls and convolutions on CUDA (off: full precision)", group="runtime")
     cudnn_benchmark: bool = option(True, "let cuDNN time convolution algorithms on CUDA and pick the fastest (it "
-                                   "makes the choice, and the last bits, vary by run; off: its heuristics)")
-    sync_bn: bool = option(False, "SyncBatchNorm across torchrun processes (CUDA only)")
-    workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)")
-    resume: str | None = option(None, "checkpoint (last.pt) to continue from")
-    roi_method: str | None = option(None, "RCM method (default dilated_crop)")
-    rcm: bool = option(True, "WAL-Net with its RCM (off: as --model walnet_no_rcm)")
-    pgm: bool = option(True, "WAL-Net with its PGM and segmentation head (off: as --model walnet_no_pgm)")
-    rcm_warmup: int = option(20, "epochs with the RCM off at the start")
-    attention_channels: int = option(2048, "inner channels of the attention gates")
-    device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing")
-    dicom_region: bool = option(True, "crop DICOM images to their (largest) ultrasound region (off: whole images)")
+                                   "makes the choice, and the last bits, vary by run; off: its heuristics)",
+                                   group="runtime")
+    sync_bn: bool = option(False, "SyncBatchNorm across torchrun processes (CUDA only)", group="runtime")
+    workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)",
+                                 group="runtime")
 
     def model_spec(self, classes=None) -> ModelSpec:
         """The model this run trains (or trained), for the class names `classes` (default: the
@@ -246,18 +257,19 @@ class EvalConfig(_Config):
     """``walnet evaluate``: which checkpoint to score on which split of which data."""
 
     checkpoint: str = option(doc="best.pt or last.pt of a run (its folder holds split.csv)")
-    data_dir: str | None = option(None, "ImageFolder root: <dir>/<class>/<image>")
-    csv: str | None = option(None, "CSV: path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]")
-    split: str = option("test", "the split to score")
+    data_dir: str | None = option(None, "ImageFolder root: <dir>/<class>/<image>", group="data")
+    csv: str | None = option(None, "CSV: path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]", group="data")
+    split: str = option("test", "the split to score", group="data")
     output: str | None = option(None, "folder for metrics.json (default: the checkpoint's folder)")
-    batch_size: int = option(16, "images per batch")
-    workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)")
-    device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing")
+    batch_size: int = option(16, "images per batch", group="runtime")
+    workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)",
+                                 group="runtime")
+    device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...", group="runtime")
+    skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing", group="data")
     figures: bool = option(True, "write roc.png, confusion.png, segmentation.png and attention.png (off: "
                            "metrics.json only)")
     dicom_region: bool = option(True, "crop DICOM images to their ultrasound region (off: whole images; also off "
-                                "where the run was trained with --no-dicom-region)")
+                                "where the run was trained with --no-dicom-region)", group="data")
 
     def _check(self) -> None:
         _check_given(self, "checkpoint")
@@ -277,10 +289,10 @@ class PredictConfig(_Config):
     checkpoint: str | None = option(None, "best.pt or last.pt of a run")
     model: str | None = option(None, "instead of --checkpoint: a model folder written by walnet export "
                                "(config.json + model.safetensors)")
-    inputs: tuple[str, ...] = option((), "image files and/or folders (scanned recursively); or --csv")
+    inputs: tuple[str, ...] = option((), "image files and/or folders (scanned recursively); or --csv", group="inputs")
     csv: str | None = option(None, "instead of INPUT: a CSV path[,label][,...][,y1,x1,y2,x2 or xmin,ymin,xmax,ymax] "
                              "as training reads it; each image is cropped to its ROI box as in training "
-                             "(labels are not needed, and ignored)")
+                             "(labels are not needed, and ignored)", group="inputs")
     output: str = option(doc="CSV: path,predicted,prob_<class>... (never overwritten without --overwrite)")
     masks_dir: str | None = option(None, "also write each image's predicted plaque mask (0/255 PNG, original "
                                    "size; 0 outside the ROI box) here; needs a model with a segmentation head")
@@ -288,13 +300,14 @@ class PredictConfig(_Config):
                                       "over the image (its ROI crop), the predicted mask's contour and the RCM "
                                       "box, titled with the predicted class; needs a WAL-Net with its PGM")
     amp: bool = option(False, "run the model under bfloat16 autocast (CUDA and CPU): faster on recent GPUs; "
-                       "probabilities differ from float32 in the second or third decimal")
-    batch_size: int = option(16, "images per batch")
-    workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)")
-    device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
+                       "probabilities differ from float32 in the second or third decimal", group="runtime")
+    batch_size: int = option(16, "images per batch", group="runtime")
+    workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)",
+                                 group="runtime")
+    device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...", group="runtime")
     overwrite: bool = option(False, "replace an existing CSV / mask / overlay files")
     dicom_region: bool = option(True, "crop DICOM images to their ultrasound region (off: whole images; also off "
-                                "where the --checkpoint was trained with --no-dicom-region)")
+                                "where the --checkpoint was trained with --no-dicom-region)", group="inputs")
 
     def _check(self) -> None:
         if (self.checkpoint is None) == (self.model is None):

@@ -13,11 +13,15 @@ all epochs are done) and re-evaluates, so no earlier result is thrown away.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from walnet.engine.config import DemoConfig, EvalConfig, TrainConfig
+from walnet.files import write_text
+
+_log = logging.getLogger(__name__)
 
 #: The demo's settings that are also train settings, passed on as they are.
 _TRAIN_SETTINGS = ("size", "epochs", "backbone", "attention_channels", "batch_size", "lr", "rcm_warmup", "seed",
@@ -38,14 +42,14 @@ def run_demo(output: str | Path, config: DemoConfig = DemoConfig()) -> dict:
     run = output / "run"
     train_config = TrainConfig(csv=csv_path, output=run, **{k: getattr(c, k) for k in _TRAIN_SETTINGS})
     if (run / "last.pt").exists():
-        print(f"continuing the demo run in {run}", flush=True)
+        _log.info(f"continuing the demo run in {run}")
         train_config = replace(train_config, resume=run / "last.pt")
     train(train_config)
     result = evaluate_run(EvalConfig(checkpoint=run / "best.pt", csv=csv_path, split="test", device=c.device))
     counts = [sum(row) for row in result["confusion"]]
     result["chance"] = max(counts) / sum(counts)
     result["seconds"] = time.monotonic() - start
-    (output / "report.md").write_text(report(result, c, run))
+    write_text(output / "report.md", report(result, c, run))
     return result
 
 

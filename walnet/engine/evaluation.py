@@ -18,7 +18,7 @@ from walnet.engine.config import EvalConfig
 from walnet.engine.loading import load_model
 from walnet.engine.loops import EvalOutputs, evaluate
 from walnet.engine.metrics import bootstrap_ci, patient_metrics
-from walnet.engine.speed import loader_workers
+from walnet.engine.runtime import loader_workers
 from walnet.files import atomic_open
 from walnet.models import PseudoMaskGenerator
 

@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from walnet.engine.config import EvalConfig, TrainConfig
+from walnet.files import atomic_open, write_text
+
+_log = logging.getLogger(__name__)
 
 #: The paper's table columns (Tables 1-3), as (metrics.json key, column header).
 PAPER_METRICS: tuple[tuple[str, str], ...] = (
@@ -174,7 +178,7 @@ def write_csv(rows: Sequence[Mapping], path, metrics: Sequence[str] = tuple(k fo
     per metric (full precision; an undefined std is an empty cell)."""
     fields = ["config", "label", "n_seeds"] + [f"{k}_{s}" for k in metrics for s in ("mean", "std")]
     path = Path(path)
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, text=True) as f:
         writer = csv.DictWriter(f, fields, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
@@ -185,7 +189,7 @@ def write_csv(rows: Sequence[Mapping], path, metrics: Sequence[str] = tuple(k fo
 def _write_runs_csv(runs: Sequence[Mapping], path: Path, metrics: Sequence[str]) -> None:
     """One line per run: config, seed, the metrics (nested ones by their ``/`` keys; a missing
     one is an empty cell), epoch and images."""
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, text=True) as f:
         writer = csv.DictWriter(f, ["config", "seed", *metrics, "epoch", "images"])
         writer.writeheader()
         for run in runs:
@@ -204,23 +208,23 @@ def _differences(requested: TrainConfig, run_dir: Path) -> list[str]:
     return [f"{k} {saved.get(k)!r} != {v!r}" for k, v in wanted.items() if k in saved and saved[k] != v]
 
 
-def _run_one(run: TrainConfig, tag: str, scoring, train_run, evaluate_run, log) -> dict:
+def _run_one(run: TrainConfig, tag: str, scoring, train_run, evaluate_run) -> dict:
     """The test scores of one run: a finished run's metrics.json, else the scores of the run
     trained (or resumed) now."""
     run_dir = Path(run.output)
     metrics_file = run_dir / "metrics.json"
     if metrics_file.is_file():
-        log(f"{tag} reusing finished run {run_dir} (metrics.json exists)")
+        _log.info(f"{tag} reusing finished run {run_dir} (metrics.json exists)")
         diff = _differences(run, run_dir)
         if diff:
-            log(f"{tag} warning: that run was trained with other settings: {'; '.join(diff)} "
+            _log.warning(f"{tag} that run was trained with other settings: {'; '.join(diff)} "
                 f"(delete {run_dir} to retrain it)")
         return json.loads(metrics_file.read_text())
     if (run_dir / "last.pt").is_file():
-        log(f"{tag} resuming interrupted run {run_dir} from last.pt")
+        _log.info(f"{tag} resuming interrupted run {run_dir} from last.pt")
         run = replace(run, resume=run_dir / "last.pt")
     else:
-        log(f"{tag} training into {run_dir}")
+        _log.info(f"{tag} training into {run_dir}")
     train_run(run)
     # best.pt is written just after last.pt; fall back if interrupted in between
     ckpt = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
@@ -230,7 +234,7 @@ def _run_one(run: TrainConfig, tag: str, scoring, train_run, evaluate_run, log) 
 def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *, train: TrainConfig,
                    evaluate: EvalConfig | None = None, seeds: Sequence[int] = DEFAULT_SEEDS,
                    name: str = "experiment", title: str | None = None,
-                   log: Callable[[str], None] = print) -> list[dict]:
+                   ) -> list[dict]:
     """Trains every config for every seed, scores its ``best.pt`` on the test split, and writes
     ``output/<name>.csv``, ``output/<name>_runs.csv`` and ``output/<name>.md``; returns the
     aggregated rows (see :func:`aggregate`) and logs the Markdown table.
@@ -286,9 +290,9 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
             run_dir = output / "runs" / model / f"seed{seed}"
             tag = f"[{model} seed {seed}]"
             run = replace(train, output=run_dir, model=model, seed=seed, resume=None)
-            with run_lock(run_dir, "walnet experiment", log=log):
-                result = _run_one(run, tag, scoring, train_run, evaluate_run, log)
-            log(f"{tag} test: " + ", ".join(f"{n} {result[k]:.3f}" for k, n in PAPER_METRICS if k in result))
+            with run_lock(run_dir, "walnet experiment"):
+                result = _run_one(run, tag, scoring, train_run, evaluate_run)
+            _log.info(f"{tag} test: " + ", ".join(f"{n} {result[k]:.3f}" for k, n in PAPER_METRICS if k in result))
             results.append({**result, "config": model, "seed": seed})
     main, per_class = PAPER_METRICS + CLINICAL_METRICS, per_class_metrics(results)
     metric_keys = [k for k, _ in main + tuple(per_class)]
@@ -300,6 +304,6 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
     if per_class:
         markdown += "\n" + to_markdown(rows, per_class, title="Per-class sensitivity and specificity (one class "
                                                               "against the rest)")
-    (output / f"{name}.md").write_text(markdown)
-    log(markdown)
+    write_text(output / f"{name}.md", markdown)
+    _log.info(markdown)
     return rows

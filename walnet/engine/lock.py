@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
+
+from walnet.files import move_aside
+
+_log = logging.getLogger(__name__)
 
 LOCK_NAME = "walnet.lock"
 
@@ -116,20 +121,18 @@ def _create(path: Path, command: str) -> bool:
     return True
 
 
-def _break(path: Path, stale: dict, log: Callable[[str], None]) -> None:
+def _break(path: Path, stale: dict) -> None:
     """Removes the stale lock `stale` at `path`, unless another process replaced it meanwhile.
 
     The lock is first renamed to a name of this process (atomic: of two processes breaking it,
     one gets it); if what was renamed is not the stale lock judged (a starter replaced it in
     between), it is linked back (never over a newer lock) and the run reports it as live."""
-    aside = path.with_name(f".{path.name}.{os.getpid()}.stale")
-    try:
-        os.replace(path, aside)
-    except FileNotFoundError:
+    aside = move_aside(path, "stale")
+    if aside is None:
         return  # another process removed it first
     moved = _read(aside)
     if moved == stale:
-        log(f"removing the stale lock {path} of {_describe(stale) if stale else 'an unknown process'} "
+        _log.info(f"removing the stale lock {path} of {_describe(stale) if stale else 'an unknown process'} "
             "(no longer running)")
         aside.unlink(missing_ok=True)
         return
@@ -151,12 +154,12 @@ def _remove_empty(folders: list[Path]) -> None:
 
 
 @contextlib.contextmanager
-def run_lock(folder: str | Path, command: str = "walnet", log: Callable[[str], None] = print) -> Iterator[Path]:
+def run_lock(folder: str | Path, command: str = "walnet") -> Iterator[Path]:
     """Holds `folder`'s lock for the block (created, with its parents, if missing).
 
     Raises :class:`RunLockedError` when a live run holds it, and :class:`ValueError` when the
     folder cannot be created or written (naming the folder and why). A stale lock is reported
-    through `log` and replaced. Nested use on the same folder in one process is a no-op."""
+    (logged on the ``walnet`` logger) and replaced. Nested use on the same folder in one process is a no-op."""
     folder = Path(folder)
     key = os.path.realpath(folder)
     if key in _held:
@@ -182,7 +185,7 @@ def run_lock(folder: str | Path, command: str = "walnet", log: Callable[[str], N
                         else "; wait for it to end or choose another folder")
                 raise RunLockedError(f"{folder} is locked by {_describe(info)}: another run writes it{hint} "
                                      f"({path})")
-            _break(path, info, log)
+            _break(path, info)
         else:
             raise RunLockedError(f"{folder}: could not take the lock {path} (other runs keep replacing it)")
     except OSError as exc:

@@ -30,7 +30,7 @@ from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record, expand
 from walnet.data.dicom import DICOM_EXTENSIONS
 from walnet.data.sources import read_csv
 from walnet.engine.config import PredictConfig
-from walnet.engine.speed import loader_workers
+from walnet.engine.runtime import loader_workers
 from walnet.engine.step import as_output, autocast
 from walnet.engine.checks import pick_device
 from walnet.engine.loading import load_model

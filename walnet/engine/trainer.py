@@ -16,9 +16,10 @@ sets and the model is built; a run that fails before its first checkpoint remove
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import csv
+import dataclasses
 import json
+import logging
 import math
 import random
 import time
@@ -34,11 +35,12 @@ from walnet.engine.checkpoint import load_training_state, save_checkpoint
 from walnet.engine.checks import check_stages, check_train_config
 from walnet.engine.config import TrainConfig
 from walnet.engine.loops import evaluate, train_one_epoch
-from walnet.engine.speed import Speed, backend_flags, speed_of
+from walnet.engine.runtime import Runtime, backend_flags, runtime_of
 from walnet.engine.step import TrainStep
 from walnet.files import atomic_open, write_text
 from walnet.models import ModelSpec, PseudoMaskGenerator
 
+_log = logging.getLogger(__name__)
 #: The key in :func:`~walnet.engine.loops.evaluate`'s result of each ``--eval-metric``.
 EVAL_METRIC_KEYS = {"accuracy": "accuracy", "macro_f1": "macro_f1", "kappa": "kappa", "auc": "auc_micro"}
 #: The columns of metrics.csv: every ``--eval-metric`` has its ``val_<metric>`` column.
@@ -65,15 +67,13 @@ class RunLog:
         self.path = path
 
     def resume_at(self, epoch: int) -> None:
-        """Drops the rows of epochs >= `epoch` (written by a run killed before its checkpoint) and
-        rewrites the file with the columns of :data:`METRIC_FIELDS`, so the rows of a resumed run
-        fit its header (a metrics.csv of an older walnet gets the new columns, empty in its rows)."""
+        """Drops the rows of epochs >= `epoch` (written by a run killed before its checkpoint)."""
         if not self.path.exists():
             return
         with open(self.path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
         with atomic_open(self.path, text=True) as f:
-            writer = csv.DictWriter(f, METRIC_FIELDS, extrasaction="ignore")
+            writer = csv.DictWriter(f, METRIC_FIELDS)
             writer.writeheader()
             writer.writerows(rows)
 
@@ -154,12 +154,12 @@ def _split_problem(records, output: Path) -> str:
             "more images or patients are needed")
 
 
-def _loader(dataset, config: TrainConfig, speed: Speed, pin: bool, **kw):
-    return torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=speed.workers, pin_memory=pin,
-                                       persistent_workers=speed.workers > 0, **kw)
+def _loader(dataset, config: TrainConfig, runtime: Runtime, pin: bool, **kw):
+    return torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=runtime.workers, pin_memory=pin,
+                                       persistent_workers=runtime.workers > 0, **kw)
 
 
-def _train_loader(train_set, sampler, config: TrainConfig, speed: Speed, pin: bool):
+def _train_loader(train_set, sampler, config: TrainConfig, runtime: Runtime, pin: bool):
     # A last training batch of one sample gives BatchNorm one value per channel wherever a
     # feature map is 1x1 (every stage at --size <= 32), which is an error in training mode.
     # Dropping it skips one (reshuffled) sample per epoch; other batch counts are unchanged.
@@ -167,8 +167,8 @@ def _train_loader(train_set, sampler, config: TrainConfig, speed: Speed, pin: bo
     # so graphed and compiled runs drop every partial last batch (the sampler reshuffles, so
     # each epoch leaves out other samples).
     drop_last = len(sampler) > config.batch_size and (
-        speed.cuda_graphs or speed.compile or len(sampler) % config.batch_size == 1)
-    return _loader(train_set, config, speed, pin, sampler=sampler, drop_last=drop_last)
+        runtime.cuda_graphs or runtime.compile or len(sampler) % config.batch_size == 1)
+    return _loader(train_set, config, runtime, pin, sampler=sampler, drop_last=drop_last)
 
 
 def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
@@ -203,7 +203,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
     val_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "val"], config.size, config.skip_bad,
                             dicom_region=region)
     if (train_set.skipped or val_set.skipped) and ctx.is_main:
-        print(f"skipped {train_set.skipped + val_set.skipped} unreadable image(s) (--skip-bad)", flush=True)
+        _log.warning(f"skipped {train_set.skipped + val_set.skipped} unreadable image(s) (--skip-bad)")
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"the split left {len(train_set)} training and {len(val_set)} validation images: "
                          f"{_split_problem(records, output)}")
@@ -214,9 +214,9 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
         # dataset copy never sees a later set_epoch, included) augment every epoch anew.
         sampler = EpochSampler(sampler)
     pin = device.type == "cuda"
-    speed = speed_of(config, device, ctx.world_size)
-    train_loader = _train_loader(train_set, sampler, config, speed, pin)
-    val_loader = _loader(val_set, config, speed, pin)
+    runtime = runtime_of(config, device, ctx.world_size)
+    train_loader = _train_loader(train_set, sampler, config, runtime, pin)
+    val_loader = _loader(val_set, config, runtime, pin)
     spec = config.model_spec(classes)
     model = _create_model(config, spec)
     wrote_split = False
@@ -225,8 +225,8 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
         wrote_split = True
     distributed.barrier(ctx)  # the other ranks may read the split file rank 0 wrote
     try:
-        with backend_flags(speed):
-            return _run_epochs(config, ctx, speed, model, spec, train_loader, sampler, val_loader)
+        with backend_flags(runtime):
+            return _run_epochs(config, ctx, runtime, model, spec, train_loader, sampler, val_loader)
     except BaseException:
         # a run that ends before its first checkpoint keeps no split of its own: a rerun (with
         # corrected data, another seed) splits anew instead of failing the same way
@@ -257,15 +257,11 @@ def _epoch_error(exc: Exception, config: TrainConfig, epoch: int) -> Exception:
 
 def _resumed_best(state: dict, config: TrainConfig) -> float:
     """The best validation score so far of the run `state` (a checkpoint) continues, by
-    ``config.eval_metric``. Checkpoints written before ``--eval-metric`` existed hold
-    ``best_accuracy`` (best.pt was chosen by accuracy). A run resumed with another metric than
-    the one that chose its best.pt so far is an error: its best.pt would mix the two."""
-    if "best_metric" in state:
-        metric, value = str(state["best_metric"]), state.get("best_value")
-    elif "best_accuracy" in state:
-        metric, value = "accuracy", state["best_accuracy"]
-    else:
+    ``config.eval_metric``. A run resumed with another metric than the one that chose its
+    best.pt so far is an error: its best.pt would mix the two."""
+    if "best_metric" not in state:
         return -math.inf
+    metric, value = str(state["best_metric"]), state.get("best_value")
     if metric != config.eval_metric:
         raise ValueError(f"--eval-metric {config.eval_metric} differs from the metric that chose best.pt of the run "
                          f"{config.resume} continues ({metric}); resume with --eval-metric {metric}, or train into "
@@ -288,16 +284,16 @@ class _Training:
     best: float
 
 
-def _prepare(config: TrainConfig, ctx: distributed.DistContext, speed: Speed, model, spec: ModelSpec) -> _Training:
+def _prepare(config: TrainConfig, ctx: distributed.DistContext, runtime: Runtime, model, spec: ModelSpec) -> _Training:
     device = ctx.device
     if config.sync_bn and ctx.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
-    if speed.channels_last:
+    if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # capturable: Adam's step counts live on the device, so its update can join the CUDA graph
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, capturable=speed.cuda_graphs)
-    scaler = torch.amp.GradScaler("cuda") if speed.amp_dtype == torch.float16 and device.type == "cuda" else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, capturable=runtime.cuda_graphs)
+    scaler = torch.amp.GradScaler("cuda") if runtime.amp_dtype == torch.float16 and device.type == "cuda" else None
     pgm = PseudoMaskGenerator() if spec.has_pgm else None
     start, best = 0, -math.inf
     if config.resume:
@@ -308,8 +304,8 @@ def _prepare(config: TrainConfig, ctx: distributed.DistContext, speed: Speed, mo
     if ctx.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
-    step = TrainStep(net, pgm, optimizer, amp_dtype=speed.amp_dtype, scaler=scaler, compile=speed.compile,
-                     cuda_graph=speed.cuda_graphs)
+    step = TrainStep(net, pgm, optimizer, amp_dtype=runtime.amp_dtype, scaler=scaler, compile=runtime.compile,
+                     cuda_graph=runtime.cuda_graphs)
     return _Training(model, net, optimizer, scaler, step, pgm, start, best)
 
 
@@ -339,22 +335,22 @@ def _fit(config: TrainConfig, ctx: distributed.DistContext, run: _Training, load
 def _report(config: TrainConfig, row: dict, seconds: float) -> None:
     value = row[f"val_{config.eval_metric}"]
     chosen = "" if config.eval_metric == "accuracy" else f", val {config.eval_metric} {value:.3f}"
-    print(f"epoch {row['epoch']}: loss {row['loss']:.4f} (cls {row['cls_loss']:.4f}, seg {row['seg_loss']:.4f}), "
-          f"train acc {row['train_accuracy']:.3f}, val acc {row['val_accuracy']:.3f}{chosen} "
-          f"(training {seconds:.1f} s)", flush=True)
+    _log.info(f"epoch {row['epoch']}: loss {row['loss']:.4f} (cls {row['cls_loss']:.4f}, "
+              f"seg {row['seg_loss']:.4f}), train acc {row['train_accuracy']:.3f}, "
+              f"val acc {row['val_accuracy']:.3f}{chosen} (training {seconds:.1f} s)")
 
 
-def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, speed: Speed, model, spec: ModelSpec,
+def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, runtime: Runtime, model, spec: ModelSpec,
                 train_loader, sampler, val_loader) -> dict:
     """The epochs of a run: fit, then (rank 0) validate, log and checkpoint; returns the last
     epoch's metrics row."""
     output = Path(config.output)
-    run = _prepare(config, ctx, speed, model, spec)
+    run = _prepare(config, ctx, runtime, model, spec)
     log, checkpoints = RunLog(output / "metrics.csv"), RunCheckpoints(config, spec.classes, run.best)
     if ctx.is_main:
         write_text(output / "args.json", json.dumps(config.to_dict(), indent=2))
         log.resume_at(run.start)
-        print(f"training on {ctx.device}: {speed.describe()}", flush=True)
+        _log.info(f"training on {ctx.device}: {runtime.describe()}")
     row = {}
     for epoch in range(run.start, config.epochs):
         _seed_everything(_epoch_seed(config.seed, epoch))
@@ -363,7 +359,7 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, speed: Speed,
         if ctx.is_main:
             # DDP's forward talks to the other ranks, so rank 0 validates the bare model.
             val = evaluate(run.model if ctx.enabled else run.net, val_loader, ctx.device, class_names=spec.classes,
-                           amp_dtype=speed.amp_dtype)
+                           amp_dtype=runtime.amp_dtype)
             row = {"epoch": epoch, "loss": stats["loss"], "cls_loss": stats["cls_loss"],
                    "seg_loss": stats["seg_loss"], "train_accuracy": stats["accuracy"],
                    **{f"val_{metric}": val[key] for metric, key in EVAL_METRIC_KEYS.items()}}

@@ -23,7 +23,6 @@ from torch import nn
 
 from walnet._version import __version__
 from walnet.files import first_line, weights_mismatch
-from walnet.models.normalize import fill_missing_stats
 
 #: The ``"format"`` tag of an exported model's config.json, and the one version this walnet reads.
 FORMAT = "walnet-model"
@@ -90,9 +89,7 @@ def read_config(folder: str | Path) -> dict:
 def load_weights(model: nn.Module, folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Loads ``<folder>/model.safetensors`` into `model` strictly; returns it in eval mode on
     `device`. A missing or unreadable file, or weights that do not fit the model (missing or
-    unexpected parameters, other shapes), is an error naming the file. Weights without the input
-    normalisation's buffers (exported before the models normalised their input) get the
-    identity, as their config.json's mean [0, 0, 0] and std [1, 1, 1] say."""
+    unexpected parameters, other shapes), is an error naming the file."""
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the model folder {folder} has no weights")
@@ -100,7 +97,6 @@ def load_weights(model: nn.Module, folder: str | Path, device: str | torch.devic
         weights = safetensors.torch.load_file(path, device="cpu")
     except (safetensors.SafetensorError, OSError, ValueError) as exc:
         raise ValueError(f"{path} cannot be read as safetensors weights: {first_line(exc)}") from None
-    weights = fill_missing_stats(model, weights)
     problems = weights_mismatch(model.state_dict(), weights)
     if problems:
         raise ValueError(f"{path} does not fit the model its {CONFIG_FILE} describes "
@@ -115,7 +111,7 @@ def load_weights(model: nn.Module, folder: str | Path, device: str | torch.devic
 
 def input_stats(model: nn.Module) -> tuple[list[float], list[float]]:
     """The mean and std the model normalises its input with (its buffers ``input_mean`` and
-    ``input_std``; the identity for a checkpoint from before they existed), each as the
+    ``input_std``), each as the
     shortest decimals that read back as the buffer's float32 values (0.485, not 0.48500001...)."""
     def decimals(buffer: torch.Tensor) -> list[float]:
         return [float(str(np.float32(v))) for v in buffer.detach().float().cpu().flatten().tolist()]

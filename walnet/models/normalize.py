@@ -8,14 +8,10 @@ its backbone: callers always pass the [0, 1] image, and a checkpoint or exported
 the normalisation its weights were trained with. :class:`~walnet.WALNet` applies it in
 ``forward``; a baseline (a timm classifier) gets the buffers and a forward pre-hook
 (:func:`normalize_inputs`), which keeps its state-dict keys those of the timm model.
-
-A state dict written before the buffers existed lacks the two keys; its model was trained on
-unnormalised images, so :func:`fill_missing_stats` gives it the identity (mean 0, std 1), which
-reproduces that model's outputs exactly.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -23,8 +19,6 @@ from torch import nn
 
 #: The buffers' names, the same on WAL-Net and on the baselines (top-level state-dict keys).
 BUFFERS = ("input_mean", "input_std")
-#: The mean and std of a state dict without the buffers: no normalisation (see the module doc).
-IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
 
 def _three(values: Sequence[float], what: str) -> tuple[float, float, float]:
@@ -78,15 +72,3 @@ def normalize_inputs(model: nn.Module, mean: Sequence[float] | None = None,
     model.register_forward_pre_hook(_normalize_first_input)
     return model
 
-
-def fill_missing_stats(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`weights` plus ``input_mean`` / ``input_std`` where the model has them and `weights`
-    lacks them (a state dict from before walnet's models normalised their input): the identity,
-    with which the model computes what the one that wrote the weights computed. Any other key
-    is left as it is, so a strict load still finds every other difference."""
-    own = model.state_dict()
-    filled = dict(weights)
-    for name, value in zip(BUFFERS, IDENTITY):
-        if name in own and name not in filled:
-            filled[name] = torch.tensor(value, dtype=own[name].dtype).view(own[name].shape)
-    return filled

@@ -1,4 +1,4 @@
-"""How a training run uses its device: the defaults that make a WAL-Net step fast on CUDA, each
+"""How a training run uses its device (its :class:`Runtime`): the defaults that make a WAL-Net step fast on CUDA, each
 of which a :class:`~walnet.engine.config.TrainConfig` option switches off.
 
 On CUDA a run by default replays the whole step as a CUDA graph, under bfloat16 autocast, with
@@ -34,8 +34,9 @@ def loader_workers(workers: int | None, device: torch.device) -> int:
 
 
 @dataclass(frozen=True)
-class Speed:
-    """The settings of a run's steps (see :func:`speed_of`)."""
+class Runtime:
+    """The runtime settings of a run's steps: arithmetic, graphs, layout, loader workers (see
+    :func:`runtime_of`)."""
 
     amp_dtype: torch.dtype | None
     channels_last: bool
@@ -61,7 +62,7 @@ class Speed:
         return ", ".join(parts)
 
 
-def speed_of(config: TrainConfig, device: torch.device, processes: int = 1) -> Speed:
+def runtime_of(config: TrainConfig, device: torch.device, processes: int = 1) -> Runtime:
     """The step settings of `config` on `device` with `processes` torchrun processes."""
     cuda = device.type == "cuda"
     precision = config.precision if config.precision != "auto" else ("bf16" if cuda else "fp32")
@@ -74,20 +75,20 @@ def speed_of(config: TrainConfig, device: torch.device, processes: int = 1) -> S
     elif graphs and amp_dtype is None:
         graphs, because = False, ("float32 steps run eagerly: their graphed losses are not yet verified against "
                                   "eager ones")
-    return Speed(amp_dtype=amp_dtype, channels_last=cuda and config.channels_last, cuda_graphs=graphs,
+    return Runtime(amp_dtype=amp_dtype, channels_last=cuda and config.channels_last, cuda_graphs=graphs,
                  compile=config.compile, tf32=cuda and config.tf32, cudnn_benchmark=cuda and config.cudnn_benchmark,
                  workers=loader_workers(config.workers, device), eager_because=because)
 
 
 @contextlib.contextmanager
-def backend_flags(speed: Speed):
-    """TF32 and cuDNN's benchmark mode as `speed` says, for the duration of a run (the process's
+def backend_flags(runtime: Runtime):
+    """TF32 and cuDNN's benchmark mode as `runtime` says, for the duration of a run (the process's
     own settings are restored after)."""
     matmul = torch.backends.cuda.matmul.allow_tf32
     try:
-        torch.backends.cuda.matmul.allow_tf32 = speed.tf32
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=speed.cudnn_benchmark,
-                                        deterministic=torch.backends.cudnn.deterministic, allow_tf32=speed.tf32):
+        torch.backends.cuda.matmul.allow_tf32 = runtime.tf32
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=runtime.cudnn_benchmark,
+                                        deterministic=torch.backends.cudnn.deterministic, allow_tf32=runtime.tf32):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul
