@@ -46,6 +46,20 @@ def fg_probs(h, w, seed=0):
     return torch.stack(maps)
 
 
+#: The thresholds every box test tries: 0.5 + 1e-9 is 0.5 in every dtype but float64, so the
+#: pixel at exactly 0.5 counts as foreground except in float64 maps (the comparison is `p >= t`).
+THRESHOLDS = (0.5, 0.3, 0.9, 0.5 + 1e-9)
+
+
+def box_cases(prob64: torch.Tensor, dtypes, dilations):
+    """(prob, threshold, dilation) for `prob64` in each of `dtypes`, :data:`THRESHOLDS` and
+    `dilations`: the grid the mask_boxes and roi_boxes tests compare over."""
+    for dtype in dtypes:
+        for threshold in THRESHOLDS:
+            for dilation in dilations:
+                yield prob64.to(dtype), threshold, dilation
+
+
 def feature_maps(n, c, h, w, *, dtype=torch.float32, device="cpu", seed=0):
     """Random features whose values are all distinct enough that a wrong source index shows."""
     f = torch.randn(n, c, h, w, generator=gen(seed), dtype=torch.float64)

@@ -14,7 +14,7 @@ import pytest
 
 from walnet import cli
 from walnet.engine import demo, evaluation, export, predict, trainer
-from walnet.engine.config import DemoConfig, EvalConfig, ExportConfig, PredictConfig, TrainConfig
+from walnet.engine.config import DemoConfig, EvalConfig, ExportConfig, PredictConfig, TrainConfig, flag_of
 from walnet.engine.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,7 +273,7 @@ def test_train_help_lists_its_options_by_group(capsys):
     sections = dict(zip(headings, text.split("\n\n")[1:]))
     for f in fields(TrainConfig):
         section = sections[f.metadata["group"]]
-        flag = cli._FLAGS.get(f.name, (cli.flag_of(f.name),))[0]
+        flag = cli._FLAGS.get(f.name, (flag_of(f.name),))[0]
         assert any(line.lstrip().startswith(flag + " ") or line.lstrip().startswith(flag + ",")
                    for line in section.splitlines()), f.name
     assert "--no-cuda-graphs" in sections["runtime"] and "--no-rcm" in sections["model"]

@@ -121,6 +121,12 @@ def _write_csv(path, rows, header=("path", "label", "patient_id", "mask_path")):
     return path
 
 
+def _csv_fails(path, rows, match, header=("path", "label", "patient_id", "mask_path"), error=ValueError, **kw):
+    """Reading the CSV of `rows` at `path` raises `error` whose message matches `match`."""
+    with pytest.raises(error, match=match):
+        read_csv(_write_csv(path, rows, header), **kw)
+
+
 def test_csv_and_dataset_items(tmp_path):
     _png(tmp_path / "a.png", _gray(40, 30, seed=1))
     rgb = np.random.default_rng(2).integers(0, 256, (20, 50, 3)).astype(np.uint8)
@@ -153,12 +159,10 @@ def test_csv_roi_box_crops(tmp_path):
 
 def test_csv_errors(tmp_path):
     _png(tmp_path / "a.png", _gray())
-    with pytest.raises(ValueError, match="'unknown'"):
-        read_csv(_write_csv(tmp_path / "u.csv", [("a.png", "unknown", "", "")]), classes=PAPER_CLASSES)
-    with pytest.raises(FileNotFoundError, match="missing_mask.png"):
-        read_csv(_write_csv(tmp_path / "m.csv", [("a.png", "hypoechoic", "", "missing_mask.png")]))
-    with pytest.raises(ValueError, match="label"):
-        read_csv(_write_csv(tmp_path / "c.csv", [("a.png",)], header=("path",)))
+    _csv_fails(tmp_path / "u.csv", [("a.png", "unknown", "", "")], "'unknown'", classes=PAPER_CLASSES)
+    _csv_fails(tmp_path / "m.csv", [("a.png", "hypoechoic", "", "missing_mask.png")], "missing_mask.png",
+               error=FileNotFoundError)
+    _csv_fails(tmp_path / "c.csv", [("a.png",)], "label", header=("path",))
 
 
 def test_corrupt_and_missing_images(tmp_path):
@@ -197,12 +201,10 @@ def test_duplicate_rows_that_agree_are_merged_with_a_warning(tmp_path):
 def test_duplicate_rows_that_disagree_are_an_error(tmp_path):
     _png(tmp_path / "a.png", _gray())
     rows = [("a.png", "hypoechoic", "P1", ""), ("b.png", "hyperechoic", "", ""), ("./a.png", "hyperechoic", "P1", "")]
-    with pytest.raises(ValueError, match=r"d\.csv: line 2 and line 4 both list the image .*a\.png.*"
-                                         r"label hypoechoic vs hyperechoic"):
-        read_csv(_write_csv(tmp_path / "d.csv", rows))
+    _csv_fails(tmp_path / "d.csv", rows, r"d\.csv: line 2 and line 4 both list the image .*a\.png.*"
+                                         r"label hypoechoic vs hyperechoic")
     rows = [("a.png", "hypoechoic", "P1", "", "train"), ("a.png", "hypoechoic", "P1", "", "test")]
-    with pytest.raises(ValueError, match="split train vs test"):
-        read_csv(_write_csv(tmp_path / "s.csv", rows, ("path", "label", "patient_id", "mask_path", "split")))
+    _csv_fails(tmp_path / "s.csv", rows, "split train vs test", ("path", "label", "patient_id", "mask_path", "split"))
 
 
 def test_a_file_listed_twice_lands_in_one_split(tmp_path):
@@ -323,9 +325,8 @@ def test_16_bit_masks_and_out_of_range_32_bit_images(tmp_path):
 def test_labels_match_known_classes_ignoring_case_and_spaces(tmp_path):
     _png(tmp_path / "a.png", _gray())
     rows = [("a.png", "Hyperechoic ", "", ""), ("b.png", " MIXED-echoic", "", ""), ("c.png", "hypo  echoic", "", "")]
-    with pytest.raises(ValueError, match=r"d\.csv:4: column 'label': unknown label 'hypo  echoic' \(did you mean "
-                                         r"'hypoechoic'\?\); known classes: hyperechoic, hypoechoic, mixed-echoic"):
-        read_csv(_write_csv(tmp_path / "d.csv", rows))
+    _csv_fails(tmp_path / "d.csv", rows, r"d\.csv:4: column 'label': unknown label 'hypo  echoic' \(did you mean "
+                                         r"'hypoechoic'\?\); known classes: hyperechoic, hypoechoic, mixed-echoic")
     records, classes = read_csv(_write_csv(tmp_path / "d.csv", rows[:2]))
     assert classes == PAPER_CLASSES and [r.label for r in records] == [0, 2]
     # explicit class lists are matched the same way, and keep their own spelling and order
@@ -338,13 +339,12 @@ def test_labels_match_known_classes_ignoring_case_and_spaces(tmp_path):
 
 def test_an_empty_or_misspelt_label_is_an_error_not_a_class(tmp_path):
     _png(tmp_path / "a.png", _gray())
-    with pytest.raises(ValueError, match=r"d\.csv:3: column 'label' is empty"):
-        read_csv(_write_csv(tmp_path / "d.csv", [("a.png", "hypoechoic", "", ""), ("a.png", "", "", "")]))
-    with pytest.raises(ValueError, match=r"d\.csv:2: .*'hyperechoc' \(did you mean 'hyperechoic'\?\)"):
-        read_csv(_write_csv(tmp_path / "d.csv", [("a.png", "hyperechoc", "", "")]))
-    with pytest.raises(ValueError, match=r"'plaque'; known classes: hyperechoic, hypoechoic, mixed-echoic; "
-                                         "give the class list"):
-        read_csv(_write_csv(tmp_path / "d.csv", [("a.png", "plaque", "", "")]))
+    _csv_fails(tmp_path / "d.csv", [("a.png", "hypoechoic", "", ""), ("a.png", "", "", "")],
+               r"d\.csv:3: column 'label' is empty")
+    _csv_fails(tmp_path / "d.csv", [("a.png", "hyperechoc", "", "")],
+               r"d\.csv:2: .*'hyperechoc' \(did you mean 'hyperechoic'\?\)")
+    _csv_fails(tmp_path / "d.csv", [("a.png", "plaque", "", "")],
+               r"'plaque'; known classes: hyperechoic, hypoechoic, mixed-echoic; give the class list")
 
 
 def test_class_folders_match_known_classes(tmp_path):

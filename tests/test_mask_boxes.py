@@ -12,7 +12,7 @@ from walnet.ops import reference
 import bad_input
 from bad_input import BadInput
 from conftest import DEVICES, FLOAT_DTYPES, HAS_CUDA, require_kernel
-from rcm_inputs import fg_probs
+from rcm_inputs import box_cases, fg_probs
 
 #: (mask size, target size): equal, the pyramid's downsampling, upsampling, odd/non-square maps.
 MASK_RESIZES = [
@@ -36,16 +36,12 @@ def test_mask_boxes_equals_reference(device, resize):
     require_kernel(device)
     (h, w), size = resize
     prob64 = fg_probs(h, w, seed=h * 100 + w).to(device)
-    for dtype in FLOAT_DTYPES:
-        prob = prob64.to(dtype)
-        # 0.5 + 1e-9: equal to 0.5 in every dtype but float64 (the pixel at exactly 0.5 then
-        # counts as foreground except for float64 maps: the comparison is torch's `p >= t`).
-        for threshold in (0.5, 0.3, 0.9, 0.5 + 1e-9):
-            for dilation in (0.0, 1 / 7, 0.5, 3.0):
-                out = ops.mask_boxes(prob, size, threshold, dilation, backend="kernel")
-                expected = reference.mask_boxes(prob, size, threshold, dilation)
-                assert out.dtype == torch.int32 and out.device == prob.device
-                assert torch.equal(out, expected), (dtype, threshold, dilation, out, expected)
+    for prob, threshold, dilation in box_cases(prob64, FLOAT_DTYPES, (0.0, 1 / 7, 0.5, 3.0)):
+        out = ops.mask_boxes(prob, size, threshold, dilation, backend="kernel")
+        expected = reference.mask_boxes(prob, size, threshold, dilation)
+        assert out.dtype == torch.int32 and out.device == prob.device
+        assert torch.equal(out, expected), (prob.dtype, threshold, dilation, out, expected)
+    for prob in (prob64.to(dtype) for dtype in FLOAT_DTYPES):
         # [N,1,h,w] and non-contiguous maps give the same boxes
         assert torch.equal(ops.mask_boxes(prob[:, None], size, backend="kernel"), reference.mask_boxes(prob, size))
         t = prob.transpose(1, 2).contiguous().transpose(1, 2)

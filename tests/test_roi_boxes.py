@@ -15,7 +15,7 @@ from walnet.ops import reference
 import bad_input
 from bad_input import BadInput
 from conftest import DEVICES, FLOAT_DTYPES, require_kernel
-from rcm_inputs import fg_probs, gen
+from rcm_inputs import box_cases, fg_probs, gen
 
 #: (mask size, level sizes): the pyramid of a 224^2 input in both orders, growing and shrinking
 #: at once, odd and non-square maps, 1x1 maps and levels, eight levels.
@@ -53,17 +53,13 @@ def test_roi_boxes_equals_mask_boxes(device, case):
     require_kernel(device)
     (h, w), sizes = case
     prob64 = fg_probs(h, w, seed=h * 100 + w).to(device)
-    for dtype in FLOAT_DTYPES:
-        prob = prob64.to(dtype)
-        # 0.5 + 1e-9 is 0.5 in every dtype but float64: the pixel at exactly 0.5 then counts as
-        # foreground except in float64 maps (the comparison is torch's `p >= t`).
-        for threshold in (0.5, 0.3, 0.9, 0.5 + 1e-9):
-            for dilation in DILATIONS:
-                got = _raw(prob, sizes, threshold, dilation)
-                assert got.dtype == torch.int32 and got.shape == (len(prob), len(sizes), 4)
-                assert torch.equal(got, _stacked(prob, sizes, threshold, dilation, "reference")), (dtype, threshold,
-                                                                                                    dilation)
-                assert torch.equal(got, _stacked(prob, sizes, threshold, dilation, "kernel"))
+    for prob, threshold, dilation in box_cases(prob64, FLOAT_DTYPES, DILATIONS):
+        got = _raw(prob, sizes, threshold, dilation)
+        assert got.dtype == torch.int32 and got.shape == (len(prob), len(sizes), 4)
+        assert torch.equal(got, _stacked(prob, sizes, threshold, dilation, "reference")), (prob.dtype, threshold,
+                                                                                            dilation)
+        assert torch.equal(got, _stacked(prob, sizes, threshold, dilation, "kernel"))
+    for prob in (prob64.to(dtype) for dtype in FLOAT_DTYPES):
         with ops.preview_kernels(True):
             assert torch.equal(ops.roi_boxes(prob[:, None], sizes, backend="kernel"),
                                reference.roi_boxes(prob, sizes, 0.5, 1 / 7))

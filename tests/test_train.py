@@ -209,21 +209,25 @@ def test_a_stale_lock_is_replaced_and_every_run_removes_its_lock(data, tmp_path,
 
 # --- a failed run leaves no split behind ------------------------------------------------------
 
-def _csv_with_patients(data, path, patient=None):
-    """The phantom's labels.csv with absolute paths, every patient id replaced by `patient` (if
-    given)."""
+def _rewritten_csv(data, path, change):
+    """The phantom's labels.csv at `path`, with absolute paths and ``change(i, row)`` applied to
+    each row."""
     with open(data, newline="") as f:
         rows = list(csv.DictReader(f))
-    for r in rows:
+    for i, r in enumerate(rows):
         r["path"] = str(Path(data).parent / r["path"])
         r["mask_path"] = str(Path(data).parent / r["mask_path"])
-        if patient is not None:
-            r["patient_id"] = patient
+        change(i, r)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def _csv_with_patients(data, path, patient=None):
+    """The phantom's rows with every patient id replaced by `patient` (if given)."""
+    return _rewritten_csv(data, path, lambda i, r: r.update(patient_id=patient) if patient is not None else None)
 
 
 def test_a_failed_split_is_not_kept_so_the_fixed_data_trains(data, tmp_path):
@@ -285,17 +289,7 @@ def test_a_graphed_or_compiled_run_drops_every_partial_last_batch(samples, batch
 
 def _split_csv(data, path, n_train):
     """The phantom's rows with a split column: `n_train` training images, the rest validation."""
-    with open(data, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for i, r in enumerate(rows):
-        r["path"] = str(Path(data).parent / r["path"])
-        r["mask_path"] = str(Path(data).parent / r["mask_path"])
-        r["split"] = "train" if i < n_train else "val"
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return _rewritten_csv(data, path, lambda i, r: r.update(split="train" if i < n_train else "val"))
 
 
 def test_size_32_with_a_last_training_batch_of_one_trains(data, tmp_path):

@@ -28,11 +28,10 @@ import json
 import logging
 import sys
 import warnings
-from dataclasses import MISSING, fields
 from pathlib import Path
 
 from walnet.engine.config import (EVAL_METRICS, SPLITS, DemoConfig, EvalConfig, ExportConfig, PredictConfig,
-                                  TrainConfig, field_kind, flag_of)
+                                  TrainConfig, options)
 from walnet.engine.experiment import DEFAULT_SEEDS, TABLES
 
 
@@ -49,7 +48,7 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(","))
 
 
-#: Flags other than :func:`~walnet.engine.config.flag_of`'s ``--<field-name>``.
+#: Flags other than the ``--<field-name>`` of :func:`~walnet.engine.config.options`.
 _FLAGS = {"batch_size": ("-b", "--batch-size"), "workers": ("-j", "--workers"), "masks_dir": ("--masks",),
           "overlays_dir": ("--overlays",), "formats": ("--format",)}
 #: argparse settings that the fields' types do not imply.
@@ -61,30 +60,29 @@ _EXTRA = {"split": {"choices": SPLITS}, "eval_metric": {"choices": EVAL_METRICS}
 _POSITIONAL = {"inputs"}
 
 
-def _add_option(parser, config: type, name: str) -> None:
-    """Adds the option of `config`'s field `name`: its flags (``--<name>`` or :data:`_FLAGS`),
-    type, default and help from the field. A field without a default is a required option; a
-    tuple of paths takes the positional arguments (one or more; any number where the field has a
-    default, as predict's inputs, which --csv replaces: the config says which is missing)."""
-    f = next(f for f in fields(config) if f.name == name)
-    kind = field_kind(config, name)
-    kw = dict(_EXTRA.get(name, {}), help=f.metadata["doc"])
+def _add_option(parser, option) -> None:
+    """Adds a config field's `option`: its flags (``--<name>`` or :data:`_FLAGS`), type, default
+    and help. A field without a default is a required option; a tuple of paths takes the
+    positional arguments (one or more; any number where the field has a default, as predict's
+    inputs, which --csv replaces: the config says which is missing)."""
+    name = option.name
+    kw = dict(_EXTRA.get(name, {}), help=option.doc)
     if name in _POSITIONAL:
-        if f.default is MISSING:
+        if option.required:
             parser.add_argument(name, nargs="+", **kw)
         else:
-            parser.add_argument(name, nargs="*", default=f.default, **kw)
+            parser.add_argument(name, nargs="*", default=option.default, **kw)
         return
-    if kind is bool:
+    if option.kind is bool:
         # a switch that is on by default is turned off with --no-<name>
-        kw["action"] = argparse.BooleanOptionalAction if f.default is True else "store_true"
-    elif kind in (int, float):
-        kw["type"] = kind
-    if f.default is MISSING:
+        kw["action"] = argparse.BooleanOptionalAction if option.default is True else "store_true"
+    elif option.kind in (int, float):
+        kw["type"] = option.kind
+    if option.required:
         kw["required"] = True
     else:
-        kw["default"] = f.default
-    parser.add_argument(*_FLAGS.get(name, (flag_of(name),)), dest=name, **kw)
+        kw["default"] = option.default
+    parser.add_argument(*_FLAGS.get(name, (option.flag,)), dest=name, **kw)
 
 
 #: Pairs of fields of which exactly one is given: a required group of mutually exclusive options
@@ -97,32 +95,31 @@ def _add_options(parser, config: type, skip=()) -> None:
     ``--help`` under its field's group (model, data, runtime, ...); each pair of :data:`_ONE_OF`
     (``data_dir`` / ``csv``, ``checkpoint`` / ``model``) that `config` has as a required group of
     which exactly one is given."""
-    names = {f.name for f in fields(config)} - set(skip)
+    offered = {o.name: o for o in options(config) if o.name not in skip}
     sections = {}
 
-    def section(f):
-        title = f.metadata["group"]
-        if title is None:
+    def section(option):
+        if option.group is None:
             return parser
-        if title not in sections:
-            sections[title] = parser.add_argument_group(title)
-        return sections[title]
+        if option.group not in sections:
+            sections[option.group] = parser.add_argument_group(option.group)
+        return sections[option.group]
 
     exclusive = {}
     for pair in _ONE_OF:
-        if set(pair) <= names:
-            group = section(next(f for f in fields(config) if f.name == pair[0]))
+        if set(pair) <= set(offered):
+            group = section(offered[pair[0]])
             exclusive.update(dict.fromkeys(pair, group.add_mutually_exclusive_group(required=True)))
-    for f in fields(config):
-        if f.name in names:
-            _add_option(exclusive.get(f.name) or section(f), config, f.name)
+    for name, option in offered.items():
+        _add_option(exclusive.get(name) or section(option), option)
 
 
 def _config(config: type, args: argparse.Namespace, skip=(), **values):
     """`config` built from `values` and the parsed options named after its other fields (but
     those in `skip`, which keep their defaults)."""
-    names = [f.name for f in fields(config) if f.name not in skip and f.name not in values]
-    return config(**{name: getattr(args, name) for name in names}, **values)
+    given = {name: value for name, value in vars(args).items() if name not in skip}
+    # the namespace also holds the command's own entries (command, run, debug): not fields
+    return config.from_dict({**given, **values}, strict=False)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -130,12 +127,6 @@ def _train(args: argparse.Namespace) -> int:
 
     train(_config(TrainConfig, args))
     return 0
-
-
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model (WAL-Net by default) on an ImageFolder tree or a CSV file")
-    _add_options(p, TrainConfig)
-    p.set_defaults(run=_train)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -172,13 +163,6 @@ def _scores(r: dict) -> str:
                       cell("auc_micro", "micro AUC")))
 
 
-def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="score a checkpoint on a split: metrics.json (accuracy, F1, kappa, AUC, "
-                       "sensitivity / specificity, bootstrap intervals, per patient, IoU)")
-    _add_options(p, EvalConfig)
-    p.set_defaults(run=_evaluate)
-
-
 def _predict(args: argparse.Namespace) -> int:
     from walnet.engine.predict import predict
 
@@ -190,13 +174,6 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="class probabilities of images, folders or a CSV with ROI boxes -> CSV "
-                       "(and optional mask and attention-overlay PNGs)")
-    _add_options(p, PredictConfig)
-    p.set_defaults(run=_predict)
-
-
 def _export(args: argparse.Namespace) -> int:
     from walnet.engine.export import export_model
 
@@ -206,13 +183,6 @@ def _export(args: argparse.Namespace) -> int:
     if r["onnx_checked"] is False:
         print("note: onnxruntime is not installed, so the ONNX model was not run (pip install onnxruntime)")
     return 0
-
-
-def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="a checkpoint as a model folder: model.safetensors, config.json, model card "
-                       "README.md (+ model.pt2, model.onnx)")
-    _add_options(p, ExportConfig)
-    p.set_defaults(run=_export)
 
 
 #: Train fields ``walnet experiment`` does not offer: it sets them per run, or (the ROI method
@@ -253,7 +223,7 @@ def _add_experiment(sub) -> None:
                    "finished runs are reused, interrupted ones resumed")
     _add_options(p, TrainConfig, skip=_EXPERIMENT_SETS_TRAIN)
     # the options both commands have (data, device, workers, skip_bad) are added once, for both
-    _add_options(p, EvalConfig, skip=_EXPERIMENT_SETS_EVAL | {f.name for f in fields(TrainConfig)})
+    _add_options(p, EvalConfig, skip=_EXPERIMENT_SETS_EVAL | {o.name for o in options(TrainConfig)})
     p.set_defaults(run=_experiment)
 
 
@@ -301,6 +271,18 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The commands whose options are exactly their config's fields: (name, config, run, help).
+_CONFIG_COMMANDS = (
+    ("train", TrainConfig, _train, "train a model (WAL-Net by default) on an ImageFolder tree or a CSV file"),
+    ("evaluate", EvalConfig, _evaluate, "score a checkpoint on a split: metrics.json (accuracy, F1, kappa, AUC, "
+     "sensitivity / specificity, bootstrap intervals, per patient, IoU)"),
+    ("predict", PredictConfig, _predict, "class probabilities of images, folders or a CSV with ROI boxes -> CSV "
+     "(and optional mask and attention-overlay PNGs)"),
+    ("export", ExportConfig, _export, "a checkpoint as a model folder: model.safetensors, config.json, model card "
+     "README.md (+ model.pt2, model.onnx)"),
+)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its usage errors as one line (``walnet train: error: ...``) and exit
     status 2, like the engine's errors; ``--help`` still shows the usage."""
@@ -332,11 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=224, help="image side in pixels")
     p.set_defaults(run=_phantom)
-    _add_train(sub)
-    _add_evaluate(sub)
+    for name, config, run, text in _CONFIG_COMMANDS:
+        p = sub.add_parser(name, help=text)
+        _add_options(p, config)
+        p.set_defaults(run=run)
     _add_demo(sub)
-    _add_predict(sub)
-    _add_export(sub)
     _add_experiment(sub)
     parser.commands = sub.choices  # each command's parser, for errors found after parsing
     return parser

@@ -42,6 +42,28 @@ def flag_of(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+@dataclass(frozen=True)
+class Option:
+    """A config field as a command line offers it: its `name`, `kind` (bool, int, float, str or
+    ``tuple[str, ...]``, without ``| None``), `default` (``required`` when it has none), `doc`,
+    `group` (None: with the command's other options) and `flag` (``--<name>``)."""
+
+    name: str
+    kind: type
+    default: object
+    required: bool
+    doc: str
+    group: str | None
+    flag: str
+
+
+def options(config: type) -> list[Option]:
+    """The :class:`Option` of every field of `config`, in field order."""
+    return [Option(f.name, field_kind(config, f.name), None if f.default is MISSING else f.default,
+                   f.default is MISSING, f.metadata["doc"], f.metadata["group"], flag_of(f.name))
+            for f in fields(config)]
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Config:
     """Type checks, normalisation and (de)serialisation shared by the configs below."""

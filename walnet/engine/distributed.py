@@ -1,14 +1,16 @@
 """Data-parallel training under ``torchrun`` (DDP): process group, device, rank-0 helpers.
 
 ``torchrun --nproc_per_node K -m walnet train ...`` starts K processes with ``RANK``,
-``LOCAL_RANK`` and ``WORLD_SIZE`` in their environment; :func:`setup` joins them into one
-process group (NCCL on GPUs, gloo on CPUs). Without those variables everything here is a
-no-op, so the same training code runs single-process.
+``LOCAL_RANK`` and ``WORLD_SIZE`` in their environment; :func:`session` joins them into one
+process group (NCCL on GPUs, gloo on CPUs) for the length of a run. Without those variables
+everything here is a no-op, so the same training code runs single-process.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -16,21 +18,24 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistContext:
-    """Where this process stands: ``rank`` of ``world_size`` (1 when not distributed) and its
-    ``device``."""
+    """Where this process stands: ``rank`` of ``world_size`` (1 when not distributed), its
+    ``device``; ``enabled`` when there are several processes, ``is_main`` for rank 0 (the
+    process that logs and writes files)."""
 
     rank: int
     world_size: int
     device: torch.device
+    enabled: bool = field(init=False)
+    is_main: bool = field(init=False)
 
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "enabled", self.world_size > 1)
+        object.__setattr__(self, "is_main", self.rank == 0)
 
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: the process that logs and writes files."""
-        return self.rank == 0
+    def barrier(self) -> None:
+        """Waits for every process (nothing to wait for in one process)."""
+        if self.enabled:
+            dist.barrier()
 
 
 def _env_int(name: str, default: int) -> int:
@@ -43,7 +48,19 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
 
 
-def setup(device: torch.device) -> DistContext:
+@contextlib.contextmanager
+def session(device: torch.device) -> Iterator[DistContext]:
+    """This process's :class:`DistContext` for the block: under torchrun (``WORLD_SIZE`` > 1)
+    in the process group, which is left again after the block; else a one-process context."""
+    ctx = _setup(device)
+    try:
+        yield ctx
+    finally:
+        if ctx.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _setup(device: torch.device) -> DistContext:
     """Joins the torchrun process group when ``WORLD_SIZE`` > 1, else returns a one-process
     context. With a CUDA ``device`` each process takes ``cuda:LOCAL_RANK``."""
     world_size = _env_int("WORLD_SIZE", 1)
@@ -60,18 +77,8 @@ def setup(device: torch.device) -> DistContext:
     return DistContext(rank, world_size, device)
 
 
-def barrier(ctx: DistContext) -> None:
-    if ctx.enabled:
-        dist.barrier()
-
-
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sums ``t`` over the processes (in place) when a process group is up."""
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t
-
-
-def cleanup(ctx: DistContext) -> None:
-    if ctx.enabled and dist.is_initialized():
-        dist.destroy_process_group()

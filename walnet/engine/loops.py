@@ -16,7 +16,7 @@ from walnet import ops
 from walnet.constants import IGNORE_INDEX
 from walnet.engine.distributed import all_reduce_sum
 from walnet.engine.metrics import classification_metrics, mask_iou_dice
-from walnet.engine.step import TrainStep, as_output, autocast
+from walnet.engine.step import TrainStep, forward
 
 
 def train_one_epoch(model, pgm, loader, optimizer, epoch: int, device, scaler=None, amp_dtype=None,
@@ -104,8 +104,7 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
 
     for batch in loader:
         images = batch["image"].to(device)
-        with autocast(device, amp_dtype):
-            out = as_output(model(images))
+        out = forward(model, images, amp_dtype)
         targets.append(torch.as_tensor(batch["label"]).cpu())
         if order is not None and "index" in batch:
             order.append(torch.as_tensor(batch["index"]).cpu())

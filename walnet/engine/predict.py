@@ -31,7 +31,7 @@ from walnet.data.dicom import DICOM_EXTENSIONS
 from walnet.data.sources import read_csv
 from walnet.engine.config import PredictConfig
 from walnet.engine.runtime import loader_workers
-from walnet.engine.step import as_output, autocast
+from walnet.engine.step import forward
 from walnet.engine.checks import pick_device
 from walnet.engine.loading import load_model
 from walnet.files import WriteError, atomic_open, check_writable, staged
@@ -315,8 +315,7 @@ def _run(model, records, size, region, config, device, classes, staging, names) 
         from walnet.engine import figures  # matplotlib only when overlays are asked for
     for batch in loader:
         index = batch["index"].numpy()
-        with autocast(device, amp_dtype):
-            out = as_output(model(batch["image"].to(device)))
+        out = forward(model, batch["image"].to(device), amp_dtype)
         batch_probs = torch.softmax(out.logits.float(), dim=1).cpu().numpy()
         probs[index] = batch_probs
         if not staging:

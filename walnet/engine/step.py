@@ -29,17 +29,15 @@ from walnet.models.walnet import WALNetOutput, walnet_loss
 GRAPH_WARMUP_STEPS = 3
 
 
-def as_output(out) -> WALNetOutput:
-    """Baselines (timm classifiers) return plain logits; WAL-Net its :class:`WALNetOutput`."""
+def forward(model, images: torch.Tensor, amp_dtype: torch.dtype | None, cache: bool = True, **kw) -> WALNetOutput:
+    """`model`'s output for `images` (keywords `kw` passed on) under autocast to `amp_dtype`
+    (none: float32), as a :class:`WALNetOutput`: a baseline's plain logits become one without a
+    segmentation head. A CUDA graph needs ``cache=False``: autocast's cache of cast weights would
+    outlive the capture."""
+    with (torch.autocast(images.device.type, dtype=amp_dtype, cache_enabled=cache) if amp_dtype is not None
+          else contextlib.nullcontext()):
+        out = model(images, **kw)
     return out if isinstance(out, WALNetOutput) else WALNetOutput(out, None, ())
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True):
-    """Autocast to `dtype` on `device`'s type, or nothing when `dtype` is None. A CUDA graph
-    needs ``cache=False``: autocast's cache of cast weights would outlive the capture."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
 def _rcm_epoch(model, epoch: int):
@@ -92,9 +90,8 @@ class TrainStep:
 
     def _forward_losses(self, images: torch.Tensor, target: torch.Tensor, rcm_epoch):
         """Forward, PGM and loss: the losses and correct count of the batch, float32 [4]."""
-        device = images.device
-        with autocast(device, self.amp_dtype, cache=not self.cuda_graph):
-            out = as_output(self.model(images, epoch=rcm_epoch) if self._takes_epoch else self.model(images))
+        out = forward(self.model, images, self.amp_dtype, cache=not self.cuda_graph,
+                      **({"epoch": rcm_epoch} if self._takes_epoch else {}))
         pseudo = self.pgm(images, out.attention) if (self.pgm is not None and out.seg_logits is not None) else None
         parts = walnet_loss(out, target, pseudo)
         correct = (out.logits.argmax(dim=1) == target).sum()

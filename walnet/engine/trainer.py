@@ -135,12 +135,9 @@ def train(config: TrainConfig) -> dict:
     count).
     """
     device = check_train_config(config)
-    ctx = distributed.setup(device)
-    try:
+    with distributed.session(device) as ctx:
         with lock.run_lock(config.output, "walnet train") if ctx.is_main else contextlib.nullcontext():
             return _train(config, ctx)
-    finally:
-        distributed.cleanup(ctx)
 
 
 def _split_problem(records, output: Path) -> str:
@@ -223,7 +220,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
     if ctx.is_main and new_split:
         assign_splits(records, output, config.seed)  # the same split, now known to work: saved for later runs
         wrote_split = True
-    distributed.barrier(ctx)  # the other ranks may read the split file rank 0 wrote
+    ctx.barrier()  # the other ranks may read the split file rank 0 wrote
     try:
         with backend_flags(runtime):
             return _run_epochs(config, ctx, runtime, model, spec, train_loader, sampler, val_loader)
@@ -366,5 +363,5 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, runtime: Runt
             log.append(row)
             _report(config, row, seconds)
             checkpoints.save(epoch, row[f"val_{config.eval_metric}"], run.model, run.optimizer, run.scaler)
-        distributed.barrier(ctx)
+        ctx.barrier()
     return row
