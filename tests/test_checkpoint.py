@@ -20,12 +20,11 @@ import torch
 from walnet import cli
 from walnet.engine import load_checkpoint, save_checkpoint
 from walnet.engine.checkpoint import CheckpointError, load_training_state
-from walnet.files import WriteError, atomic_open, check_writable, remove_stale_temps, temp_prefix
 from walnet.engine.config import TrainConfig
 from walnet.engine.loading import load_model
+from walnet.files import WriteError, atomic_open, remove_stale_temps, temp_prefix
 from walnet.models import create_model
 
-from conftest import unwritable_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["hyperechoic", "hypoechoic", "mixed-echoic"]
@@ -369,34 +368,3 @@ def test_a_save_killed_mid_write_is_cleaned_up_by_the_next_save(tmp_path):
     assert load_checkpoint(path)["epoch"] == 2
     save_checkpoint(path, {"epoch": 3})
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"] and load_checkpoint(path)["epoch"] == 3
-
-
-def test_check_writable(tmp_path):
-    (tmp_path / "file").write_text("x")
-    check_writable(tmp_path / "new" / "deeper" / "p.csv", "--output")  # folders still to be made: fine
-    check_writable(tmp_path / "masks", "--masks", folder=True)
-    with pytest.raises(WriteError, match="--output .* is a folder"):
-        check_writable(tmp_path, "--output")
-    with pytest.raises(WriteError, match="--masks .*file is a file, not a folder"):
-        check_writable(tmp_path / "file", "--masks", folder=True)
-    with pytest.raises(WriteError, match=r"--output .*file/sub\.csv lies under the file .*file; choose a folder"):
-        check_writable(tmp_path / "file" / "sub.csv", "--output")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probe leaves nothing
-
-
-def test_check_writable_unwritable_folder(tmp_path):
-    folder = unwritable_folder(tmp_path)
-    with pytest.raises(WriteError, match=f"--output {folder}/p.csv: cannot create files in {folder}"):
-        check_writable(folder / "p.csv", "--output")
-    with pytest.raises(WriteError, match=f"cannot create files in {folder}"):
-        check_writable(folder / "masks", "--masks", folder=True)
-
-
-def test_atomic_open_errors_name_the_file(tmp_path):
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(WriteError, match="cannot write .*: it is a folder"):
-        with atomic_open(tmp_path):
-            pass
-    with pytest.raises(WriteError, match=r"cannot write .*file/x\.json"):
-        with atomic_open(tmp_path / "file" / "x.json"):
-            pass

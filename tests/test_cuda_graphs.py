@@ -9,7 +9,7 @@ import torch
 import walnet
 from walnet import ops
 
-from felzenszwalb_oracle import gpu_algorithms
+from felzenszwalb_variants import gpu_algorithms
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

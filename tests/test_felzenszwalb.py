@@ -14,10 +14,10 @@ import torch
 from walnet import ops
 
 from conftest import DEVICES, HAS_CUDA
-from felzenszwalb_oracle import (BIG_GROUPS, CASES, PARAMS, PARAMS_224, assert_labels_equal, corpus,
-                                 gpu_algorithms, group_float, kernel_variants, oracle, pid, require_op, shipped, skimage_labels,
-                                 small_groups, smooth_noise, stable_argsort, tiefree_group, u8_to_walnet,
-                                 variant_name)
+from felzenszwalb_oracle import (BIG_GROUPS, CASES, PARAMS, PARAMS_224, assert_labels_equal, corpus, group_float,
+                                 oracle, pid, require_op, shipped, skimage_labels, small_groups, smooth_noise,
+                                 stable_argsort, tiefree_group, u8_to_walnet)
+from felzenszwalb_variants import gpu_algorithms, kernel_variants, variant_name
 
 # --- both algorithms vs the oracle ------------------------------------------------------------
 

@@ -14,8 +14,8 @@ from walnet import ops
 from walnet.ops import _dispatch, _library, reference
 
 from conftest import DEVICES, HAS_CUDA, spy_on
-from felzenszwalb_oracle import (PARAMS, assert_labels_equal, corpus, gpu_algorithms, kernel_variants, oracle,
-                                 require_op, shipped, u8_to_walnet, variant_name)
+from felzenszwalb_oracle import PARAMS, assert_labels_equal, corpus, oracle, require_op, shipped, u8_to_walnet
+from felzenszwalb_variants import gpu_algorithms, kernel_variants, variant_name
 
 
 def test_defaults_are_skimages():

@@ -16,7 +16,8 @@ import torch
 from walnet import ops
 
 from conftest import DEVICES
-from felzenszwalb_oracle import assert_labels_equal, kernel_variants, require_op, skimage_labels, variant_name
+from felzenszwalb_oracle import assert_labels_equal, require_op, skimage_labels
+from felzenszwalb_variants import kernel_variants, variant_name
 
 
 def _to_walnet(image: np.ndarray, device: str) -> torch.Tensor:

@@ -8,8 +8,10 @@ import os
 import pytest
 import torch
 
-from walnet.files import (WriteError, first_line, move_aside, remove_stale_temps, staged, temp_prefix, weights_mismatch,
-                          write_text)
+from walnet.files import (WriteError, atomic_open, check_writable, first_line, move_aside, remove_stale_temps, staged,
+                          temp_prefix, weights_mismatch, write_text)
+
+from conftest import unwritable_folder
 
 
 def test_a_stage_commits_its_files_together(tmp_path):
@@ -85,3 +87,34 @@ def test_move_aside_takes_the_file_for_one_process(tmp_path):
     assert aside == tmp_path / f".walnet.lock.{os.getpid()}.stale" and aside.read_text() == "held"
     assert not path.exists()
     assert move_aside(path, "stale") is None  # gone: another process took it first
+
+
+def test_check_writable(tmp_path):
+    (tmp_path / "file").write_text("x")
+    check_writable(tmp_path / "new" / "deeper" / "p.csv", "--output")  # folders still to be made: fine
+    check_writable(tmp_path / "masks", "--masks", folder=True)
+    with pytest.raises(WriteError, match="--output .* is a folder"):
+        check_writable(tmp_path, "--output")
+    with pytest.raises(WriteError, match="--masks .*file is a file, not a folder"):
+        check_writable(tmp_path / "file", "--masks", folder=True)
+    with pytest.raises(WriteError, match=r"--output .*file/sub\.csv lies under the file .*file; choose a folder"):
+        check_writable(tmp_path / "file" / "sub.csv", "--output")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probe leaves nothing
+
+
+def test_check_writable_unwritable_folder(tmp_path):
+    folder = unwritable_folder(tmp_path)
+    with pytest.raises(WriteError, match=f"--output {folder}/p.csv: cannot create files in {folder}"):
+        check_writable(folder / "p.csv", "--output")
+    with pytest.raises(WriteError, match=f"cannot create files in {folder}"):
+        check_writable(folder / "masks", "--masks", folder=True)
+
+
+def test_atomic_open_errors_name_the_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WriteError, match="cannot write .*: it is a folder"):
+        with atomic_open(tmp_path):
+            pass
+    with pytest.raises(WriteError, match=r"cannot write .*file/x\.json"):
+        with atomic_open(tmp_path / "file" / "x.json"):
+            pass

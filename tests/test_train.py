@@ -1,12 +1,12 @@
 """``walnet train`` beyond one plain run: resume after a kill, DDP on gloo, mixed precision, the
-run folder's lock, no split kept by a failed run, a last batch of one, ``classes``."""
+run folder's lock, no split kept by a failed run, a last batch of one, ``classes``, ``--eval-metric``
+and metrics.csv on resume."""
 from __future__ import annotations
 
 import csv
 import dataclasses
 import logging
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -16,50 +16,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from walnet.data import phantom
 from walnet.engine import lock, trainer
-from walnet.engine.config import TrainConfig
-from walnet.engine.loading import load_model
 from walnet.engine.runtime import runtime_of
 from walnet.engine.trainer import train
 
-ROOT = Path(__file__).resolve().parents[1]
-# Same thread count in every process, so the runs compared below do the same arithmetic.
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+from train_runs import ENV, metrics_rows, phantom_data, run_config, train_args
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return phantom.generate(tmp_path_factory.mktemp("ph") / "data", n=40, seed=2, size=48)
-
-
-#: A run small enough for a CPU test, as config fields (and, below, as command-line flags).
-SMALL = dict(backbone="resnet18", attention_channels=8, size=48, batch_size=8, rcm_warmup=1, device="cpu")
-
-
-def _train_args(data, run, *extra):
-    flags = [item for k, v in SMALL.items() for item in ("--" + k.replace("_", "-"), str(v))]
-    return ["train", "--csv", str(data), "--output", str(run), *flags, *extra]
-
-
-def _config(data, run, **values):
-    return TrainConfig(csv=data, output=run, **{**SMALL, **values})
-
-
-def _rows(run):
-    with open(run / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    return phantom_data(tmp_path_factory)
 
 
 def test_resume_after_kill_matches_uninterrupted_run(data, tmp_path):
     cmd = [sys.executable, "-m", "walnet"]
     whole = tmp_path / "whole"
-    done = subprocess.run(cmd + _train_args(data, whole, "--epochs", "3"), env=ENV, capture_output=True, text=True,
+    done = subprocess.run(cmd + train_args(data, whole, "--epochs", "3"), env=ENV, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(cmd + _train_args(data, cut, "--epochs", "3"), env=ENV, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd + train_args(data, cut, "--epochs", "3"), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
@@ -69,12 +46,12 @@ def test_resume_after_kill_matches_uninterrupted_run(data, tmp_path):
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    assert len(_rows(cut)) < 3
-    resumed = subprocess.run(cmd + _train_args(data, cut, "--epochs", "3", "--resume", str(cut / "last.pt")),
+    assert len(metrics_rows(cut)) < 3
+    resumed = subprocess.run(cmd + train_args(data, cut, "--epochs", "3", "--resume", str(cut / "last.pt")),
                              env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
 
-    assert _rows(cut) == _rows(whole)  # every loss and accuracy, to the last digit
+    assert metrics_rows(cut) == metrics_rows(whole)  # every loss and accuracy, to the last digit
     a = torch.load(whole / "last.pt", weights_only=True)
     b = torch.load(cut / "last.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 2
@@ -85,12 +62,12 @@ def test_resume_after_kill_matches_uninterrupted_run(data, tmp_path):
 def test_ddp_two_cpu_processes_on_gloo(data, tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "walnet",
-           *_train_args(data, run, "--epochs", "2")]
+           *train_args(data, run, "--epochs", "2")]
     done = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("epoch 1:") == 1  # rank 0 alone logs
-    assert [r["epoch"] for r in _rows(run)] == ["0", "1"]
-    for row in _rows(run):
+    assert [r["epoch"] for r in metrics_rows(run)] == ["0", "1"]
+    for row in metrics_rows(run):
         assert all(math.isfinite(float(row[k])) for k in ("loss", "cls_loss", "seg_loss"))
     state = torch.load(run / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and not any(k.startswith("module.") for k in state["model"])
@@ -105,7 +82,7 @@ def test_bf16_on_cpu_trains_in_bfloat16(data, tmp_path, monkeypatch):
         return real(*a, **kw)
 
     monkeypatch.setattr(trainer, "TrainStep", spy)
-    row = train(_config(data, tmp_path / "amp", epochs=1, precision="bf16"))
+    row = train(run_config(data, tmp_path / "amp", epochs=1, precision="bf16"))
     assert seen == [torch.bfloat16]
     assert all(math.isfinite(row[k]) for k in ("loss", "cls_loss", "seg_loss"))
     state = torch.load(tmp_path / "amp" / "last.pt", weights_only=True)
@@ -114,7 +91,7 @@ def test_bf16_on_cpu_trains_in_bfloat16(data, tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fp16_on_cuda_uses_a_gradient_scaler(data, tmp_path):
-    row = train(_config(data, tmp_path / "amp", epochs=1, precision="fp16", device="cuda"))
+    row = train(run_config(data, tmp_path / "amp", epochs=1, precision="fp16", device="cuda"))
     assert all(math.isfinite(row[k]) for k in ("loss", "cls_loss", "seg_loss"))
     state = torch.load(tmp_path / "amp" / "last.pt", weights_only=True)
     assert state["scaler"] and state["scaler"]["scale"] > 0
@@ -127,10 +104,10 @@ def test_cuda_run_is_graphed_by_default_and_resumes(data, tmp_path, caplog):
     Adam state into one more graphed epoch."""
     run = tmp_path / "graphed"
     caplog.set_level(logging.INFO, logger="walnet")
-    row = train(_config(data, run, epochs=2, batch_size=4, device="cuda"))
+    row = train(run_config(data, run, epochs=2, batch_size=4, device="cuda"))
     assert "training on cuda" in caplog.text
     assert all(math.isfinite(row[k]) for k in ("loss", "cls_loss", "seg_loss"))
-    row = train(_config(data, run, epochs=3, batch_size=4, device="cuda", resume=str(run / "last.pt")))
+    row = train(run_config(data, run, epochs=3, batch_size=4, device="cuda", resume=str(run / "last.pt")))
     out = caplog.text
     assert "CUDA graph, bf16 autocast, channels-last, TF32, cudnn.benchmark" in out and "epoch 2:" in out
     assert row["epoch"] == 2 and math.isfinite(row["loss"])
@@ -138,12 +115,12 @@ def test_cuda_run_is_graphed_by_default_and_resumes(data, tmp_path, caplog):
 
 def test_sync_bn_needs_cuda(data, tmp_path):
     with pytest.raises(ValueError, match="--sync-bn"):
-        train(_config(data, tmp_path / "sbn", epochs=1, sync_bn=True))
+        train(run_config(data, tmp_path / "sbn", epochs=1, sync_bn=True))
 
 
 def test_diverged_training_stops_with_a_clear_error(data, tmp_path, monkeypatch):
     with pytest.raises(FloatingPointError, match="loss of epoch 0 is nan; no checkpoint was written"):
-        train(_config(data, tmp_path / "nan", epochs=3, lr=1e30))
+        train(run_config(data, tmp_path / "nan", epochs=3, lr=1e30))
     assert not (tmp_path / "nan" / "last.pt").exists()
     assert not (tmp_path / "nan" / "split.csv").exists()  # a rerun (another --lr) splits anew
 
@@ -157,9 +134,9 @@ def test_diverged_training_stops_with_a_clear_error(data, tmp_path, monkeypatch)
     monkeypatch.setattr(trainer, "train_one_epoch", nan_from_epoch_1)
     run = tmp_path / "late"
     with pytest.raises(FloatingPointError, match="epoch 1 .*last.pt keeps epoch 0"):
-        train(_config(data, run, epochs=3))
+        train(run_config(data, run, epochs=3))
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 0
-    assert [r["epoch"] for r in _rows(run)] == ["0"]
+    assert [r["epoch"] for r in metrics_rows(run)] == ["0"]
 
 
 # --- the run folder's lock -------------------------------------------------------------------
@@ -178,10 +155,10 @@ def test_train_into_a_locked_folder_fails_at_once(data, tmp_path):
         run = tmp_path / "run"
         _lock_of(sleeper.pid, run)
         with pytest.raises(lock.RunLockedError, match=f"{run}.*pid {sleeper.pid}"):
-            train(_config(data, run, epochs=1))
+            train(run_config(data, run, epochs=1))
         assert sorted(p.name for p in run.iterdir()) == [lock.LOCK_NAME]  # nothing written, the lock kept
         # from the command line: one line, exit status 2
-        done = subprocess.run([sys.executable, "-m", "walnet", *_train_args(data, run, "--epochs", "1")], env=ENV,
+        done = subprocess.run([sys.executable, "-m", "walnet", *train_args(data, run, "--epochs", "1")], env=ENV,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
         assert done.stderr.startswith(f"walnet train: error: {run} is locked by pid {sleeper.pid}")
@@ -196,14 +173,14 @@ def test_a_stale_lock_is_replaced_and_every_run_removes_its_lock(data, tmp_path,
     run = tmp_path / "run"
     _lock_of(ended.pid, run)
     caplog.set_level(logging.INFO, logger="walnet")
-    train(_config(data, run, epochs=1))
+    train(run_config(data, run, epochs=1))
     assert f"removing the stale lock {run / lock.LOCK_NAME} of pid {ended.pid}" in caplog.text
     assert (run / "last.pt").is_file() and not (run / lock.LOCK_NAME).exists()
     # a failed run removes its lock too
     with pytest.raises(FileExistsError):
-        train(_config(data, run, epochs=1))
+        train(run_config(data, run, epochs=1))
     with pytest.raises(FloatingPointError):
-        train(_config(data, tmp_path / "nan", epochs=1, lr=1e30))
+        train(run_config(data, tmp_path / "nan", epochs=1, lr=1e30))
     assert not (run / lock.LOCK_NAME).exists() and not (tmp_path / "nan" / lock.LOCK_NAME).exists()
 
 
@@ -234,10 +211,10 @@ def test_a_failed_split_is_not_kept_so_the_fixed_data_trains(data, tmp_path):
     one_patient = _csv_with_patients(data, tmp_path / "one.csv", patient="P1")
     run = tmp_path / "run"
     with pytest.raises(ValueError, match="left 40 training and 0 validation images") as failed:
-        train(_config(one_patient, run, epochs=1))
+        train(run_config(one_patient, run, epochs=1))
     assert not (run / "split.csv").exists()
     fixed = _csv_with_patients(data, tmp_path / "one.csv")  # the same files, with their patients
-    train(_config(fixed, run, epochs=1))
+    train(run_config(fixed, run, epochs=1))
     assert (run / "split.csv").is_file() and (run / "last.pt").is_file()
     assert "40 image(s) in 1 patient group(s)" in str(failed.value)  # what made the split fail
 
@@ -249,7 +226,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_removes_its_split(data, tm
     monkeypatch.setattr(trainer, "save_checkpoint", crash)
     run = tmp_path / "run"
     with pytest.raises(OSError, match="No space"):
-        train(_config(data, run, epochs=1))
+        train(run_config(data, run, epochs=1))
     assert not (run / "split.csv").exists() and not (run / "last.pt").exists()
 
 
@@ -261,7 +238,7 @@ def test_a_split_file_of_other_data_says_what_to_do(data, tmp_path):
     (run / "split.csv").write_text(f"key,split\n{other},train\n")
     with pytest.raises(ValueError, match=f"does not cover 40 image.*other data; use another --output for other "
                                          f"data, or delete {run / 'split.csv'} to split them anew"):
-        train(_config(data, run, epochs=1))
+        train(run_config(data, run, epochs=1))
     assert (run / "split.csv").read_text() == f"key,split\n{other},train\n"  # not this run's to remove
 
 
@@ -271,7 +248,7 @@ def test_a_split_file_of_other_data_says_what_to_do(data, tmp_path):
                                                      (24, 8, False), (18, 8, False), (1, 8, False), (3, 1, False)])
 def test_only_a_last_batch_of_one_is_dropped(samples, batch, dropped):
     sampler = torch.utils.data.DistributedSampler(range(samples), 1, 0)
-    config = _config("x.csv", "o", batch_size=batch)
+    config = run_config("x.csv", "o", batch_size=batch)
     loader = trainer._train_loader(range(samples), sampler, config, runtime_of(config, torch.device("cpu")), pin=False)
     assert loader.drop_last is dropped
     assert len(loader) == samples // batch + (samples % batch > (1 if dropped else 0))
@@ -281,7 +258,7 @@ def test_only_a_last_batch_of_one_is_dropped(samples, batch, dropped):
 @pytest.mark.parametrize("samples, batch", [(480, 16), (25, 8), (24, 8), (18, 8), (3, 1)])
 def test_a_graphed_or_compiled_run_drops_every_partial_last_batch(samples, batch, mode):
     sampler = torch.utils.data.DistributedSampler(range(samples), 1, 0)
-    config = _config("x.csv", "o", batch_size=batch)
+    config = run_config("x.csv", "o", batch_size=batch)
     runtime = dataclasses.replace(runtime_of(config, torch.device("cpu")), **{mode: True})
     loader = trainer._train_loader(range(samples), sampler, config, runtime, pin=False)
     assert len(loader) == samples // batch and all(len(b) == batch for b in loader)
@@ -296,23 +273,23 @@ def test_size_32_with_a_last_training_batch_of_one_trains(data, tmp_path):
     # 9 training images in batches of 8: a last batch of one, whose 1x1 feature maps BatchNorm
     # cannot normalise in training mode
     nine = _split_csv(data, tmp_path / "nine.csv", 9)
-    row = train(_config(nine, tmp_path / "run", epochs=1, size=32))
+    row = train(run_config(nine, tmp_path / "run", epochs=1, size=32))
     assert math.isfinite(row["loss"])
     # every batch one image: a clear error, not torch's
     with pytest.raises(ValueError, match="a training batch of one image at --size 32 .*-b 2 or more"):
-        train(_config(nine, tmp_path / "b1", epochs=1, size=32, batch_size=1))
+        train(run_config(nine, tmp_path / "b1", epochs=1, size=32, batch_size=1))
 
 
 # --- --classes --------------------------------------------------------------------------------
 
 def test_classes_set_the_class_order(data, tmp_path):
     order = ("mixed-echoic", "hyperechoic", "hypoechoic")
-    train(_config(data, tmp_path / "run", epochs=1, classes=order))
+    train(run_config(data, tmp_path / "run", epochs=1, classes=order))
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert tuple(state["classes"]) == order and tuple(state["args"]["classes"]) == order
     with pytest.raises(ValueError, match=r"labels.csv:2: column 'label': unknown label 'hyperechoic'; known classes: "
                                          r"calcified, soft"):
-        train(_config(data, tmp_path / "other", epochs=1, classes=("calcified", "soft")))
+        train(run_config(data, tmp_path / "other", epochs=1, classes=("calcified", "soft")))
     assert not (tmp_path / "other").exists()
 
 
@@ -322,22 +299,22 @@ def test_resume_from_an_unusable_checkpoint_is_one_line(data, tmp_path, capsys):
     from walnet import cli
 
     run = tmp_path / "run"
-    train(_config(data, run, epochs=1))
+    train(run_config(data, run, epochs=1))
     last = run / "last.pt"
     cases = {
-        "other options": (_train_args(data, run, "--epochs", "2", "--resume", str(last), "--attention-channels", "16"),
+        "other options": (train_args(data, run, "--epochs", "2", "--resume", str(last), "--attention-channels", "16"),
                           f"checkpoint {last} does not match"),
-        "a folder": (_train_args(data, run, "--epochs", "2", "--resume", str(run)), "is a folder"),
+        "a folder": (train_args(data, run, "--epochs", "2", "--resume", str(run)), "is a folder"),
     }
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(last.read_bytes()[:1000])
-    cases["truncated"] = (_train_args(data, run, "--epochs", "2", "--resume", str(truncated)), str(truncated))
-    rows = _rows(run)
+    cases["truncated"] = (train_args(data, run, "--epochs", "2", "--resume", str(truncated)), str(truncated))
+    rows = metrics_rows(run)
     for name, (argv, message) in cases.items():
         assert cli.main(argv) == 2, name
         err = capsys.readouterr().err
         assert err.startswith("walnet train: error: ") and err.count("\n") == 1 and message in err, (name, err)
-    assert _rows(run) == rows  # no epoch ran
+    assert metrics_rows(run) == rows  # no epoch ran
 
 
 # --- --eval-metric: which epoch becomes best.pt ------------------------------------------------
@@ -362,14 +339,14 @@ def _scripted(monkeypatch, scores):
 def test_eval_metric_chooses_best_pt(data, tmp_path, monkeypatch, metric, best_epoch):
     _scripted(monkeypatch, SCRIPT)
     run = tmp_path / "run"
-    train(_config(data, run, epochs=4, eval_metric=metric))
+    train(run_config(data, run, epochs=4, eval_metric=metric))
     best = torch.load(run / "best.pt", weights_only=True)
     key = {"auc": "auc_micro"}.get(metric, metric)
     assert best["epoch"] == best_epoch  # of equal scores (macro F1 in 2 and 3) the later epoch
     assert best["best_metric"] == metric and best["best_value"] == SCRIPT[best_epoch][key]
     last = torch.load(run / "last.pt", weights_only=True)
     assert last["best_value"] == max(s[key] for s in SCRIPT) and "best_accuracy" not in last
-    rows = _rows(run)
+    rows = metrics_rows(run)
     assert list(rows[0]) == list(trainer.METRIC_FIELDS)
     assert [float(r[f"val_{metric}"]) for r in rows] == [s[key] for s in SCRIPT]
 
@@ -377,11 +354,11 @@ def test_eval_metric_chooses_best_pt(data, tmp_path, monkeypatch, metric, best_e
 def test_resume_with_another_eval_metric_is_refused(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
     _scripted(monkeypatch, SCRIPT[:1])
-    train(_config(data, run, epochs=1, eval_metric="kappa"))
+    train(run_config(data, run, epochs=1, eval_metric="kappa"))
     with pytest.raises(ValueError, match=r"--eval-metric macro_f1 differs from the metric that chose best.pt .*"
                                          r"\(kappa\); resume with --eval-metric kappa"):
-        train(_config(data, run, epochs=2, eval_metric="macro_f1", resume=str(run / "last.pt")))
-    assert [r["epoch"] for r in _rows(run)] == ["0"]
+        train(run_config(data, run, epochs=2, eval_metric="macro_f1", resume=str(run / "last.pt")))
+    assert [r["epoch"] for r in metrics_rows(run)] == ["0"]
 
 
 def test_resume_drops_the_rows_of_unfinished_epochs(tmp_path):
@@ -402,106 +379,3 @@ def test_resume_drops_the_rows_of_unfinished_epochs(tmp_path):
     assert kept == [{k: str(v) for k, v in row.items()} for row in (rows[0], rows[2])]
     log.resume_at(0)
     assert path.read_text().splitlines() == [",".join(trainer.METRIC_FIELDS)]
-
-
-# --- --pretrained-file -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def resnet18_file(tmp_path_factory):
-    """A resnet18 state dict saved with torch.save (what timm's plain model holds, classifier
-    included), and the same as safetensors: pretrained weights that need no download."""
-    import safetensors.torch
-    import timm
-
-    torch.manual_seed(123)
-    weights = timm.create_model("resnet18").state_dict()
-    folder = tmp_path_factory.mktemp("weights")
-    torch.save(weights, folder / "resnet18.pth")
-    safetensors.torch.save_file(weights, folder / "resnet18.safetensors")
-    return folder / "resnet18.pth", folder / "resnet18.safetensors", weights
-
-
-def _assert_encoder_holds(model, weights):
-    encoder = model.encoder.state_dict()
-    assert set(encoder) == {k for k in weights if not k.startswith("fc.")}
-    for name, tensor in encoder.items():
-        assert torch.equal(tensor, weights[name]), name
-
-
-def test_pretrained_file_sets_the_encoders_initial_weights(data, tmp_path, resnet18_file, monkeypatch):
-    pth, safetensors_file, weights = resnet18_file
-    for path in (pth, safetensors_file):  # both formats timm reads
-        config = _config(data, tmp_path / "unused", pretrained_file=path)
-        model = trainer._create_model(config, config.model_spec())
-        _assert_encoder_holds(model, weights)
-    # a run starts from them: the model its first step trains, as _create_model built it
-    built = []
-
-    def spy(config, spec):
-        model = real(config, spec)
-        built.append({k: v.clone() for k, v in model.encoder.state_dict().items()})
-        return model
-
-    real = trainer._create_model
-    monkeypatch.setattr(trainer, "_create_model", spy)
-    run = tmp_path / "run"
-    train(_config(data, run, epochs=1, pretrained_file=pth))
-    assert len(built) == 1
-    for name, tensor in built[0].items():
-        assert torch.equal(tensor, weights[name]), name
-    args = TrainConfig.from_dict(__import__("json").loads((run / "args.json").read_text()))
-    assert args.pretrained_file == str(pth) and args.pretrained  # the file implies --pretrained
-
-
-def test_a_trained_model_is_rebuilt_without_the_pretrained_file(data, tmp_path, resnet18_file, monkeypatch):
-    """evaluate / predict / export rebuild the model from its checkpoint, which holds every
-    weight: the file is not read again (it may be gone)."""
-    import shutil
-
-    from walnet.models import backbone
-
-    copy = tmp_path / "weights.pth"
-    shutil.copy(resnet18_file[0], copy)
-    run = tmp_path / "run"
-    train(_config(data, run, epochs=1, pretrained_file=copy))
-    copy.unlink()
-    calls = []
-    real = backbone.create_timm
-    monkeypatch.setattr(backbone, "create_timm", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
-    monkeypatch.setattr("walnet.models.walnet.create_timm", backbone.create_timm)
-    model = load_model(run / "best.pt").model
-    assert calls and all(kw.get("pretrained_file") is None and not kw.get("pretrained") for kw in calls)
-    saved = torch.load(run / "best.pt", weights_only=True)["model"]
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, saved[name]), name
-
-
-def test_a_pretrained_file_that_does_not_fit_is_one_line_before_any_epoch(data, tmp_path, resnet18_file, capsys):
-    import timm
-
-    from walnet import cli
-
-    torch.manual_seed(0)
-    other = tmp_path / "resnet34.pth"
-    torch.save(timm.create_model("resnet34").state_dict(), other)
-    not_weights = tmp_path / "notes.pth"
-    not_weights.write_text("not a state dict")
-    missing = tmp_path / "nope.pth"
-    for path, message in (
-        (other, rf"--pretrained-file {other}: does not hold weights of the backbone resnet18: "
-                r"\d+ unexpected weight\(s\), e.g. layer1.2.conv1.weight$"),
-        (missing, rf"--pretrained-file {missing}: does not exist$"),
-        (tmp_path, rf"--pretrained-file {tmp_path}: is a folder, not a weights file$"),
-        (not_weights, rf"--pretrained-file {not_weights}: cannot be read as a state dict"),
-    ):
-        run = tmp_path / f"run-{path.name}"
-        with pytest.raises(ValueError, match=message):
-            train(_config(data, run, epochs=1, pretrained_file=path))
-        assert not (run / "metrics.csv").exists() and not (run / "last.pt").exists()
-    # the command line: one line naming the option, exit status 2
-    assert cli.main(_train_args(data, tmp_path / "cli", "--epochs", "1", "--pretrained-file", str(other))) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"walnet train: error: --pretrained-file {other}: does not hold")
-    with pytest.raises(ValueError, match="--pretrained-file must not be empty"):
-        _config(data, tmp_path / "x", pretrained_file="")

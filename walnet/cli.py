@@ -130,37 +130,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from walnet.engine.evaluation import evaluate_run
+    from walnet.engine.evaluation import evaluate_run, summary
 
-    r = evaluate_run(_config(EvalConfig, args))
-    extra = "".join(f", {k} {r[k]:.3f}" for k in ("seg_iou", "pseudo_iou") if k in r)
-    print(f"{r['split']} ({r['images']} images): {_scores(r)}{extra}")
-    if r.get("sensitivity"):
-        print("sensitivity / specificity: " + ", ".join(
-            f"{name} {_number(value)} / {_number(r['specificity'][name])}" for name, value in r["sensitivity"].items()))
-    patient = r.get("patient")
-    if patient:
-        print(f"per patient ({patient['patients']} patients, {patient['images']} images): {_scores(patient)}")
-    if "bootstrap" in r:
-        b = r["bootstrap"]
-        print(f"[lo, hi]: {100 * b['level']:g}% percentile-bootstrap intervals ({b['resamples']} resamples, "
-              f"seed {b['seed']})")
+    print("\n".join(summary(evaluate_run(_config(EvalConfig, args)))))
     return 0
-
-
-def _number(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _scores(r: dict) -> str:
-    """Accuracy, macro F1, kappa and micro AUC of an evaluation, each with its interval where
-    it has one."""
-    def cell(key, name):
-        ci = r.get(f"{key}_ci")
-        return f"{name} {r[key]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-
-    return ", ".join((cell("accuracy", "accuracy"), cell("macro_f1", "macro F1"), f"kappa {r['kappa']:.3f}",
-                      cell("auc_micro", "micro AUC")))
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ import torch
 
 from walnet.files import atomic_open, first_line, weights_mismatch
 
-#: The keys of a ``walnet train`` checkpoint that rebuilding its model needs (``load_trained``).
+#: The keys of a ``walnet train`` checkpoint that rebuilding its model needs (``engine.loading.load_model``).
 TRAINED_KEYS = ("model", "args", "classes", "epoch")
 #: The keys ``walnet train --resume`` needs (:func:`load_training_state`).
 RESUME_KEYS = ("model", "optimizer", "epoch")

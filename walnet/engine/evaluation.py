@@ -101,6 +101,41 @@ def _write_figures(out: Path, result: dict, outputs: EvalOutputs, dataset, class
                                 outputs.boxes, titles)
 
 
+def summary(result: dict) -> list[str]:
+    """The lines ``walnet evaluate`` prints of :func:`evaluate_run`'s `result`: the split's
+    scores (with their bootstrap intervals) and mask IoUs, each class's sensitivity and
+    specificity, the per-patient scores, and how the intervals were drawn."""
+    extra = "".join(f", {k} {result[k]:.3f}" for k in ("seg_iou", "pseudo_iou") if k in result)
+    lines = [f"{result['split']} ({result['images']} images): {_scores(result)}{extra}"]
+    if result.get("sensitivity"):
+        lines.append("sensitivity / specificity: " + ", ".join(
+            f"{name} {_number(value)} / {_number(result['specificity'][name])}"
+            for name, value in result["sensitivity"].items()))
+    patient = result.get("patient")
+    if patient:
+        lines.append(f"per patient ({patient['patients']} patients, {patient['images']} images): {_scores(patient)}")
+    if "bootstrap" in result:
+        b = result["bootstrap"]
+        lines.append(f"[lo, hi]: {100 * b['level']:g}% percentile-bootstrap intervals ({b['resamples']} resamples, "
+                     f"seed {b['seed']})")
+    return lines
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _scores(r: dict) -> str:
+    """Accuracy, macro F1, kappa and micro AUC of an evaluation, each with its interval where
+    it has one."""
+    def cell(key, name):
+        ci = r.get(f"{key}_ci")
+        return f"{name} {r[key]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    return ", ".join((cell("accuracy", "accuracy"), cell("macro_f1", "macro F1"), f"kappa {r['kappa']:.3f}",
+                      cell("auc_micro", "micro AUC")))
+
+
 def _panel_probs(outputs: EvalOutputs):
     """The class probabilities of the panel's samples (``probs`` is in loader order)."""
     if outputs.order is None:  # no indices: the panel kept its samples' positions instead
