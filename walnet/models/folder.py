@@ -36,7 +36,8 @@ def _folder(folder: str | Path) -> Path:
     if not folder.exists():
         raise FileNotFoundError(f"model folder {folder} does not exist")
     if not folder.is_dir():
-        hint = " (a training checkpoint is read with --checkpoint / walnet.engine.loading.load_model)" if folder.suffix == ".pt" else ""
+        hint = (" (a training checkpoint is read with --checkpoint / walnet.engine.loading.load_model)"
+                if folder.suffix == ".pt" else "")
         raise ValueError(f"{folder} is a file, not a model folder written by `walnet export`{hint}")
     return folder
 
