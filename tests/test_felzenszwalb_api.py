@@ -57,6 +57,22 @@ def test_empty_batch(device):
         assert counts.shape == (0,) and counts.dtype == torch.int64
 
 
+def test_segment_counts_refuses_labels_that_are_no_segment_numbers():
+    for bad in (torch.zeros(1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.bool)):
+        with pytest.raises(TypeError, match="labels must be an integer tensor"):
+            ops.segment_counts(bad)
+    negative = torch.zeros(1, 4, 4, dtype=torch.int32)
+    negative[0, 1, 1] = -3
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, H\*W\)"):
+        ops.segment_counts(negative)
+    too_big = torch.zeros(1, 4, 4, dtype=torch.int64)
+    too_big[0, 0, 0] = 16
+    with pytest.raises(ValueError, match="labels"):
+        ops.segment_counts(too_big)
+    with ops.value_checks(False):  # the value checks off: no host sync, the count as computed
+        assert ops.segment_counts(negative).tolist() == [1]
+
+
 # --- algorithm and backend ----------------------------------------------------------------------
 
 

@@ -281,6 +281,18 @@ def test_baselines_normalise_their_input():
         assert torch.equal(twin(x), plain(x))
 
 
+@pytest.mark.parametrize("name", ["walnet_no_pgm", "resnest"])
+def test_integer_images_are_refused(name):
+    """uint8 pixels (0..255) would pass the normalisation's arithmetic and be read as [0, 1]."""
+    model = create_model(name, num_classes=3, **({"backbone": "resnet18"} if name.startswith("walnet") else {}))
+    model = model.eval()
+    pixels = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(TypeError, match=r"images is torch.uint8.*floating image in \[0, 1\].*\.float\(\) / 255"):
+        model(pixels)
+    with torch.no_grad():
+        assert model(pixels.float() / 255) is not None
+
+
 @pytest.mark.parametrize("method", list(ops.ROI_METHODS))
 def test_rcm_module_is_roi_crop_and_its_boxes_are_what_it_crops(method):
     """walnet.models.rcm.RCM applies ops.roi_crop with its method, threshold and dilation, and

@@ -50,8 +50,19 @@ def register_stats(module: nn.Module, mean: Sequence[float], std: Sequence[float
     module.register_buffer(BUFFERS[1], torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
 
+def check_images(x) -> None:
+    """A TypeError naming ``images`` unless `x` is a floating-point tensor: an integer image
+    (uint8 0..255) would pass the arithmetic of :func:`normalize` and be read as if in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor [N,3,H,W] in [0, 1], got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"images is {x.dtype}: the model expects a floating image in [0, 1]; convert uint8 with "
+                        ".float() / 255")
+
+
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """``(x - mean) / std``, the input a backbone sees."""
+    """``(x - mean) / std``, the input a backbone sees; `x` must be floating (:func:`check_images`)."""
+    check_images(x)
     return (x - mean) / std
 
 

@@ -2,8 +2,8 @@
 
 Shape, dtype and device checks are free. Value checks (NaN in maps, labels out of range) read
 data, which on CUDA costs one host synchronisation: they run by default, are skipped while
-torch.compile traces or a CUDA graph captures, and can be switched off with
-:func:`set_value_checks` for sync-free training steps.
+torch.compile traces or a CUDA graph captures and for tensors on the meta device (which hold no
+data), and can be switched off with :func:`set_value_checks` for sync-free training steps.
 """
 from __future__ import annotations
 
@@ -28,8 +28,12 @@ def value_checks(enabled: bool):
     return _VALUE_CHECKS.scoped(enabled)
 
 
-def value_checks_enabled() -> bool:
+def value_checks_enabled(*tensors: torch.Tensor) -> bool:
+    """Whether the data-reading checks run now, for `tensors` (none on the meta device, whose
+    tensors have shapes but no values to read)."""
     if not _VALUE_CHECKS.enabled or torch.compiler.is_compiling():
+        return False
+    if any(t.device.type == "meta" for t in tensors):
         return False
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
@@ -105,9 +109,9 @@ def check_values(maps: dict[str, torch.Tensor], labels: torch.Tensor | None = No
     aminmax per tensor (it propagates NaN; +-inf shows as the min or the max), read back with a
     single host transfer (one sync on CUDA).
     """
-    if not value_checks_enabled():
-        return
     tensors = list(maps.values()) + ([labels] if labels is not None else [])
+    if not value_checks_enabled(*tensors):
+        return
     extremes = [v for t in tensors for v in torch.aminmax(t)]
     if tensors[0].device.type == "cpu":
         numbers = [v.item() for v in extremes]
@@ -192,7 +196,7 @@ def as_boxes(boxes, features: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"boxes must have shape [N,4] (y1, x1, y2, x2), got {tuple(boxes.shape)}")
     check_same_batch(boxes, "boxes", features, "features")
     check_same_device(boxes, "boxes", features, "features")
-    if value_checks_enabled():
+    if value_checks_enabled(boxes):
         H, W = features.shape[-2:]
         y1, x1, y2, x2 = boxes.long().unbind(1)
         bad = (y1 < 0) | (x1 < 0) | (y2 >= H) | (x2 >= W) | (y1 > y2) | (x1 > x2)
@@ -256,7 +260,7 @@ def as_level_boxes(boxes, levels: list[torch.Tensor], name: str = "boxes") -> to
                          f"got {tuple(boxes.shape)}")
     check_same_batch(boxes, name, levels[0], "the levels")
     check_same_device(boxes, name, levels[0], "the levels")
-    if value_checks_enabled():
+    if value_checks_enabled(boxes):
         limits = torch.tensor([f.shape[-2:] for f in levels], device=boxes.device)  # [L, 2]: H, W
         y1, x1, y2, x2 = boxes.long().unbind(2)
         bad = (y1 < 0) | (x1 < 0) | (y2 >= limits[:, 0]) | (x2 >= limits[:, 1]) | (y1 > y2) | (x1 > x2)

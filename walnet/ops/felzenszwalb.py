@@ -160,6 +160,8 @@ def felzenszwalb(
     images, scale, sigma, min_size = _checked(images, scale, sigma, min_size, algorithm, rules)
     device = images.device
     run_on = kernel_device("felzenszwalb", device, backend, host_fallback=True)
+    if device.type == "meta" and run_on is not None:
+        run_on = device  # no data to copy to the host: the op's fake kernel gives the shapes
     weights = _weights(sigma)
     if run_on is not None and run_on.type == "cuda" and len(weights) > _CUDA_MAX_TAPS:
         run_on = torch.device("cpu") if _library.has_kernel("felzenszwalb", "cpu") else None
@@ -214,12 +216,17 @@ def warp_plan(height: int, width: int, shared_limit: int | None = None) -> tuple
 
 def segment_counts(labels: torch.Tensor) -> torch.Tensor:
     """Number of segments of each image of a [N,H,W] label batch from :func:`felzenszwalb`
-    (labels are 0..n_i-1), as an int64 [N] tensor on the labels' device (no host sync)."""
+    (labels are 0..n_i-1), as an int64 [N] tensor on the labels' device (no host sync where the
+    value checks are off, see :func:`walnet.ops.set_value_checks`). Labels that are not integers
+    are a TypeError; labels outside [0, H*W) a ValueError (a value check)."""
     _checks.check_tensor(labels, "labels")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
     if labels.dim() != 3 or labels.shape[1] * labels.shape[2] == 0:
         raise ValueError(f"labels must have shape [N,H,W] with H, W >= 1, got {tuple(labels.shape)}")
     if labels.shape[0] == 0:
         return torch.zeros(0, dtype=torch.int64, device=labels.device)
+    _checks.check_values({}, labels)
     return labels.flatten(1).amax(dim=1).long() + 1
 
 
