@@ -63,7 +63,8 @@ def evaluate_run(config: EvalConfig) -> dict:
     loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=loader_workers(config.workers, device))
     figures = config.figures
     outputs = EvalOutputs(panel=PANEL_SAMPLES if figures else 0)
-    result = evaluate(model, loader, device, pgm=pgm, class_names=classes, outputs=outputs)
+    result = evaluate(model, loader, device, pgm=pgm, class_names=classes, outputs=outputs,
+                      source=f"checkpoint {ckpt}")
     result.update(bootstrap_ci(outputs.targets, outputs.probs))
     # each score's image by its dataset index, not by position: right for any loader order
     patients = [dataset.records[i].patient for i in outputs.order]

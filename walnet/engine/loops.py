@@ -16,7 +16,7 @@ from walnet import ops
 from walnet.constants import IGNORE_INDEX
 from walnet.engine.distributed import all_reduce_sum
 from walnet.engine.metrics import classification_metrics, mask_iou_dice
-from walnet.engine.step import TrainStep, forward
+from walnet.engine.step import TrainStep, check_finite, forward
 
 
 def train_one_epoch(model, pgm, loader, optimizer, epoch: int, device, scaler=None, amp_dtype=None,
@@ -85,13 +85,16 @@ class EvalOutputs:
 
 @torch.no_grad()
 def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
-             outputs: EvalOutputs | None = None) -> dict:
+             outputs: EvalOutputs | None = None, source=None) -> dict:
     """Class metrics (:func:`classification_metrics`) of the whole loader, plus, where the data
     has true masks, mean IoU / Dice of the predicted segmentation and of the PGM's pseudo masks
     (``seg_iou``, ``seg_dice``, ``pseudo_iou``, ``pseudo_dice``; absent without masks).
 
     Pass an :class:`EvalOutputs` as ``outputs`` to also receive the targets, probabilities and
-    up to ``outputs.panel`` samples' images and masks (the return value stays the same)."""
+    up to ``outputs.panel`` samples' images and masks (the return value stays the same).
+
+    With `source` (the checkpoint being scored), outputs that are not finite are a ValueError
+    naming it (:func:`walnet.engine.step.check_finite`); training's validation passes none."""
     device = torch.device(device)
     model.eval()
     targets, probs, seg_scores, pseudo_scores = [], [], [], []
@@ -105,6 +108,8 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
     for batch in loader:
         images = batch["image"].to(device)
         out = forward(model, images, amp_dtype)
+        if source is not None:
+            check_finite(out.logits, model, source)
         targets.append(torch.as_tensor(batch["label"]).cpu())
         if order is not None and "index" in batch:
             order.append(torch.as_tensor(batch["index"]).cpu())

@@ -31,7 +31,7 @@ from walnet.data.dicom import DICOM_EXTENSIONS
 from walnet.data.sources import read_csv
 from walnet.engine.config import PredictConfig
 from walnet.engine.runtime import loader_workers
-from walnet.engine.step import forward
+from walnet.engine.step import check_finite, forward
 from walnet.engine.checks import pick_device
 from walnet.engine.loading import load_model
 from walnet.files import WriteError, atomic_open, check_writable, staged
@@ -238,7 +238,7 @@ def _predict(config: PredictConfig) -> dict:
         trained = load_model(config.model, device, kind="folder")
     else:
         trained = load_model(config.checkpoint, device, kind="checkpoint")
-    model, classes, size, source = trained.model, trained.classes, trained.size, trained.source
+    classes, size, source = trained.classes, trained.size, trained.source
     region = region and trained.dicom_region  # read DICOM inputs as the model was trained
     for flag, *_ in folders:
         if not trained.spec.has_pgm:
@@ -250,8 +250,8 @@ def _predict(config: PredictConfig) -> dict:
     # part way leaves none of them (and a rerun is not refused).
     with contextlib.ExitStack() as stack:
         stages = {what: stack.enter_context(staged(folder, _STAGING[what])) for _, what, folder, _ in folders}
-        probs = _run(model, records, size, region, config, device, classes,
-                     {what: stage.path for what, stage in stages.items()}, names)
+        probs = _run(trained, records, region, config, device, {what: stage.path for what, stage in stages.items()},
+                     names)
         predicted = probs.argmax(axis=1)
         with atomic_open(output_csv, text=True) as f:
             writer = csv.writer(f)
@@ -303,9 +303,11 @@ def _mask_png(mask: np.ndarray, record: Record, width: int, height: int) -> Imag
     return full
 
 
-def _run(model, records, size, region, config, device, classes, staging, names) -> np.ndarray:
-    """The model's class probabilities of every image [N, classes]; for each kind in `staging`
-    ("mask", "overlay"), each image's PNG is written to that folder under its name in `names`."""
+def _run(trained, records, region, config, device, staging, names) -> np.ndarray:
+    """The class probabilities of `trained`'s model for every image [N, classes]; for each kind in
+    `staging` ("mask", "overlay"), each image's PNG is written to that folder under its name in
+    `names`. Outputs that are not finite are an error naming the model's file."""
+    model, size, classes = trained.model, trained.size, trained.classes
     dataset = PlaqueDataset(records, size=size, dicom_region=region)
     loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=loader_workers(config.workers, device),
                                          pin_memory=device.type == "cuda")
@@ -316,6 +318,7 @@ def _run(model, records, size, region, config, device, classes, staging, names) 
     for batch in loader:
         index = batch["index"].numpy()
         out = forward(model, batch["image"].to(device), amp_dtype)
+        check_finite(out.logits, model, f"{'model' if trained.train_config is None else 'checkpoint'} {trained.source}")
         batch_probs = torch.softmax(out.logits.float(), dim=1).cpu().numpy()
         probs[index] = batch_probs
         if not staging:

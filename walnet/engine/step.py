@@ -40,6 +40,20 @@ def forward(model, images: torch.Tensor, amp_dtype: torch.dtype | None, cache: b
     return out if isinstance(out, WALNetOutput) else WALNetOutput(out, None, ())
 
 
+def check_finite(logits: torch.Tensor, model, source) -> None:
+    """A one-line ValueError naming `source` (the checkpoint or model folder) when `logits` hold
+    NaN or inf: their softmax would give NaN probabilities and argmax a class all the same. The
+    message says whether the weights themselves are not finite."""
+    if bool(torch.isfinite(logits).all()):
+        return
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors):
+        why = "its weights hold NaN or inf"
+    else:
+        why = "its weights are finite, so an input or an overflow made them so"
+    raise ValueError(f"{source}: the model's outputs are not finite: {why}; no result was written")
+
+
 def _rcm_epoch(model, epoch: int):
     """The epoch to pass to WAL-Net's forward so that it only tells whether the RCM is on:
     None (on) or 0 (off, during the warm-up). A compiled step then sees two values instead of
