@@ -10,10 +10,15 @@ of their stored bits (``BitsStored``; signed values shifted to start at 0) onto 
 [0, 255]; no rescale slope or VOI window is applied, as for a 16-bit PNG. Photometric
 interpretations: MONOCHROME2, MONOCHROME1 (inverted, so bright is always high), RGB, YBR_FULL and
 YBR_FULL_422 (pydicom's decoder returns them as RGB) and PALETTE COLOR (its lookup table applied).
+Float and Double Float Pixel Data (grayscale) have their finite minimum..maximum scaled to [0, 255].
+Headers are read and checked by walnet.data.dicom_header before any pixel is decoded (frame counts
+against the pixel data, Pillow's decompression-bomb limit, deflated files inflated only as far as
+needed); pydicom's warnings about a file come as one line naming it.
 
 A multi-frame file (a cine loop) is one sample per frame; a frame is chosen by its 0-based index.
 When the header holds a Sequence of Ultrasound Regions (0018,6011), the image is cropped to its
-largest region (by area; the first of equal ones): scanners put the B-mode image there, beside
+largest valid region (by area; the first of equal ones; empty, inverted and wholly outside
+regions are ignored): scanners put the B-mode image there, beside
 smaller Doppler, ECG or caption regions, and everything outside it (annotations, scales, patient
 data burnt into the pixels) is no tissue. ``dicom_region=False`` (``--no-dicom-region``) keeps
 the whole frame.
@@ -25,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from walnet.data.dicom_header import Header, checked_geometry, inflated_frames, quiet, read_header
 
 #: The file extensions read as DICOM (compared ignoring case).
 DICOM_EXTENSIONS = (".dcm", ".dicom")
@@ -66,59 +73,73 @@ class DicomInfo:
 
 
 def read_info(path) -> DicomInfo:
-    """The frame count and PatientID of the DICOM file `path`, read from its header only.
+    """The frame count and PatientID of the DICOM file `path`, read from its header only, its
+    geometry checked against its pixel data (walnet.data.dicom_header.checked_geometry).
 
     Raises :class:`MissingDicomSupportError` without pydicom, and ValueError (naming the file)
-    for a file pydicom cannot parse; FileNotFoundError for a missing one.
+    for a file pydicom cannot parse or whose header does not fit its pixel data;
+    FileNotFoundError for a missing one.
     """
-    header = _header(Path(path))
-    frames = int(header.get("NumberOfFrames", 1) or 1)
-    patient = str(header.get("PatientID", "") or "").strip() or None
-    return DicomInfo(max(frames, 1), patient)
+    head = _header(Path(path))
+    with quiet(path):
+        geometry = checked_geometry(head, path)
+        patient = str(head.dataset.get("PatientID", "") or "").strip() or None
+    return DicomInfo(geometry.frames, patient)
 
 
-def _header(path: Path):
+def _header(path: Path) -> Header:
     pydicom = _pydicom(path)
     if not path.is_file():
         if path.is_dir():
             raise ValueError(f"image file {_show(path)} is a folder, not an image")
         raise FileNotFoundError(f"image file {_show(path)} does not exist")
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
-        raise ValueError(f"cannot read image {_show(path)}: not a DICOM file pydicom can parse ({exc})") from exc
+    with quiet(path):
+        return read_header(path, pydicom)
 
 
-def region_of(header, path) -> tuple[int, int, int, int] | None:
+def region_of(header, path, size: tuple[int, int] | None = None) -> tuple[int, int, int, int] | None:
     """The largest ultrasound region of `header` as (y1, x1, y2, x2), inclusive pixels, or None
-    when the header has none (regions without all four corners are ignored)."""
+    when the header has none. Regions without all four corners, empty or inverted ones (a
+    minimum past its maximum) and, given the image's `size` (rows, columns), those wholly outside
+    it are ignored: they describe no pixels, and their corners' arithmetic would rank them."""
     best, area = None, -1
     corners = ("RegionLocationMinY0", "RegionLocationMinX0", "RegionLocationMaxY1", "RegionLocationMaxX1")
     for item in header.get("SequenceOfUltrasoundRegions", None) or ():
-        if not all(item.get(c) is not None for c in corners):
+        values = [item.get(c) for c in corners]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             continue
-        y1, x1, y2, x2 = (int(item.get(c)) for c in corners)
-        size = (y2 - y1 + 1) * (x2 - x1 + 1)
-        if size > area:  # strictly larger: the first of equal regions wins
-            best, area = (y1, x1, y2, x2), size
+        y1, x1, y2, x2 = (int(v) for v in values)
+        if y1 > y2 or x1 > x2 or (size is not None and (y1 >= size[0] or x1 >= size[1] or y2 < 0 or x2 < 0)):
+            continue
+        extent = (y2 - y1 + 1) * (x2 - x1 + 1)
+        if extent > area:  # strictly larger: the first of equal regions wins
+            best, area = (y1, x1, y2, x2), extent
     return best
 
 
 def read_dicom(path: Path, mode: str, frame: int | None = None, region: bool = True) -> Image.Image:
     """One frame of the DICOM file `path` as :func:`walnet.data.images.open_image` returns images:
     an 8-bit image in `mode` ("RGB" or "L"), or an ``F`` image on the 8-bit scale [0, 255] for
-    grayscale of more than 8 stored bits. Colour of more than 8 bits is rounded to 8 (Pillow has
-    no floating-point colour mode).
+    grayscale of more than 8 stored bits or of floating-point pixels. Colour of more than 8 bits
+    is rounded to 8 (Pillow has no floating-point colour mode).
 
     `frame` (0-based) is required for a multi-frame file; a single-frame file takes None or 0.
     With `region`, the frame is cropped to the header's largest ultrasound region (see the module
-    docstring). Errors name the file: ValueError for anything that cannot be decoded, a frame out
-    of range or a region outside the image; :class:`MissingDicomSupportError` without pydicom.
+    docstring). The header is checked before any pixel is decoded
+    (walnet.data.dicom_header.checked_geometry). Errors name the file: ValueError for anything
+    that cannot be decoded, a frame out of range or a region outside the image;
+    :class:`MissingDicomSupportError` without pydicom.
     """
     path = Path(path)
-    header = _header(path)
+    head = _header(path)
+    with quiet(path):  # pydicom warns of a bad value when it is first used
+        return _read_frame(path, head, mode, frame, region)
+
+
+def _read_frame(path: Path, head: Header, mode: str, frame: int | None, region: bool) -> Image.Image:
     pydicom = _pydicom(path)
-    frames = max(int(header.get("NumberOfFrames", 1) or 1), 1)
+    geometry = checked_geometry(head, path)
+    frames = geometry.frames
     if frame is None and frames > 1:
         raise ValueError(f"cannot read image {_show(path)}: it has {frames} frames; give the frame to read")
     index = 0 if frame is None else int(frame)
@@ -126,13 +147,15 @@ def read_dicom(path: Path, mode: str, frame: int | None = None, region: bool = T
         raise ValueError(f"cannot read image {_show(path)}: frame {index} is out of range (the file has "
                          f"{frames} frame{'s' if frames != 1 else ''}, numbered from 0)")
     try:
-        # by path and index: only this frame is read and decoded; YBR_FULL(_422) comes back as RGB
-        values = pydicom.pixels.pixel_array(path, index=index if frames > 1 else None)
+        values = _decode(path, head, geometry, index, pydicom)
+    except ValueError as exc:
+        if str(exc).startswith(f"cannot read image {_show(path)}"):
+            raise
+        raise _undecodable(path, exc) from exc
     except Exception as exc:  # pydicom's decoders raise many kinds (missing plugin, bad lengths, ...)
-        raise ValueError(f"cannot read image {_show(path)}: its pixel data cannot be decoded "
-                         f"({type(exc).__name__}: {exc})") from exc
-    img = _to_image(values, header, path, pydicom)
-    box = region_of(header, path) if region else None
+        raise _undecodable(path, exc) from exc
+    img = _to_image(values, head, path, pydicom)
+    box = region_of(head.dataset, path, (geometry.rows, geometry.columns)) if region else None
     if box is not None:
         y1, x1, y2, x2 = box
         if not (0 <= y1 <= y2 < img.height and 0 <= x1 <= x2 < img.width):
@@ -145,10 +168,29 @@ def read_dicom(path: Path, mode: str, frame: int | None = None, region: bool = T
     return img if img.mode == mode else img.convert(mode)
 
 
-def _to_image(values: np.ndarray, header, path: Path, pydicom) -> Image.Image:
+def _undecodable(path: Path, exc: Exception) -> ValueError:
+    text = str(exc).strip().splitlines()
+    return ValueError(f"cannot read image {_show(path)}: its pixel data cannot be decoded "
+                      f"({type(exc).__name__}: {text[0] if text else ''})")
+
+
+def _decode(path: Path, head: Header, geometry, index: int, pydicom) -> np.ndarray:
+    """Frame `index` of the file, decoded. By path and index, only this frame is read and
+    decoded; a deflated file is inflated up to the end of this frame only. YBR_FULL(_422) comes
+    back as RGB."""
+    if not head.deflated:
+        return pydicom.pixels.pixel_array(path, index=index if geometry.frames > 1 else None)
+    ds = inflated_frames(path, head, geometry, index + 1)
+    return pydicom.pixels.get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds, index=index)[0]
+
+
+def _to_image(values: np.ndarray, head: Header, path: Path, pydicom) -> Image.Image:
     """The decoded pixels as an 8-bit L / RGB image, or an F image on the 8-bit scale."""
+    header = head.dataset
     photometric = str(header.get("PhotometricInterpretation", "")).strip().upper()
     samples = int(header.get("SamplesPerPixel", 1) or 1)
+    if head.pixel.keyword != "PixelData":
+        return _float_image(values, samples, photometric, path)
     if photometric == "PALETTE COLOR":
         values = pydicom.pixels.apply_color_lut(values, header)
         if values.dtype != np.uint8:  # a 16-bit lookup table: 0..65535
@@ -175,3 +217,22 @@ def _to_image(values: np.ndarray, header, path: Path, pydicom) -> Image.Image:
     if bits != 8:
         data = np.rint(data * (255.0 / top))
     return Image.fromarray(data.astype(np.uint8), mode="RGB")
+
+
+def _float_image(values: np.ndarray, samples: int, photometric: str, path: Path) -> Image.Image:
+    """Float or Double Float Pixel Data as an F image: floats have no fixed range, so their finite
+    minimum..maximum is scaled to [0, 255] (NaN and -inf as the minimum, +inf as the maximum)."""
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2", ""):
+        raise ValueError(f"cannot read image {_show(path)}: floating-point pixel data of {samples} sample(s) "
+                         f"({photometric or 'no photometric interpretation'}); walnet reads it as MONOCHROME1 or "
+                         "MONOCHROME2")
+    data = values.astype(np.float64)
+    finite = np.isfinite(data)
+    if not finite.any():
+        raise ValueError(f"cannot read image {_show(path)}: its floating-point pixel data holds no finite value")
+    lo, hi = float(data[finite].min()), float(data[finite].max())
+    data = np.clip(np.nan_to_num(data, nan=lo, posinf=hi, neginf=lo), lo, hi)
+    scaled = (data - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(data)
+    if photometric == "MONOCHROME1":  # 0 is white: inverted, so bright is high
+        scaled = 255.0 - scaled
+    return Image.fromarray(scaled.astype(np.float32), mode="F")
