@@ -155,3 +155,30 @@ def test_overlays_need_a_segmentation_head(setup, tmp_path):
     with pytest.raises(ValueError, match="no segmentation head; --overlays needs a WAL-Net"):
         predict(ckpt, images, tmp_path / "p.csv", overlays_dir=tmp_path / "o", device="cpu")
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "o").exists()
+
+
+def test_two_boxes_of_one_image_are_two_predictions(setup, tmp_path):
+    """Two plaques of one image: a row each, as the boxes cropped into files would be predicted;
+    a repeated row is merged, and training still refuses one image listed with two boxes."""
+    root, ckpt, images = setup
+    other = (10, 2, 30, 45)
+    cropped = tmp_path / "cropped"
+    cropped.mkdir()
+    with Image.open(images[0]) as img:
+        for name, (y1, x1, y2, x2) in (("a", BOX), ("b", other)):
+            img.crop((x1, y1, x2 + 1, y2 + 1)).save(cropped / f"{name}.png")
+    predict(ckpt, [cropped / "a.png", cropped / "b.png"], tmp_path / "files.csv", device="cpu")
+    listed = _write_csv(tmp_path / "two.csv", ["path", "label", "y1", "x1", "y2", "x2"],
+                        [(images[0], "hypoechoic", *BOX), (images[0], "mixed-echoic", *other),
+                         (images[0], "hypoechoic", *BOX)])
+    with pytest.warns(UserWarning, match="with the same contents"):
+        predict(PredictConfig(checkpoint=ckpt, csv=listed, output=tmp_path / "two_out.csv", device="cpu",
+                              masks_dir=tmp_path / "masks"))
+    rows = _rows(tmp_path / "two_out.csv")
+    assert [Path(r["path"]) for r in rows] == [images[0].resolve()] * 2
+    np.testing.assert_array_equal(_probs(tmp_path / "two_out.csv"), _probs(tmp_path / "files.csv"))
+    assert [Path(r["mask"]).name for r in rows] == [images[0].name, f"{images[0].stem}_1.png"]
+    from walnet.data import read_csv
+
+    with pytest.raises(ValueError, match=r"two\.csv: line 2 and line 3 both list the image .* disagree"):
+        read_csv(listed)

@@ -17,7 +17,8 @@ accepted), labels must match the known classes (walnet.data.classes), box values
 numbers. One image (or DICOM frame) is one sample, keyed by its resolved path (and frame):
 rows that list the same file (in
 any spelling) and agree are merged with a :class:`DuplicateRowWarning`; rows that disagree are
-an error, since keeping both would put one image in two classes or two splits.
+an error, since keeping both would put one image in two classes or two splits. Prediction reads
+rows of one image with different ROI boxes (two plaques) as separate samples (``per_box``).
 """
 from __future__ import annotations
 
@@ -52,18 +53,20 @@ def _shown(record: Record, field: str, names: tuple[str, ...]) -> str:
     return show_path(names[record.label] if field == "label" else getattr(record, field))
 
 
-def _dedupe(entries, where: str, names: tuple[str, ...]) -> list[Record]:
-    """`entries` (record, place) in order, one record per resolved image path.
+def _dedupe(entries, where: str, names: tuple[str, ...], per_box: bool = False) -> list[Record]:
+    """`entries` (record, place) in order, one record per resolved image path (and frame; and ROI
+    box with `per_box`).
 
     Entries of one file that agree are merged (the first kept, one warning for all); entries
     that disagree raise ValueError naming the file and both places.
     """
-    first: dict[tuple[Path, int | None], tuple[Record, str]] = {}
+    first: dict[tuple, tuple[Record, str]] = {}
     dropped = []
     for record, place in entries:
-        seen = first.get((record.path, record.frame))
+        key = (record.path, record.frame, record.box) if per_box else (record.path, record.frame)
+        seen = first.get(key)
         if seen is None:
-            first[(record.path, record.frame)] = (record, place)
+            first[key] = (record, place)
             continue
         other, other_place = seen
         if other != record:
@@ -261,7 +264,8 @@ def _record(row: dict, at: str, base: Path, names: tuple[str, ...], box_columns,
                   origin=at)
 
 
-def read_csv(csv_path: str | Path, classes=None, *, labels: bool = True) -> tuple[list[Record], tuple[str, ...]]:
+def read_csv(csv_path: str | Path, classes=None, *, labels: bool = True,
+             per_box: bool = False) -> tuple[list[Record], tuple[str, ...]]:
     """Records of a CSV file ``path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2][,frame]`` and the
     class names (`classes`, the paper's when None; labels are matched to them ignoring case and
     spaces). The ROI box may be given as ``xmin,ymin,xmax,ymax`` instead (both corners
@@ -269,7 +273,9 @@ def read_csv(csv_path: str | Path, classes=None, *, labels: bool = True) -> tupl
     is an error naming them.
 
     ``labels=False`` (prediction): the ``label`` column is optional and not read (every record
-    gets label 0); everything else is read and checked as with labels.
+    gets label 0); everything else is read and checked as with labels. ``per_box=True``
+    (prediction): rows of one image with different ROI boxes are separate records (one image
+    may show two plaques); in training they are an error like any other disagreement.
 
     Raises FileNotFoundError (a missing CSV or mask file) or ValueError (anything else the CSV
     gets wrong), each naming the file and line; warns (:class:`DuplicateRowWarning`) when rows
@@ -294,7 +300,7 @@ def read_csv(csv_path: str | Path, classes=None, *, labels: bool = True) -> tupl
         record = _record(row, at, base, names, box_columns, labels)
         frames = expand_dicom(record, at)
         entries += [(r, f"line {line}" if len(frames) == 1 else f"line {line} frame {r.frame}") for r in frames]
-    return _dedupe(entries, where, names), names
+    return _dedupe(entries, where, names, per_box), names
 
 
 def check_data_path(data_dir=None, csv_path=None) -> None:

@@ -95,8 +95,9 @@ def predict(config: PredictConfig | str | Path, inputs=None, output_csv=None, **
     ``csv`` is read as training reads its CSV (:func:`walnet.data.read_csv`, same columns and
     checks, with the label optional and not used): each image is cropped to its row's ROI box
     (``y1,x1,y2,x2`` or ``xmin,ymin,xmax,ymax``) before the resize, as in training; a box
-    outside its image is an error naming the CSV line and the file. The output's ``path`` is
-    then the image's absolute path, in the CSV's row order.
+    outside its image is an error naming the CSV line and the file. Rows of one image with
+    different boxes (two plaques) are predicted one by one, a row each; rows that repeat a box
+    are merged. The output's ``path`` is then the image's absolute path, in the CSV's row order.
 
     ``amp``: the model runs under bfloat16 autocast (on CUDA and on CPU alike; bfloat16 needs
     no loss scaling and has float32's range); the probabilities are computed in float32 from
@@ -209,7 +210,7 @@ def _records(config: PredictConfig, exclude) -> tuple[list[Record], list[Path]]:
     """The records to predict and each one's path as the output CSV shows it: the CSV's rows
     (labels not read; masks not read either, predict draws its own), or the input images."""
     if config.csv is not None:
-        listed, _ = read_csv(config.csv, labels=False)
+        listed, _ = read_csv(config.csv, labels=False, per_box=True)  # two boxes of one image: two plaques
         if not listed:
             raise ValueError(f"--csv {config.csv} lists no images")
         records = [Record(r.path, 0, box=r.box, frame=r.frame, origin=r.origin) for r in listed]
