@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from walnet.files import special_kind
+
 #: The file extensions read as DICOM (compared ignoring case).
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 #: What to run to read DICOM files.
@@ -82,6 +84,8 @@ def _header(path: Path):
     if not path.is_file():
         if path.is_dir():
             raise ValueError(f"image file {_show(path)} is a folder, not an image")
+        if special_kind(path) is not None:
+            raise ValueError(f"image file {_show(path)} is {special_kind(path)}, not a regular file")
         raise FileNotFoundError(f"image file {_show(path)} does not exist")
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)

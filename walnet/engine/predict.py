@@ -35,7 +35,7 @@ from walnet.engine.step import forward
 from walnet.engine.checks import pick_device
 from walnet.engine.inputs import Inputs, file_id
 from walnet.engine.loading import load_model
-from walnet.files import WriteError, atomic_open, check_writable, staged
+from walnet.files import WriteError, atomic_open, check_writable, special_kind, staged
 
 
 def collect_images(inputs, exclude=None) -> list[Path]:
@@ -62,6 +62,8 @@ def collect_images(inputs, exclude=None) -> list[Path]:
                 raise ValueError(f"folder {item} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
         elif item.is_file():
             images = [item]
+        elif special_kind(item) is not None:
+            raise ValueError(f"input {item} is {special_kind(item)}, not a regular file; give image files or folders")
         else:
             raise FileNotFoundError(f"input {item} does not exist")
         for p in images:
@@ -286,7 +288,10 @@ def _predict(config: PredictConfig) -> dict:
             f.flush()
             os.fsync(f.fileno())
             for stage in stages.values():  # the CSV is on disk; it is renamed into place right after
-                stage.commit(names)
+                try:
+                    stage.commit(names)
+                except WriteError as exc:  # some PNGs may be in place: the message says which part
+                    raise WriteError(f"{exc}; the CSV {output_csv} was not written") from exc
     counts = {c: int((predicted == k).sum()) for k, c in enumerate(classes)}
     return {"images": len(paths), "output": str(output_csv), "masks": str(masks_dir) if masks_dir else None,
             "overlays": str(overlays_dir) if overlays_dir else None, "counts": counts}
