@@ -31,8 +31,8 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["Stage", "WriteError", "atomic_open", "check_writable", "first_line", "remove_stale_temps", "staged",
-           "temp_prefix", "weights_mismatch", "write_text"]
+__all__ = ["Stage", "WriteError", "append_text", "atomic_open", "check_writable", "first_line", "remove_stale_temps",
+           "special_kind", "staged", "temp_prefix", "weights_mismatch", "write_text"]
 
 
 class WriteError(OSError, ValueError):
@@ -48,6 +48,20 @@ def first_line(text: str | BaseException, limit: int = 160) -> str:
         text = str(text) or type(text).__name__
     line = next((s.strip() for s in str(text).splitlines() if s.strip()), "")
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def special_kind(path) -> str | None:
+    """What `path` is where it exists but is neither a regular file nor a folder (links
+    followed): "a FIFO (named pipe)", "a socket", "a character device" or "a block device";
+    None otherwise. Readers name it so in their errors instead of calling it missing (and never
+    open it: reading a FIFO would wait for a writer)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,6 +219,29 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def append_text(path: str | Path, text: str) -> Path:
+    """Appends `text` (UTF-8) to the file `path` (made where missing, with the mode ``open``
+    gives), flushed to disk. A symbolic link at `path` is refused, not followed (the file is the
+    writer's own); an OS error is a :class:`WriteError` naming `path`."""
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if path.is_symlink():
+            raise WriteError(f"cannot append to {path}: it is a symbolic link; walnet writes its own file "
+                             "there, never through a link") from None
+        raise WriteError(f"cannot write {path}: {_reason(exc)}") from None
+    try:
+        with os.fdopen(fd, "ab") as f:
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: {_reason(exc)}; its earlier lines are kept") from exc
+    return path
+
+
 class Stage:
     """A temporary folder inside `target` whose files move into `target` on :meth:`commit`."""
 
@@ -213,13 +250,22 @@ class Stage:
 
     def commit(self, names: Iterable[str]) -> None:
         """Moves the staged files `names` into the target folder: all of them are flushed to disk
-        first, then each is renamed into place."""
+        first, then each is renamed into place. A failure is a :class:`WriteError` naming the file
+        and saying how many were moved already."""
         names = list(names)
         for name in names:
-            with open(self.path / name, "rb") as f:
-                os.fsync(f.fileno())
-        for name in names:
-            os.replace(self.path / name, self.target / name)
+            try:
+                with open(self.path / name, "rb") as f:
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                raise WriteError(f"cannot write {self.target / name}: {_reason(exc)}; nothing was moved into "
+                                 f"{self.target}") from exc
+        for k, name in enumerate(names):
+            try:
+                os.replace(self.path / name, self.target / name)
+            except OSError as exc:
+                moved = f"{k} of its {len(names)} files were moved there already" if k else "none was moved there"
+                raise WriteError(f"cannot write {self.target / name}: {_reason(exc)}; {moved}") from exc
 
 
 @contextlib.contextmanager

@@ -55,7 +55,8 @@ CLASSES = PLAQUE_CLASSES
 #: Per-class image counts of the paper's dataset (1270 images).
 PAPER_COUNTS = (301, 605, 364)
 
-_MARKER = ".walnet_phantom"
+#: The file that marks a folder written by :func:`generate` (JSON of its parameters).
+MARKER = ".walnet_phantom"
 _CSV = "labels.csv"
 _FORMAT_VERSION = 1
 
@@ -283,13 +284,9 @@ def class_counts(n: int) -> list[int]:
     return counts
 
 
-def _is_phantom_dir(path: pathlib.Path) -> bool:
-    return (path / _MARKER).is_file()
-
-
 def is_phantom(path) -> bool:
     """Whether `path` is a folder written by :func:`generate` (it holds the phantom's marker)."""
-    return _is_phantom_dir(pathlib.Path(path))
+    return (pathlib.Path(path) / MARKER).is_file()
 
 
 def _remove_previous(out: pathlib.Path) -> None:
@@ -346,13 +343,15 @@ def generate(out_dir, n: int = 1270, seed: int = 0, size: int = 224,
 
     ``out_dir`` may be missing, empty, or an earlier phantom (whose listed files are
     replaced); any other non-empty directory raises :class:`FileExistsError`, so user
-    data is never overwritten.
+    data is never overwritten. Every argument is checked before anything is removed.
     """
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    if not 0.0 < patients_per_class_ratio <= 1.0:
-        raise ValueError(f"patients_per_class_ratio must be in (0, 1], got {patients_per_class_ratio}")
+    n, seed, size = int(n), int(seed), int(size)
+    for name, value, ok, want in (("n", n, n >= 1, ">= 1"), ("seed", seed, seed >= 0, ">= 0"),
+                                  ("size", size, size >= 16, ">= 16"),
+                                  ("patients_per_class_ratio", patients_per_class_ratio,
+                                   0.0 < patients_per_class_ratio <= 1.0, "in (0, 1]")):
+        if not ok:
+            raise ValueError(f"{name} must be {want}, got {value}")
     from PIL import Image
 
     out = pathlib.Path(out_dir)
@@ -360,19 +359,19 @@ def generate(out_dir, n: int = 1270, seed: int = 0, size: int = 224,
         if not out.is_dir():
             raise FileExistsError(f"{out} exists and is not a directory")
         if any(out.iterdir()):
-            if not _is_phantom_dir(out):
+            if not is_phantom(out):
                 raise FileExistsError(
                     f"refusing to write the phantom into non-empty directory {out} "
-                    f"(it is not an earlier phantom: no {_MARKER} marker)")
+                    f"(it is not an earlier phantom: no {MARKER} marker)")
             _remove_previous(out)
     out.mkdir(parents=True, exist_ok=True)
-    params = dict(format=_FORMAT_VERSION, n=n, seed=int(seed), size=int(size),
+    params = dict(format=_FORMAT_VERSION, n=n, seed=seed, size=size,
                   patients_per_class_ratio=float(patients_per_class_ratio))
-    write_text(out / _MARKER, json.dumps(params, sort_keys=True) + "\n")
+    write_text(out / MARKER, json.dumps(params, sort_keys=True) + "\n")
 
     counts = class_counts(n)
     labels = [c for c, k in enumerate(counts) for _ in range(k)]
-    pids = _patients(np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(2**31,))),
+    pids = _patients(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2**31,))),
                      labels, patients_per_class_ratio)
     for name in CLASSES:
         (out / "images" / name).mkdir(parents=True, exist_ok=True)
@@ -380,7 +379,7 @@ def generate(out_dir, n: int = 1270, seed: int = 0, size: int = 224,
 
     rows = []
     for i, (lab, pid) in enumerate(zip(labels, pids)):
-        rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(i,)))
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))
         image, mask = render_sample(rng, lab, size)
         sid = f"{i:05d}"
         ipath = f"images/{CLASSES[lab]}/{sid}.png"

@@ -56,6 +56,20 @@ def check_output(output, flag: str = "--output", inputs=(), writes=RUN_FILES) ->
             raise ValueError(f"{flag} {output} would overwrite the input {given}; choose another folder")
 
 
+def check_run_folder(output) -> None:
+    """The files a run keeps in `output` (:data:`RUN_FILES`) are its own: none is a symbolic link
+    (a write or an append would reach through it, out of the folder), and a metrics.csv comes
+    with the last.pt of its run. A one-line error naming the file otherwise, before any work."""
+    output = Path(output)
+    for name in RUN_FILES:
+        if (output / name).is_symlink():
+            raise ValueError(f"{output / name} is a symbolic link; a run writes its files in {output} itself, never "
+                             "through a link: remove the link or choose another --output")
+    if (output / "metrics.csv").exists() and not (output / "last.pt").exists():
+        raise FileExistsError(f"{output} holds a metrics.csv of another run ({output / 'metrics.csv'}, no last.pt); "
+                              "choose another --output or delete it")
+
+
 def check_train_config(config: TrainConfig) -> torch.device:
     """The checks of a training run that need no data: device, model, backbone, ROI method, data
     paths, output folder (a one-line :class:`ValueError` each, before any work); returns the
@@ -83,6 +97,7 @@ def check_train_config(config: TrainConfig) -> torch.device:
         if not os.path.isfile(config.resume):
             raise FileNotFoundError(f"--resume {config.resume}: no such checkpoint file")
     check_output(config.output, inputs=(config.csv,))
+    check_run_folder(config.output)
     return device
 
 

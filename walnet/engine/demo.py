@@ -9,10 +9,13 @@ test split (metrics.json and figures) and writes ``report.md``. Folder layout::
       report.md
 
 Running it again continues the run in ``output/run`` (``--resume``; nothing is retrained once
-all epochs are done) and re-evaluates, so no earlier result is thrown away.
+all epochs are done) and re-evaluates, so no earlier result is thrown away. A run of other
+settings (another seed, phantom or model: all but the epochs and the device) is not continued:
+the demo refuses, naming the folder and what differs, before it writes anything.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import replace
@@ -38,6 +41,7 @@ def run_demo(output: str | Path, config: DemoConfig = DemoConfig()) -> dict:
     start = time.monotonic()
     output = Path(output)
     c = config
+    _check_continues(output, c)
     csv_path = phantom.generate(output / "phantom", n=c.n, seed=c.seed, size=c.size)
     run = output / "run"
     train_config = TrainConfig(csv=csv_path, output=run, **{k: getattr(c, k) for k in _TRAIN_SETTINGS})
@@ -51,6 +55,45 @@ def run_demo(output: str | Path, config: DemoConfig = DemoConfig()) -> dict:
     result["seconds"] = time.monotonic() - start
     write_text(output / "report.md", report(result, c, run))
     return result
+
+
+#: The settings a continued demo run may change: more epochs train on, the device is where.
+_MAY_DIFFER = {"epochs", "device"}
+
+
+def _saved(path: Path) -> dict | None:
+    """The JSON object in `path`, None where there is no file; a one-line error where it is no
+    JSON object."""
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} is no JSON object; it was not written by walnet")
+    return saved
+
+
+def _check_continues(output: Path, config: DemoConfig) -> None:
+    """A ValueError naming `output` and each setting that differs where it holds a demo run
+    (run/args.json, its phantom's marker) that `config` would not continue but mix with."""
+    from walnet.data import phantom
+
+    run = output / "run"
+    if not (run / "last.pt").exists() and not (run / "args.json").exists():
+        return  # no run to continue: the phantom (walnet's own files) may be written anew
+    wanted = {k: getattr(config, k) for k in _TRAIN_SETTINGS if k not in _MAY_DIFFER}
+    found = {k: v for k, v in (_saved(run / "args.json") or {}).items() if k in wanted}
+    marker = _saved(output / "phantom" / phantom.MARKER) or {}
+    for k in ("n", "seed", "size"):
+        wanted[f"phantom {k}"] = getattr(config, k)
+        if k in marker:
+            found[f"phantom {k}"] = marker[k]
+    differ = [f"{k} {found[k]} (now {wanted[k]})" for k in found if found[k] != wanted[k]]
+    if differ:
+        raise ValueError(f"{output} holds a demo run of other settings: {', '.join(differ)}; it is not continued "
+                         "with these: choose another --output, or delete the folder to start afresh")
 
 
 def _fmt(value) -> str:

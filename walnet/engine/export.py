@@ -27,10 +27,13 @@ The pt2 and ONNX programs take ``image`` [N,3,size,size] and return a tuple of t
 Nothing is written until every file is made and checked: the files are written to a temporary
 folder inside the output folder and moved into place (renamed, so each appears whole) together
 at the end. An earlier export in the folder is only replaced with ``overwrite``; the reading side
-is :func:`walnet.models.load_pretrained`.
+is :func:`walnet.models.load_pretrained`. The folder is locked while an export writes it
+(:func:`walnet.engine.lock.run_lock`): a second export into it fails at once. A file that cannot
+be written (a full disk) is an error naming it.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -44,7 +47,8 @@ from torch import nn
 from walnet.engine.checks import check_output, pick_device
 from walnet.engine.config import ExportConfig
 from walnet.engine.loading import load_model
-from walnet.files import first_line, staged
+from walnet.engine.lock import run_lock
+from walnet.files import WriteError, first_line, staged
 from walnet.engine.model_card import model_card
 from walnet.models import WALNet
 from walnet.models.folder import CONFIG_FILE, FORMAT, WEIGHTS_FILE, folder_config, output_names
@@ -266,10 +270,37 @@ def _export_onnx(model: nn.Module, names: list[str], size: int, path: Path) -> d
 
 
 def _export(config: ExportConfig) -> dict:
-    out, ckpt = Path(config.output), Path(config.checkpoint)
+    out = Path(config.output)
     if "onnx" in config.formats:
         require_onnx()
+    # the folder's checks come before the lock makes it; those of its files again under the lock,
+    # so an export that finished meanwhile is not replaced without --overwrite
+    check_output(out, "--output", inputs=(config.checkpoint,), writes=EXPORT_FILES)
+    with run_lock(out, "walnet export"):
+        return _export_locked(config)
+
+
+@contextlib.contextmanager
+def _writing(name: str, out: Path, kept: bool):
+    """Turns a failed write of the export's file `name` (disk full, no permission) into a
+    :class:`WriteError` naming ``out/name``, in one line; `kept`: an earlier export is there."""
+    try:
+        yield
+    except (WriteError, ExportError):
+        raise
+    except (OSError, RuntimeError) as exc:
+        # torch's file writer reports a failed write (a full disk) as a RuntimeError
+        if not isinstance(exc, OSError) and "write" not in str(exc).lower():
+            raise
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+        state = "the earlier export there is unchanged" if kept else "nothing was written"
+        raise WriteError(f"cannot write {out / name}: {reason}; {state}") from exc
+
+
+def _export_locked(config: ExportConfig) -> dict:
+    out, ckpt = Path(config.output), Path(config.checkpoint)
     _check_target(config)
+    kept = any((out / name).exists() for name in EXPORT_FILES)
     device = pick_device(config.device)
     trained = load_model(ckpt, device, kind="checkpoint")
     model, spec, run = trained.model, trained.spec, trained.train_config
@@ -277,16 +308,21 @@ def _export(config: ExportConfig) -> dict:
     info = folder_config(model, spec, ckpt, trained.checkpoint["epoch"])
     with staged(out, _STAGING) as stage:
         staging = stage.path
-        info["formats"]["safetensors"] = _write_safetensors(model, staging / WEIGHTS_FILE)
+        with _writing(WEIGHTS_FILE, out, kept):
+            info["formats"]["safetensors"] = _write_safetensors(model, staging / WEIGHTS_FILE)
         if "pt2" in config.formats:
-            info["formats"]["pt2"] = _export_pt2(model, names, spec.size, device, staging / PT2_FILE)
+            with _writing(PT2_FILE, out, kept):
+                info["formats"]["pt2"] = _export_pt2(model, names, spec.size, device, staging / PT2_FILE)
         if "onnx" in config.formats:
-            info["formats"]["onnx"] = _export_onnx(model, names, spec.size, staging / ONNX_FILE)
+            with _writing(ONNX_FILE, out, kept):
+                info["formats"]["onnx"] = _export_onnx(model, names, spec.size, staging / ONNX_FILE)
         files = sorted(p.name for p in staging.iterdir()) + [CONFIG_FILE, CARD_FILE]
         info["files"] = files
-        (staging / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        with _writing(CONFIG_FILE, out, kept):
+            (staging / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         card = model_card(info, spec, run, ckpt)
-        (staging / CARD_FILE).write_text(card, encoding="utf-8")
+        with _writing(CARD_FILE, out, kept):
+            (staging / CARD_FILE).write_text(card, encoding="utf-8")
         stage.commit(files)
         for name in EXPORT_FILES:  # an earlier export's files of formats not written this time
             if name not in files and (out / name).exists():

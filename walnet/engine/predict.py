@@ -33,8 +33,9 @@ from walnet.engine.config import PredictConfig
 from walnet.engine.runtime import loader_workers
 from walnet.engine.step import check_finite, forward
 from walnet.engine.checks import pick_device
+from walnet.engine.inputs import Inputs, file_id
 from walnet.engine.loading import load_model
-from walnet.files import WriteError, atomic_open, check_writable, staged
+from walnet.files import WriteError, atomic_open, check_writable, special_kind, staged
 
 
 def collect_images(inputs, exclude=None) -> list[Path]:
@@ -61,6 +62,8 @@ def collect_images(inputs, exclude=None) -> list[Path]:
                 raise ValueError(f"folder {item} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
         elif item.is_file():
             images = [item]
+        elif special_kind(item) is not None:
+            raise ValueError(f"input {item} is {special_kind(item)}, not a regular file; give image files or folders")
         else:
             raise FileNotFoundError(f"input {item} does not exist")
         for p in images:
@@ -134,32 +137,41 @@ def predict(config: PredictConfig | str | Path, inputs=None, output_csv=None, **
     return _predict(config)
 
 
-def _file_id(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()  # follows links: a link to an input is that input
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
+def _reads(config: PredictConfig, paths: list[Path]) -> Inputs:
+    """Everything predict reads: the images, the --csv file, the checkpoint or the model folder
+    (and each file in it)."""
+    reads = Inputs()
+    for p in paths:
+        reads.add_file(p, f"your input image {p}")
+    if config.csv is not None:
+        reads.add_file(config.csv, f"the --csv file {config.csv}")
+    if config.checkpoint is not None:
+        reads.add_file(config.checkpoint, f"the checkpoint {config.checkpoint}")
+    if config.model is not None:
+        reads.add_folder(config.model, f"the model folder {config.model}")
+    return reads
 
 
 def _check_targets(output_csv: Path, folders: list[tuple[str, str, Path, list[str]]], paths: list[Path],
-                   overwrite: bool) -> None:
-    """Everything predict will refuse to write, decided before any model work: the user's input
-    images are never a target (not even with ``overwrite``: compared as files, so links and
-    other spellings of an input count as the input), the CSV and a PNG never share a path, two
-    PNG folders are not one folder, an existing CSV or PNG is only replaced with ``overwrite``,
-    and every place is writable. `folders`: (flag, what, folder, file names) of each PNG folder,
-    e.g. ("--masks", "mask", masks_dir, names)."""
+                   overwrite: bool, reads: Inputs) -> None:
+    """Everything predict will refuse to write, decided before any model work: nothing it reads
+    (`reads`: the input images, the --csv file, the checkpoint, the model folder and its files)
+    is a target (not even with ``overwrite``: compared as files, so links and other spellings of
+    an input count as the input), the CSV and a PNG never share a path, two PNG folders are not
+    one folder, an existing CSV or PNG is only replaced with ``overwrite``, and every place is
+    writable. `folders`: (flag, what, folder, file names) of each PNG folder, e.g. ("--masks",
+    "mask", masks_dir, names)."""
     inputs = {}
     for p in paths:
-        inputs.setdefault(_file_id(p), p)
+        inputs.setdefault(file_id(p), p)
     inputs.pop(None, None)  # an input gone since it was found: the dataset reports it later
     if output_csv.is_dir():
         raise ValueError(f"--output {output_csv} is a folder; give the CSV file to write, "
                          f"e.g. {output_csv / 'predictions.csv'}")
-    if _file_id(output_csv) in inputs:
-        raise ValueError(f"--output {output_csv} is one of your input images ({inputs[_file_id(output_csv)]}); "
+    if file_id(output_csv) in inputs:
+        raise ValueError(f"--output {output_csv} is one of your input images ({inputs[file_id(output_csv)]}); "
                          "give another file for the CSV: input images are never written")
+    reads.check(output_csv, "--output", "predict")
     if output_csv.exists() and not overwrite:
         raise FileExistsError(f"{output_csv} already exists; pass --overwrite to replace it")
     check_writable(output_csv, "--output")
@@ -167,14 +179,16 @@ def _check_targets(output_csv: Path, folders: list[tuple[str, str, Path, list[st
         # one name per image in each: the overlay would replace the mask
         raise ValueError(f"{folders[0][0]} and {folders[1][0]} are both {folders[0][2]}; give them different folders")
     for flag, what, folder, names in folders:
+        reads.check(folder, flag, "predict")
         check_writable(folder, flag, folder=True)
         targets = [folder / n for n in names]
-        clashes = [(t, p) for t, p in zip(targets, paths) if _file_id(t) in inputs]
+        clashes = [(t, p) for t, p in zip(targets, paths) if file_id(t) in inputs]
         if clashes:
             target, source = clashes[0]
             raise ValueError(f"{flag} {folder} would write the {what} of {source} over your input image "
-                             f"{inputs[_file_id(target)]} ({len(clashes)} input image(s) in all); choose a {flag} "
+                             f"{inputs[file_id(target)]} ({len(clashes)} input image(s) in all); choose a {flag} "
                              "folder apart from the input images: they are never replaced, not even with --overwrite")
+        _check_not_read(flag, what, folder, targets, reads)
         csv_id = output_csv.resolve()
         same = [t for t in targets if t.resolve() == csv_id]
         if same:
@@ -187,6 +201,15 @@ def _check_targets(output_csv: Path, folders: list[tuple[str, str, Path, list[st
         if taken and not overwrite:
             raise FileExistsError(f"{taken[0]} already exists ({len(taken)} earlier {what}(s) would be replaced); "
                                   "pass --overwrite to replace them")
+
+
+def _check_not_read(flag: str, what: str, folder: Path, targets: list[Path], reads: Inputs) -> None:
+    for target in targets:
+        relation = reads.owner(target)
+        if relation is not None:
+            raise ValueError(f"{flag} {folder} would write the {what} {target.name} where {target} {relation}; "
+                             f"choose another {flag} folder: predict never writes what it reads, not even with "
+                             "--overwrite")
 
 
 def _check_readable(records: list[Record], size: int, region: bool) -> None:
@@ -232,7 +255,7 @@ def _predict(config: PredictConfig) -> dict:
     names = _mask_names(records)
     folders = [(flag, what, folder, names) for flag, what, folder in
                (("--masks", "mask", masks_dir), ("--overlays", "overlay", overlays_dir)) if folder is not None]
-    _check_targets(output_csv, folders, paths, overwrite)
+    _check_targets(output_csv, folders, paths, overwrite, _reads(config, paths))
     device = pick_device(config.device)
     region = config.dicom_region
     if config.model is not None:
@@ -266,7 +289,10 @@ def _predict(config: PredictConfig) -> dict:
             f.flush()
             os.fsync(f.fileno())
             for stage in stages.values():  # the CSV is on disk; it is renamed into place right after
-                stage.commit(names)
+                try:
+                    stage.commit(names)
+                except WriteError as exc:  # some PNGs may be in place: the message says which part
+                    raise WriteError(f"{exc}; the CSV {output_csv} was not written") from exc
     counts = {c: int((predicted == k).sum()) for k, c in enumerate(classes)}
     return {"images": len(paths), "output": str(output_csv), "masks": str(masks_dir) if masks_dir else None,
             "overlays": str(overlays_dir) if overlays_dir else None, "counts": counts}

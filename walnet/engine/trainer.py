@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from walnet.engine.config import TrainConfig
 from walnet.engine.loops import evaluate, train_one_epoch
 from walnet.engine.runtime import Runtime, backend_flags, runtime_of
 from walnet.engine.step import TrainStep
-from walnet.files import atomic_open, write_text
+from walnet.files import append_text, atomic_open, write_text
 from walnet.models import ModelSpec, PseudoMaskGenerator
 
 _log = logging.getLogger(__name__)
@@ -78,12 +79,12 @@ class RunLog:
             writer.writerows(rows)
 
     def append(self, row: dict) -> None:
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, METRIC_FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, METRIC_FIELDS)
+        if not self.path.exists():
+            writer.writeheader()
+        writer.writerow(row)
+        append_text(self.path, text.getvalue())
 
 
 class RunCheckpoints:

@@ -19,7 +19,7 @@ import timm
 import torch
 from torch import nn
 
-from walnet.files import first_line, weights_mismatch
+from walnet.files import first_line, special_kind, weights_mismatch
 
 
 def _classifier_prefixes(cfg: dict) -> tuple[str, ...]:
@@ -35,7 +35,9 @@ def check_pretrained_file(path: str | Path, architecture: str) -> None:
     device: no memory, no download."""
     path = Path(path)
     if not path.is_file():
-        what = "is a folder, not a weights file" if path.is_dir() else "does not exist"
+        special = special_kind(path)
+        what = ("is a folder, not a weights file" if path.is_dir() else f"is {special}, not a regular file" if special
+                else "does not exist")
         raise FileNotFoundError(f"pretrained_file {path} {what}")
     try:
         weights = timm.models.load_state_dict(str(path), device="cpu")
