@@ -283,6 +283,35 @@ def check_seeds(seeds: Sequence[int]) -> None:
         raise ValueError(f"--seeds: {bad[0]!r} is not a seed; seeds are integers from 0 to {2**32 - 1}")
 
 
+def _check_experiment(pairs, seeds: Sequence[int], output, train: TrainConfig, evaluate: EvalConfig | None) -> None:
+    """The settings every run of an experiment shares, checked once before the first run starts:
+    models, seeds, the output folder, the train template (as its first run), the pretrained file
+    for every model and the scoring device."""
+    from walnet.engine.checks import check_output, check_pretrained_file, check_train_config, pick_device
+    from walnet.models import model_names
+
+    unknown = [m for m, _ in pairs if m not in model_names()]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; choose from {model_names()}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # every rank would train, score and write the same runs at once
+        raise ValueError("walnet experiment runs as one process, not under torchrun; "
+                         "use torchrun for single `walnet train` runs")
+    if not pairs or not seeds:
+        raise ValueError("an experiment needs at least one config and one seed")
+    check_seeds(seeds)
+    if len(set(seeds)) != len(seeds) or len({m for m, _ in pairs}) != len(pairs):
+        raise ValueError(f"configs and seeds must not repeat: {[m for m, _ in pairs]}, {list(seeds)}")
+    check_output(output, inputs=(train.csv,))
+    check_train_config(replace(train, output=Path(output) / "runs" / pairs[0][0] / f"seed{seeds[0]}",
+                               model=pairs[0][0], resume=None))
+    if train.pretrained_file is not None:  # one file for every run: each run's backbone must fit it
+        for model, _ in pairs[1:]:
+            check_pretrained_file(train.pretrained_file, replace(train, model=model).model_spec().architecture)
+    if evaluate is not None:
+        pick_device(evaluate.device)
+
+
 def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *, train: TrainConfig,
                    evaluate: EvalConfig | None = None, seeds: Sequence[int] = DEFAULT_SEEDS,
                    name: str = "experiment", title: str | None = None,
@@ -302,34 +331,12 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
     """
     from walnet.data import load_records
     from walnet.data.splits import data_record
-    from walnet.engine.checks import check_output, check_pretrained_file, check_train_config, pick_device
     from walnet.engine.lock import run_lock
     from walnet.engine.evaluation import evaluate_run
     from walnet.engine.trainer import train as train_run
-    from walnet.models import model_names
 
     pairs = [(c, c) if isinstance(c, str) else (c[0], c[1]) for c in configs]
-    unknown = [m for m, _ in pairs if m not in model_names()]
-    if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; choose from {model_names()}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # every rank would train, score and write the same runs at once
-        raise ValueError("walnet experiment runs as one process, not under torchrun; "
-                         "use torchrun for single `walnet train` runs")
-    if not pairs or not seeds:
-        raise ValueError("an experiment needs at least one config and one seed")
-    check_seeds(seeds)
-    if len(set(seeds)) != len(seeds) or len({m for m, _ in pairs}) != len(pairs):
-        raise ValueError(f"configs and seeds must not repeat: {[m for m, _ in pairs]}, {list(seeds)}")
-    # the settings every run shares are checked once, before the first run starts
-    check_output(output, inputs=(train.csv,))
-    check_train_config(replace(train, output=Path(output) / "runs" / pairs[0][0] / f"seed{seeds[0]}",
-                               model=pairs[0][0], resume=None))
-    if train.pretrained_file is not None:  # one file for every run: each run's backbone must fit it
-        for model, _ in pairs[1:]:
-            check_pretrained_file(train.pretrained_file, replace(train, model=model).model_spec().architecture)
-    if evaluate is not None:
-        pick_device(evaluate.device)
+    _check_experiment(pairs, seeds, output, train, evaluate)
     data = dict(csv=train.csv, data_dir=train.data_dir)
     fingerprint = functools.cache(lambda: data_record(*load_records(train.data_dir, train.csv, train.classes)))
 

@@ -176,7 +176,8 @@ def _train_loader(train_set, sampler, config: TrainConfig, runtime: Runtime, pin
 
 def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
     output, device = Path(config.output), ctx.device
-    started = (output / "last.pt").exists()
+    # a resume names a checkpoint of this folder (check_train_config): its run has started
+    started = config.resume is not None or (output / "last.pt").exists()
     if started and not config.resume:
         raise FileExistsError(f"{output} already holds a training run; pass --resume {output / 'last.pt'} "
                               "to continue it, or choose another --output")
