@@ -191,6 +191,11 @@ def test_evaluate_refuses_a_split_column_that_disagrees_with_the_run(data, tmp_p
     assert "the split column puts" in err and f"in test, but the run's {run / 'split.csv'} has it in " in err
     assert "image(s) disagree); the run's split decides" in err
     assert not (run / "metrics.json").exists()
+    # patient ids that group images the run put in two splits (the data changed since)
+    one = rewritten_csv(data, tmp_path / "one.csv", lambda i, r: r.update(patient_id="P1"))
+    with pytest.raises(ValueError, match=f"{run / 'split.csv'} puts patient 'P1' in \\w+ \\(.*\\) and in \\w+ "
+                                         "\\(.*\\); a patient must be in one split"):
+        evaluate_run(EvalConfig(checkpoint=run / "best.pt", csv=one, device="cpu", figures=False))
     # a column that agrees with the run's split is fine
     saved = split_column(run)
     agrees = rewritten_csv(data, tmp_path / "agrees.csv", lambda i, r: None)

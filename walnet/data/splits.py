@@ -219,9 +219,10 @@ def recorded_split(records, run: Path, hint: str) -> list[str]:
     """Each record's split in the run folder `run` as the run recorded it (its ``split.csv``),
     for a resumed run and for ``walnet evaluate``. A record it does not cover is a ValueError
     ending with `hint`; so is a CSV split column that disagrees with it for any image (scoring a
-    training image as a test image). A run without ``split.csv`` (written by walnet before every
-    run recorded its split) was trained on its CSV's split column, used if every record has one;
-    otherwise its split is unknown, a ValueError too."""
+    training image as a test image), and a patient whose images it puts in two splits. A run
+    without ``split.csv`` (written by walnet before every run recorded its split) was trained on
+    its CSV's split column, used if every record has one; otherwise its split is unknown, a
+    ValueError too."""
     split_file = Path(run) / SPLIT_FILE
     if not split_file.is_file():
         if records and all(r.split for r in records):
@@ -236,6 +237,12 @@ def recorded_split(records, run: Path, hint: str) -> list[str]:
         raise ValueError(f"{r.where()}: the split column puts {r.key} in {r.split}, but the run's {split_file} "
                          f"has it in {s} ({len(clash)} image(s) disagree); the run's split decides: drop the "
                          "split column or make it agree")
+    first: dict[str, tuple[object, str]] = {}
+    for r, s in zip(records, splits):
+        seen, t = first.setdefault(r.patient, (r, s)) if r.patient is not None else (r, s)
+        if s != t:  # patient ids the run's split did not group by (the data changed since)
+            raise ValueError(f"{split_file} puts patient {r.patient!r} in {t} ({seen.where()}) and in {s} "
+                             f"({r.where()}); a patient must be in one split; {hint}")
     return splits
 
 
