@@ -80,6 +80,8 @@ def test_header_problems(tmp_path):
     "row, message",
     [
         (("a.png", "hypoechoic", "abc", 0, 5, 5), r"d\.csv:3: column 'y1': 'abc' is not a number"),
+        # float() and int() read digit-group underscores: "1_0" would be 10
+        (("a.png", "hypoechoic", 0, 0, "1_0", 5), r"d\.csv:3: column 'y2': '1_0' is not a number"),
         (("a.png", "hypoechoic", 0, "1.5", 5, 5), r"d\.csv:3: column 'x1': '1.5' is not a whole number"),
         (("a.png", "hypoechoic", 0, 0, "inf", 5), r"d\.csv:3: column 'y2': 'inf' is not a whole number"),
         (("a.png", "hypoechoic", 0, 0, 5, ""), r"d\.csv:3: column 'x2' is empty but other ROI box columns"),

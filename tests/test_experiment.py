@@ -234,10 +234,10 @@ def test_experiment_end_to_end_reuses_and_resumes(tmp_path, caplog):
     assert again == first  # the rescored run gives the same numbers
     assert [r["n_seeds"] for r in rows] == [2, 2]
 
-    # reusing a run trained with other settings says so
-    caplog.clear()
-    run_experiment(["walnet_no_pgm"], out, seeds=[0], train=replace(train, epochs=2), evaluate=evaluate)
-    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "epochs 1 != 2" in r.getMessage()]
+    # a finished run of other settings is not averaged with the others: an error naming it
+    with pytest.raises(ValueError, match=f"the finished run {runs[0]} is not a run of this experiment: --epochs 2 "
+                                         "differs from the run's 1; delete it"):
+        run_experiment(["walnet_no_pgm"], out, seeds=[0], train=replace(train, epochs=2), evaluate=evaluate)
 
 
 def test_experiment_holds_each_run_folder_from_training_to_scoring(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from walnet.data import PlaqueDataset, phantom, read_csv
+from walnet.data import PlaqueDataset, phantom, read_csv, save_split, split_indices
 from walnet.engine import figures
 from walnet.engine.checkpoint import save_checkpoint
 from walnet.engine.config import EvalConfig, TrainConfig
@@ -116,6 +116,9 @@ def _tiny_run(tmp_path, n=12):
                        rcm_warmup=1)
     ckpt = save_checkpoint(tmp_path / "run" / "best.pt",
                            {"model": model.state_dict(), "args": args.to_dict(), "classes": CLASSES, "epoch": 0})
+    records = read_csv(csv_path)[0]  # the run's split, which evaluate scores
+    save_split(tmp_path / "run" / "split.csv", [r.key for r in records],
+               split_indices([r.label for r in records], [r.patient for r in records]))
     return csv_path, model, ckpt
 
 

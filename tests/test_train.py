@@ -11,16 +11,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
+from walnet.data import read_csv
 from walnet.engine import lock, trainer
 from walnet.engine.runtime import runtime_of
 from walnet.engine.trainer import train
 
-from train_runs import ENV, metrics_rows, phantom_data, run_config, train_args
+from train_runs import (ENV, metrics_rows, phantom_data, rewritten_csv, run_config, split_column, split_of,
+                        train_args)
 
 
 @pytest.fixture(scope="module")
@@ -186,25 +187,9 @@ def test_a_stale_lock_is_replaced_and_every_run_removes_its_lock(data, tmp_path,
 
 # --- a failed run leaves no split behind ------------------------------------------------------
 
-def _rewritten_csv(data, path, change):
-    """The phantom's labels.csv at `path`, with absolute paths and ``change(i, row)`` applied to
-    each row."""
-    with open(data, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for i, r in enumerate(rows):
-        r["path"] = str(Path(data).parent / r["path"])
-        r["mask_path"] = str(Path(data).parent / r["mask_path"])
-        change(i, r)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def _csv_with_patients(data, path, patient=None):
     """The phantom's rows with every patient id replaced by `patient` (if given)."""
-    return _rewritten_csv(data, path, lambda i, r: r.update(patient_id=patient) if patient is not None else None)
+    return rewritten_csv(data, path, lambda i, r: r.update(patient_id=patient) if patient is not None else None)
 
 
 def test_a_failed_split_is_not_kept_so_the_fixed_data_trains(data, tmp_path):
@@ -219,7 +204,11 @@ def test_a_failed_split_is_not_kept_so_the_fixed_data_trains(data, tmp_path):
     assert "40 image(s) in 1 patient group(s)" in str(failed.value)  # what made the split fail
 
 
-def test_a_run_that_fails_before_its_first_checkpoint_removes_its_split(data, tmp_path, monkeypatch):
+def test_a_run_that_fails_at_its_first_checkpoint_leaves_no_run(data, tmp_path, monkeypatch):
+    """A full disk at the first last.pt: the split written just before it counts for nothing, so
+    the rerun (here with another seed) splits anew."""
+    real = trainer.save_checkpoint
+
     def crash(*a, **kw):
         raise OSError(28, "No space left on device")
 
@@ -227,19 +216,21 @@ def test_a_run_that_fails_before_its_first_checkpoint_removes_its_split(data, tm
     run = tmp_path / "run"
     with pytest.raises(OSError, match="No space"):
         train(run_config(data, run, epochs=1))
-    assert not (run / "split.csv").exists() and not (run / "last.pt").exists()
+    assert not (run / "last.pt").exists()
+    monkeypatch.setattr(trainer, "save_checkpoint", real)
+    train(run_config(data, run, epochs=1, seed=5))
+    records = read_csv(data)[0]
+    assert split_column(run) == split_of(records, 5) != split_of(records, 0)
 
 
-def test_a_split_file_of_other_data_says_what_to_do(data, tmp_path):
+def test_a_split_file_of_other_data_without_a_checkpoint_is_replaced(data, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     other = tmp_path / "elsewhere.png"  # a split of other data: keys are resolved image paths
     other.write_bytes(b"")
     (run / "split.csv").write_text(f"key,split\n{other},train\n")
-    with pytest.raises(ValueError, match=f"does not cover 40 image.*other data; use another --output for other "
-                                         f"data, or delete {run / 'split.csv'} to split them anew"):
-        train(run_config(data, run, epochs=1))
-    assert (run / "split.csv").read_text() == f"key,split\n{other},train\n"  # not this run's to remove
+    train(run_config(data, run, epochs=1))  # no last.pt: no run is there, and its split is not kept
+    assert split_column(run) == split_of(read_csv(data)[0], 0)
 
 
 # --- a last training batch of one ------------------------------------------------------------
@@ -266,7 +257,7 @@ def test_a_graphed_or_compiled_run_drops_every_partial_last_batch(samples, batch
 
 def _split_csv(data, path, n_train):
     """The phantom's rows with a split column: `n_train` training images, the rest validation."""
-    return _rewritten_csv(data, path, lambda i, r: r.update(split="train" if i < n_train else "val"))
+    return rewritten_csv(data, path, lambda i, r: r.update(split="train" if i < n_train else "val"))
 
 
 def test_size_32_with_a_last_training_batch_of_one_trains(data, tmp_path):
@@ -303,12 +294,14 @@ def test_resume_from_an_unusable_checkpoint_is_one_line(data, tmp_path, capsys):
     last = run / "last.pt"
     cases = {
         "other options": (train_args(data, run, "--epochs", "2", "--resume", str(last), "--attention-channels", "16"),
-                          f"checkpoint {last} does not match"),
+                          f"--resume {last}: --attention-channels 16 differs from the run's 8"),
         "a folder": (train_args(data, run, "--epochs", "2", "--resume", str(run)), "is a folder"),
     }
-    truncated = tmp_path / "truncated.pt"
+    (tmp_path / "cut").mkdir()
+    truncated = tmp_path / "cut" / "last.pt"
     truncated.write_bytes(last.read_bytes()[:1000])
-    cases["truncated"] = (train_args(data, run, "--epochs", "2", "--resume", str(truncated)), str(truncated))
+    cases["truncated"] = (train_args(data, tmp_path / "cut", "--epochs", "2", "--resume", str(truncated)),
+                          f"checkpoint {truncated} cannot be loaded")
     rows = metrics_rows(run)
     for name, (argv, message) in cases.items():
         assert cli.main(argv) == 2, name
@@ -355,8 +348,8 @@ def test_resume_with_another_eval_metric_is_refused(data, tmp_path, monkeypatch)
     run = tmp_path / "run"
     _scripted(monkeypatch, SCRIPT[:1])
     train(run_config(data, run, epochs=1, eval_metric="kappa"))
-    with pytest.raises(ValueError, match=r"--eval-metric macro_f1 differs from the metric that chose best.pt .*"
-                                         r"\(kappa\); resume with --eval-metric kappa"):
+    with pytest.raises(ValueError, match=r"--eval-metric macro_f1 differs from the run's kappa; resume with the "
+                                         r"run's settings"):
         train(run_config(data, run, epochs=2, eval_metric="macro_f1", resume=str(run / "last.pt")))
     assert [r["epoch"] for r in metrics_rows(run)] == ["0"]
 

@@ -1,12 +1,12 @@
 """Small CPU training runs for the train tests: the phantom they train on, the run's settings as
-config fields and as command-line flags, and its metrics.csv rows."""
+config fields and as command-line flags, its metrics.csv rows and its split."""
 from __future__ import annotations
 
 import csv
 import os
 from pathlib import Path
 
-from walnet.data import phantom
+from walnet.data import load_split, phantom, split_indices
 from walnet.engine.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,3 +35,30 @@ def run_config(data, run, **values):
 def metrics_rows(run):
     with open(run / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+def split_column(run):
+    """The run's split.csv as {image key: split}."""
+    return load_split(Path(run) / "split.csv")
+
+
+def split_of(records, seed):
+    """The 6:2:2 split a new run with `seed` draws for `records`, as {image key: split}."""
+    splits = split_indices([r.label for r in records], [r.patient for r in records], seed=seed)
+    return {r.key: s for r, s in zip(records, splits)}
+
+
+def rewritten_csv(data, path, change):
+    """The phantom's labels.csv at `path`, with absolute paths and ``change(i, row)`` applied to
+    each row."""
+    with open(data, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, r in enumerate(rows):
+        r["path"] = str(Path(data).parent / r["path"])
+        r["mask_path"] = str(Path(data).parent / r["mask_path"])
+        change(i, r)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

@@ -26,6 +26,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -168,10 +169,10 @@ _EXPERIMENT_SETS_EVAL = {"checkpoint", "split", "output", "batch_size"}
 def _experiment(args: argparse.Namespace) -> int:
     from walnet.engine.experiment import run_experiment
 
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    items = [s.strip() for s in args.seeds.split(",") if s.strip()]
+    if not all(re.fullmatch(r"[+-]?[0-9]+", s) for s in items):  # int() would also take "1_0" as 10
+        raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+    seeds = [int(s) for s in items]  # their range is checked with the other settings, before any run
     if args.table:
         configs, name, title = TABLES[args.table].rows, args.table, TABLES[args.table].title
     else:

@@ -183,6 +183,14 @@ def _header(fields: list[str], where: str, required=REQUIRED_COLUMNS) -> tuple[l
     return names, columns
 
 
+def _number(text: str) -> float:
+    """The number a CSV cell spells, as float() reads it but without its digit-group
+    underscores: ``1_0`` is a typo, not 10 (a ValueError like float()'s)."""
+    if "_" in text:
+        raise ValueError(f"could not convert string to float: {text!r}")
+    return float(text)
+
+
 def _box(row: dict, at: str, columns: tuple[str, ...] | None) -> tuple[int, int, int, int] | None:
     """The row's ROI box as (y1, x1, y2, x2), read from `columns` (either convention), or None
     when its box cells are all empty."""
@@ -197,7 +205,7 @@ def _box(row: dict, at: str, columns: tuple[str, ...] | None) -> tuple[int, int,
             raise ValueError(f"{at}: column {name!r} is empty but other ROI box columns are set; give all of "
                              f"{','.join(columns)} or none")
         try:
-            value = float(text)
+            value = _number(text)
         except ValueError:
             raise ValueError(f"{at}: column {name!r}: {text!r} is not a number (ROI box values are pixels)") from None
         if not math.isfinite(value) or value != int(value):
@@ -229,7 +237,7 @@ def _frame(row: dict, at: str, path: Path) -> int | None:
         raise ValueError(f"{at}: column 'frame': {text!r} is set but {show_path(path)} is no DICOM file (frames "
                          "are picked from multi-frame .dcm / .dicom files only); leave it empty")
     try:
-        value = float(text)
+        value = _number(text)
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value != int(value) or value < 0:

@@ -1,14 +1,19 @@
 """Train / validation / test splits: 6:2:2, stratified by class, grouped by patient (docs/design.md §7).
 
-No patient ever appears in two splits. The split is saved to a CSV file beside the outputs and
-reused, so every run of an experiment sees the same partition. Its keys are image files, stored
-as resolved absolute paths: the same data reached through another spelling of its path (relative,
-absolute, ``a/../a``, another working directory) finds its split, and a split file never holds
-one image twice (which would put it in two splits).
+No patient ever appears in two splits, whatever the split comes from: a new split, a CSV's
+``split`` column (a patient it puts in two splits is an error) or a run's ``split.csv``. A run
+records its split in ``split.csv`` and a fingerprint of its data in ``data.json`` with its first
+checkpoint (:func:`run_split`, :func:`data_record`); resuming and evaluating it read them back
+(:func:`recorded_split`). Split keys are image files, stored as resolved absolute paths: the
+same data reached through another spelling of its path (relative, absolute, ``a/../a``, another
+working directory) finds its split, and a split file never holds one image twice (which would
+put it in two splits).
 """
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,6 +22,10 @@ import numpy as np
 from walnet.files import atomic_open
 
 SPLITS = ("train", "val", "test")
+#: The file of a run folder that holds the split of its data (:func:`save_split`).
+SPLIT_FILE = "split.csv"
+#: The file of a run folder that holds the fingerprint of its data (:func:`data_record`).
+DATA_FILE = "data.json"
 
 
 def split_indices(
@@ -147,24 +156,135 @@ def _exists(path: str) -> bool:
         return False
 
 
+def check_split_column(records) -> None:
+    """A CSV ``split`` column keeps every patient group (a DICOM cine loop is one) in one split:
+    a ValueError naming both rows (file and line), the patient and the two splits otherwise."""
+    first: dict[str, object] = {}
+    for r in records:
+        if r.patient is None or r.split is None:
+            continue
+        seen = first.setdefault(r.patient, r)
+        if seen.split != r.split:
+            raise ValueError(f"{r.where()}: the split column puts patient {r.patient!r} in {r.split}, but "
+                             f"{seen.where()} puts it in {seen.split}; a patient must be in one split")
+
+
 def assign_splits(records, output: Path, seed: int, *, save: bool = True,
                   hint: str = "score the data the run was trained on") -> list[str]:
     """The split of each record of a run whose folder is `output`: the records' own split column
-    if every record has one; else ``output/split.csv`` if it exists (reused, so every run sees
-    the same partition; `hint` ends the error when it does not cover the records); else a new
-    6:2:2 split (:func:`split_indices`), written there unless ``save=False``."""
+    if every record has one (:func:`check_split_column`); else ``output/split.csv`` if it exists
+    (reused; `hint` ends the error when it does not cover the records); else a new 6:2:2 split
+    (:func:`split_indices`), written there unless ``save=False``. ``walnet train`` and
+    ``walnet evaluate`` follow the stricter rules of :func:`run_split` and :func:`recorded_split`."""
     if all(r.split for r in records):
+        check_split_column(records)
         return [r.split for r in records]
-    keys = [r.key for r in records]
-    split_file = Path(output) / "split.csv"
+    split_file = Path(output) / SPLIT_FILE
     if split_file.is_file():
-        saved = load_split(split_file)
-        missing = [k for k in keys if k not in saved]
-        if missing:
-            raise ValueError(f"{split_file} does not cover {len(missing)} image(s), e.g. {missing[0]}: it holds "
-                             f"the split of other data; {hint}")
-        return [saved[k] for k in keys]
+        return _saved_splits(records, split_file, hint)
     splits = split_indices([r.label for r in records], [r.patient for r in records], seed=seed)
     if save:
-        save_split(split_file, keys, splits)
+        save_split(split_file, [r.key for r in records], splits)
     return splits
+
+
+def _saved_splits(records, split_file: Path, hint: str) -> list[str]:
+    """Each record's split in `split_file`, which must cover them all."""
+    saved = load_split(split_file)
+    missing = [r.key for r in records if r.key not in saved]
+    if missing:
+        raise ValueError(f"{split_file} does not cover {len(missing)} image(s), e.g. {missing[0]}: it holds "
+                         f"the split of other data; {hint}")
+    return [saved[r.key] for r in records]
+
+
+def run_split(records, output: Path, seed: int, *, started: bool, hint: str) -> list[str]:
+    """The split ``walnet train`` trains the records on, by one rule.
+
+    A started run (its folder holds ``last.pt``) keeps the split it recorded
+    (:func:`recorded_split`). A run not started yet splits anew: the CSV's split column if every
+    record has one (:func:`check_split_column`), else a 6:2:2 split drawn with `seed`; a
+    ``split.csv`` already in the folder is ignored, since without ``last.pt`` it was left by a
+    run that ended before its first checkpoint (killed, or failed), and the first checkpoint
+    replaces it. Nothing is written here."""
+    if started:
+        return recorded_split(records, output, hint)
+    if all(r.split for r in records):
+        check_split_column(records)
+        return [r.split for r in records]
+    return split_indices([r.label for r in records], [r.patient for r in records], seed=seed)
+
+
+def recorded_split(records, run: Path, hint: str) -> list[str]:
+    """Each record's split in the run folder `run` as the run recorded it (its ``split.csv``),
+    for a resumed run and for ``walnet evaluate``. A record it does not cover is a ValueError
+    ending with `hint`; so is a CSV split column that disagrees with it for any image (scoring a
+    training image as a test image), and a patient whose images it puts in two splits. A run
+    without ``split.csv`` (written by walnet before every run recorded its split) was trained on
+    its CSV's split column, used if every record has one; otherwise its split is unknown, a
+    ValueError too."""
+    split_file = Path(run) / SPLIT_FILE
+    if not split_file.is_file():
+        if records and all(r.split for r in records):
+            check_split_column(records)
+            return [r.split for r in records]
+        raise ValueError(f"{run} holds no {SPLIT_FILE}: the split its run was trained on is unknown, so its "
+                         "training images cannot be told apart; train the run again")
+    splits = _saved_splits(records, split_file, hint)
+    clash = [(r, s) for r, s in zip(records, splits) if r.split and r.split != s]
+    if clash:
+        r, s = clash[0]
+        raise ValueError(f"{r.where()}: the split column puts {r.key} in {r.split}, but the run's {split_file} "
+                         f"has it in {s} ({len(clash)} image(s) disagree); the run's split decides: drop the "
+                         "split column or make it agree")
+    first: dict[str, tuple[object, str]] = {}
+    for r, s in zip(records, splits):
+        seen, t = first.setdefault(r.patient, (r, s)) if r.patient is not None else (r, s)
+        if s != t:  # patient ids the run's split did not group by (the data changed since)
+            raise ValueError(f"{split_file} puts patient {r.patient!r} in {t} ({seen.where()}) and in {s} "
+                             f"({r.where()}); a patient must be in one split; {hint}")
+    return splits
+
+
+def data_record(records, classes) -> dict:
+    """What a run records of its data in ``data.json``: the number of images, the class names
+    and a sha256 over every record's key (resolved image path and frame), class name, patient,
+    mask file, ROI box and split column, in key order. Two runs with equal records are runs of
+    the same data, however the CSV or folder was spelled or formatted."""
+    rows = [[r.key, classes[r.label], r.patient, None if r.mask_path is None else str(r.mask_path),
+             None if r.box is None else list(r.box), r.split] for r in sorted(records, key=lambda r: r.key)]
+    digest = hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+    return {"images": len(records), "classes": list(classes), "sha256": digest}
+
+
+def save_run_record(output: Path, records, splits, classes) -> None:
+    """Writes the split (``split.csv``) and the data fingerprint (``data.json``) of the run in
+    `output`, each atomically; the trainer calls it just before the run's first checkpoint."""
+    save_split(Path(output) / SPLIT_FILE, [r.key for r in records], splits)
+    with atomic_open(Path(output) / DATA_FILE, text=True) as f:
+        json.dump(data_record(records, classes), f, indent=2)
+
+
+def load_data_record(run: Path) -> dict | None:
+    """The ``data.json`` of the run folder `run` (None where there is none: a run of a walnet
+    that did not record it); a file that is no such record is a ValueError naming it."""
+    path = Path(run) / DATA_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); delete the run folder {run} to train it again") from None
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+        raise ValueError(f"{path} is not a walnet data record (a JSON object with images, classes, sha256); "
+                         f"delete the run folder {run} to train it again")
+    return record
+
+
+def data_difference(saved: dict, now: dict) -> str | None:
+    """How the data `now` (:func:`data_record`) differs from the data a run recorded (`saved`),
+    in words; None where they are the same."""
+    if saved.get("sha256") == now["sha256"]:
+        return None
+    return (f"its data differs from the run's ({now['images']} image(s), sha256 {now['sha256'][:12]} vs the run's "
+            f"{saved.get('images')} image(s), sha256 {str(saved.get('sha256'))[:12]} in {DATA_FILE})")

@@ -168,13 +168,16 @@ def load_weights(model: torch.nn.Module, weights: Mapping, path: str | Path, des
 
 
 def load_training_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        scaler=None, map_location="cpu", describe: str | None = None) -> dict:
+                        scaler=None, map_location="cpu", describe: str | None = None,
+                        state: dict | None = None) -> dict:
     """``walnet train --resume``: loads the checkpoint `path` (:data:`RESUME_KEYS` required)
     into `model`, `optimizer` and, where both have one, the gradient `scaler`; returns the
     checkpoint (``epoch`` is the last finished epoch; ``best_metric`` and ``best_value``, where
-    saved). Any file that does not fit this run is a one-line :class:`CheckpointError` naming
-    it."""
-    state = load_checkpoint(path, map_location=map_location, keys=RESUME_KEYS)
+    saved). `state`: the checkpoint as :func:`load_checkpoint` already read it from `path` (not
+    read again). Any file that does not fit this run is a one-line :class:`CheckpointError`
+    naming it."""
+    if state is None:
+        state = load_checkpoint(path, map_location=map_location, keys=RESUME_KEYS)
     hint = "resume with the options of the run that wrote it (its args.json)"
     load_weights(model, state["model"], path, describe, hint=hint)
     try:

@@ -1,17 +1,21 @@
 """The checks of a run that need no data, made before any work: the device, the model and its
-backbone, the data paths and the output folder. Each failure is a one-line :class:`ValueError`
-(or :class:`FileNotFoundError`) naming the option and what to do, so that nothing is written
-and no time is spent before a setting the run cannot use is found."""
+backbone, the data paths, the output folder and, for a resumed run, the checkpoint it continues
+(in its own folder, with its settings). Each failure is a one-line :class:`ValueError` (or
+:class:`FileNotFoundError`) naming the option and what to do, so that nothing is written and
+no time is spent before a setting the run cannot use is found."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from walnet import ops
 from walnet.data.sources import check_data_path
-from walnet.engine.config import TrainConfig
+from walnet.data.splits import DATA_FILE, SPLIT_FILE
+from walnet.engine.checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint
+from walnet.engine.config import TrainConfig, flag_of, options
 from walnet.engine.lock import LOCK_NAME
 from walnet.files import check_writable
 
@@ -38,7 +42,15 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 #: The files a run writes into its folder (none of them may be the run's input).
-RUN_FILES = ("args.json", "split.csv", "metrics.csv", "last.pt", "best.pt", LOCK_NAME)
+RUN_FILES = ("args.json", SPLIT_FILE, DATA_FILE, "metrics.csv", "last.pt", "best.pt", LOCK_NAME)
+
+#: The settings a resumed run may change: how far it trains, where it runs and how fast (the
+#: runtime group but the arithmetic, ``precision``); every other one defines what the run is.
+#: The data is compared by its fingerprint (``data.json``), not by the spelling of its path.
+RESUME_MAY_CHANGE = frozenset({"epochs", "resume", "output", "data_dir", "csv"}
+                              | {o.name for o in options(TrainConfig) if o.group == "runtime"} - {"precision"})
+#: Settings that name files: equal when they name the same file.
+_PATH_SETTINGS = ("data_dir", "csv", "pretrained_file")
 
 #: The files ``walnet evaluate`` writes into its folder.
 EVAL_FILES = ("metrics.json", "roc.png", "confusion.png", "segmentation.png", "attention.png")
@@ -96,9 +108,72 @@ def check_train_config(config: TrainConfig) -> torch.device:
             raise ValueError(f"--resume {config.resume} is a folder; give the checkpoint in it (last.pt)")
         if not os.path.isfile(config.resume):
             raise FileNotFoundError(f"--resume {config.resume}: no such checkpoint file")
+        check_resume_folder(config.resume, config.output)
     check_output(config.output, inputs=(config.csv,))
     check_run_folder(config.output)
     return device
+
+
+def check_resume_folder(resume, output) -> None:
+    """A run continues in its own folder: ``--resume`` names the ``last.pt`` or ``best.pt`` of
+    ``--output`` (resolved paths compared). Another run's checkpoint would replace this folder's
+    ``last.pt`` with that run's continuation and mix the two runs' ``metrics.csv``."""
+    own = {os.path.realpath(Path(output) / name) for name in ("last.pt", "best.pt")}
+    if os.path.realpath(resume) not in own:
+        raise ValueError(f"--resume {resume} is not a checkpoint of --output {output}: a run continues in its own "
+                         f"folder; give --output {Path(resume).parent} to continue that run, or --resume "
+                         f"{Path(output) / 'last.pt'}")
+
+
+def _shown(name: str, value) -> str:
+    if isinstance(value, bool):
+        return flag_of(name) if value else f"--no-{flag_of(name)[2:]}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return "(not set)" if value is None else str(value)
+
+
+def _same(name: str, a, b) -> bool:
+    if name in _PATH_SETTINGS and a is not None and b is not None:
+        return os.path.realpath(a) == os.path.realpath(b)
+    return a == b
+
+
+def setting_differences(saved: Mapping, config: TrainConfig, ignored=RESUME_MAY_CHANGE) -> list[str]:
+    """The settings of `config` that differ from `saved` (a run's ``TrainConfig.to_dict()``, as in
+    its args.json and checkpoints), but those in `ignored`, in words: "--lr 0.01 differs from the
+    run's 0.0001". Paths are equal when they name the same file. `saved` is read as
+    :meth:`TrainConfig.from_dict` reads older runs' settings (a ValueError where it cannot be)."""
+    old, new = TrainConfig.from_dict(saved, strict=False).to_dict(), config.to_dict()
+    out = []
+    for name, value in new.items():
+        if name in ignored or _same(name, value, old[name]):
+            continue
+        if isinstance(value, bool):
+            out.append(f"{_shown(name, value)} differs from the run's {_shown(name, old[name])}")
+        else:
+            out.append(f"{flag_of(name)} {_shown(name, value)} differs from the run's {_shown(name, old[name])}")
+    return out
+
+
+def check_resume(config: TrainConfig) -> dict:
+    """The checkpoint ``--resume`` names (:func:`~walnet.engine.checkpoint.load_checkpoint`),
+    whose run `config` continues: every setting but those of :data:`RESUME_MAY_CHANGE` must be
+    the run's, else a one-line ValueError listing the differences (a changed setting would be
+    recorded in args.json, but the run so far was trained without it). The data is compared by
+    the run's ``data.json`` (the trainer does that), or by its path for a run without one."""
+    state = load_checkpoint(config.resume, keys=(*RESUME_KEYS, "args"))
+    # a run without data.json (an older walnet's) has no fingerprint to compare its data by
+    fingerprinted = (Path(config.output) / DATA_FILE).is_file()
+    ignored = RESUME_MAY_CHANGE if fingerprinted else RESUME_MAY_CHANGE - {"data_dir", "csv"}
+    try:
+        differences = setting_differences(state["args"], config, ignored)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {config.resume}: its train config (\"args\") is not valid: {exc}") from None
+    if differences:
+        raise ValueError(f"--resume {config.resume}: {'; '.join(differences)}; resume with the run's settings (its "
+                         "args.json), or train a new run into another --output")
+    return state
 
 
 def check_pretrained_file(path, architecture: str) -> None:

@@ -5,7 +5,7 @@ test split (metrics.json and figures) and writes ``report.md``. Folder layout::
 
     output/
       phantom/      images, masks, labels.csv
-      run/          args.json, split.csv, metrics.csv, last.pt, best.pt, metrics.json, *.png
+      run/          args.json, split.csv, data.json, metrics.csv, last.pt, best.pt, metrics.json, *.png
       report.md
 
 Running it again continues the run in ``output/run`` (``--resume``; nothing is retrained once

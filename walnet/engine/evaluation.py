@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from walnet.data import PlaqueDataset, assign_splits, load_records
+from walnet.data import PlaqueDataset, load_records
+from walnet.data.splits import recorded_split
 from walnet.engine.checks import EVAL_FILES, check_output, pick_device
 from walnet.engine.config import EvalConfig
 from walnet.engine.loading import load_model
@@ -27,8 +28,12 @@ PANEL_SAMPLES = 6  # rows of the segmentation panel of `walnet evaluate`
 
 def evaluate_run(config: EvalConfig) -> dict:
     """``walnet evaluate``: rebuilds the model of a checkpoint (its train config and class map),
-    scores it on one split of the data (the run's saved split), writes ``metrics.json``; returns
-    it.
+    scores it on one split of the data, writes ``metrics.json``; returns it.
+
+    The split is the run's own, its ``split.csv`` beside the checkpoint
+    (:func:`~walnet.data.splits.recorded_split`): data it does not cover, or a CSV split column
+    that puts any image in another split than the run did, is an error, so the run's training
+    images are never scored as test images.
 
     ``metrics.json`` holds :func:`~walnet.engine.loops.evaluate`'s scores (per-class sensitivity
     and specificity among them), 95% percentile-bootstrap intervals of accuracy, macro F1 and
@@ -51,7 +56,7 @@ def evaluate_run(config: EvalConfig) -> dict:
                          "training checkpoint (best.pt or last.pt), whose run folder holds the split")
     model = trained.model
     records, classes = load_records(config.data_dir, config.csv, trained.classes)
-    splits = assign_splits(records, ckpt.parent, trained.train_config.seed)
+    splits = recorded_split(records, ckpt.parent, hint="score the data the run was trained on")
     # a run trained on whole DICOM frames is scored on whole frames too
     region = config.dicom_region and trained.dicom_region
     dataset = PlaqueDataset([r for r, s in zip(records, splits) if s == config.split], trained.size, config.skip_bad,

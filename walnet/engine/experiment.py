@@ -7,7 +7,9 @@ Layout under ``output/``: ``runs/<config>/seed<k>/`` (a ``walnet train`` run fol
 (:data:`PAPER_METRICS`), the macro specificity, and each class's sensitivity and specificity
 (``sensitivity/<class>``, ``specificity/<class>``: a key with a ``/`` names an entry of a nested
 dict of ``metrics.json``). Finished runs are reused, interrupted
-ones resumed, so re-running the same command continues an experiment. Each run's folder is
+ones resumed, so re-running the same command continues an experiment; a finished run of other
+settings or other data (its ``args.json``, its ``data.json``) is an error, never averaged with
+the others. Each run's folder is
 locked (:mod:`walnet.engine.lock`) from the decision to reuse, resume or train it until its
 scores are written, so a second experiment into the same folder stops at the first run the
 other one holds instead of training it too.
@@ -15,18 +17,19 @@ other one holds instead of training it too.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from walnet.engine.config import EvalConfig, TrainConfig
-from walnet.files import atomic_open, write_text
+from walnet.files import atomic_open, first_line, write_text
 
 _log = logging.getLogger(__name__)
 
@@ -71,11 +74,15 @@ TABLES: dict[str, TablePreset] = {
     ),
 }
 
+#: The metrics.json keys an experiment's main table reads (the per-class ones are dicts, read by class).
+_TABLE_KEYS = tuple(k for k, _ in PAPER_METRICS + CLINICAL_METRICS)
+
 #: Paper seeds: "the averages obtained after five random experiments".
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 
-#: Train settings that may differ between a reused run and the request without changing its result.
-_IGNORED_SETTINGS = {"output", "resume", "device", "workers"}
+#: Train settings that may differ between a reused run and the request without changing its result
+#: (the data is compared by its fingerprint, data.json, however its path is spelled).
+_IGNORED_SETTINGS = frozenset({"output", "resume", "device", "workers", "csv", "data_dir"})
 
 
 def metric_value(run: Mapping, key: str) -> float | None:
@@ -198,28 +205,66 @@ def _write_runs_csv(runs: Sequence[Mapping], path: Path, metrics: Sequence[str])
                              "images": run.get("images"), **{k: "" if v is None else v for k, v in values.items()}})
 
 
-def _differences(requested: TrainConfig, run_dir: Path) -> list[str]:
-    """Train settings in ``run_dir/args.json`` that differ from the ``requested`` config."""
+def _differences(requested: TrainConfig, run_dir: Path, data: Callable[[], dict]) -> list[str]:
+    """How the finished run in ``run_dir`` differs from the ``requested`` one: its settings
+    (``args.json``) but :data:`_IGNORED_SETTINGS`, and its data (``data.json`` against `data`,
+    the fingerprint of the experiment's data). A file that cannot tell is a ValueError naming it."""
+    from walnet.data.splits import DATA_FILE, data_difference, load_data_record
+    from walnet.engine.checks import setting_differences
+
+    args = run_dir / "args.json"
     try:
-        saved = json.loads((run_dir / "args.json").read_text())
-    except (OSError, ValueError):
-        return []
-    wanted = {k: v for k, v in requested.to_dict().items() if k not in _IGNORED_SETTINGS}
-    return [f"{k} {saved.get(k)!r} != {v!r}" for k, v in wanted.items() if k in saved and saved[k] != v]
+        saved = json.loads(args.read_text(encoding="utf-8"))
+        differences = setting_differences(saved, requested, _IGNORED_SETTINGS)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{args} cannot be read as the run's settings ({first_line(exc)}); delete {run_dir} to "
+                         "train it again") from None
+    record = load_data_record(run_dir)
+    if record is None:
+        return [*differences, f"it records no fingerprint of its data ({DATA_FILE})"]
+    differs = data_difference(record, data())
+    return differences + ([differs] if differs else [])
 
 
-def _run_one(run: TrainConfig, tag: str, scoring, train_run, evaluate_run) -> dict:
-    """The test scores of one run: a finished run's metrics.json, else the scores of the run
+def read_metrics(path: Path, keys: Sequence[str] = ()) -> dict:
+    """A ``metrics.json`` of ``walnet evaluate``: a JSON object whose `keys` (see
+    :func:`metric_value`) and per-class entries hold numbers or null where present, with a list
+    of ``class_names``. Anything else is a ValueError naming the file."""
+    redo = "delete it to score the run again"
+    try:
+        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({first_line(exc)}); {redo}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path} holds a JSON {type(metrics).__name__}, not the object of walnet evaluate; {redo}")
+    names = metrics.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path}: 'class_names' is not a list of class names; {redo}")
+    nested = [f"{key}/{name}" for key, _ in PER_CLASS_METRICS if isinstance(metrics.get(key), Mapping)
+              for name in metrics[key]]
+    for key in (*keys, *nested):
+        try:
+            metric_value(metrics, key)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}; {redo}") from None
+    return metrics
+
+
+def _run_one(run: TrainConfig, tag: str, scoring, train_run, evaluate_run, data: Callable[[], dict]) -> dict:
+    """The test scores of one run: a finished run's metrics.json (if it is a run of `run`'s
+    settings and data: an error naming the differences otherwise), else the scores of the run
     trained (or resumed) now."""
     run_dir = Path(run.output)
     metrics_file = run_dir / "metrics.json"
     if metrics_file.is_file():
-        _log.info(f"{tag} reusing finished run {run_dir} (metrics.json exists)")
-        diff = _differences(run, run_dir)
+        diff = _differences(run, run_dir, data)
         if diff:
-            _log.warning(f"{tag} that run was trained with other settings: {'; '.join(diff)} "
-                f"(delete {run_dir} to retrain it)")
-        return json.loads(metrics_file.read_text())
+            raise ValueError(f"{tag} the finished run {run_dir} is not a run of this experiment: {'; '.join(diff)}; "
+                             "delete it to train it again, or use another --output")
+        _log.info(f"{tag} reusing finished run {run_dir} (metrics.json exists)")
+        return read_metrics(metrics_file, _TABLE_KEYS)
     if (run_dir / "last.pt").is_file():
         _log.info(f"{tag} resuming interrupted run {run_dir} from last.pt")
         run = replace(run, resume=run_dir / "last.pt")
@@ -229,6 +274,42 @@ def _run_one(run: TrainConfig, tag: str, scoring, train_run, evaluate_run) -> di
     # best.pt is written just after last.pt; fall back if interrupted in between
     ckpt = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
     return evaluate_run(scoring(ckpt))
+
+
+def check_seeds(seeds: Sequence[int]) -> None:
+    """Every seed is an integer a run takes (0 <= seed < 2**32), checked before the first run."""
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < 2**32]
+    if bad:
+        raise ValueError(f"--seeds: {bad[0]!r} is not a seed; seeds are integers from 0 to {2**32 - 1}")
+
+
+def _check_experiment(pairs, seeds: Sequence[int], output, train: TrainConfig, evaluate: EvalConfig | None) -> None:
+    """The settings every run of an experiment shares, checked once before the first run starts:
+    models, seeds, the output folder, the train template (as its first run), the pretrained file
+    for every model and the scoring device."""
+    from walnet.engine.checks import check_output, check_pretrained_file, check_train_config, pick_device
+    from walnet.models import model_names
+
+    unknown = [m for m, _ in pairs if m not in model_names()]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; choose from {model_names()}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # every rank would train, score and write the same runs at once
+        raise ValueError("walnet experiment runs as one process, not under torchrun; "
+                         "use torchrun for single `walnet train` runs")
+    if not pairs or not seeds:
+        raise ValueError("an experiment needs at least one config and one seed")
+    check_seeds(seeds)
+    if len(set(seeds)) != len(seeds) or len({m for m, _ in pairs}) != len(pairs):
+        raise ValueError(f"configs and seeds must not repeat: {[m for m, _ in pairs]}, {list(seeds)}")
+    check_output(output, inputs=(train.csv,))
+    check_train_config(replace(train, output=Path(output) / "runs" / pairs[0][0] / f"seed{seeds[0]}",
+                               model=pairs[0][0], resume=None))
+    if train.pretrained_file is not None:  # one file for every run: each run's backbone must fit it
+        for model, _ in pairs[1:]:
+            check_pretrained_file(train.pretrained_file, replace(train, model=model).model_spec().architecture)
+    if evaluate is not None:
+        pick_device(evaluate.device)
 
 
 def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *, train: TrainConfig,
@@ -248,34 +329,16 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
     workers and ``skip_bad``. Each run lives in ``output/runs/<model>/seed<k>/``: a run with a
     ``metrics.json`` is reused as it is, one with a ``last.pt`` only is resumed.
     """
-    from walnet.engine.checks import check_output, check_pretrained_file, check_train_config, pick_device
+    from walnet.data import load_records
+    from walnet.data.splits import data_record
     from walnet.engine.lock import run_lock
     from walnet.engine.evaluation import evaluate_run
     from walnet.engine.trainer import train as train_run
-    from walnet.models import model_names
 
     pairs = [(c, c) if isinstance(c, str) else (c[0], c[1]) for c in configs]
-    unknown = [m for m, _ in pairs if m not in model_names()]
-    if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; choose from {model_names()}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # every rank would train, score and write the same runs at once
-        raise ValueError("walnet experiment runs as one process, not under torchrun; "
-                         "use torchrun for single `walnet train` runs")
-    if not pairs or not seeds:
-        raise ValueError("an experiment needs at least one config and one seed")
-    if len(set(seeds)) != len(seeds) or len({m for m, _ in pairs}) != len(pairs):
-        raise ValueError(f"configs and seeds must not repeat: {[m for m, _ in pairs]}, {list(seeds)}")
-    # the settings every run shares are checked once, before the first run starts
-    check_output(output, inputs=(train.csv,))
-    check_train_config(replace(train, output=Path(output) / "runs" / pairs[0][0] / f"seed{seeds[0]}",
-                               model=pairs[0][0], resume=None))
-    if train.pretrained_file is not None:  # one file for every run: each run's backbone must fit it
-        for model, _ in pairs[1:]:
-            check_pretrained_file(train.pretrained_file, replace(train, model=model).model_spec().architecture)
-    if evaluate is not None:
-        pick_device(evaluate.device)
+    _check_experiment(pairs, seeds, output, train, evaluate)
     data = dict(csv=train.csv, data_dir=train.data_dir)
+    fingerprint = functools.cache(lambda: data_record(*load_records(train.data_dir, train.csv, train.classes)))
 
     def scoring(checkpoint: Path) -> EvalConfig:
         if evaluate is None:
@@ -291,8 +354,9 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
             tag = f"[{model} seed {seed}]"
             run = replace(train, output=run_dir, model=model, seed=seed, resume=None)
             with run_lock(run_dir, "walnet experiment"):
-                result = _run_one(run, tag, scoring, train_run, evaluate_run)
-            _log.info(f"{tag} test: " + ", ".join(f"{n} {result[k]:.3f}" for k, n in PAPER_METRICS if k in result))
+                result = _run_one(run, tag, scoring, train_run, evaluate_run, fingerprint)
+            scores = ((name, metric_value(result, key)) for key, name in PAPER_METRICS)
+            _log.info(f"{tag} test: " + ", ".join(f"{name} {value:.3f}" for name, value in scores if value is not None))
             results.append({**result, "config": model, "seed": seed})
     main, per_class = PAPER_METRICS + CLINICAL_METRICS, per_class_metrics(results)
     metric_keys = [k for k, _ in main + tuple(per_class)]

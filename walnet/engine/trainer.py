@@ -1,17 +1,16 @@
 """The run behind ``walnet train``: data, split, model, epochs, logs, checkpoints.
 
 Outputs in ``output/``: ``args.json`` (the :class:`TrainConfig`, ``to_dict()``), ``split.csv``
-(reused on later runs), ``metrics.csv`` (one row per epoch), ``last.pt`` and ``best.pt`` (written
+and ``data.json`` (the run's split and its data's fingerprint, written with its first
+checkpoint), ``metrics.csv`` (one row per epoch), ``last.pt`` and ``best.pt`` (written
 atomically; model, optimizer, scaler, epoch, the config under ``"args"``, class map, and the
 validation metric that chooses ``best.pt`` with its best value so far, ``best_metric`` and
-``best_value``). An output folder that already holds a run is only continued with ``resume``
-(never overwritten), and it is locked while a run writes it (:mod:`walnet.engine.lock`).
-``walnet evaluate`` scores a run's checkpoint: :mod:`walnet.engine.evaluation`.
-
-The settings are checked before any work (device, model, backbone, data paths, output folder),
-and a new ``split.csv`` is written only once the split has given usable training and validation
-sets and the model is built; a run that fails before its first checkpoint removes the
-``split.csv`` it wrote, so a rerun with corrected data splits them anew.
+``best_value``). A folder holds a run once it holds ``last.pt``: such a run is only continued,
+in its own folder, with ``resume`` (never overwritten), with its settings, data and split
+(:func:`~walnet.engine.checks.check_resume`); a folder without ``last.pt`` holds none, and a
+run there splits its data anew (:func:`~walnet.data.splits.run_split`). The folder is locked
+while a run writes it (:mod:`walnet.engine.lock`). ``walnet evaluate`` scores a run's
+checkpoint: :mod:`walnet.engine.evaluation`.
 """
 from __future__ import annotations
 
@@ -30,10 +29,11 @@ import numpy as np
 import torch
 
 from walnet import ops
-from walnet.data import PlaqueDataset, assign_splits, load_records
+from walnet.data import PlaqueDataset, load_records
+from walnet.data.splits import data_difference, data_record, load_data_record, run_split, save_run_record
 from walnet.engine import distributed, lock
 from walnet.engine.checkpoint import load_training_state, save_checkpoint
-from walnet.engine.checks import check_stages, check_train_config
+from walnet.engine.checks import check_resume, check_stages, check_train_config
 from walnet.engine.config import TrainConfig
 from walnet.engine.loops import evaluate, train_one_epoch
 from walnet.engine.runtime import Runtime, backend_flags, runtime_of
@@ -92,9 +92,10 @@ class RunCheckpoints:
     score by ``config.eval_metric`` so far; of equal scores the later one, trained longer; an
     undefined (NaN) score never)."""
 
-    def __init__(self, config: TrainConfig, classes, best: float):
+    def __init__(self, config: TrainConfig, classes, best: float, record=None):
         self.output, self.metric, self.best = Path(config.output), config.eval_metric, best
         self.args, self.classes = config.to_dict(), list(classes)
+        self.record = record  # a new run's split and data record: written just before its first last.pt
 
     def save(self, epoch: int, value: float, model, optimizer, scaler) -> None:
         improved = value >= self.best
@@ -102,6 +103,11 @@ class RunCheckpoints:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch,
                  "best_metric": self.metric, "best_value": self.best, "args": self.args, "classes": self.classes}
+        if self.record is not None:
+            # before last.pt: a folder with last.pt always has its split; one killed in between
+            # has no last.pt, so its split.csv counts for nothing and the next run replaces it
+            save_run_record(self.output, *self.record)
+            self.record = None
         save_checkpoint(self.output / "last.pt", state)
         if improved:
             save_checkpoint(self.output / "best.pt", state)
@@ -141,12 +147,12 @@ def train(config: TrainConfig) -> dict:
             return _train(config, ctx)
 
 
-def _split_problem(records, output: Path) -> str:
+def _split_problem(records, output: Path, started: bool) -> str:
     """Where a split that left a training or validation set empty came from, and what to do."""
+    if started:
+        return f"they come from {output / 'split.csv'}, the split of the run resumed"
     if all(r.split for r in records):
         return "the split column of the CSV sets them; give every split images"
-    if (output / "split.csv").is_file():
-        return f"they come from {output / 'split.csv'}: delete it to split the data anew, or use another --output"
     groups = len({r.patient or f"#{i}" for i, r in enumerate(records)})
     return (f"{len(records)} image(s) in {groups} patient group(s) split 6:2:2 by patient; "
             "more images or patients are needed")
@@ -171,9 +177,16 @@ def _train_loader(train_set, sampler, config: TrainConfig, runtime: Runtime, pin
 
 def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
     output, device = Path(config.output), ctx.device
-    if (output / "last.pt").exists() and not config.resume:
+    # a resume names a checkpoint of this folder (check_train_config): its run has started
+    started = config.resume is not None or (output / "last.pt").exists()
+    if started and not config.resume:
         raise FileExistsError(f"{output} already holds a training run; pass --resume {output / 'last.pt'} "
                               "to continue it, or choose another --output")
+    resumed = check_resume(config) if config.resume else None
+    if resumed is not None and int(resumed["epoch"]) + 1 >= config.epochs:
+        _log.info(f"{config.resume} has trained {int(resumed['epoch']) + 1} epoch(s), --epochs {config.epochs}: "
+                  f"nothing to train; {output} is left as it is (a larger --epochs continues it)")
+        return {}
     sync_bn = config.sync_bn
     if sync_bn and device.type != "cuda":
         raise ValueError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only)")
@@ -185,28 +198,22 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
     if len(classes) < 2:
         raise ValueError(f"{data} holds the class(es) {list(classes)} only; a classifier needs two or more "
                          "(--classes names them)")
-    new_split = not all(r.split for r in records) and not (output / "split.csv").is_file()
-    splits = assign_splits(records, output, config.seed, save=False,
-                           hint=f"use another --output for other data, or delete {output / 'split.csv'} to split "
-                                "them anew (only if no checkpoint of that split is to be continued)")
-    augment = None
-    if config.augment:
-        from walnet.data.augment import Augmentation, EpochSampler  # torchvision only for runs that augment
-
-        augment = Augmentation(config.seed)
-    # only the training split is augmented; validation (and evaluate, predict) read images as they are
-    region = config.dicom_region
-    train_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "train"], config.size, config.skip_bad,
-                              dicom_region=region, augment=augment)
-    val_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "val"], config.size, config.skip_bad,
-                            dicom_region=region)
+    saved = load_data_record(output) if started else None
+    differs = data_difference(saved, data_record(records, classes)) if saved is not None else None
+    if differs:
+        raise ValueError(f"{data}: {differs}; resume with the run's data, or train a new run into another --output")
+    splits = run_split(records, output, config.seed, started=started,
+                       hint="resume with the run's data, or train a new run into another --output")
+    train_set, val_set = _datasets(config, records, splits)
     if (train_set.skipped or val_set.skipped) and ctx.is_main:
         _log.warning(f"skipped {train_set.skipped + val_set.skipped} unreadable image(s) (--skip-bad)")
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"the split left {len(train_set)} training and {len(val_set)} validation images: "
-                         f"{_split_problem(records, output)}")
+                         f"{_split_problem(records, output, started)}")
     sampler = torch.utils.data.DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed)
     if config.augment:
+        from walnet.data.augment import EpochSampler
+
         # The augmentation is seeded per (seed, epoch, index); the epoch travels with each index
         # as an (index, epoch) key from this process, so loader workers (persistent ones, whose
         # dataset copy never sees a later set_epoch, included) augment every epoch anew.
@@ -217,20 +224,25 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
     val_loader = _loader(val_set, config, runtime, pin)
     spec = config.model_spec(classes)
     model = _create_model(config, spec)
-    wrote_split = False
-    if ctx.is_main and new_split:
-        assign_splits(records, output, config.seed)  # the same split, now known to work: saved for later runs
-        wrote_split = True
-    ctx.barrier()  # the other ranks may read the split file rank 0 wrote
-    try:
-        with backend_flags(runtime):
-            return _run_epochs(config, ctx, runtime, model, spec, train_loader, sampler, val_loader)
-    except BaseException:
-        # a run that ends before its first checkpoint keeps no split of its own: a rerun (with
-        # corrected data, another seed) splits anew instead of failing the same way
-        if wrote_split and not (output / "last.pt").exists():
-            (output / "split.csv").unlink(missing_ok=True)
-        raise
+    record = None if started else (records, splits, classes)
+    with backend_flags(runtime):
+        return _run_epochs(config, ctx, runtime, model, spec, (train_loader, sampler, val_loader), resumed, record)
+
+
+def _datasets(config: TrainConfig, records, splits) -> tuple[PlaqueDataset, PlaqueDataset]:
+    """The training set (augmented with ``--augment``) and the validation set (read as it is,
+    as evaluate and predict read images) of `records` split by `splits`."""
+    augment = None
+    if config.augment:
+        from walnet.data.augment import Augmentation  # torchvision only for runs that augment
+
+        augment = Augmentation(config.seed)
+    region = config.dicom_region
+    train_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "train"], config.size, config.skip_bad,
+                              dicom_region=region, augment=augment)
+    val_set = PlaqueDataset([r for r, s in zip(records, splits) if s == "val"], config.size, config.skip_bad,
+                            dicom_region=region)
+    return train_set, val_set
 
 
 def _kept(output: Path, epoch: int) -> str:
@@ -282,7 +294,8 @@ class _Training:
     best: float
 
 
-def _prepare(config: TrainConfig, ctx: distributed.DistContext, runtime: Runtime, model, spec: ModelSpec) -> _Training:
+def _prepare(config: TrainConfig, ctx: distributed.DistContext, runtime: Runtime, model, spec: ModelSpec,
+             resumed: dict | None) -> _Training:
     device = ctx.device
     if config.sync_bn and ctx.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -294,9 +307,8 @@ def _prepare(config: TrainConfig, ctx: distributed.DistContext, runtime: Runtime
     scaler = torch.amp.GradScaler("cuda") if runtime.amp_dtype == torch.float16 and device.type == "cuda" else None
     pgm = PseudoMaskGenerator() if spec.has_pgm else None
     start, best = 0, -math.inf
-    if config.resume:
-        state = load_training_state(config.resume, model, optimizer, scaler, map_location=device,
-                                    describe=spec.describe())
+    if resumed is not None:  # the checkpoint check_resume read
+        state = load_training_state(config.resume, model, optimizer, scaler, describe=spec.describe(), state=resumed)
         start, best = int(state["epoch"]) + 1, _resumed_best(state, config)
     net = model
     if ctx.enabled:
@@ -339,12 +351,13 @@ def _report(config: TrainConfig, row: dict, seconds: float) -> None:
 
 
 def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, runtime: Runtime, model, spec: ModelSpec,
-                train_loader, sampler, val_loader) -> dict:
+                loaders, resumed: dict | None, record) -> dict:
     """The epochs of a run: fit, then (rank 0) validate, log and checkpoint; returns the last
-    epoch's metrics row."""
-    output = Path(config.output)
-    run = _prepare(config, ctx, runtime, model, spec)
-    log, checkpoints = RunLog(output / "metrics.csv"), RunCheckpoints(config, spec.classes, run.best)
+    epoch's metrics row. `record`: a new run's (records, splits, classes), saved with its first
+    checkpoint."""
+    output, (train_loader, sampler, val_loader) = Path(config.output), loaders
+    run = _prepare(config, ctx, runtime, model, spec, resumed)
+    log, checkpoints = RunLog(output / "metrics.csv"), RunCheckpoints(config, spec.classes, run.best, record)
     if ctx.is_main:
         write_text(output / "args.json", json.dumps(config.to_dict(), indent=2))
         log.resume_at(run.start)
