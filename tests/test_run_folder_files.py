@@ -1,5 +1,5 @@
 """A run folder's files are the run's own: writes replace a symbolic link instead of following
-it, train refuses run files that are links or a metrics.csv of another run (before it writes
+it, train refuses run files that are links or a metrics.csv of no walnet run (before it writes
 anything), and special files (FIFOs) given as inputs are named as such, not as missing."""
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_a_fresh_run_refuses_a_metrics_csv_of_another_run(data, tmp_path, capsys
     run.mkdir()
     (run / "metrics.csv").write_text("step,score\n1,0.5\n")
     err = _error(capsys, *train_args(data, run, "--epochs", "1"))
-    assert f"{run} holds a metrics.csv of another run" in err and "choose another --output or delete it" in err
+    assert f"{run} holds a metrics.csv of no walnet run" in err and "choose another --output or delete it" in err
     assert sorted(p.name for p in run.iterdir()) == ["metrics.csv"]
     assert (run / "metrics.csv").read_text() == "step,score\n1,0.5\n"
 

@@ -70,15 +70,19 @@ def check_output(output, flag: str = "--output", inputs=(), writes=RUN_FILES) ->
 
 def check_run_folder(output) -> None:
     """The files a run keeps in `output` (:data:`RUN_FILES`) are its own: none is a symbolic link
-    (a write or an append would reach through it, out of the folder), and a metrics.csv comes
-    with the last.pt of its run. A one-line error naming the file otherwise, before any work."""
+    (a write or an append would reach through it, out of the folder), and a metrics.csv is a
+    walnet run's: one without a last.pt is that of a run that stopped before its first checkpoint
+    (its args.json beside it; the new run replaces its rows), else another program's file, which
+    a run never takes over. A one-line error naming the file otherwise, before any work."""
     output = Path(output)
     for name in RUN_FILES:
         if (output / name).is_symlink():
             raise ValueError(f"{output / name} is a symbolic link; a run writes its files in {output} itself, never "
                              "through a link: remove the link or choose another --output")
-    if (output / "metrics.csv").exists() and not (output / "last.pt").exists():
-        raise FileExistsError(f"{output} holds a metrics.csv of another run ({output / 'metrics.csv'}, no last.pt); "
+    run_files = [output / name for name in ("last.pt", "args.json")]
+    if (output / "metrics.csv").exists() and not any(p.exists() for p in run_files):
+        raise FileExistsError(f"{output} holds a metrics.csv of no walnet run ({output / 'metrics.csv'}, no "
+                              "args.json); "
                               "choose another --output or delete it")
 
 
