@@ -22,16 +22,11 @@ __all__ = ["CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "load_fold
 def read_spec(folder: str | Path, config: dict) -> ModelSpec:
     """The :class:`ModelSpec` of a checked `config` (of `folder`); one no spec can hold is a
     ValueError naming config.json."""
-    path = Path(folder) / CONFIG_FILE
     try:
-        spec = ModelSpec.from_config(config)
+        return ModelSpec.from_config(config)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path} describes a model walnet cannot build "
+        raise ValueError(f"{Path(folder) / CONFIG_FILE} describes a model walnet cannot build "
                          f"({config['model']!r} with {config['kwargs']}): {first_line(exc)}") from None
-    if config.get("backbone", spec.architecture) != spec.architecture:
-        raise ValueError(f"{path}: 'backbone' is {config['backbone']!r}, but the model it describes "
-                         f"({spec.describe()}) starts from {spec.architecture!r}")
-    return spec
 
 
 def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec, dict]:

@@ -3,9 +3,9 @@
 A model folder is data: its config.json says which model walnet builds and how it takes its
 input, and nothing in it may make loading fetch from the network, read another file or exhaust
 memory. So only the keys an export writes are read; booleans are JSON booleans; integers lie
-within the bounds of :mod:`walnet.models.spec` (input size :data:`~walnet.models.spec.SIZE_RANGE`,
-attention channels :data:`~walnet.models.spec.ATTENTION_CHANNELS_RANGE`, classes
-:data:`~walnet.models.spec.CLASSES_RANGE`); a backbone is a name timm lists locally; pretrained
+within the bounds below, which :class:`walnet.models.spec.ModelSpec` keeps too (input size
+:data:`SIZE_RANGE`, attention channels :data:`ATTENTION_CHANNELS_RANGE`, classes
+:data:`CLASSES_RANGE`); a backbone is a name timm lists locally, the one the model starts from; pretrained
 weights are never named (the folder holds every weight); class names are unique, printable and
 never read as a spreadsheet formula, since they become the columns of ``walnet predict``'s CSV.
 The informational entries (versions, the source checkpoint, the exported formats) are checked
@@ -18,9 +18,13 @@ import math
 
 from walnet import ops
 from walnet.models.backbone import check_backbone
-from walnet.models.registry import BASELINES, WALNET_ARGS, model_names
-from walnet.models.spec import ATTENTION_CHANNELS_RANGE, CLASSES_RANGE, RCM_WARMUP_RANGE, SIZE_RANGE, check_int
+from walnet.models.registry import BASELINES, DEFAULT_BACKBONE, WALNET_ARGS, model_names
 
+#: The bounds of a model's numbers (inclusive): beyond them a model is a mistake or exhausts memory.
+SIZE_RANGE = (16, 2048)
+ATTENTION_CHANNELS_RANGE = (1, 4096)
+RCM_WARMUP_RANGE = (0, 100_000)
+CLASSES_RANGE = (2, 1000)
 #: Characters of a free-text entry (a path, a description, a version).
 MAX_TEXT = 4096
 #: Characters of a class name.
@@ -35,6 +39,13 @@ OPTIONAL = ("backbone", "outputs", "walnet_version", "torch_version", "checkpoin
 INPUT_KEYS = ("size", "dicom_region", "shape", "channels", "dtype", "value_range", "mean", "std", "normalization")
 #: Never read from a folder: its weights are all in model.safetensors.
 PRETRAINED_ARGS = ("pretrained", "pretrained_file")
+
+
+def check_int(name: str, value, bounds: tuple[int, int]) -> None:
+    """A ValueError naming `name` unless `value` is an integer (not a bool) within `bounds`."""
+    low, high = bounds
+    if not _is_int(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
 
 
 def short(value) -> str:
@@ -106,6 +117,11 @@ def check(config: dict) -> None:
     _check_input(config["input"])
     if "backbone" in config:
         _backbone("backbone", config["backbone"])
+        model, kwargs = config["model"], config["kwargs"]
+        start = BASELINES[model] if model in BASELINES else kwargs.get("backbone", DEFAULT_BACKBONE)
+        if config["backbone"] != start:
+            raise ValueError(f"'backbone' is {short(config['backbone'])}, but the model it describes starts from "
+                             f"{start!r}")
     _check_about(config)
 
 

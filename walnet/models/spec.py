@@ -19,24 +19,8 @@ from torch import nn
 from walnet import ops
 from walnet.constants import PLAQUE_CLASSES
 from walnet.models.backbone import check_backbone
-from walnet.models.registry import BASELINES, WALNET_ARGS, model_names, variant_settings
-
-#: The bounds of a spec's numbers (inclusive): beyond them a model is a mistake or exhausts memory.
-SIZE_RANGE = (16, 2048)
-ATTENTION_CHANNELS_RANGE = (1, 4096)
-RCM_WARMUP_RANGE = (0, 100_000)
-CLASSES_RANGE = (2, 1000)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_int(name: str, value, bounds: tuple[int, int]) -> None:
-    """A ValueError naming `name` unless `value` is an integer (not a bool) within `bounds`."""
-    low, high = bounds
-    if not _is_int(value) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+from walnet.models.registry import BASELINES, DEFAULT_BACKBONE, WALNET_ARGS, model_names, variant_settings
+from walnet.models.schema import ATTENTION_CHANNELS_RANGE, CLASSES_RANGE, RCM_WARMUP_RANGE, SIZE_RANGE, check_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +42,7 @@ class ModelSpec:
     """
 
     name: str = "walnet"
-    backbone: str = "resnest50d"
+    backbone: str = DEFAULT_BACKBONE
     roi_method: str = "dilated_crop"
     rcm: bool = True
     pgm: bool = True

@@ -2,6 +2,7 @@
 DeepLabV3+ segmentation decoder trained from PGM pseudo masks, the RCM, and four linear heads."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -15,6 +16,7 @@ from walnet.models.backbone import create_encoder
 from walnet.models.decoder import DeepLabV3PlusDecoder
 from walnet.models.normalize import input_stats, normalize, register_stats
 from walnet.models.rcm import RCM
+from walnet.models.registry import BASELINES, DEFAULT_BACKBONE, variant_settings
 
 
 class WALNetOutput(NamedTuple):
@@ -55,7 +57,7 @@ class WALNet(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "resnest50d",
+        backbone: str = DEFAULT_BACKBONE,
         num_classes: int = 3,
         roi_method: str = "dilated_crop",
         attention_channels: int = 2048,
@@ -94,19 +96,18 @@ class WALNet(nn.Module):
         :func:`walnet.models.load_pretrained`); so are a missing file, another format or
         version, and weights that do not fit (each naming the file)."""
         from walnet.models.folder import CONFIG_FILE, load_weights, read_config
-        from walnet.models.pretrained import read_spec
 
-        config = read_config(folder)
-        spec = read_spec(folder, config)
-        path = f"{folder}/{CONFIG_FILE}"
-        if not spec.is_walnet:
-            raise ValueError(f"{path} holds the baseline {spec.name!r}, not a WAL-Net; load it with "
+        config = read_config(folder)  # checked: WAL-Net's arguments only, of their types and bounds
+        path = Path(folder) / CONFIG_FILE
+        if config["model"] in BASELINES:
+            raise ValueError(f"{path} holds the baseline {config['model']!r}, not a WAL-Net; load it with "
                              "walnet.models.load_pretrained")
         try:
-            model = cls(num_classes=len(spec.classes), **spec.walnet_args())
+            kwargs = variant_settings(config["model"], config["kwargs"], as_args=True)
+            model = cls(num_classes=config["num_classes"], **kwargs)
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise ValueError(f"{path} describes a model walnet cannot build ({spec.describe()}): "
-                             f"{first_line(exc)}") from None
+            raise ValueError(f"{path} describes a model walnet cannot build ({config['model']!r} with "
+                             f"{config['kwargs']}): {first_line(exc)}") from None
         return load_weights(model, folder, device)
 
     @property
