@@ -117,7 +117,8 @@ def test_a_backbone_without_four_growing_stages_is_refused_at_construction():
 
 def test_create_model_needs_two_or_more_classes():
     for name, num_classes in (("dpn", 0), ("dpn", 1), ("walnet", 1), ("resnest", True), ("walnet", "3")):
-        with pytest.raises(ValueError, match=f"^num_classes must be an integer >= 2, got {re.escape(repr(num_classes))}"):
+        message = f"^num_classes must be an integer >= 2, got {re.escape(repr(num_classes))}"
+        with pytest.raises(ValueError, match=message):
             create_model(name, num_classes=num_classes, backbone="resnet18") if name == "walnet" else \
                 create_model(name, num_classes=num_classes)
     with pytest.raises(ValueError, match="use_pgm must be True or False, got 'no'"):

@@ -8,9 +8,9 @@ its weights. :func:`folder_config` makes the config, :func:`read_config` reads o
 :func:`check_config` checks it against the schema (:mod:`walnet.models.schema`; a folder is
 data: it names no hub model, no file to read and no size that exhausts memory),
 :func:`load_weights` puts the weights into a model (:func:`walnet.models.pretrained.load_folder`
-builds it). Nothing here unpickles: the config is JSON and the weights are safetensors. The export's other files (the model card, the pt2 and ONNX
-programs) are written by :mod:`walnet.engine.export`. This module builds no model, so the model
-classes can use it.
+builds it). Nothing here unpickles: the config is JSON and the weights are safetensors. The
+export's other files (the model card, the pt2 and ONNX programs) are written by
+:mod:`walnet.engine.export`. This module builds no model, so the model classes can use it.
 """
 from __future__ import annotations
 
