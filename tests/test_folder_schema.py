@@ -109,8 +109,8 @@ def test_walnet_and_create_model_refuse_what_timm_does_not_list(backbone):
 
 def test_a_backbone_without_four_growing_stages_is_refused_at_construction():
     # a ViT gives four blocks of one stride: the decoder and the RCM need growing strides
-    with pytest.raises(ValueError, match=r"backbone 'vit_tiny_patch16_224' must have four feature stages of growing "
-                                         r"stride, got strides \[16, 16, 16, 16\]"):
+    with pytest.raises(ValueError, match=r"backbone 'vit_tiny_patch16_224' has no four feature stages at growing "
+                                         r"strides \(its stages' strides: 16, 16, 16, 16\)"):
         WALNet(backbone="vit_tiny_patch16_224", attention_channels=8)
     assert WALNet(backbone="resnet18.a1_in1k", attention_channels=8).encoder is not None  # a tag: no download
 

@@ -63,8 +63,9 @@ def create_encoder(backbone: str, *, pretrained: bool = False, pretrained_file: 
                          f"{first_line(exc)}") from None
     reductions = encoder.feature_info.reduction()
     if len(reductions) != len(STAGES) or any(b <= a for a, b in zip(reductions, reductions[1:])):
-        raise ValueError(f"backbone {backbone!r} must have four feature stages of growing stride, got strides "
-                         f"{reductions}")
+        raise ValueError(f"backbone {backbone!r} has no four feature stages at growing strides (its stages' "
+                         f"strides: {', '.join(map(str, reductions))}); WAL-Net needs a CNN backbone such as "
+                         "resnet18 or resnest50d")
     return encoder
 
 
