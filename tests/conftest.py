@@ -59,11 +59,12 @@ def unwritable_folder(tmp_path: Path) -> Path:
 CLASSES = ["hyperechoic", "hypoechoic", "mixed-echoic"]
 
 
-def small_checkpoint(path: Path, model_name: str = "walnet", size: int = 48) -> tuple[Path, torch.nn.Module]:
+def small_checkpoint(path: Path, model_name: str = "walnet", size: int = 48, **train) -> tuple[Path, torch.nn.Module]:
     """A checkpoint shaped like `walnet train`'s (model, args, classes, epoch) of an untrained
     model, small enough for CPU tests: a WAL-Net variant with a ResNet-18 encoder and 8 attention
     channels (its heads randomised so the classes' probabilities differ), or the baseline
-    `model_name` at full size. Returns the path and the model in eval mode."""
+    `model_name` at full size; `train`: further TrainConfig fields of its run. Returns the path
+    and the model in eval mode."""
     from walnet.engine.checkpoint import save_checkpoint
     from walnet.engine.config import TrainConfig
     from walnet.models import create_model
@@ -80,6 +81,6 @@ def small_checkpoint(path: Path, model_name: str = "walnet", size: int = 48) -> 
     else:
         model = create_model(model_name, num_classes=3)
     args = TrainConfig(csv="labels.csv", output=path.parent, model=model_name, backbone="resnet18", size=size,
-                       attention_channels=8, rcm_warmup=1, epochs=1, batch_size=8)
+                       attention_channels=8, rcm_warmup=1, epochs=1, batch_size=8, **train)
     save_checkpoint(path, {"model": model.state_dict(), "args": args.to_dict(), "classes": CLASSES, "epoch": 0})
     return path, model.eval()

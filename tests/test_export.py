@@ -299,7 +299,7 @@ def test_loading_errors_name_the_file(exported, tmp_path):
                                                                 "version 1"),
         ("classes", json.dumps({**config, "classes": CLASSES[:2]}), "'classes' must be a list of 3 class names"),
         ("kwargs", json.dumps({**config, "kwargs": {**config["kwargs"], "colour": 1}}),
-         "config.json describes a model walnet cannot build"),
+         r"config.json: 'kwargs' holds the unknown key 'colour' \(known: backbone, "),
         ("misfit", json.dumps({**config, "kwargs": {**config["kwargs"], "attention_channels": 16}}),
          r"model.safetensors does not fit the model its config.json describes \(WALNet\): 9 shape\(s\) differ, "
          r"e.g. gates.0.theta.weight \[8, 64, 1, 1\] in the file"),

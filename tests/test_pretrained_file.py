@@ -81,7 +81,6 @@ def test_a_trained_model_is_rebuilt_without_the_pretrained_file(data, tmp_path, 
     calls = []
     real = backbone.create_timm
     monkeypatch.setattr(backbone, "create_timm", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
-    monkeypatch.setattr("walnet.models.walnet.create_timm", backbone.create_timm)
     model = load_model(run / "best.pt").model
     assert calls and all(kw.get("pretrained_file") is None and not kw.get("pretrained") for kw in calls)
     saved = torch.load(run / "best.pt", weights_only=True)["model"]

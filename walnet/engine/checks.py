@@ -90,20 +90,20 @@ def check_train_config(config: TrainConfig) -> torch.device:
     """The checks of a training run that need no data: device, model, backbone, ROI method, data
     paths, output folder (a one-line :class:`ValueError` each, before any work); returns the
     device."""
-    from walnet.models import model_names
+    from walnet.models import BASELINES, model_names
 
     device = pick_device(config.device)
     if config.model not in model_names():
         raise ValueError(f"--model {config.model!r} is unknown; choose one of {', '.join(model_names())}")
     if config.roi_method is not None and config.roi_method not in ops.ROI_METHODS:
         raise ValueError(f"--roi-method must be one of {', '.join(ops.ROI_METHODS)}, got {config.roi_method!r}")
-    spec = config.model_spec()
-    if spec.is_walnet:
+    if config.model not in BASELINES:  # a WAL-Net variant: the name first, before its spec checks it
         import timm
 
         if not timm.is_model(config.backbone):
             raise ValueError(f"unknown backbone {config.backbone!r} for --backbone (timm has no such model; "
                              "e.g. resnet18, resnet50, resnest50d)")
+    spec = config.model_spec()
     check_data_path(config.data_dir, config.csv)
     if config.pretrained_file is not None:
         check_pretrained_file(config.pretrained_file, spec.architecture)

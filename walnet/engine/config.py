@@ -249,7 +249,9 @@ class TrainConfig(_Config):
         try:
             return ModelSpec.from_name(self.model, **fields)
         except ValueError as exc:
-            flag = "--roi-method" if "roi_method" in str(exc) else "--model"
+            named = next((f for f in ("backbone", "size", "attention_channels", "rcm_warmup")
+                          if str(exc).startswith(f + " ")), None)
+            flag = flag_of(named) if named else "--roi-method" if "roi_method" in str(exc) else "--model"
             raise ValueError(f"{flag}: {exc}") from None
 
     def _check(self) -> None:

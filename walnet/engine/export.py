@@ -6,7 +6,8 @@ The folder (``output``) receives:
   code);
 - ``config.json``: a format tag and version, the model's name and the arguments
   :func:`walnet.models.create_model` rebuilds it from, its classes in label order, its input
-  (size, RGB, values in [0, 1], and the mean and std the model normalises with itself), the
+  (size, RGB, values in [0, 1], the mean and std the model normalises with itself, and whether
+  DICOM images are cropped to their ultrasound region, as the run trained), the
   walnet and torch versions, the source checkpoint and epoch, and what each extra format holds;
 - ``README.md``: a model card (model, classes, input, intended use, training data, the run's test
   metrics from ``metrics.json`` next to the checkpoint, limits, how to load it);
@@ -51,7 +52,7 @@ from walnet.engine.lock import run_lock
 from walnet.files import WriteError, first_line, staged
 from walnet.engine.model_card import model_card
 from walnet.models import WALNet
-from walnet.models.folder import CONFIG_FILE, FORMAT, WEIGHTS_FILE, folder_config, output_names
+from walnet.models.folder import CONFIG_FILE, FORMAT, WEIGHTS_FILE, check_config, folder_config, output_names
 
 #: The ONNX opset the export asks for (torch's default for its dynamo-based exporter).
 ONNX_OPSET = 20
@@ -305,7 +306,11 @@ def _export_locked(config: ExportConfig) -> dict:
     trained = load_model(ckpt, device, kind="checkpoint")
     model, spec, run = trained.model, trained.spec, trained.train_config
     names = output_names(model)
-    info = folder_config(model, spec, ckpt, trained.checkpoint["epoch"])
+    info = folder_config(model, spec, ckpt, trained.checkpoint["epoch"], dicom_region=run.dicom_region)
+    try:  # what the folder's readers would refuse is not written (class names unsafe in a CSV, ...)
+        check_config(info, f"checkpoint {ckpt} cannot be exported: its {CONFIG_FILE}")
+    except ValueError as exc:
+        raise ValueError(f"{exc}; nothing was written") from None
     with staged(out, _STAGING) as stage:
         staging = stage.path
         with _writing(WEIGHTS_FILE, out, kept):

@@ -27,13 +27,15 @@ from walnet.models.spec import ModelSpec
 class TrainedModel:
     """A loaded model: ``model`` (eval mode) and its ``spec``; ``source``, the file or folder it
     came from; for a checkpoint, the run's ``train_config`` and the whole ``checkpoint`` (its
-    epoch, ...), both None for an exported folder."""
+    epoch, ...), both None for an exported folder; for a folder, its checked ``config``
+    (config.json), None for a checkpoint."""
 
     model: nn.Module
     spec: ModelSpec
     source: Path
     train_config: TrainConfig | None = None
     checkpoint: dict | None = None
+    config: dict | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -45,9 +47,12 @@ class TrainedModel:
 
     @property
     def dicom_region(self) -> bool:
-        """Whether DICOM inputs are cropped to their ultrasound region, as the model was trained
-        (an exported folder does not record it: the default, cropped)."""
-        return self.train_config is None or self.train_config.dicom_region
+        """Whether DICOM inputs are cropped to their ultrasound region, as the model was trained:
+        the run's setting, for a folder its config.json's ``input.dicom_region`` (a folder
+        without it: the default, cropped)."""
+        if self.train_config is not None:
+            return self.train_config.dicom_region
+        return self.config is None or self.config["input"].get("dicom_region", True)
 
 
 #: What :func:`load_model` may be asked to read.
@@ -64,8 +69,8 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", kind: str
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     source = Path(source)
     if kind == "folder" or (kind == "auto" and source.is_dir() and (source / CONFIG_FILE).exists()):
-        model, spec, _ = load_folder(source, device)
-        return TrainedModel(model, spec, source)
+        model, spec, config = load_folder(source, device)
+        return TrainedModel(model, spec, source, config=config)
     return _load_checkpoint(source, device)
 
 

@@ -1,5 +1,10 @@
-"""timm models with pretrained weights from a local file: :func:`create_timm` and
-:func:`check_pretrained_file`.
+"""timm models by name, with pretrained weights from a local file: :func:`check_backbone`,
+:func:`create_encoder`, :func:`create_timm` and :func:`check_pretrained_file`.
+
+A backbone is a model timm lists locally (``timm.list_models()``, optionally with a pretrained tag:
+``resnet18.a1_in1k``): never an ``hf-hub:`` / ``local-dir:`` name or a path, which timm would
+fetch or read even with ``pretrained=False``. Building a model without pretrained weights
+therefore never touches the network or the file system.
 
 ``pretrained_file`` loads a backbone's weights from a file on disk (a state dict saved with
 ``torch.save`` or as safetensors, as timm's ``load_state_dict`` reads them) through timm's
@@ -12,7 +17,7 @@ parameter and buffer but the classifier must be in it, with its shape, and nothi
 """
 from __future__ import annotations
 
-import pickle
+import re
 from pathlib import Path
 
 import timm
@@ -20,6 +25,48 @@ import torch
 from torch import nn
 
 from walnet.files import first_line, special_kind, weights_mismatch
+
+
+#: A timm model name, optionally with a pretrained tag; no scheme (``hf-hub:``) and no path.
+_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_-]+)?")
+#: The feature stages WAL-Net's encoder returns (timm's ``out_indices``).
+STAGES = (1, 2, 3, 4)
+
+
+def check_backbone(backbone) -> str:
+    """`backbone` if it is a model timm lists locally (a pretrained tag included), else a one-line
+    ValueError naming ``backbone``: a non-string, an empty name, a hub or local-dir name, a path,
+    an unknown model or tag."""
+    if not isinstance(backbone, str) or not backbone:
+        raise ValueError(f"backbone must be the name of a timm model (a non-empty string), got {backbone!r}")
+    if not _NAME.fullmatch(backbone):
+        raise ValueError(f"backbone {backbone[:100]!r} is not a timm model name: walnet builds models timm lists "
+                         "locally (timm.list_models()), never a hub model (hf-hub:), a local-dir: name or a path")
+    architecture, _, tag = backbone.partition(".")
+    if not timm.is_model(architecture):
+        raise ValueError(f"backbone {backbone!r} is not a timm model (timm.list_models() lists them)")
+    if tag and backbone not in timm.list_pretrained(f"{architecture}.*"):
+        raise ValueError(f"backbone {backbone!r}: timm has no pretrained tag {tag!r} for {architecture}")
+    return backbone
+
+
+def create_encoder(backbone: str, *, pretrained: bool = False, pretrained_file: str | Path | None = None) -> nn.Module:
+    """The timm model `backbone` (checked by :func:`check_backbone`) as a ``features_only``
+    encoder of four stages (:data:`STAGES`) whose strides grow; a backbone that cannot give them
+    is a one-line ValueError naming it, raised here rather than in the first training step."""
+    check_backbone(backbone)
+    try:
+        encoder = create_timm(backbone, features_only=True, out_indices=STAGES, pretrained=pretrained,
+                              pretrained_file=pretrained_file)
+    except (RuntimeError, TypeError, IndexError, KeyError, AssertionError, NotImplementedError) as exc:
+        raise ValueError(f"backbone {backbone!r} cannot be built as an encoder of four feature stages: "
+                         f"{first_line(exc)}") from None
+    reductions = encoder.feature_info.reduction()
+    if len(reductions) != len(STAGES) or any(b <= a for a, b in zip(reductions, reductions[1:])):
+        raise ValueError(f"backbone {backbone!r} has no four feature stages at growing strides (its stages' "
+                         f"strides: {', '.join(map(str, reductions))}); WAL-Net needs a CNN backbone such as "
+                         "resnet18 or resnest50d")
+    return encoder
 
 
 def _classifier_prefixes(cfg: dict) -> tuple[str, ...]:
@@ -41,7 +88,7 @@ def check_pretrained_file(path: str | Path, architecture: str) -> None:
         raise FileNotFoundError(f"pretrained_file {path} {what}")
     try:
         weights = timm.models.load_state_dict(str(path), device="cpu")
-    except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on a file that is no state dict
         raise ValueError(f"pretrained_file {path} cannot be read as a state dict ({first_line(exc)})") from None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise ValueError(f"pretrained_file {path} holds no state dict (parameter name -> tensor)")

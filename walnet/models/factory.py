@@ -28,7 +28,13 @@ def create_model(name: str, num_classes: int = 3, pretrained: bool = False, pret
     :func:`walnet.models.normalize.normalize_inputs`). `pretrained_file` loads the backbone's
     pretrained weights from a local file (implies `pretrained`; nothing is downloaded).
     A :class:`walnet.models.spec.ModelSpec` builds the same models from one value.
+
+    `num_classes` is an integer >= 2 (a classifier tells classes apart; timm's 0, a headless
+    model, is no walnet model); a WAL-Net's ``backbone`` names a model timm lists locally
+    (:func:`walnet.models.backbone.check_backbone`). Either is otherwise a ValueError naming it.
     """
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if name in BASELINES:
         return normalize_inputs(create_timm(BASELINES[name], num_classes=num_classes, pretrained=pretrained,
                                             pretrained_file=pretrained_file, **kwargs))

@@ -2,17 +2,20 @@
 
 ``config.json`` holds a format tag and version, the model's :class:`~walnet.models.spec.ModelSpec`
 (:meth:`~walnet.models.spec.ModelSpec.to_config`: name, arguments, classes, input size), how the
-model takes its input (RGB in [0, 1], the mean and std it normalises with itself) and what it
-returns; ``model.safetensors`` holds its weights. :func:`folder_config` makes the config,
-:func:`read_config` checks one, :func:`load_weights` puts the weights into a model
-(:func:`walnet.models.pretrained.load_folder` builds it). Nothing here unpickles: the config is
-JSON and the weights are safetensors. The export's other files (the model card, the pt2 and ONNX
-programs) are written by :mod:`walnet.engine.export`. This module builds no model, so the model
-classes can use it.
+model takes its input (RGB in [0, 1], the mean and std it normalises with itself, whether DICOM
+images are cropped to their ultrasound region) and what it returns; ``model.safetensors`` holds
+its weights. :func:`folder_config` makes the config, :func:`read_config` reads one and
+:func:`check_config` checks it against the schema (:mod:`walnet.models.schema`; a folder is
+data: it names no hub model, no file to read and no size that exhausts memory),
+:func:`load_weights` puts the weights into a model (:func:`walnet.models.pretrained.load_folder`
+builds it). Nothing here unpickles: the config is JSON and the weights are safetensors. The
+export's other files (the model card, the pt2 and ONNX programs) are written by
+:mod:`walnet.engine.export`. This module builds no model, so the model classes can use it.
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +26,16 @@ from torch import nn
 
 from walnet._version import __version__
 from walnet.files import first_line, weights_mismatch
+from walnet.models import schema
 
 #: The ``"format"`` tag of an exported model's config.json, and the one version this walnet reads.
 FORMAT = "walnet-model"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+#: An export writes a few KB of config.json nesting four levels; far more is no model config.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 6
 
 
 def _folder(folder: str | Path) -> Path:
@@ -42,49 +49,95 @@ def _folder(folder: str | Path) -> Path:
     return folder
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def read_config(folder: str | Path) -> dict:
-    """The checked contents of ``<folder>/config.json``.
+    """The checked contents of ``<folder>/config.json`` (:func:`check_config`).
 
-    A missing folder or file is a FileNotFoundError; a file that is not JSON, not a walnet model
-    config (``"format": "walnet-model"``), of another ``format_version``, or lacking what
-    rebuilding the model needs (model, kwargs, num_classes, classes, input size) is a ValueError;
-    each names the file."""
+    A missing folder or file is a FileNotFoundError. A file that is not UTF-8 JSON, is over
+    :data:`MAX_CONFIG_BYTES` or nests deeper than :data:`MAX_DEPTH`, repeats a key, holds NaN or
+    an infinity, is no walnet model config (``"format": "walnet-model"``) of this
+    ``format_version``, or breaks the schema is a one-line ValueError starting with the file's
+    path. Reading it never builds a model, fetches or opens another file."""
     path = _folder(folder) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {folder} is not a model folder written by `walnet export`")
+    config = _parse(path)
+    check_config(config, str(path))
+    return config
+
+
+def _unique_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"key {repeated[0]!r} given twice")
+    return dict(pairs)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is no JSON number")
+
+
+def _depth(value) -> int:
+    """How deeply `value` nests lists and dicts (a scalar: 0), without recursion."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, level + 1)
+            todo.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _parse(path: Path):
+    """The JSON value of `path`, read within :data:`MAX_CONFIG_BYTES` and :data:`MAX_DEPTH`."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read: {exc.strerror or first_line(exc)}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes: not a walnet model config")
+    try:
+        value = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys, parse_float=_finite,
+                           parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not a walnet model config: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError(f"{path} nests deeper than {MAX_DEPTH} levels: not a walnet model config") from None
+    except ValueError as exc:
+        raise ValueError(f"{path} is not a walnet model config: {first_line(exc)}") from None
+    if _depth(value) > MAX_DEPTH:
+        raise ValueError(f"{path} nests deeper than {MAX_DEPTH} levels: not a walnet model config")
+    return value
+
+
+def check_config(config, where: str) -> None:
+    """Raises a one-line ValueError starting with `where` (the file's path) unless `config` is a
+    walnet model config of this format version that keeps to the schema (:mod:`walnet.models.schema`:
+    known keys only, JSON booleans, integers in their bounds, a model name and backbone walnet
+    builds, class names that are safe in a CSV). :func:`read_config` checks what it reads, the
+    exporter what it writes."""
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         found = config.get("format") if isinstance(config, dict) else type(config).__name__
-        raise ValueError(f"{path} is not a walnet model config (its \"format\" is {found!r}, expected {FORMAT!r})")
+        raise ValueError(f"{where} is not a walnet model config (its \"format\" is {schema.short(found)}, "
+                         f"expected {FORMAT!r})")
     version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{path} is format_version {version!r}; walnet {__version__} reads version "
+    if not (isinstance(version, int) and not isinstance(version, bool) and version == FORMAT_VERSION):
+        raise ValueError(f"{where} is format_version {schema.short(version)}; walnet {__version__} reads version "
                          f"{FORMAT_VERSION} (export the model again with this walnet, or use the walnet that wrote it)")
-    checks = {
-        "model": ("a model name", lambda v: isinstance(v, str) and v),
-        "kwargs": ("a dict of the model's arguments", lambda v: isinstance(v, dict)),
-        "num_classes": ("an integer >= 2", lambda v: _is_int(v) and v >= 2),
-        "classes": (f"a list of {config.get('num_classes')} class names",
-                    lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v)
-                    and len(v) == config.get("num_classes")),
-        "input": ("a dict with the input \"size\" (an integer >= 1)",
-                  lambda v: isinstance(v, dict) and _is_int(v.get("size")) and v["size"] >= 1),
-    }
-    for key, (what, ok) in checks.items():
-        if key not in config:
-            raise ValueError(f"{path} lacks {key!r} ({what})")
-        if not ok(config[key]):
-            raise ValueError(f"{path}: {key!r} must be {what}, got {config[key]!r}")
-    return config
+    try:
+        schema.check(config)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {first_line(exc, 300)}") from None
 
 
 def load_weights(model: nn.Module, folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -126,13 +179,15 @@ def output_names(model: nn.Module) -> list[str]:
     return ["logits", "seg_logits"] if getattr(model, "decoder", None) is not None else ["logits"]
 
 
-def folder_config(model: nn.Module, spec, checkpoint: str | Path, epoch: int) -> dict:
+def folder_config(model: nn.Module, spec, checkpoint: str | Path, epoch: int, dicom_region: bool = True) -> dict:
     """config.json of the folder exported from `model` (its :class:`~walnet.models.spec.ModelSpec`
-    `spec`), the epoch `epoch` of the checkpoint `checkpoint`; the exporter adds ``formats`` and
-    ``files``."""
+    `spec`), the epoch `epoch` of the checkpoint `checkpoint`, trained on DICOM images cropped to
+    their ultrasound region or not (`dicom_region`, ``input.dicom_region``: predicting reads them
+    alike); the exporter adds ``formats`` and ``files``."""
     mean, std = input_stats(model)
     size, classes = spec.size, len(spec.classes)
     config = spec.to_config()
+    config["input"]["dicom_region"] = bool(dicom_region)
     outputs = {"logits": f"[N, {classes}] class logits in the order of \"classes\" (softmax: probabilities)"}
     if "seg_logits" in output_names(model):
         outputs["seg_logits"] = ("[N, 2, size/4, size/4] plaque segmentation logits (channel 1: plaque), learned "

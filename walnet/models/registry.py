@@ -19,6 +19,9 @@ BASELINES = {
     "resnest": "resnest50d",
 }
 
+#: WAL-Net's encoder unless one is named: the paper's ResNeSt-50.
+DEFAULT_BACKBONE = "resnest50d"
+
 #: What each WAL-Net variant's name fixes, as ModelSpec fields.
 VARIANTS = {"walnet": {}, "walnet_no_rcm": {"rcm": False}, "walnet_no_pgm": {"pgm": False},
             **{f"walnet_{m}": {"roi_method": m} for m in ops.ROI_METHODS}}

@@ -18,7 +18,10 @@ from torch import nn
 
 from walnet import ops
 from walnet.constants import PLAQUE_CLASSES
-from walnet.models.registry import BASELINES, WALNET_ARGS, model_names, variant_settings
+from walnet.models.backbone import check_backbone
+from walnet.models.registry import BASELINES, DEFAULT_BACKBONE, WALNET_ARGS, model_names, variant_settings
+from walnet.models.schema import ATTENTION_CHANNELS_RANGE, CLASSES_RANGE, RCM_WARMUP_RANGE, SIZE_RANGE, check_int
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
@@ -39,7 +42,7 @@ class ModelSpec:
     """
 
     name: str = "walnet"
-    backbone: str = "resnest50d"
+    backbone: str = DEFAULT_BACKBONE
     roi_method: str = "dilated_crop"
     rcm: bool = True
     pgm: bool = True
@@ -49,17 +52,38 @@ class ModelSpec:
     size: int = 224
 
     def __post_init__(self):
-        if self.name != "walnet" and self.name not in BASELINES:
+        if not isinstance(self.name, str) or (self.name != "walnet" and self.name not in BASELINES):
             raise ValueError(f"unknown model {self.name!r}; choose one of {model_names()}")
-        if self.roi_method not in ops.ROI_METHODS:
+        if not isinstance(self.roi_method, str) or self.roi_method not in ops.ROI_METHODS:
             raise ValueError(f"roi_method must be one of {ops.ROI_METHODS}, got {self.roi_method!r}")
+        if isinstance(self.classes, str) or not isinstance(self.classes, (list, tuple)):
+            raise ValueError(f"classes must be a list of class names, got {self.classes!r}")
         object.__setattr__(self, "classes", tuple(self.classes))
         if self.name != "walnet":  # a baseline is its own timm model: WAL-Net's settings do not apply
             for f in dataclasses.fields(self):
                 if f.name in WALNET_ARGS:
                     object.__setattr__(self, f.name, f.default)
-        if len(self.classes) < 2:
-            raise ValueError(f"a model tells two or more classes apart, got {list(self.classes)}")
+        self._check()
+
+    def _check(self) -> None:
+        low, high = CLASSES_RANGE
+        if not low <= len(self.classes) <= high:
+            raise ValueError(f"a model tells two or more classes apart (at most {high}), got "
+                             f"{len(self.classes)}: {list(self.classes)[:5]}")
+        if not all(isinstance(c, str) for c in self.classes):
+            raise ValueError(f"class names must be strings, got {list(self.classes)}")
+        folded = [c.casefold() for c in self.classes]
+        if len(set(folded)) != len(folded):
+            raise ValueError(f"class names must differ (ignoring case), got {list(self.classes)}")
+        check_int("size", self.size, SIZE_RANGE)
+        if not self.is_walnet:
+            return
+        check_backbone(self.backbone)
+        for name in ("rcm", "pgm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        check_int("attention_channels", self.attention_channels, ATTENTION_CHANNELS_RANGE)
+        check_int("rcm_warmup", self.rcm_warmup, RCM_WARMUP_RANGE)
 
     @classmethod
     def from_name(cls, name: str, **fields) -> ModelSpec:

@@ -2,6 +2,7 @@
 DeepLabV3+ segmentation decoder trained from PGM pseudo masks, the RCM, and four linear heads."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -9,11 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from walnet import ops
+from walnet.files import first_line
 from walnet.models.attention import GridAttentionGate
-from walnet.models.backbone import create_timm
+from walnet.models.backbone import create_encoder
 from walnet.models.decoder import DeepLabV3PlusDecoder
 from walnet.models.normalize import input_stats, normalize, register_stats
 from walnet.models.rcm import RCM
+from walnet.models.registry import BASELINES, DEFAULT_BACKBONE, variant_settings
 
 
 class WALNetOutput(NamedTuple):
@@ -54,7 +57,7 @@ class WALNet(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "resnest50d",
+        backbone: str = DEFAULT_BACKBONE,
         num_classes: int = 3,
         roi_method: str = "dilated_crop",
         attention_channels: int = 2048,
@@ -67,14 +70,11 @@ class WALNet(nn.Module):
     ):
         super().__init__()
         self.rcm = RCM(roi_method, backend=backend)  # first: it checks roi_method and backend
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        self.encoder = create_timm(backbone, features_only=True, out_indices=(1, 2, 3, 4), pretrained=pretrained,
-                                   pretrained_file=pretrained_file)
+        _check_args(num_classes=num_classes, attention_channels=attention_channels,
+                    rcm_warmup_epochs=rcm_warmup_epochs, use_rcm=use_rcm, use_pgm=use_pgm, pretrained=pretrained)
+        self.encoder = create_encoder(backbone, pretrained=pretrained, pretrained_file=pretrained_file)
         register_stats(self, *input_stats(self.encoder))
         channels = self.encoder.feature_info.channels()
-        if len(channels) != 4:
-            raise ValueError(f"backbone {backbone!r} must have four feature stages, got {len(channels)}")
         c1, c2, c3, c4 = channels
         self.use_pgm = use_pgm
         if use_pgm:
@@ -90,22 +90,24 @@ class WALNet(nn.Module):
     @classmethod
     def from_pretrained(cls, folder, device: str | torch.device = "cpu") -> WALNet:
         """The WAL-Net of a folder written by ``walnet export`` (config.json and
-        model.safetensors, read without pickle), with its weights, in eval mode on `device`.
-        A folder that holds a baseline is an error (load it with
+        model.safetensors, read without pickle), with its weights, in eval mode on `device`;
+        read like :func:`walnet.models.load_pretrained` (the same checks of config.json, never
+        pretrained, nothing downloaded). A folder that holds a baseline is an error (load it with
         :func:`walnet.models.load_pretrained`); so are a missing file, another format or
         version, and weights that do not fit (each naming the file)."""
         from walnet.models.folder import CONFIG_FILE, load_weights, read_config
-        from walnet.models.registry import BASELINES, variant_settings
 
-        config = read_config(folder)
+        config = read_config(folder)  # checked: WAL-Net's arguments only, of their types and bounds
+        path = Path(folder) / CONFIG_FILE
         if config["model"] in BASELINES:
-            raise ValueError(f"{folder} holds the baseline {config['model']!r}, not a WAL-Net; load it with "
+            raise ValueError(f"{path} holds the baseline {config['model']!r}, not a WAL-Net; load it with "
                              "walnet.models.load_pretrained")
         try:
             kwargs = variant_settings(config["model"], config["kwargs"], as_args=True)
             model = cls(num_classes=config["num_classes"], **kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{folder}/{CONFIG_FILE} describes a model walnet cannot build: {exc}") from None
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"{path} describes a model walnet cannot build ({config['model']!r} with "
+                             f"{config['kwargs']}): {first_line(exc)}") from None
         return load_weights(model, folder, device)
 
     @property
@@ -151,6 +153,21 @@ class WALNet(nn.Module):
         pooled = [y.sum(dim=(2, 3)) for y in levels[:3]] + [levels[3].mean(dim=(2, 3))]
         logits = torch.stack([head(p) for head, p in zip(self.heads, pooled)]).mean(dim=0)
         return WALNetOutput(logits, seg_logits, tuple(a for _, a in gated))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_args(**args) -> None:
+    """WAL-Net's arguments of plain types, each a ValueError naming it (a string "no" is no
+    False, and a bool no number)."""
+    for name in ("use_rcm", "use_pgm", "pretrained"):
+        if not isinstance(args[name], bool):
+            raise ValueError(f"{name} must be True or False, got {args[name]!r}")
+    for name, low in (("num_classes", 2), ("attention_channels", 1), ("rcm_warmup_epochs", 0)):
+        if not _is_int(args[name]) or args[name] < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {args[name]!r}")
 
 
 class PseudoMaskGenerator(nn.Module):
