@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from walnet import cli
-from walnet.data import phantom
+from walnet.data import phantom, read_csv, save_split, split_indices
 from walnet.engine.checkpoint import load_checkpoint, save_checkpoint
 
 from conftest import small_checkpoint
@@ -16,8 +16,11 @@ from conftest import small_checkpoint
 @pytest.fixture(scope="module")
 def poisoned(tmp_path_factory):
     root = tmp_path_factory.mktemp("nonfinite")
-    phantom.generate(root / "ph", n=6, seed=0, size=48)
+    csv_path = phantom.generate(root / "ph", n=6, seed=0, size=48)
     ckpt, _ = small_checkpoint(root / "run" / "best.pt")
+    records = read_csv(csv_path)[0]  # the run's split, which evaluate scores
+    save_split(root / "run" / "split.csv", [r.key for r in records],
+               split_indices([r.label for r in records], [r.patient for r in records]))
     state = load_checkpoint(ckpt, map_location="cpu")
     weights = state["model"]
     name = next(k for k in weights if k.startswith("heads.") and k.endswith("weight"))
