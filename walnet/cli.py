@@ -1,22 +1,20 @@
 """The ``walnet`` command line (``walnet <command> ...`` or ``python -m walnet <command> ...``).
 
-Commands: ``phantom`` (write the embedded synthetic dataset), ``train``, ``evaluate`` (metrics
-and figures), ``predict``, ``export`` (a checkpoint as a model folder), ``experiment`` (seeds x
-models -> the paper's tables) and ``demo``.
+Commands: ``phantom`` (write the embedded synthetic dataset), ``train``, ``evaluate`` (metrics and figures),
+``predict``, ``export`` (a checkpoint as a model folder), ``experiment`` (seeds x models -> the paper's
+tables) and ``demo``.
 
-This is the one module that knows argparse: the options of train, evaluate, predict, export and
-demo are the fields of their configs (:mod:`walnet.engine.config`, which holds the defaults and
-help texts); each command builds its config from the parsed options and hands it to the engine.
+This is the one module that knows argparse: the options of train, evaluate, predict, export and demo are the
+fields of their configs (:mod:`walnet.engine.config`, which holds the defaults and help texts); each command
+builds its config from the parsed options and hands it to the engine.
 
-Every error a user can cause (bad flags, data, paths, devices, a locked run folder) reaches the
-terminal as one line, ``walnet <command>: error: ...``, with exit status 2; ``--debug`` (before
-or after the command) shows the traceback instead. An exception of another kind is a bug in
-walnet and keeps its traceback.
+Every error a user can cause (bad flags, data, paths, devices, a locked run folder) reaches the terminal as
+one line, ``walnet <command>: error: ...``, with exit status 2; ``--debug`` (before or after the command)
+shows the traceback instead. An exception of another kind is a bug in walnet and keeps its traceback.
 
-The engine reports progress on the ``walnet`` logger and never prints; for the length of a
-command this module shows its records: information as plain lines on stdout (the epoch lines,
-an experiment's table), warnings as ``walnet <command>: warning: ...`` on stderr, like the
-warnings walnet raises.
+The engine reports progress on the ``walnet`` logger and never prints; for the length of a command this module
+shows its records: information as plain lines on stdout (the epoch lines, an experiment's table), warnings as
+``walnet <command>: warning: ...`` on stderr, like the warnings walnet raises.
 """
 from __future__ import annotations
 
@@ -26,6 +24,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import re
 import sys
 import warnings
@@ -49,6 +48,16 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(","))
 
 
+def _float(text: str) -> float:
+    """A float option's value; one a float cannot hold (1e400 reads as inf) is refused as written."""
+    value = float(text)  # no number: argparse's "invalid float value" (see __name__ below)
+    mantissa = text.lower().split("e")[0]
+    if (math.isinf(value) and "inf" not in mantissa) or (value == 0 and re.search(r"[1-9]", mantissa)):
+        raise argparse.ArgumentTypeError(f"{text} is out of the range of a float (it would read as {value})")
+    return value
+
+
+_float.__name__ = "float"  # argparse names the type in its error for text that is no number
 #: Flags other than the ``--<field-name>`` of :func:`~walnet.engine.config.options`.
 _FLAGS = {"batch_size": ("-b", "--batch-size"), "workers": ("-j", "--workers"), "masks_dir": ("--masks",),
           "overlays_dir": ("--overlays",), "formats": ("--format",)}
@@ -78,7 +87,7 @@ def _add_option(parser, option) -> None:
         # a switch that is on by default is turned off with --no-<name>
         kw["action"] = argparse.BooleanOptionalAction if option.default is True else "store_true"
     elif option.kind in (int, float):
-        kw["type"] = option.kind
+        kw["type"] = _float if option.kind is float else int
     if option.required:
         kw["required"] = True
     else:

@@ -1,4 +1,5 @@
-"""Values shared by several layers of walnet (data, ops, models, engine), defined once here."""
+"""Values (and the class-name rule) shared by several layers of walnet (data, ops, models, engine), defined
+once here."""
 
 #: Mask value that carries no label: a pseudo mask of a sample whose attention is uninformative,
 #: or a true mask that is unknown. ``CrossEntropyLoss(ignore_index=IGNORE_INDEX)`` skips it.
@@ -11,3 +12,16 @@ RCM_DILATION = 1 / 7
 
 #: The paper's plaque classes, in label order (0 hyperechoic, 1 hypoechoic, 2 mixed-echoic).
 PLAQUE_CLASSES = ("hyperechoic", "hypoechoic", "mixed-echoic")
+
+#: What a spreadsheet reads as the start of a formula in a CSV cell: no class name starts so, since
+#: class names become the columns and cells of ``walnet predict``'s CSV.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_problem(name: str) -> str | None:
+    """Why the class name `name` would be read as a formula by a spreadsheet opening a CSV that
+    holds it ("must not start with ..."), or None where it starts with none of
+    :data:`FORMULA_PREFIXES`. The one rule for class names wherever they enter walnet."""
+    if str(name).startswith(FORMULA_PREFIXES):
+        return "must not start with =, +, - or @ (a spreadsheet would read it as a formula)"
+    return None

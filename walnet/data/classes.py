@@ -3,13 +3,15 @@
 The known classes are the paper's three (walnet.constants.PLAQUE_CLASSES) unless the caller
 gives a list. Labels are matched ignoring case and surrounding / repeated spaces, so a
 spreadsheet's ``"Hyperechoic "`` is the paper's class; any other label is an error, never a new
-class: a typo would otherwise train a model with an extra, almost empty class.
+class: a typo would otherwise train a model with an extra, almost empty class. No class name or
+label may start like a spreadsheet formula (walnet.constants.formula_problem): class names become
+the columns and cells of ``walnet predict``'s CSV.
 """
 from __future__ import annotations
 
 import difflib
 
-from walnet.constants import PLAQUE_CLASSES
+from walnet.constants import PLAQUE_CLASSES, formula_problem
 
 
 def normalize_label(name: str) -> str:
@@ -19,7 +21,7 @@ def normalize_label(name: str) -> str:
 
 def known_classes(classes=None) -> tuple[str, ...]:
     """`classes` as a tuple (the paper's classes when None), checked: non-empty names that stay
-    distinct under :func:`normalize_label`."""
+    distinct under :func:`normalize_label` and start like no spreadsheet formula."""
     if classes is None:
         return PLAQUE_CLASSES
     if isinstance(classes, str):
@@ -32,6 +34,9 @@ def known_classes(classes=None) -> tuple[str, ...]:
         key = normalize_label(name)
         if not key:
             raise ValueError(f"classes {names} holds an empty name")
+        problem = formula_problem(name.strip())
+        if problem:
+            raise ValueError(f"classes {names}: the class name {name!r} {problem}")
         if key in seen:
             raise ValueError(f"classes {names} names one class twice ({seen[key]!r} and {name!r})")
         seen[key] = name
@@ -41,9 +46,13 @@ def known_classes(classes=None) -> tuple[str, ...]:
 def match_label(name: str, classes: tuple[str, ...]) -> int:
     """The index in `classes` (from :func:`known_classes`) of the label `name`.
 
-    Raises ValueError for an empty or unknown label, listing the known classes and, where one
+    Raises ValueError for a label starting like a spreadsheet formula, and for an empty or
+    unknown label, listing the known classes and, where one
     is close, suggesting it.
     """
+    problem = formula_problem(str(name).strip())
+    if problem:
+        raise ValueError(f"the label {name!r} {problem}")
     key = normalize_label(name)
     for i, cls in enumerate(classes):
         if normalize_label(cls) == key:

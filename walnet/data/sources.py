@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -204,6 +205,9 @@ def _box(row: dict, at: str, columns: tuple[str, ...] | None) -> tuple[int, int,
         if not text:
             raise ValueError(f"{at}: column {name!r} is empty but other ROI box columns are set; give all of "
                              f"{','.join(columns)} or none")
+        if re.fullmatch(r"[+-]?[0-9]{1,30}", text):
+            box.append(int(text))  # exact: a float would round 123456789012345678901 (and the checks below)
+            continue
         try:
             value = _number(text)
         except ValueError:
@@ -217,7 +221,8 @@ def _box(row: dict, at: str, columns: tuple[str, ...] | None) -> tuple[int, int,
             rule = "0 <= y1 <= y2 and 0 <= x1 <= x2"
         else:
             rule = "0 <= xmin <= xmax and 0 <= ymin <= ymax"
-        raise ValueError(f"{at}: ROI box ({', '.join(columns)}) = {tuple(box)} is not a box: it needs {rule}")
+        # the values as written: 1e20 is no number of pixels to show as 100000000000000000000
+        raise ValueError(f"{at}: ROI box ({', '.join(columns)}) = ({', '.join(values)}) is not a box: it needs {rule}")
     return y1, x1, y2, x2
 
 

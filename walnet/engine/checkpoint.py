@@ -13,6 +13,7 @@ into a model (and optimizer) with the same kind of error when the two do not fit
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -69,19 +70,50 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
 # reading
 
 
-def _why_unloadable(exc: Exception) -> str:
+#: Where torch's weights-only unpickler names what it refused: a global outside its allowlist, one
+#: of a blocked module (os, sys, ...), or a class it may not build.
+_REFUSED_PATTERNS = (r"GLOBAL (\S+) was not an allowed global", r"unsupported GLOBAL (\S+) whose module",
+                     r"but got <class '([^']+)'>", r"``([^`]+)``[^\n]* must be imported to load")
+
+
+def _refused_global(message: str) -> str | None:
+    """The global (``module.name``) a weights-only load refused, from torch's error `message`;
+    None where the error is of another kind."""
+    for pattern in _REFUSED_PATTERNS:
+        found = re.search(pattern, message)
+        if found:
+            name = found.group(1).rstrip(".")
+            return name if "." in name else f"builtins.{name}"  # torch drops the "builtins." it names
+    return None
+
+
+def _torch_detail(message: str) -> str:
+    """torch's own reason in a weights-only load error, without the paragraphs of advice around
+    it (which suggest loading with weights_only=False, i.e. running the file's code)."""
+    message = message.split("Check the documentation of torch.load")[0]
+    if "WeightsUnpickler error:" in message:
+        message = message.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in message.splitlines() if line.strip() and "weights_only" not in line]
+    return first_line(lines[0].removeprefix("Weights only load failed.").strip() if lines else "")
+
+
+def _why_unloadable(path: Path, exc: Exception) -> str:
+    """The one-line error for the checkpoint `path` that ``torch.load`` could not read (`exc`)."""
     message = str(exc)
-    if isinstance(exc, pickle.UnpicklingError) and "WeightsUnpickler error:" in message:
-        detail = first_line(message.split("WeightsUnpickler error:", 1)[1])
-        if "Unsupported global" in detail:
-            detail = first_line(detail.split(". Please use")[0])
-            return (f"it holds Python objects other than tensors and plain data ({detail}); walnet loads "
-                    "checkpoints weights-only and never runs code from them")
-        return f"it is not a PyTorch checkpoint (unreadable pickle data: {detail})"
+    if isinstance(exc, pickle.UnpicklingError):
+        refused = _refused_global(message)
+        if refused:
+            return (f"checkpoint {path} holds Python objects a weights-only load refuses ({refused}); walnet "
+                    "checkpoints hold tensors, numbers, strings, lists and dicts only \N{EM DASH} it was not "
+                    "written by walnet train")
+        if "Weights only load failed" in message or "WeightsUnpickler error:" in message:
+            return (f"checkpoint {path} cannot be loaded: it is not a PyTorch checkpoint (unreadable pickle "
+                    f"data: {_torch_detail(message) or type(exc).__name__})")
     if isinstance(exc, (EOFError, RuntimeError)):
         sentence = first_line(message).split(". ")[0]  # torch appends paragraphs of advice
-        return f"it is truncated or damaged ({sentence or type(exc).__name__})"
-    return f"it is not a PyTorch checkpoint ({type(exc).__name__}: {first_line(message)})"
+        return f"checkpoint {path} cannot be loaded: it is truncated or damaged ({sentence or type(exc).__name__})"
+    return (f"checkpoint {path} cannot be loaded: it is not a PyTorch checkpoint ({type(exc).__name__}: "
+            f"{first_line(message)})")
 
 
 def _is_int(value) -> bool:
@@ -134,7 +166,7 @@ def load_checkpoint(path: str | Path, map_location="cpu", keys: Iterable[str] = 
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 - whatever the bytes make torch.load raise, the file is unusable
-        raise CheckpointError(f"checkpoint {path} cannot be loaded: {_why_unloadable(exc)}") from None
+        raise CheckpointError(_why_unloadable(path, exc)) from None
     if not isinstance(state, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a walnet checkpoint "
                               f"(a dict with {', '.join(TRAINED_KEYS)}, ...)")

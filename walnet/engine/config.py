@@ -18,6 +18,7 @@ import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 
+from walnet.constants import formula_problem
 from walnet.models.spec import ModelSpec
 
 #: The splits a run's data is divided into (``split.csv``).
@@ -175,6 +176,10 @@ def _check_classes(classes) -> None:
     folded = [n.casefold() for n in names]
     if len(set(folded)) != len(folded):
         raise ValueError(f"--classes names a class twice: {','.join(classes)!r}")
+    for name in names:
+        problem = formula_problem(name)
+        if problem:
+            raise ValueError(f"--classes: the class name {name!r} {problem}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from walnet import ops
+from walnet.constants import FORMULA_PREFIXES, formula_problem
 from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record, expand_dicom
 from walnet.data.dicom import DICOM_EXTENSIONS
 from walnet.data.sources import read_csv
@@ -263,6 +264,7 @@ def _predict(config: PredictConfig) -> dict:
     else:
         trained = load_model(config.checkpoint, device, kind="checkpoint")
     classes, size, source = trained.classes, trained.size, trained.source
+    _check_class_names(classes, source)
     region = region and trained.dicom_region  # read DICOM inputs as the model was trained
     for flag, *_ in folders:
         if not trained.spec.has_pgm:
@@ -284,8 +286,8 @@ def _predict(config: PredictConfig) -> dict:
                              *stages])
             for i, (p, r) in enumerate(zip(paths, records)):
                 frame = ["" if r.frame is None else str(r.frame)] if frames else []
-                row = [str(p), *frame, classes[predicted[i]], *(f"{float(x):.9g}" for x in probs[i])]
-                writer.writerow(row + [str(stage.target / names[i]) for stage in stages.values()])
+                row = [_path_cell(p), *frame, classes[predicted[i]], *(f"{float(x):.9g}" for x in probs[i])]
+                writer.writerow(row + [_path_cell(stage.target / names[i]) for stage in stages.values()])
             f.flush()
             os.fsync(f.fileno())
             for stage in stages.values():  # the CSV is on disk; it is renamed into place right after
@@ -296,6 +298,25 @@ def _predict(config: PredictConfig) -> dict:
     counts = {c: int((predicted == k).sum()) for k, c in enumerate(classes)}
     return {"images": len(paths), "output": str(output_csv), "masks": str(masks_dir) if masks_dir else None,
             "overlays": str(overlays_dir) if overlays_dir else None, "counts": counts}
+
+
+def _check_class_names(classes, source) -> None:
+    """A ValueError naming the model's file unless each class name, a column and a cell of the
+    CSV, starts like no spreadsheet formula (a checkpoint is not checked for this on loading;
+    an exported folder's config.json is)."""
+    for name in classes:
+        problem = formula_problem(name)
+        if problem:
+            raise ValueError(f"checkpoint {source}: its class name {name!r} {problem}; predict refuses to write "
+                             "it into a CSV")
+
+
+def _path_cell(path) -> str:
+    """`path` as the CSV shows it: as the user gave it, except that a relative path starting like a
+    spreadsheet formula gets "./" in front (the same file). An absolute path starts with "/" or a
+    drive or share, never so; only a relative one (``=x.png`` given in its folder) can."""
+    text = str(path)
+    return os.path.join(os.curdir, text) if text.startswith(FORMULA_PREFIXES) else text
 
 
 #: The temporary folders' names in the masks and overlays folders (see walnet.files.staged).

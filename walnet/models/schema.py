@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 from walnet import ops
+from walnet.constants import FORMULA_PREFIXES, formula_problem  # noqa: F401 - FORMULA_PREFIXES: the rule's table
 from walnet.models.backbone import check_backbone
 from walnet.models.registry import BASELINES, DEFAULT_BACKBONE, WALNET_ARGS, model_names
 
@@ -29,8 +30,6 @@ CLASSES_RANGE = (2, 1000)
 MAX_TEXT = 4096
 #: Characters of a class name.
 MAX_CLASS_NAME = 64
-#: What a spreadsheet reads as the start of a formula in a CSV cell: no class name starts so.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 #: The exported formats config.json may describe.
 FORMATS = ("safetensors", "pt2", "onnx")
 
@@ -95,9 +94,7 @@ def class_name_problem(name) -> str | None:
         return "must be printable (no tab, line break or control character)"
     if name != name.strip():
         return "must not start or end with a space"
-    if name.startswith(FORMULA_PREFIXES):
-        return "must not start with =, +, - or @ (a spreadsheet would read it as a formula)"
-    return None
+    return formula_problem(name)
 
 
 def check(config: dict) -> None:
