@@ -84,3 +84,12 @@ def small_checkpoint(path: Path, model_name: str = "walnet", size: int = 48, **t
                        attention_channels=8, rcm_warmup=1, epochs=1, batch_size=8, **train)
     save_checkpoint(path, {"model": model.state_dict(), "args": args.to_dict(), "classes": CLASSES, "epoch": 0})
     return path, model.eval()
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails the test if predict gets as far as loading the model."""
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr("walnet.engine.predict.load_model", load_model)

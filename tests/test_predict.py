@@ -166,15 +166,6 @@ def _scans(root: Path, folder: Path, n=2) -> list[Path]:
     return [Path(shutil.copy(src, folder / f"p{i}.png")) for i, src in enumerate(sources)]
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fails the test if predict gets as far as loading the model."""
-    def load_model(*args, **kwargs):
-        raise AssertionError("the model was loaded before the error")
-
-    monkeypatch.setattr("walnet.engine.predict.load_model", load_model)
-
-
 def _cli_error(capsys, *argv) -> str:
     from walnet import cli
 

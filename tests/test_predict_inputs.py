@@ -35,15 +35,6 @@ def _digests(world) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fails the test if predict gets as far as loading the model."""
-    def load_model(*args, **kwargs):
-        raise AssertionError("the model was loaded before the error")
-
-    monkeypatch.setattr("walnet.engine.predict.load_model", load_model)
-
-
 def _refused(capsys, *argv) -> str:
     assert cli.main(["predict", *map(str, argv), "--device", "cpu"]) == 2
     captured = capsys.readouterr()
