@@ -134,7 +134,8 @@ def _physical_scale(rng: np.random.Generator, g: dict) -> dict:
     return {"sx": sx, "sy": sy, "lumen_px": lumen_mm / sy, "imt_mm": rng.uniform(0.5, 1.0)}
 
 
-def _tissue(rng: np.random.Generator, S: int, yy: np.ndarray, up: np.ndarray, scale: dict) -> tuple[np.ndarray, np.ndarray]:
+def _tissue(rng: np.random.Generator, S: int, yy: np.ndarray, up: np.ndarray,
+            scale: dict) -> tuple[np.ndarray, np.ndarray]:
     """The reflectivity of tissue, lumen and the two walls (tissue ~ 1), and the lumen's mask."""
     # Depth into the wall tissue below/above the lumen: distance from the lumen boundary.
     # Lumen occupies 0 <= up <= lumen_px (the opposite wall is at up = lumen_px).

@@ -125,7 +125,8 @@ class ModelSpec:
         without = " without its PGM" if not self.pgm else (" without its RCM" if not self.rcm else "")
         return f"walnet{without} (backbone {self.backbone}, {self.attention_channels} attention channels)"
 
-    def build(self, *, pretrained: bool = False, pretrained_file: str | None = None, backend: str = "auto") -> nn.Module:
+    def build(self, *, pretrained: bool = False, pretrained_file: str | None = None,
+              backend: str = "auto") -> nn.Module:
         """The model, freshly initialised; its backbone pretrained where asked (`pretrained`
         downloads; `pretrained_file` reads a local file and never downloads)."""
         from walnet.models.factory import create_model  # it builds on the variants above

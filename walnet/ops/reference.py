@@ -231,7 +231,8 @@ def _memory_format(t: torch.Tensor) -> torch.memory_format:
 
 
 def roi_boxes(
-    fg_prob: torch.Tensor, sizes: list[tuple[int, int]], threshold: float = RCM_THRESHOLD, dilation: float = RCM_DILATION
+    fg_prob: torch.Tensor, sizes: list[tuple[int, int]], threshold: float = RCM_THRESHOLD,
+    dilation: float = RCM_DILATION
 ) -> torch.Tensor:
     """Every level's :func:`mask_boxes`: int32 [N, L, 4] whose ``[:, l]`` is
     ``mask_boxes(fg_prob, sizes[l], threshold, dilation)``."""
