@@ -87,8 +87,8 @@ def _command(command: str, world: Path, scratch: Path, given: dict[str, Path], o
     ckpt = given.get("ckpt", world / "run" / "best.pt")
     if command == "export":
         return ["export", "--checkpoint", ckpt, "--output", output, "--device", "cpu"]
-    data = ["--data-dir", given["data-image"].parents[1]] if "data-image" in given else ["--csv", given.get("csv", world / "ph" /
-                                                                                          "labels.csv")]
+    csv_file = given.get("csv", world / "ph" / "labels.csv")
+    data = ["--data-dir", given["data-image"].parents[1]] if "data-image" in given else ["--csv", csv_file]
     if command == "evaluate":
         return ["evaluate", "--checkpoint", ckpt, *data, "--output", output, "--device", "cpu", "--no-figures"]
     extra = ["--pretrained-file", given["pretrained"]] if "pretrained" in given else []
