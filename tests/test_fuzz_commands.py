@@ -72,6 +72,7 @@ def _checkpoint(kind: str, world: Path, work: Path) -> Path:
 
 
 def _in(work: Path, argv: list, allowed: list[Path], world: Path) -> int:
+    """Runs `argv` in `work` (:func:`test_fuzz_cli._run`: `allowed` may change), then removes `work`."""
     cwd = os.getcwd()
     os.chdir(work)
     try:

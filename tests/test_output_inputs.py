@@ -55,10 +55,12 @@ def world(tmp_path_factory):
 
 
 def _files(root: Path) -> list[Path]:
+    """The regular files under `root` (links left out: their targets are listed themselves)."""
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def _digest(path: Path) -> str:
+    """The SHA-256 of the file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -71,6 +73,7 @@ def _source(world: Path, source: str) -> Path:
 
 
 def _place(path: Path, at: Path, how: str) -> Path:
+    """`path` at `at` as a symlink, a hard link or a copy (`how`); returns `at`."""
     at.parent.mkdir(parents=True, exist_ok=True)
     if how == "symlink":
         at.symlink_to(path)

@@ -21,6 +21,7 @@ _OVERWRITING = frozenset({"predict", "export"})
 
 
 def _never(command: str) -> str:
+    """The end of a refusal: the command never writes its inputs (nor with --overwrite, where it has one)."""
     return f"{command} never writes what it reads" + (", not even with --overwrite" if command in _OVERWRITING else "")
 
 
