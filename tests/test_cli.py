@@ -140,7 +140,8 @@ def _unwritable(tmp_path) -> str:
     ("epochs0", ["--epochs", "0"], "--epochs must be at least 1, got 0"),
     ("epochs-3", ["--epochs", "-3"], "--epochs must be at least 1, got -3"),
     ("model", ["--model", "nonet"], "--model 'nonet' is unknown; choose one of walnet, "),
-    ("file", ["--output", "{csv}"], "--output {csv} is a file, not a folder; choose a folder"),
+    ("file", ["--output", "{csv}"], "--output {csv} is the --csv file {csv}; choose another path: train never "
+                                    "writes what it reads"),
     ("under-file", ["--output", "{csv}/sub"], "--output {csv}/sub lies under the file {csv}; choose a folder"),
     ("unwritable", ["--output", "{unwritable}"], "{unwritable}"),
     ("csv-folder", ["--csv", "{folder}"], "--csv {folder} is a folder, not a CSV file"),

@@ -264,3 +264,22 @@ def test_a_pretrained_file_that_is_no_state_dict_is_one_line(tmp_path):
             with pytest.raises(ValueError, match=f"^pretrained_file {re.escape(str(path))} cannot be read as a state "
                                                  r"dict \([^\n]*\)$"):
                 check_pretrained_file(path, "resnet18")
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
+def test_a_fifo_in_a_model_folder_is_named_as_one_not_as_missing(exported, tmp_path, name):
+    """A FIFO is never opened (reading it would wait for a writer) and is no missing file: the
+    error names it and says what it is."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for part in ("config.json", "model.safetensors"):
+        if part == name:
+            os.mkfifo(folder / part)
+        else:
+            os.symlink(exported[1] / part, folder / part)
+    for loader, load in LOADERS.items():
+        with pytest.raises(ValueError) as info:
+            load(folder)
+        text = str(info.value)
+        assert text == (f"{folder / name} is a FIFO (named pipe), not a regular file; a model folder holds its "
+                        f"{name} as a file"), (loader, text)

@@ -16,8 +16,9 @@ from walnet.data.sources import check_data_path
 from walnet.data.splits import DATA_FILE, SPLIT_FILE
 from walnet.engine.checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint
 from walnet.engine.config import TrainConfig, flag_of, options
+from walnet.engine.inputs import Inputs
 from walnet.engine.lock import LOCK_NAME
-from walnet.files import check_writable
+from walnet.files import check_writable, special_kind
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -56,16 +57,36 @@ _PATH_SETTINGS = ("data_dir", "csv", "pretrained_file")
 EVAL_FILES = ("metrics.json", "roc.png", "confusion.png", "segmentation.png", "attention.png")
 
 
-def check_output(output, flag: str = "--output", inputs=(), writes=RUN_FILES) -> None:
-    """A :class:`ValueError` naming `flag` unless `output` can be (or is) a folder this process
-    writes (:func:`~walnet.files.check_writable`) and none of the files it `writes`
-    there is one of `inputs` (a user's files are never a write target)."""
+def check_output(output, flag: str = "--output", reads: Inputs | None = None, writes=RUN_FILES,
+                 command: str = "train") -> None:
+    """A :class:`ValueError` naming `flag` where `output`, or a file it `writes` there, is
+    one of the files or folders the command `reads` (:meth:`Inputs.check_folder`: compared as
+    files, links and other spellings counted), or unless `output` can be (or is) a folder this
+    process writes (:func:`~walnet.files.check_writable`)."""
+    if reads is not None:  # first: an input given as --output is named as the input it is
+        reads.check_folder(output, writes, flag, command)
     check_writable(output, flag, folder=True)
-    path = Path(os.path.abspath(output))
-    targets = {os.path.realpath(path / name) for name in writes}
-    for given in inputs:
-        if given is not None and os.path.realpath(given) in targets:
-            raise ValueError(f"{flag} {output} would overwrite the input {given}; choose another folder")
+
+
+def data_reads(reads: Inputs, data_dir=None, csv_path=None) -> Inputs:
+    """Adds a command's data to `reads`: the ``--csv`` file and the images and masks it lists,
+    or the ``--data-dir`` folder and every file in it; returns `reads`."""
+    if csv_path is not None:
+        reads.add_csv(csv_path, f"the --csv file {csv_path}")
+    if data_dir is not None and os.path.isdir(data_dir):
+        reads.add_tree(data_dir, f"the --data-dir folder {data_dir}")
+    return reads
+
+
+def train_reads(config: TrainConfig) -> Inputs:
+    """What a training run reads: its data (:func:`data_reads`) and ``--pretrained-file``. The
+    ``--resume`` checkpoint is its own folder's (:func:`check_resume_folder`), which the run
+    continues and replaces by design; it is kept apart from the run's other files in
+    :func:`check_train_config`."""
+    reads = data_reads(Inputs(), config.data_dir, config.csv)
+    if config.pretrained_file is not None:
+        reads.add_file(config.pretrained_file, f"the --pretrained-file {config.pretrained_file}")
+    return reads
 
 
 def check_run_folder(output) -> None:
@@ -110,10 +131,19 @@ def check_train_config(config: TrainConfig) -> torch.device:
     if config.resume is not None:
         if os.path.isdir(config.resume):
             raise ValueError(f"--resume {config.resume} is a folder; give the checkpoint in it (last.pt)")
+        if special_kind(config.resume) is not None:  # never opened: reading a FIFO waits for a writer
+            raise ValueError(f"--resume {config.resume} is {special_kind(config.resume)}, not a checkpoint file")
         if not os.path.isfile(config.resume):
             raise FileNotFoundError(f"--resume {config.resume}: no such checkpoint file")
         check_resume_folder(config.resume, config.output)
-    check_output(config.output, inputs=(config.csv,))
+    reads = train_reads(config)
+    writes = RUN_FILES
+    if config.resume is not None:
+        # the checkpoint resumed is replaced as the run goes on; no other file of the run may be it
+        resumed = os.path.realpath(config.resume)
+        writes = tuple(n for n in RUN_FILES if os.path.realpath(Path(config.output) / n) != resumed)
+        reads.add_file(config.resume, f"the --resume checkpoint {config.resume}")
+    check_output(config.output, reads=reads, writes=writes)
     check_run_folder(config.output)
     return device
 

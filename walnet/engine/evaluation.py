@@ -14,8 +14,9 @@ import torch
 
 from walnet.data import PlaqueDataset, load_records
 from walnet.data.splits import recorded_split
-from walnet.engine.checks import EVAL_FILES, check_output, pick_device
+from walnet.engine.checks import EVAL_FILES, check_output, data_reads, pick_device
 from walnet.engine.config import EvalConfig
+from walnet.engine.inputs import Inputs
 from walnet.engine.loading import load_model
 from walnet.engine.loops import EvalOutputs, evaluate
 from walnet.engine.metrics import bootstrap_ci, patient_metrics
@@ -48,8 +49,7 @@ def evaluate_run(config: EvalConfig) -> dict:
     ``"figures"`` in the result."""
     ckpt = Path(config.checkpoint)
     device = pick_device(config.device)
-    if config.output:
-        check_output(config.output, inputs=(config.csv,), writes=EVAL_FILES)
+    check_output(config.output or ckpt.parent, reads=_reads(config), writes=EVAL_FILES, command="evaluate")
     trained = load_model(ckpt, device)
     if trained.train_config is None:
         raise ValueError(f"--checkpoint {ckpt} is a model folder written by walnet export; evaluate scores a "
@@ -87,6 +87,15 @@ def evaluate_run(config: EvalConfig) -> dict:
     if figures:
         _write_figures(out, result, outputs, dataset, classes)
     return result
+
+
+def _reads(config: EvalConfig) -> Inputs:
+    """What evaluate reads: the checkpoint, the run's split.csv beside it and the data."""
+    ckpt = Path(config.checkpoint)
+    reads = Inputs()
+    reads.add_file(ckpt, f"the checkpoint {ckpt}")
+    reads.add_file(ckpt.parent / "split.csv", f"the run's split {ckpt.parent / 'split.csv'}")
+    return data_reads(reads, config.data_dir, config.csv)
 
 
 def _write_figures(out: Path, result: dict, outputs: EvalOutputs, dataset, classes) -> None:

@@ -287,7 +287,8 @@ def _check_experiment(pairs, seeds: Sequence[int], output, train: TrainConfig, e
     """The settings every run of an experiment shares, checked once before the first run starts:
     models, seeds, the output folder, the train template (as its first run), the pretrained file
     for every model and the scoring device."""
-    from walnet.engine.checks import check_output, check_pretrained_file, check_train_config, pick_device
+    from walnet.engine.checks import (check_output, check_pretrained_file, check_train_config, pick_device,
+                                      train_reads)
     from walnet.models import model_names
 
     unknown = [m for m, _ in pairs if m not in model_names()]
@@ -302,7 +303,7 @@ def _check_experiment(pairs, seeds: Sequence[int], output, train: TrainConfig, e
     check_seeds(seeds)
     if len(set(seeds)) != len(seeds) or len({m for m, _ in pairs}) != len(pairs):
         raise ValueError(f"configs and seeds must not repeat: {[m for m, _ in pairs]}, {list(seeds)}")
-    check_output(output, inputs=(train.csv,))
+    check_output(output, reads=train_reads(train), command="experiment")
     check_train_config(replace(train, output=Path(output) / "runs" / pairs[0][0] / f"seed{seeds[0]}",
                                model=pairs[0][0], resume=None))
     if train.pretrained_file is not None:  # one file for every run: each run's backbone must fit it

@@ -47,6 +47,7 @@ from torch import nn
 
 from walnet.engine.checks import check_output, pick_device
 from walnet.engine.config import ExportConfig
+from walnet.engine.inputs import Inputs
 from walnet.engine.loading import load_model
 from walnet.engine.lock import run_lock
 from walnet.files import WriteError, first_line, staged
@@ -116,11 +117,22 @@ def export_model(config: ExportConfig | str | Path, output: str | Path | None = 
     return _export(config)
 
 
+def _reads(config: ExportConfig) -> Inputs:
+    """What export reads: the checkpoint, and its run's metrics.json and split.csv (the model
+    card's scores and split)."""
+    ckpt = Path(config.checkpoint)
+    reads = Inputs()
+    reads.add_file(ckpt, f"the checkpoint {ckpt}")
+    for name in ("metrics.json", "split.csv"):
+        reads.add_file(ckpt.parent / name, f"the run's {name} {ckpt.parent / name}")
+    return reads
+
+
 def _check_target(config: ExportConfig) -> None:
     """The output folder can be written, holds no file that is the checkpoint, and holds no
     earlier export unless ``overwrite``."""
     out = Path(config.output)
-    check_output(out, "--output", inputs=(config.checkpoint,), writes=EXPORT_FILES)
+    check_output(out, "--output", reads=_reads(config), writes=EXPORT_FILES, command="export")
     folders = [name for name in EXPORT_FILES if (out / name).is_dir()]
     if folders:
         raise ValueError(f"--output {out}: {out / folders[0]} is a folder where the export writes a file")
@@ -276,7 +288,7 @@ def _export(config: ExportConfig) -> dict:
         require_onnx()
     # the folder's checks come before the lock makes it; those of its files again under the lock,
     # so an export that finished meanwhile is not replaced without --overwrite
-    check_output(out, "--output", inputs=(config.checkpoint,), writes=EXPORT_FILES)
+    check_output(out, "--output", reads=_reads(config), writes=EXPORT_FILES, command="export")
     with run_lock(out, "walnet export"):
         return _export_locked(config)
 

@@ -9,10 +9,20 @@ work and hold with ``--overwrite`` too.
 """
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
+
 __all__ = ["Inputs", "file_id"]
+
+#: The commands with an ``--overwrite`` flag, whose errors say that it does not reach inputs.
+_OVERWRITING = frozenset({"predict", "export"})
+
+
+def _never(command: str) -> str:
+    """The end of a refusal: the command never writes its inputs (nor with --overwrite, where it has one)."""
+    return f"{command} never writes what it reads" + (", not even with --overwrite" if command in _OVERWRITING else "")
 
 
 def file_id(path) -> tuple[int, int] | None:
@@ -58,6 +68,31 @@ class Inputs:
         for entry in entries:
             self.add_file(entry.path, f"{entry.name} of {what}")
 
+    def add_tree(self, path, what: str) -> None:
+        """Registers the folder `path` (:meth:`add_folder`) and every file below it, at any depth
+        (an ImageFolder tree: its images lie in class folders)."""
+        self.add_folder(path, what)
+        for dirpath, _, names in os.walk(path):
+            for name in names:
+                self.add_file(os.path.join(dirpath, name), f"{name} of {what}")
+
+    def add_csv(self, path, what: str) -> None:
+        """Registers the CSV file `path` and the image and mask files its rows name (``path`` and
+        ``mask_path`` columns, relative ones from the CSV's folder). A CSV that cannot be read is
+        its reader's to report: only the file itself is registered then."""
+        self.add_file(path, what)
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except (OSError, UnicodeError, csv.Error):
+            return
+        base = Path(path).parent
+        for row in rows:
+            for column in ("path", "mask_path"):
+                value = row.get(column) if isinstance(row, dict) else None
+                if isinstance(value, str) and value.strip():
+                    self.add_file(base / value.strip(), f"{value.strip()} (listed in {what})")
+
     def owner(self, path) -> str | None:
         """How `path` is an input ("is the checkpoint run/best.pt", "lies in the model folder m"),
         or None where writing it touches no input."""
@@ -76,5 +111,16 @@ class Inputs:
         """A :class:`ValueError` (one line naming `flag` and `path`) where `path` is an input."""
         relation = self.owner(path)
         if relation is not None:
-            raise ValueError(f"{flag} {Path(path)} {relation}; choose another path: {command} never writes "
-                             "what it reads, not even with --overwrite")
+            raise ValueError(f"{flag} {Path(path)} {relation}; choose another path: {_never(command)}")
+
+    def check_folder(self, folder, names, flag: str, command: str) -> None:
+        """A :class:`ValueError` (one line naming `flag`) where the output folder `folder` is an
+        input, lies in an input folder, or where a file `names` lists, written in it, would be an
+        input (an input under that name in it, or a link to one)."""
+        self.check(folder, flag, command)
+        for name in names:
+            target = Path(folder) / name
+            relation = self.owner(target)
+            if relation is not None:
+                raise ValueError(f"{flag} {Path(folder)} would write {name} where {target} {relation}; choose "
+                                 f"another folder: {_never(command)}")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from walnet._version import __version__
-from walnet.files import first_line, weights_mismatch
+from walnet.files import first_line, special_kind, weights_mismatch
 from walnet.models import schema
 
 #: The ``"format"`` tag of an exported model's config.json, and the one version this walnet reads.
@@ -49,6 +49,14 @@ def _folder(folder: str | Path) -> Path:
     return folder
 
 
+def _check_special(path: Path) -> None:
+    """A ValueError naming `path` where it is a FIFO, socket or device: it exists, so "missing"
+    would mislead, and it is never opened (reading a FIFO would wait for a writer)."""
+    kind = special_kind(path)
+    if kind is not None:
+        raise ValueError(f"{path} is {kind}, not a regular file; a model folder holds its {path.name} as a file")
+
+
 def read_config(folder: str | Path) -> dict:
     """The checked contents of ``<folder>/config.json`` (:func:`check_config`).
 
@@ -58,6 +66,7 @@ def read_config(folder: str | Path) -> dict:
     ``format_version``, or breaks the schema is a one-line ValueError starting with the file's
     path. Reading it never builds a model, fetches or opens another file."""
     path = _folder(folder) / CONFIG_FILE
+    _check_special(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {folder} is not a model folder written by `walnet export`")
     config = _parse(path)
@@ -145,6 +154,7 @@ def load_weights(model: nn.Module, folder: str | Path, device: str | torch.devic
     `device`. A missing or unreadable file, or weights that do not fit the model (missing or
     unexpected parameters, other shapes), is an error naming the file."""
     path = Path(folder) / WEIGHTS_FILE
+    _check_special(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the model folder {folder} has no weights")
     try:
