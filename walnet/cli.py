@@ -19,8 +19,8 @@ shows its records: information as plain lines on stdout (the epoch lines, an exp
 from __future__ import annotations
 
 import argparse
-import csv
 import contextlib
+import csv
 import functools
 import json
 import logging
