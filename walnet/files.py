@@ -64,6 +64,14 @@ def special_kind(path) -> str | None:
     return next((name for test, name in kinds if test(mode)), None)
 
 
+def refuse_special(path, shown: str, instead: str = "a regular file", error: type = ValueError) -> None:
+    """Raises `error` ("<shown> is a FIFO (named pipe), not <instead>") where `path` is a FIFO,
+    socket or device (:func:`special_kind`); `shown` is how the message names the path."""
+    kind = special_kind(path)
+    if kind is not None:
+        raise error(f"{shown} is {kind}, not {instead}")
+
+
 # ---------------------------------------------------------------------------------------------
 # temporary files
 

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from walnet.data.dicom_header import Header, checked_geometry, inflated_frames, quiet, read_header
-from walnet.files import special_kind
+from walnet.files import refuse_special
 
 #: The file extensions read as DICOM (compared ignoring case).
 DICOM_EXTENSIONS = (".dcm", ".dicom")
@@ -93,8 +93,7 @@ def _header(path: Path) -> Header:
     if not path.is_file():
         if path.is_dir():
             raise ValueError(f"image file {_show(path)} is a folder, not an image")
-        if special_kind(path) is not None:
-            raise ValueError(f"image file {_show(path)} is {special_kind(path)}, not a regular file")
+        refuse_special(path, f"image file {_show(path)}")
         raise FileNotFoundError(f"image file {_show(path)} does not exist")
     with quiet(path):
         return read_header(path, pydicom)

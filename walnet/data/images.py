@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from walnet.data.dicom import is_dicom, read_dicom
-from walnet.files import special_kind
+from walnet.files import refuse_special
 
 #: Pillow modes of 16-bit grayscale files (PNG, TIFF), scaled by 1/65535.
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -41,9 +41,8 @@ def _check_file(path: Path) -> None:
         raise ValueError(f"cannot read image {show_path(path)}: {exc.strerror}") from None
     if is_dir:
         raise ValueError(f"image file {show_path(path)} is a folder, not an image")
-    if not is_file and special_kind(path) is not None:
-        raise ValueError(f"image file {show_path(path)} is {special_kind(path)}, not a regular file")
     if not is_file:
+        refuse_special(path, f"image file {show_path(path)}")
         raise FileNotFoundError(f"image file {show_path(path)} does not exist")
 
 

@@ -33,7 +33,7 @@ from walnet.data.classes import known_classes, match_label, normalize_label
 from walnet.data.datasets import IMAGE_EXTENSIONS, Record, expand_dicom, show_path
 from walnet.data.dicom import is_dicom
 from walnet.data.splits import SPLITS
-from walnet.files import special_kind
+from walnet.files import refuse_special
 
 BOX_COLUMNS = ("y1", "x1", "y2", "x2")
 #: The other spelling of the ROI box: ``xmin = x1``, ``ymin = y1``, ``xmax = x2``, ``ymax = y2``.
@@ -125,9 +125,8 @@ def _read_text(csv_path: Path) -> str:
     """The CSV's text, decoded as UTF-8 (a leading byte-order mark dropped)."""
     if csv_path.is_dir():
         raise ValueError(f"CSV file {show_path(csv_path)} is a folder, not a CSV file")
-    if not csv_path.is_file() and special_kind(csv_path) is not None:
-        raise ValueError(f"CSV file {show_path(csv_path)} is {special_kind(csv_path)}, not a regular file")
     if not csv_path.is_file():
+        refuse_special(csv_path, f"CSV file {show_path(csv_path)}")
         raise FileNotFoundError(f"CSV file {show_path(csv_path)} does not exist")
     data = csv_path.read_bytes()
     try:

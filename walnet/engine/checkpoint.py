@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from walnet.files import atomic_open, first_line, special_kind, weights_mismatch
+from walnet.files import atomic_open, first_line, refuse_special, weights_mismatch
 
 #: The keys of a ``walnet train`` checkpoint that rebuilding its model needs (``engine.loading.load_model``).
 TRAINED_KEYS = ("model", "args", "classes", "epoch")
@@ -153,8 +153,7 @@ def load_checkpoint(path: str | Path, map_location="cpu", keys: Iterable[str] = 
         raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file{hint}")
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if special_kind(path) is not None:
-        raise CheckpointError(f"checkpoint {path} is {special_kind(path)}, not a checkpoint file")
+    refuse_special(path, f"checkpoint {path}", "a checkpoint file", CheckpointError)
     try:
         if path.stat().st_size == 0:
             raise CheckpointError(f"checkpoint {path} is empty (0 bytes): not a checkpoint")

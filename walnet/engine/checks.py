@@ -18,7 +18,7 @@ from walnet.engine.checkpoint import RESUME_KEYS, CheckpointError, load_checkpoi
 from walnet.engine.config import TrainConfig, flag_of, options
 from walnet.engine.inputs import Inputs
 from walnet.engine.lock import LOCK_NAME
-from walnet.files import check_writable, special_kind
+from walnet.files import check_writable, refuse_special
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -131,8 +131,8 @@ def check_train_config(config: TrainConfig) -> torch.device:
     if config.resume is not None:
         if os.path.isdir(config.resume):
             raise ValueError(f"--resume {config.resume} is a folder; give the checkpoint in it (last.pt)")
-        if special_kind(config.resume) is not None:  # never opened: reading a FIFO waits for a writer
-            raise ValueError(f"--resume {config.resume} is {special_kind(config.resume)}, not a checkpoint file")
+        # never opened: reading a FIFO waits for a writer
+        refuse_special(config.resume, f"--resume {config.resume}", "a checkpoint file")
         if not os.path.isfile(config.resume):
             raise FileNotFoundError(f"--resume {config.resume}: no such checkpoint file")
         check_resume_folder(config.resume, config.output)

@@ -36,7 +36,7 @@ from walnet.engine.step import check_finite, forward
 from walnet.engine.checks import pick_device
 from walnet.engine.inputs import Inputs, file_id
 from walnet.engine.loading import load_model
-from walnet.files import WriteError, atomic_open, check_writable, special_kind, staged
+from walnet.files import WriteError, atomic_open, check_writable, refuse_special, staged
 
 
 def collect_images(inputs, exclude=None) -> list[Path]:
@@ -63,9 +63,8 @@ def collect_images(inputs, exclude=None) -> list[Path]:
                 raise ValueError(f"folder {item} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
         elif item.is_file():
             images = [item]
-        elif special_kind(item) is not None:
-            raise ValueError(f"input {item} is {special_kind(item)}, not a regular file; give image files or folders")
         else:
+            refuse_special(item, f"input {item}", "a regular file; give image files or folders")
             raise FileNotFoundError(f"input {item} does not exist")
         for p in images:
             found.setdefault(p.resolve(), p)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from walnet._version import __version__
-from walnet.files import first_line, special_kind, weights_mismatch
+from walnet.files import first_line, refuse_special, weights_mismatch
 from walnet.models import schema
 
 #: The ``"format"`` tag of an exported model's config.json, and the one version this walnet reads.
@@ -52,9 +52,7 @@ def _folder(folder: str | Path) -> Path:
 def _check_special(path: Path) -> None:
     """A ValueError naming `path` where it is a FIFO, socket or device: it exists, so "missing"
     would mislead, and it is never opened (reading a FIFO would wait for a writer)."""
-    kind = special_kind(path)
-    if kind is not None:
-        raise ValueError(f"{path} is {kind}, not a regular file; a model folder holds its {path.name} as a file")
+    refuse_special(path, str(path), f"a regular file; a model folder holds its {path.name} as a file")
 
 
 def read_config(folder: str | Path) -> dict:
