@@ -54,7 +54,7 @@ RESUME_MAY_CHANGE = frozenset({"epochs", "resume", "output", "data_dir", "csv"}
 _PATH_SETTINGS = ("data_dir", "csv", "pretrained_file")
 
 #: The files ``walnet evaluate`` writes into its folder.
-EVAL_FILES = ("metrics.json", "roc.png", "confusion.png", "segmentation.png", "attention.png")
+EVAL_FILES = ("metrics.json", "roc.png", "confusion.png", "reliability.png", "segmentation.png", "attention.png")
 
 
 def check_output(output, flag: str = "--output", reads: Inputs | None = None, writes=RUN_FILES,

@@ -295,8 +295,8 @@ class EvalConfig(_Config):
                                  group="runtime")
     device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...", group="runtime")
     skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing", group="data")
-    figures: bool = option(True, "write roc.png, confusion.png, segmentation.png and attention.png (off: "
-                           "metrics.json only)")
+    figures: bool = option(True, "write roc.png, confusion.png, reliability.png, segmentation.png and "
+                           "attention.png (off: metrics.json only)")
     dicom_region: bool = option(True, "crop DICOM images to their ultrasound region (off: whole images; also off "
                                 "where the run was trained with --no-dicom-region)", group="data")
 

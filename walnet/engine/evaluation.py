@@ -1,9 +1,11 @@
 """The run behind ``walnet evaluate``: a trained model scored on one split of its run's data.
 
 It writes ``metrics.json`` (the checkpoint's folder, or ``output``): the scores of
-:func:`~walnet.engine.metrics.classification_metrics`, their bootstrap intervals and, where the
-data has patient ids, the same per patient (``"patient"``); and unless asked not to, the figures
-of the paper (ROC, confusion matrix, segmentations) and an attention panel.
+:func:`~walnet.engine.metrics.classification_metrics`, their bootstrap intervals, the Wilson
+intervals and calibration scores of :func:`~walnet.engine.metrics.clinical_metrics` and, where
+the data has patient ids, the same per patient (``"patient"``); and unless asked not to, the
+figures of the paper (ROC, confusion matrix, segmentations), a reliability diagram and an
+attention panel.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from walnet.engine.config import EvalConfig
 from walnet.engine.inputs import Inputs
 from walnet.engine.loading import load_model
 from walnet.engine.loops import EvalOutputs, evaluate
-from walnet.engine.metrics import bootstrap_ci, patient_metrics
+from walnet.engine.metrics import CI_LEVEL, bootstrap_ci, clinical_metrics, patient_metrics
 from walnet.engine.runtime import loader_workers
 from walnet.files import atomic_open
 from walnet.models import PseudoMaskGenerator
@@ -39,11 +41,15 @@ def evaluate_run(config: EvalConfig) -> dict:
     ``metrics.json`` holds :func:`~walnet.engine.loops.evaluate`'s scores (per-class sensitivity
     and specificity among them), 95% percentile-bootstrap intervals of accuracy, macro F1 and
     micro AUC over the images (``accuracy_ci``, ..., and their settings under ``"bootstrap"``;
-    :func:`~walnet.engine.metrics.bootstrap_ci`) and, where images have patient ids, the same
+    :func:`~walnet.engine.metrics.bootstrap_ci`), 95% Wilson intervals of each class's
+    sensitivity and specificity (``sensitivity_ci``, ``specificity_ci``), the Brier score, ECE
+    and reliability bins (``brier``, ``ece``, ``calibration``;
+    :func:`~walnet.engine.metrics.clinical_metrics`) and, where images have patient ids, the same
     scores per patient under ``"patient"`` (:func:`~walnet.engine.metrics.patient_metrics`).
 
     With ``figures`` (the default), also writes ``roc.png`` (paper Fig. 4), ``confusion.png``
-    (Fig. 5) and, where the split has true masks and the model a segmentation head,
+    (Fig. 5), ``reliability.png`` (the reliability diagram) and, where the split has true masks
+    and the model a segmentation head,
     ``segmentation.png`` (Fig. 6) and ``attention.png`` (the same samples' fused attention
     over the image, the predicted mask's contour and the RCM box); their names are listed under
     ``"figures"`` in the result."""
@@ -71,6 +77,7 @@ def evaluate_run(config: EvalConfig) -> dict:
     result = evaluate(model, loader, device, pgm=pgm, class_names=classes, outputs=outputs,
                       source=f"checkpoint {ckpt}")
     result.update(bootstrap_ci(outputs.targets, outputs.probs))
+    result.update(clinical_metrics(outputs.targets, outputs.probs, classes))
     # each score's image by its dataset index, not by position: right for any loader order
     patients = [dataset.records[i].patient for i in outputs.order]
     per_patient = patient_metrics(outputs.targets, outputs.probs, patients, classes)
@@ -78,7 +85,8 @@ def evaluate_run(config: EvalConfig) -> dict:
         result["patient"] = per_patient
     result.update(split=config.split, images=len(dataset), checkpoint=str(ckpt), epoch=int(state["epoch"]))
     if figures:
-        result["figures"] = (["roc.png", "confusion.png"] + (["segmentation.png"] if outputs.images is not None else [])
+        result["figures"] = (["roc.png", "confusion.png", "reliability.png"]
+                             + (["segmentation.png"] if outputs.images is not None else [])
                              + (["attention.png"] if outputs.attention is not None else []))
     out = Path(config.output) if config.output else ckpt.parent
     out.mkdir(parents=True, exist_ok=True)
@@ -104,6 +112,8 @@ def _write_figures(out: Path, result: dict, outputs: EvalOutputs, dataset, class
     tag = f"{result['split']} split, {result['images']} images"
     figures.roc_figure(out / "roc.png", outputs.targets, outputs.probs, classes, title=f"ROC ({tag})")
     figures.confusion_figure(out / "confusion.png", result["confusion"], classes, title=f"Confusion ({tag})")
+    figures.reliability_figure(out / "reliability.png", result["calibration"], result["ece"],
+                               title=f"Reliability ({tag})")
     if outputs.images is not None:
         records = [dataset.records[i] for i in outputs.indices]
         titles = [f"{r.path.name}{'' if r.frame is None else f' #{r.frame}'}\n{classes[r.label]}" for r in records]
@@ -118,26 +128,36 @@ def _write_figures(out: Path, result: dict, outputs: EvalOutputs, dataset, class
 
 def summary(result: dict) -> list[str]:
     """The lines ``walnet evaluate`` prints of :func:`evaluate_run`'s `result`: the split's
-    scores (with their bootstrap intervals) and mask IoUs, each class's sensitivity and
-    specificity, the per-patient scores, and how the intervals were drawn."""
+    scores (with their bootstrap intervals) and mask IoUs, macro AUC, Brier score and ECE, each
+    class's sensitivity and specificity (with their Wilson intervals), the per-patient scores,
+    and how the bootstrap intervals were drawn."""
     extra = "".join(f", {k} {result[k]:.3f}" for k in ("seg_iou", "pseudo_iou") if k in result)
     lines = [f"{result['split']} ({result['images']} images): {_scores(result)}{extra}"]
+    if "brier" in result:
+        lines.append(f"macro AUC {_number(result.get('auc_macro'))}, Brier {_number(result['brier'])}, "
+                     f"ECE {_number(result['ece'])} ({result['calibration']['bins']} confidence bins)")
     if result.get("sensitivity"):
-        lines.append("sensitivity / specificity: " + ", ".join(
-            f"{name} {_number(value)} / {_number(result['specificity'][name])}"
-            for name, value in result["sensitivity"].items()))
+        lines.append("sensitivity / specificity" + (f" [{100 * CI_LEVEL:g}% Wilson intervals]:" if "sensitivity_ci" in result else ":"))
+        lines += [f"  {name} {_interval(result, 'sensitivity', name)} / {_interval(result, 'specificity', name)}"
+                  for name in result["sensitivity"]]
     patient = result.get("patient")
     if patient:
         lines.append(f"per patient ({patient['patients']} patients, {patient['images']} images): {_scores(patient)}")
     if "bootstrap" in result:
         b = result["bootstrap"]
-        lines.append(f"[lo, hi]: {100 * b['level']:g}% percentile-bootstrap intervals ({b['resamples']} resamples, "
-                     f"seed {b['seed']})")
+        lines.append(f"accuracy, macro F1, micro AUC [lo, hi]: {100 * b['level']:g}% percentile-bootstrap intervals "
+                     f"({b['resamples']} resamples, seed {b['seed']})")
     return lines
 
 
 def _number(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _interval(result: dict, key: str, name: str) -> str:
+    """A class's `key` (sensitivity, specificity) with its Wilson interval where it has one."""
+    ci = (result.get(f"{key}_ci") or {}).get(name)
+    return _number(result[key][name]) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def _scores(r: dict) -> str:

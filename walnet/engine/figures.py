@@ -1,5 +1,6 @@
 """PNG figures of an evaluation, after the paper: ROC curves (Fig. 4), the confusion matrix
-(Fig. 5) and a segmentation panel (Fig. 6: image | pseudo mask | prediction | truth); and the
+(Fig. 5) and a segmentation panel (Fig. 6: image | pseudo mask | prediction | truth); a
+reliability diagram of the top-label confidence; and the
 attention overlay of one image (``walnet predict --overlays``) or of a panel of samples
 (``walnet evaluate``'s ``attention.png``): the fused attention map as a heat map over the image,
 the predicted mask's contour and the RCM's box.
@@ -90,6 +91,36 @@ def confusion_figure(path, confusion, class_names=None, title: str = "Confusion 
     ax.set_xticks(range(k), names, rotation=30, ha="right")
     ax.set_yticks(range(k), names)
     ax.set(xlabel="Predicted", ylabel="True", title=title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def reliability_figure(path, calibration: dict, ece: float | None = None, title: str = "Reliability") -> Path:
+    """Reliability diagram of `calibration` (the per-bin ``count``, ``accuracy`` and
+    ``confidence`` of :func:`~walnet.engine.calibration_metrics.calibration_bins`, equal-width
+    bins over (0, 1]): above, each non-empty bin's accuracy as a bar over its confidence range,
+    its mean confidence as a dot and the diagonal of perfect calibration; below, the images per
+    bin. `ece` (when given) joins the title."""
+    count = np.asarray(calibration["count"], dtype=np.int64)
+    bins = int(calibration["bins"])
+    if count.shape != (bins,) or len(calibration["accuracy"]) != bins or len(calibration["confidence"]) != bins:
+        raise ValueError(f"calibration must hold {bins} counts, accuracies and confidences")
+    edges = np.linspace(0, 1, bins + 1)
+    filled = count > 0
+    accuracy = np.array([a if a is not None else np.nan for a in calibration["accuracy"]], dtype=float)
+    confidence = np.array([c if c is not None else np.nan for c in calibration["confidence"]], dtype=float)
+    fig = Figure(figsize=(5.5, 6.5), dpi=100)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.bar(edges[:-1][filled], accuracy[filled], width=1 / bins, align="edge", color="tab:blue", alpha=0.7,
+            edgecolor="black", linewidth=0.6, label="accuracy")
+    top.plot(confidence[filled], accuracy[filled], "o", color="tab:red", markersize=4,
+             label="(mean confidence, accuracy)")
+    top.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="Accuracy",
+            title=title + ("" if ece is None or np.isnan(ece) else f", ECE {ece:.3f}"))
+    top.legend(loc="upper left", fontsize="small")
+    bottom.bar(edges[:-1], count, width=1 / bins, align="edge", color="grey", edgecolor="black", linewidth=0.6)
+    bottom.set(xlim=(0, 1), xlabel="Confidence (top-label probability)", ylabel="Images")
     fig.tight_layout()
     return _save(fig, path)
 

@@ -1,13 +1,16 @@
 """Classification metrics of the paper (accuracy, macro F1 / precision / recall, Cohen's kappa,
-per-class and micro ROC-AUC, confusion matrix), the per-class sensitivity and specificity a
-clinical report adds, percentile-bootstrap confidence intervals and per-patient scores; in numpy,
-with no sklearn dependency."""
+per-class and micro ROC-AUC, confusion matrix), what a clinical report adds (per-class
+sensitivity and specificity with their Wilson intervals, macro ROC-AUC, and the calibration
+scores of :mod:`walnet.engine.calibration_metrics`), percentile-bootstrap confidence intervals
+and per-patient scores; in numpy (scipy for the normal quantile), with no sklearn dependency."""
 from __future__ import annotations
 
 import numbers
 from typing import Hashable, Sequence
 
 import numpy as np
+
+from walnet.engine.calibration_metrics import calibration_metrics
 
 #: Resamples of :func:`bootstrap_ci` unless told otherwise.
 BOOTSTRAP_RESAMPLES = 1000
@@ -103,13 +106,64 @@ def class_precision_recall(confusion) -> tuple[list[float | None], list[float | 
     return precision, recall
 
 
+def wilson_interval(successes: int, trials: int, level: float = CI_LEVEL) -> list[float] | None:
+    """Wilson score interval ``[lo, hi]`` of a binomial proportion `successes` / `trials` at
+    coverage `level` (no continuity correction), in closed form: with ``z`` the normal quantile
+    of ``(1 + level) / 2``, ``n = trials`` and ``p = successes / n``, the centre
+    ``(p + z^2 / 2n) / (1 + z^2 / n)`` plus or minus ``z / (1 + z^2 / n) * sqrt(p (1 - p) / n +
+    z^2 / 4n^2)``; the bounds at ``successes`` 0 and ``n`` are exactly 0 and 1. None when
+    `trials` is 0 (undefined)."""
+    if trials < 0 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials, got {successes} of {trials}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    if trials == 0:
+        return None
+    from scipy.stats import norm  # scipy.stats loads slowly: only for the reports that ask for intervals
+
+    z, n, p = float(norm.ppf((1 + level) / 2)), float(trials), successes / trials
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [0.0 if successes == 0 else float(centre - half), 1.0 if successes == trials else float(centre + half)]
+
+
+def class_intervals(confusion, class_names=None, level: float = CI_LEVEL) -> dict:
+    """Wilson intervals (:func:`wilson_interval`) of each class's sensitivity, TP of TP + FN,
+    and specificity, TN of TN + FP (one class against the rest), from a confusion matrix (rows:
+    true class, columns: predicted). Returns ``{"sensitivity_ci": {name: [lo, hi] or None},
+    "specificity_ci": {...}}``: None where the proportion is undefined (no positives, or no
+    negatives)."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    k = cm.shape[0]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    tp, positives, predicted, n = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0), int(cm.sum())
+    true_negatives = n - positives - predicted + tp
+    return {
+        "sensitivity_ci": {names[c]: wilson_interval(int(tp[c]), int(positives[c]), level) for c in range(k)},
+        "specificity_ci": {names[c]: wilson_interval(int(true_negatives[c]), n - int(positives[c]), level)
+                           for c in range(k)},
+    }
+
+
+def clinical_metrics(target, probs, class_names=None) -> dict:
+    """What ``walnet evaluate`` adds to :func:`classification_metrics` for a clinical report:
+    the Wilson intervals of :func:`class_intervals` and the calibration scores of
+    :func:`~walnet.engine.calibration_metrics.calibration_metrics` (``brier``, ``ece``,
+    ``calibration``). Kept out of :func:`classification_metrics`, which validates every epoch."""
+    target, probs = _checked(target, probs)
+    confusion = confusion_matrix(target, probs.argmax(axis=1), probs.shape[1])
+    return {**class_intervals(confusion, class_names), **calibration_metrics(target, probs)}
+
+
 def classification_metrics(target, probs, class_names=None) -> dict:
     """All the paper's metrics from true labels [N] and class probabilities [N,K].
 
     Returns a JSON-friendly dict: accuracy, macro_f1, macro_precision, macro_recall, kappa,
-    auc_per_class {name: auc}, auc_micro, sensitivity {name: TP / (TP + FN)}, specificity
-    {name: TN / (TN + FP)} (one class against the rest), macro_specificity, confusion (list of
-    lists), class_names.
+    auc_per_class {name: auc}, auc_micro, auc_macro (the mean of the defined per-class AUCs: where every
+    class is present, scikit-learn's ``multi_class="ovr", average="macro"``; None if none is),
+    sensitivity {name: TP / (TP + FN)}, specificity {name: TN / (TN + FP)} (one class against
+    the rest), macro_specificity, confusion (list of lists), class_names.
 
     A sensitivity whose class has no sample, or a specificity whose class has every sample, is
     undefined and given as None; macro_specificity is the mean of the defined ones (None if none
@@ -133,14 +187,17 @@ def classification_metrics(target, probs, class_names=None) -> dict:
     sensitivity = class_precision_recall(cm)[1]
     specificity = [float(true_negatives[c] / negatives[c]) if negatives[c] else None for c in range(k)]
     defined = [v for v in specificity if v is not None]
+    auc_per_class = [roc_auc(probs[:, c], target == c) for c in range(k)]
+    auc_defined = [a for a in auc_per_class if not np.isnan(a)]
     return {
         "accuracy": float(observed),
         "macro_f1": float(f1.mean()),
         "macro_precision": float(precision.mean()),
         "macro_recall": float(recall.mean()),
         "kappa": float(kappa),
-        "auc_per_class": {names[c]: roc_auc(probs[:, c], target == c) for c in range(k)},
+        "auc_per_class": dict(zip(names, auc_per_class)),
         "auc_micro": roc_auc(probs.ravel(), onehot.ravel()),
+        "auc_macro": float(np.mean(auc_defined)) if auc_defined else None,
         "sensitivity": dict(zip(names, sensitivity)),
         "specificity": dict(zip(names, specificity)),
         "macro_specificity": float(np.mean(defined)) if defined else None,
@@ -227,7 +284,8 @@ def bootstrap_ci(target, probs, resamples: int = BOOTSTRAP_RESAMPLES, seed: int 
 
 def patient_metrics(target, probs, patients: Sequence[Hashable | None], class_names=None,
                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict | None:
-    """The metrics of :func:`classification_metrics` and :func:`bootstrap_ci` per patient.
+    """The metrics of :func:`classification_metrics`, :func:`clinical_metrics` and
+    :func:`bootstrap_ci` per patient.
 
     A patient's class probabilities are the mean over its images, its prediction their argmax,
     and its true class the most common label of its images (a tie goes to the lower class index,
@@ -257,6 +315,7 @@ def patient_metrics(target, probs, patients: Sequence[Hashable | None], class_na
         "images_without_patient": len(target) - images,
         "mixed_label_patients": int(((counts > 0).sum(axis=1) > 1).sum()),
         **classification_metrics(patient_target, patient_probs, class_names),
+        **clinical_metrics(patient_target, patient_probs, class_names),
         **bootstrap_ci(patient_target, patient_probs, resamples=resamples, seed=seed),
     }
 
