@@ -96,9 +96,15 @@ def test_train_command_writes_a_run_and_resumes(tmp_path):
     patient = result["patient"]
     assert 0 < patient["patients"] <= patient["images"] == result["images"]
     assert sum(map(sum, patient["confusion"])) == patient["patients"] and patient["accuracy_ci"]
-    assert "sensitivity / specificity: hyperechoic" in scored.stdout
+    assert "sensitivity / specificity [95% Wilson intervals]:\n  hyperechoic " in scored.stdout
+    for key in ("sensitivity_ci", "specificity_ci"):
+        assert list(result[key]) == classes and all(ci is None or 0 <= ci[0] <= ci[1] <= 1
+                                                    for ci in result[key].values()), key
+    assert 0 <= result["ece"] <= 1 and 0 <= result["brier"] <= 2
+    assert sum(result["calibration"]["count"]) == result["images"] and "auc_macro" in result
+    assert f"Brier {result['brier']:.3f}, ECE {result['ece']:.3f}" in scored.stdout
     assert f"per patient ({patient['patients']} patients" in scored.stdout
-    assert result["figures"] == ["roc.png", "confusion.png", "segmentation.png", "attention.png"]
+    assert result["figures"] == ["roc.png", "confusion.png", "reliability.png", "segmentation.png", "attention.png"]
     for name in result["figures"]:
         assert (run / name).stat().st_size > 1000, name
     assert "accuracy" in scored.stdout

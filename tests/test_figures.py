@@ -170,7 +170,7 @@ def test_evaluate_run_writes_figures(tmp_path, figures):
     if not figures:
         assert pngs == [] and "figures" not in saved
     else:
-        assert saved["figures"] == ["roc.png", "confusion.png", "segmentation.png", "attention.png"]
+        assert saved["figures"] == ["roc.png", "confusion.png", "reliability.png", "segmentation.png", "attention.png"]
         assert pngs == sorted(saved["figures"])
         for name in pngs:
             _png(out / name)

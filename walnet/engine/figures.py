@@ -118,7 +118,7 @@ def reliability_figure(path, calibration: dict, ece: float | None = None, title:
     top.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="Accuracy",
             title=title + ("" if ece is None or np.isnan(ece) else f", ECE {ece:.3f}"))
-    top.legend(loc="upper left", fontsize="small")
+    top.legend(loc="best", fontsize="small")
     bottom.bar(edges[:-1], count, width=1 / bins, align="edge", color="grey", edgecolor="black", linewidth=0.6)
     bottom.set(xlim=(0, 1), xlabel="Confidence (top-label probability)", ylabel="Images")
     fig.tight_layout()
