@@ -3,6 +3,8 @@ and the Brier score against scikit-learn, the ECE of a hand-computed case, the r
 diagram and the printed summary."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -188,3 +190,34 @@ def test_summary_prints_the_intervals_and_calibration():
     old["sensitivity"] = {**old["sensitivity"], "c": None}
     lines = summary(old)
     assert lines[1] == "sensitivity / specificity:" and lines[4].startswith("  c n/a / ")
+
+
+def test_model_card_shows_the_intervals_and_calibration(tmp_path):
+
+    from conftest import CLASSES, small_checkpoint
+    from walnet.engine.export import export_model
+    from walnet.engine.metrics import bootstrap_ci
+
+    target, probs = _predictions(n=80)
+    metrics = {**classification_metrics(target, probs, CLASSES), **clinical_metrics(target, probs, CLASSES),
+               **bootstrap_ci(target, probs, resamples=50), "split": "test", "images": 80, "epoch": 0}
+    ckpt, _ = small_checkpoint(tmp_path / "run" / "best.pt")
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
+    export_model(ckpt, tmp_path / "model")
+    card = (tmp_path / "model" / "README.md").read_text()
+    lo, hi = metrics["accuracy_ci"]
+    for text in (f"| accuracy | {metrics['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] |",
+                 f"| ROC-AUC (macro) | {metrics['auc_macro']:.3f} |", f"| Brier score (multi-class) | "
+                 f"{metrics['brier']:.3f} |", f"| expected calibration error | {metrics['ece']:.3f} |",
+                 "95% percentile-bootstrap intervals", "over 15 equal-width confidence bins",
+                 "| class | images | precision | sensitivity (recall) | specificity | ROC-AUC |",
+                 "Sensitivity and specificity [lo, hi]: 95% Wilson score intervals."):
+        assert text in card, text
+    assert card.count("Confusion matrix (rows: true class") == 1
+    cm = np.array(metrics["confusion"])
+    for c, name in enumerate(CLASSES):  # each row's intervals: scipy's, from the confusion matrix
+        tp, pos = cm[c, c], cm[c].sum()
+        tn, neg = cm.sum() - pos - cm[:, c].sum() + tp, cm.sum() - pos
+        sens, spec = _scipy_wilson(tp, pos), _scipy_wilson(tn, neg)
+        assert (f"| {tp / pos:.3f} [{sens[0]:.3f}, {sens[1]:.3f}] | {tn / neg:.3f} [{spec[0]:.3f}, {spec[1]:.3f}] | "
+                f"{metrics['auc_per_class'][name]:.3f} |") in card, name

@@ -103,6 +103,14 @@ def test_folder_holds_the_files_and_config(exported):
     assert read_config(folder) == config
 
 
+def _wilson(k, n):
+    """scipy's 95% Wilson interval of k of n as the model card prints it."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return f"[{ci.low:.3f}, {ci.high:.3f}]"
+
+
 def test_model_card_reports_the_runs_metrics(exported):
     ckpt, _, folder = exported
     card = (folder / "README.md").read_text()
@@ -112,7 +120,8 @@ def test_model_card_reports_the_runs_metrics(exported):
                  "the CSV `labels.csv`", "train 6 images, val 2 images, test 2 images",
                  "**test** split (16 images)", "| accuracy | 0.812 |", "| macro F1 | 0.778 |",
                  "| Cohen's kappa | 0.654 |", "| ROC-AUC (micro) | 0.900 |", "| predicted-mask IoU | 0.424 |",
-                 "| hypoechoic | 7 | 0.857 | 0.857 | 0.880 |", "| mixed-echoic | 5 | 0.800 | 0.800 | n/a |",
+                 f"| hypoechoic | 7 | 0.857 | 0.857 {_wilson(6, 7)} | 0.889 {_wilson(8, 9)} | 0.880 |",
+                 f"| mixed-echoic | 5 | 0.800 | 0.800 {_wilson(4, 5)} | 0.909 {_wilson(10, 11)} | n/a |",
                  "not a validated segmentation", "Domain shift", "WALNet.from_pretrained", "torch.export.load",
                  "onnxruntime" if HAS_ONNX else "load_pretrained"):
         assert text in card, text

@@ -137,7 +137,8 @@ def summary(result: dict) -> list[str]:
         lines.append(f"macro AUC {_number(result.get('auc_macro'))}, Brier {_number(result['brier'])}, "
                      f"ECE {_number(result['ece'])} ({result['calibration']['bins']} confidence bins)")
     if result.get("sensitivity"):
-        lines.append("sensitivity / specificity" + (f" [{100 * CI_LEVEL:g}% Wilson intervals]:" if "sensitivity_ci" in result else ":"))
+        wilson = f" [{100 * CI_LEVEL:g}% Wilson intervals]" if "sensitivity_ci" in result else ""
+        lines.append(f"sensitivity / specificity{wilson}:")
         lines += [f"  {name} {_interval(result, 'sensitivity', name)} / {_interval(result, 'specificity', name)}"
                   for name in result["sensitivity"]]
     patient = result.get("patient")

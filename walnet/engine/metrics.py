@@ -106,6 +106,22 @@ def class_precision_recall(confusion) -> tuple[list[float | None], list[float | 
     return precision, recall
 
 
+def _one_vs_rest(confusion) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per class of a confusion matrix (rows: true class, columns: predicted), one class against
+    the rest: true positives, positives (TP + FN), true negatives (neither true nor predicted
+    class c) and negatives (TN + FP), as int64 arrays [K]."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    tp, positives, n = np.diag(cm), cm.sum(axis=1), cm.sum()
+    return tp, positives, n - positives - cm.sum(axis=0) + tp, n - positives
+
+
+def class_specificity(confusion) -> list[float | None]:
+    """Per-class specificity TN / (TN + FP) of a confusion matrix, one class against the rest;
+    None where a class holds every sample (no negatives: undefined, not 0)."""
+    _, _, true_negatives, negatives = _one_vs_rest(confusion)
+    return [float(tn / neg) if neg else None for tn, neg in zip(true_negatives, negatives)]
+
+
 def wilson_interval(successes: int, trials: int, level: float = CI_LEVEL) -> list[float] | None:
     """Wilson score interval ``[lo, hi]`` of a binomial proportion `successes` / `trials` at
     coverage `level` (no continuity correction), in closed form: with ``z`` the normal quantile
@@ -134,14 +150,12 @@ def class_intervals(confusion, class_names=None, level: float = CI_LEVEL) -> dic
     true class, columns: predicted). Returns ``{"sensitivity_ci": {name: [lo, hi] or None},
     "specificity_ci": {...}}``: None where the proportion is undefined (no positives, or no
     negatives)."""
-    cm = np.asarray(confusion, dtype=np.int64)
-    k = cm.shape[0]
+    tp, positives, true_negatives, negatives = _one_vs_rest(confusion)
+    k = len(tp)
     names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
-    tp, positives, predicted, n = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0), int(cm.sum())
-    true_negatives = n - positives - predicted + tp
     return {
         "sensitivity_ci": {names[c]: wilson_interval(int(tp[c]), int(positives[c]), level) for c in range(k)},
-        "specificity_ci": {names[c]: wilson_interval(int(true_negatives[c]), n - int(positives[c]), level)
+        "specificity_ci": {names[c]: wilson_interval(int(true_negatives[c]), int(negatives[c]), level)
                            for c in range(k)},
     }
 
@@ -181,11 +195,8 @@ def classification_metrics(target, probs, class_names=None) -> dict:
     expected = float((cm.sum(axis=0) * cm.sum(axis=1)).sum()) / (n * n) if n else 0.0
     kappa = (observed - expected) / (1 - expected) if expected != 1 else 0.0
     onehot = np.eye(k, dtype=bool)[target]
-    positives = cm.sum(axis=1)
-    negatives = n - positives
-    true_negatives = n - cm.sum(axis=0) - positives + tp  # neither true nor predicted class c
     sensitivity = class_precision_recall(cm)[1]
-    specificity = [float(true_negatives[c] / negatives[c]) if negatives[c] else None for c in range(k)]
+    specificity = class_specificity(cm)
     defined = [v for v in specificity if v is not None]
     auc_per_class = [roc_auc(probs[:, c], target == c) for c in range(k)]
     auc_defined = [a for a in auc_per_class if not np.isnan(a)]

@@ -1,6 +1,7 @@
 """The model card (``README.md``) of a folder written by ``walnet export``: what the model is, its
 classes and input, its intended use, the data and settings it was trained with, its scores on
-held-out data (the run's ``metrics.json`` from ``walnet evaluate``, per-class numbers computed by
+held-out data (the run's ``metrics.json`` from ``walnet evaluate``, with their intervals and its
+calibration; per-class numbers and their Wilson intervals computed from its confusion matrix by
 :mod:`walnet.engine.metrics`), its limits and how to load it."""
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import math
 from pathlib import Path
 
 from walnet.data import load_split, phantom
+from walnet.engine.calibration_metrics import ECE_BINS
 from walnet.engine.config import SPLITS, TrainConfig
-from walnet.engine.metrics import class_precision_recall
+from walnet.engine.metrics import CI_LEVEL, class_intervals, class_precision_recall, class_specificity
 from walnet.files import first_line
 from walnet.models import ModelSpec
 
@@ -136,11 +138,19 @@ def _number(value) -> str:
     return "n/a" if not isinstance(value, (int, float)) or math.isnan(value) else f"{value:.3f}"
 
 
+def _with_interval(value, interval) -> str:
+    """A number and, where there is one, its ``[lo, hi]`` interval."""
+    ok = isinstance(interval, list) and len(interval) == 2 and all(isinstance(v, (int, float)) for v in interval)
+    return _number(value) + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if ok else "")
+
+
 #: The scores of the evaluation table: (label, key of metrics.json).
 _SCORES = [("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("macro precision", "macro_precision"),
            ("macro recall", "macro_recall"), ("Cohen's kappa", "kappa"), ("ROC-AUC (micro)", "auc_micro"),
-           ("predicted-mask IoU", "seg_iou"), ("predicted-mask Dice", "seg_dice"),
-           ("pseudo-mask IoU", "pseudo_iou"), ("pseudo-mask Dice", "pseudo_dice")]
+           ("ROC-AUC (macro)", "auc_macro"), ("Brier score (multi-class)", "brier"),
+           ("expected calibration error", "ece"), ("predicted-mask IoU", "seg_iou"),
+           ("predicted-mask Dice", "seg_dice"), ("pseudo-mask IoU", "pseudo_iou"),
+           ("pseudo-mask Dice", "pseudo_dice")]
 
 
 def _evaluation(info: dict, trained: TrainConfig, checkpoint: Path) -> list[str]:
@@ -157,19 +167,54 @@ def _evaluation(info: dict, trained: TrainConfig, checkpoint: Path) -> list[str]
         lines += [f"**These scores are of the checkpoint of epoch {metrics['epoch']}, not of the exported one "
                   f"(epoch {info['checkpoint']['epoch']}).**", ""]
     lines += ["| metric | value |", "|---|---|"]
-    lines += [f"| {label} | {_number(metrics[key])} |" for label, key in _SCORES if key in metrics]
+    lines += [f"| {label} | {_with_interval(metrics[key], metrics.get(f'{key}_ci'))} |"
+              for label, key in _SCORES if key in metrics]
+    lines += _notes(metrics)
     confusion = metrics.get("confusion")
     names = metrics.get("class_names") or info["classes"]
     if isinstance(confusion, list) and len(confusion) == len(names):
-        precision, recall = class_precision_recall(confusion)
-        auc = metrics.get("auc_per_class") or {}
-        lines += ["", "| class | images | precision | recall | ROC-AUC |", "|---|---|---|---|---|"]
-        lines += [f"| {c} | {int(sum(confusion[k]))} | {_number(precision[k])} | {_number(recall[k])} | "
-                  f"{_number(auc.get(c))} |" for k, c in enumerate(names)]
+        lines += ["", *_class_table(metrics, confusion, names)]
         lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
                   "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         lines += [f"| {c} | " + " | ".join(str(int(v)) for v in confusion[k]) + " |" for k, c in enumerate(names)]
     return lines
+
+
+def _notes(metrics: dict) -> list[str]:
+    """What the bracketed intervals and the calibration scores of the table are, where it has them."""
+    def setting(group, key, default):
+        value = metrics[group].get(key) if isinstance(metrics.get(group), dict) else None
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+    notes = []
+    if any(f"{key}_ci" in metrics for _, key in _SCORES):
+        notes.append(f"[lo, hi]: {100 * setting('bootstrap', 'level', CI_LEVEL):g}% percentile-bootstrap intervals "
+                     "over the images.")
+    if "brier" in metrics or "ece" in metrics:
+        notes.append("Brier score: the mean over images of the squared distance between the class probabilities "
+                     "and the one-hot true class (0 best, 2 worst). Expected calibration error: the gap between "
+                     f"top-label confidence and accuracy over {setting('calibration', 'bins', ECE_BINS)} "
+                     "equal-width confidence bins, weighted by their images (0: calibrated).")
+    return [line for note in notes for line in ("", note)]
+
+
+def _class_table(metrics: dict, confusion: list, names: list) -> list[str]:
+    """Per class: images, precision, sensitivity and specificity (one class against the rest)
+    with their Wilson intervals, ROC-AUC."""
+    precision, recall = class_precision_recall(confusion)
+    specificity = class_specificity(confusion)
+    try:
+        intervals = class_intervals(confusion, names)
+    except ValueError:  # counts no walnet evaluate writes (negative): the card still shows the rest
+        intervals = {"sensitivity_ci": {}, "specificity_ci": {}}
+    auc = metrics.get("auc_per_class") or {}
+    lines = ["| class | images | precision | sensitivity (recall) | specificity | ROC-AUC |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {c} | {int(sum(confusion[k]))} | {_number(precision[k])} | "
+              f"{_with_interval(recall[k], intervals['sensitivity_ci'].get(c))} | "
+              f"{_with_interval(specificity[k], intervals['specificity_ci'].get(c))} | {_number(auc.get(c))} |"
+              for k, c in enumerate(names)]
+    return lines + ["", f"Sensitivity and specificity [lo, hi]: {100 * CI_LEVEL:g}% Wilson score intervals."]
 
 
 def _limits(trained: TrainConfig) -> list[str]:
