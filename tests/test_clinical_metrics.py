@@ -221,3 +221,23 @@ def test_model_card_shows_the_intervals_and_calibration(tmp_path):
         sens, spec = _scipy_wilson(tp, pos), _scipy_wilson(tn, neg)
         assert (f"| {tp / pos:.3f} [{sens[0]:.3f}, {sens[1]:.3f}] | {tn / neg:.3f} [{spec[0]:.3f}, {spec[1]:.3f}] | "
                 f"{metrics['auc_per_class'][name]:.3f} |") in card, name
+
+
+def test_experiment_reads_a_metrics_json_with_the_clinical_keys(tmp_path):
+    from walnet.engine.experiment import CLINICAL_METRICS, aggregate, read_metrics
+    from walnet.engine.metrics import bootstrap_ci
+
+    keys = ("accuracy", "macro_f1", "kappa", "macro_precision", "macro_recall", "macro_specificity", "auc_macro")
+    assert ("auc_macro", "Macro AUC") in CLINICAL_METRICS
+    target, probs = _predictions(n=40)
+    metrics = {**classification_metrics(target, probs, list("abc")), **clinical_metrics(target, probs, list("abc")),
+               **bootstrap_ci(target, probs, resamples=20)}
+    metrics["sensitivity_ci"]["c"] = None
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    read = read_metrics(tmp_path / "metrics.json", keys)
+    assert read["sensitivity_ci"] == metrics["sensitivity_ci"] and read["calibration"] == metrics["calibration"]
+    # an older metrics.json without the macro AUC still reads; its column is undefined
+    old = {k: v for k, v in metrics.items() if k != "auc_macro"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    rows = aggregate([{**read, "config": "x"}, {**read_metrics(tmp_path / "old.json", keys), "config": "y"}], keys)
+    assert rows[0]["auc_macro_mean"] == pytest.approx(metrics["auc_macro"]) and np.isnan(rows[1]["auc_macro_mean"])

@@ -90,6 +90,8 @@ def test_csv_shape(tmp_path):
 def _scored(config, seed, sens, spec):
     """A metrics.json as `walnet evaluate` writes it: flat scores, nested per-class dicts, lists."""
     return {"config": config, "seed": seed, **{k: 0.8 for k in KEYS}, "macro_specificity": float(np.mean(spec)),
+            "auc_macro": 0.75 + 0.1 * seed, "sensitivity_ci": {"a": [0.1, 0.9], "b": None}, "brier": 0.3,
+            "calibration": {"bins": 15, "count": [0] * 15},
             "sensitivity": dict(zip("ab", sens)), "specificity": dict(zip("ab", spec)), "class_names": ["a", "b"],
             "accuracy_ci": [0.7, 0.9], "confusion": [[1, 0], [0, 1]], "bootstrap": {"seed": 0},
             "patient": {"accuracy": 0.5, "sensitivity": {"a": 1.0}}}
@@ -132,16 +134,18 @@ def test_experiment_tables_hold_the_paper_columns_and_sensitivity_specificity(tm
     run_experiment(["walnet"], out, seeds=[0, 1],
                    train=TrainConfig(csv=csv_path, output=tmp_path, backbone="resnet18", device="cpu"))
     md = (out / "experiment.md").read_text()
-    assert "| Method | Accuracy ↑ | F1-score ↑ | Kappa ↑ | Precision ↑ | Recall ↑ | Specificity ↑ |" in md
+    assert ("| Method | Accuracy ↑ | F1-score ↑ | Kappa ↑ | Precision ↑ | Recall ↑ | Specificity ↑ | Macro AUC ↑ |"
+            in md)
     assert "| Method | Sensitivity a ↑ | Sensitivity b ↑ | Specificity a ↑ | Specificity b ↑ |" in md
     assert "| walnet | 0.600 (0.141) | 0.950 (0.071) | 0.500 (0.354) | 0.500 (0.354) |" in md
     with open(out / "experiment.csv", newline="") as f:
         reader = csv.DictReader(f)
         (row,) = list(reader)
-    assert reader.fieldnames[3:] == [f"{k}_{s}" for k in KEYS + ["macro_specificity", "sensitivity/a", "sensitivity/b",
-                                                                 "specificity/a", "specificity/b"]
+    assert reader.fieldnames[3:] == [f"{k}_{s}" for k in KEYS + ["macro_specificity", "auc_macro", "sensitivity/a",
+                                                                 "sensitivity/b", "specificity/a", "specificity/b"]
                                      for s in ("mean", "std")]
     assert float(row["sensitivity/b_mean"]) == pytest.approx(0.95)
+    assert float(row["auc_macro_mean"]) == pytest.approx(0.8)
     with open(out / "experiment_runs.csv", newline="") as f:
         runs = list(csv.DictReader(f))
     assert [(r["seed"], r["sensitivity/a"], r["specificity/b"]) for r in runs] == [("0", "0.5", "0.75"),

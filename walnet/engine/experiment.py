@@ -42,7 +42,7 @@ PAPER_METRICS: tuple[tuple[str, str], ...] = (
     ("macro_recall", "Recall"),
 )
 #: Columns added to the paper's in an experiment's main table ("Recall" is the macro sensitivity).
-CLINICAL_METRICS: tuple[tuple[str, str], ...] = (("macro_specificity", "Specificity"),)
+CLINICAL_METRICS: tuple[tuple[str, str], ...] = (("macro_specificity", "Specificity"), ("auc_macro", "Macro AUC"))
 #: Per-class dicts of ``metrics.json`` tabulated one column per class (``<key>/<class>``).
 PER_CLASS_METRICS: tuple[tuple[str, str], ...] = (("sensitivity", "Sensitivity"), ("specificity", "Specificity"))
 
