@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from walnet.constants import IGNORE_INDEX
 from walnet.files import atomic_open
@@ -121,6 +122,7 @@ def reliability_figure(path, calibration: dict, ece: float | None = None, title:
     top.legend(loc="best", fontsize="small")
     bottom.bar(edges[:-1], count, width=1 / bins, align="edge", color="grey", edgecolor="black", linewidth=0.6)
     bottom.set(xlim=(0, 1), xlabel="Confidence (top-label probability)", ylabel="Images")
+    bottom.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return _save(fig, path)
 
