@@ -49,10 +49,9 @@ def evaluate_run(config: EvalConfig) -> dict:
 
     With ``figures`` (the default), also writes ``roc.png`` (paper Fig. 4), ``confusion.png``
     (Fig. 5), ``reliability.png`` (the reliability diagram) and, where the split has true masks
-    and the model a segmentation head,
-    ``segmentation.png`` (Fig. 6) and ``attention.png`` (the same samples' fused attention
-    over the image, the predicted mask's contour and the RCM box); their names are listed under
-    ``"figures"`` in the result."""
+    and the model a segmentation head, ``segmentation.png`` (Fig. 6) and ``attention.png`` (the
+    same samples' fused attention over the image, the predicted mask's contour and the RCM
+    box); their names are listed under ``"figures"`` in the result."""
     ckpt = Path(config.checkpoint)
     device = pick_device(config.device)
     check_output(config.output or ckpt.parent, reads=_reads(config), writes=EVAL_FILES, command="evaluate")
