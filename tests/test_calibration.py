@@ -230,3 +230,27 @@ def test_a_bad_temperature_is_refused_naming_the_key(run, tmp_path, bad):
     (folder / "config.json").write_text(text)
     with pytest.raises(ValueError, match="'temperature' must be|is no JSON number"):
         load_model(folder)
+
+
+def test_the_command_line_builds_the_config(monkeypatch, capsys):
+    from dataclasses import fields
+
+    from walnet.engine import calibration
+
+    seen = []
+    monkeypatch.setattr(calibration, "calibrate_run", lambda config: seen.append(config) or {
+        "temperature": 1.5, "previous": None, "nll_before": 1.0, "nll_after": 0.9, "split": "val", "images": 3,
+        "checkpoint": "c"})
+    assert cli.main(["calibrate", "--checkpoint", "c", "--csv", "x"]) == 0
+    assert seen.pop() == CalibrateConfig(checkpoint="c", csv="x", split="val", batch_size=16)
+    argv = ["calibrate", "--checkpoint", "c", "--data-dir", "d", "--split", "train", "-b", "3", "-j", "1", "--device",
+            "cpu", "--skip-bad", "--no-dicom-region"]
+    assert cli.main(argv) == 0
+    assert seen.pop() == CalibrateConfig(checkpoint="c", data_dir="d", split="train", batch_size=3, workers=1,
+                                         device="cpu", skip_bad=True, dicom_region=False)
+    parsed = set(vars(cli.build_parser().parse_args(argv[:5]))) - {"command", "run", "debug"}
+    assert parsed == {f.name for f in fields(CalibrateConfig)}
+    line = "temperature 1.5: val NLL 1.0000 -> 0.9000 (3 images); written to c"
+    assert capsys.readouterr().out.splitlines()[0] == line
+    config = CalibrateConfig(checkpoint="r/best.pt", csv="d.csv", batch_size=2)
+    assert CalibrateConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
