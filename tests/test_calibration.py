@@ -254,3 +254,15 @@ def test_the_command_line_builds_the_config(monkeypatch, capsys):
     assert capsys.readouterr().out.splitlines()[0] == line
     config = CalibrateConfig(checkpoint="r/best.pt", csv="d.csv", batch_size=2)
     assert CalibrateConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_a_run_folder_another_run_writes_is_not_calibrated(run, tmp_path, capsys):
+    root, csv_path, *_ = run
+    ckpt = _copy_run(root / "run", tmp_path / "run")
+    # a lock of a run on another host: taken as live (its process cannot be checked from here)
+    lock = {"pid": 1, "host": "elsewhere", "command": "walnet train"}
+    (tmp_path / "run" / "walnet.lock").write_text(json.dumps(lock))
+    before = ckpt.read_bytes()
+    assert cli.main(["calibrate", "--checkpoint", str(ckpt), "--csv", str(csv_path), "--device", "cpu"]) == 2
+    assert "is locked by pid 1 on host elsewhere" in capsys.readouterr().err
+    assert ckpt.read_bytes() == before
