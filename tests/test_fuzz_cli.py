@@ -1,12 +1,14 @@
 """Fuzzing the command line as a careless or hostile user would (hypothesis): random flag values
-for ``walnet train`` / ``evaluate`` / ``predict``, and random CSV rows for ``walnet train --csv``.
+for ``walnet train`` / ``evaluate`` / ``predict`` / ``calibrate``, and random CSV rows for
+``walnet train --csv``.
 
 Whatever the input, the command ends with status 0, or 2 and one line on stderr
 (``walnet <command>: error: ...``), never a traceback; and it creates or changes no file
-outside its output (the run folder, the evaluate folder, the predict CSV). The values mix valid
-and invalid ones so that most examples fail their checks early and a few train a tiny model (a
-12-image phantom at 64 px, one epoch, resnet18). ``WALNET_FUZZ_EXAMPLES=<n>`` runs more random
-examples than the fixed (derandomized) 25 of ``make test``.
+outside its output (the run folder, the evaluate folder, the predict CSV, the calibrated
+checkpoint's folder). The values mix valid and invalid ones so that most examples fail their
+checks early and a few train a tiny model (a 12-image phantom at 64 px, one epoch, resnet18).
+``WALNET_FUZZ_EXAMPLES=<n>`` runs more random examples than the fixed (derandomized) 25 of
+``make test``.
 """
 from __future__ import annotations
 
@@ -48,12 +50,14 @@ FLAG_VALUES = {
     "--backbone": ["resnet18", "resnet19", "vit_tiny_patch16_224", "", "../resnet18"],
     "--classes": ["hyperechoic,hypoechoic,mixed-echoic", "mixed-echoic,hypoechoic,hyperechoic", "a", "a,b", ",",
                   "x,x"],
+    "--split": ["val", "train", "test", "", "dev"],
 }
 #: The flags each command takes (others are usage errors, which the fuzz tries now and then).
 COMMAND_FLAGS = {
-    "train": list(FLAG_VALUES),
+    "train": [f for f in FLAG_VALUES if f != "--split"],
     "evaluate": ["-b", "--device", "--output"],
     "predict": ["-b", "--device", "--output"],
+    "calibrate": ["-b", "--device", "--split"],
 }
 
 
@@ -152,12 +156,19 @@ def test_train_flags(world, data):
 
 
 @FUZZ
-@given(data=st.data(), command=st.sampled_from(["evaluate", "predict"]), foreign=st.booleans())
+@given(data=st.data(), command=st.sampled_from(["evaluate", "predict", "calibrate"]), foreign=st.booleans())
 def test_evaluate_and_predict_flags(world, data, command, foreign):
     work = _workdir(world)
     pairs = _draw_flags(data, command, foreign)
     checkpoint = world / "trained" / "best.pt"
-    if command == "evaluate":
+    if command == "calibrate":  # it rewrites its checkpoint: a copy, with the run's split.csv
+        (work / "trained").mkdir()
+        for name in ("best.pt", "split.csv"):
+            shutil.copy(world / "trained" / name, work / "trained" / name)
+        argv = ["calibrate", "--checkpoint", str(work / "trained" / "best.pt"), "--csv",
+                str(world / "ph" / "labels.csv"), "--device", "cpu"]
+        default_output = work / "trained"
+    elif command == "evaluate":
         # the data the checkpoint was trained on, as its split.csv names it
         argv = ["evaluate", "--checkpoint", str(checkpoint), "--csv", str(world / "ph" / "labels.csv"), "--split",
                 "val", "--device", "cpu", "--no-figures"]

@@ -1,8 +1,8 @@
 """The ``walnet`` command line (``walnet <command> ...`` or ``python -m walnet <command> ...``).
 
 Commands: ``phantom`` (write the embedded synthetic dataset), ``train``, ``evaluate`` (metrics and figures),
-``predict``, ``export`` (a checkpoint as a model folder), ``experiment`` (seeds x models -> the paper's
-tables) and ``demo``.
+``predict``, ``export`` (a checkpoint as a model folder), ``calibrate`` (temperature scaling), ``experiment``
+(seeds x models -> the paper's tables) and ``demo``.
 
 This is the one module that knows argparse: the options of train, evaluate, predict, export and demo are the
 fields of their configs (:mod:`walnet.engine.config`, which holds the defaults and help texts); each command
@@ -30,8 +30,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from walnet.engine.config import (EVAL_METRICS, SPLITS, DemoConfig, EvalConfig, ExportConfig, PredictConfig,
-                                  TrainConfig, options)
+from walnet.engine.config import (EVAL_METRICS, SPLITS, CalibrateConfig, DemoConfig, EvalConfig, ExportConfig,
+                                  PredictConfig, TrainConfig, options)
 from walnet.engine.experiment import DEFAULT_SEEDS, TABLES
 
 
@@ -168,6 +168,13 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from walnet.engine.calibration import calibrate_run, summary
+
+    print(summary(calibrate_run(_config(CalibrateConfig, args))))
+    return 0
+
+
 #: Train fields ``walnet experiment`` does not offer: it sets them per run, or (the ROI method
 #: and the ablations) the model name implies them.
 _EXPERIMENT_SETS_TRAIN = {"output", "model", "seed", "resume", "roi_method", "rcm", "pgm"}
@@ -263,6 +270,8 @@ _CONFIG_COMMANDS = (
      "(and optional mask and attention-overlay PNGs)"),
     ("export", ExportConfig, _export, "a checkpoint as a model folder: model.safetensors, config.json, model card "
      "README.md (+ model.pt2, model.onnx)"),
+    ("calibrate", CalibrateConfig, _calibrate, "fit a checkpoint's temperature on the validation split (temperature "
+     "scaling): evaluate, predict and export then use it"),
 )
 
 

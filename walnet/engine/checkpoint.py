@@ -12,6 +12,7 @@ into a model (and optimizer) with the same kind of error when the two do not fit
 """
 from __future__ import annotations
 
+import math
 import pickle
 import re
 import warnings
@@ -134,6 +135,8 @@ _KEY_CHECKS = {
     "best_accuracy": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
     "best_metric": ("a metric name", lambda v: isinstance(v, str)),
     "best_value": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "temperature": ("a positive finite number (walnet calibrate's temperature)",
+                    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0),
 }
 
 
@@ -142,7 +145,8 @@ def load_checkpoint(path: str | Path, map_location="cpu", keys: Iterable[str] = 
 
     The file must hold a dict with every key of `keys` (e.g. :data:`TRAINED_KEYS`), and the
     known keys of walnet's checkpoints (model, optimizer, scaler, args, classes, epoch,
-    best_metric, best_value, and older files' best_accuracy) must hold what walnet writes there.
+    best_metric, best_value, temperature, and older files' best_accuracy) must hold what walnet
+    writes there.
     A missing file is a FileNotFoundError; anything else that makes the file unusable (a folder,
     empty, truncated, not a PyTorch file, code in the pickle, wrong keys) a
     :class:`CheckpointError`; both one line naming `path`."""

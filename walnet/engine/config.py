@@ -1,7 +1,7 @@
 """The settings of the engine's runs as frozen dataclasses: :class:`TrainConfig`
 (``walnet train``), :class:`EvalConfig` (``walnet evaluate``), :class:`PredictConfig`
-(``walnet predict``), :class:`ExportConfig` (``walnet export``) and :class:`DemoConfig`
-(``walnet demo``).
+(``walnet predict``), :class:`ExportConfig` (``walnet export``), :class:`DemoConfig`
+(``walnet demo``) and :class:`CalibrateConfig` (``walnet calibrate``).
 
 Each field carries its default and a one-line doc (``field.metadata["doc"]``); the command line
 reads both from here, so a default is written once. Values are checked on construction
@@ -395,3 +395,34 @@ class DemoConfig(_Config):
         _check_seed(self)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrateConfig(_Config):
+    """``walnet calibrate``: which checkpoint gets a temperature, fitted on which split of which data."""
+
+    checkpoint: str = option(doc="best.pt or last.pt of a run (its folder holds split.csv); the fitted temperature "
+                             "is written into it")
+    data_dir: str | None = option(None, "ImageFolder root: <dir>/<class>/<image>", group="data")
+    csv: str | None = option(None, "CSV: path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]", group="data")
+    split: str = option("val", "the split to fit the temperature on (not test: that would bias the test scores)",
+                        group="data")
+    batch_size: int = option(16, "images per batch", group="runtime")
+    workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)",
+                                 group="runtime")
+    device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...", group="runtime")
+    skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing", group="data")
+    dicom_region: bool = option(True, "crop DICOM images to their ultrasound region (off: whole images; also off "
+                                "where the run was trained with --no-dicom-region)", group="data")
+
+    def _check(self) -> None:
+        _check_given(self, "checkpoint")
+        _check_data(self)
+        if self.split not in SPLITS:
+            raise ValueError(f"--split must be one of {SPLITS}, got {self.split!r}")
+        if self.split == "test":
+            raise ValueError("--split test: a temperature fitted on the test split would bias the test scores it is "
+                             "judged by; calibrate on the validation split (--split val)")
+        _check_at_least(self, 1, "batch_size")
+        if self.workers is not None:
+            _check_at_least(self, 0, "workers")

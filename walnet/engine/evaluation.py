@@ -19,7 +19,7 @@ from walnet.data.splits import recorded_split
 from walnet.engine.checks import EVAL_FILES, check_output, data_reads, pick_device
 from walnet.engine.config import EvalConfig
 from walnet.engine.inputs import Inputs
-from walnet.engine.loading import load_model
+from walnet.engine.loading import TrainedModel, load_model
 from walnet.engine.loops import EvalOutputs, evaluate
 from walnet.engine.metrics import CI_LEVEL, bootstrap_ci, clinical_metrics, patient_metrics
 from walnet.engine.runtime import loader_workers
@@ -45,7 +45,9 @@ def evaluate_run(config: EvalConfig) -> dict:
     sensitivity and specificity (``sensitivity_ci``, ``specificity_ci``), the Brier score, ECE
     and reliability bins (``brier``, ``ece``, ``calibration``;
     :func:`~walnet.engine.metrics.clinical_metrics`) and, where images have patient ids, the same
-    scores per patient under ``"patient"`` (:func:`~walnet.engine.metrics.patient_metrics`).
+    scores per patient under ``"patient"`` (:func:`~walnet.engine.metrics.patient_metrics`). Its
+    probabilities are ``softmax(logits / temperature)``, the checkpoint's temperature
+    (``walnet calibrate``; 1.0 uncalibrated), recorded as ``"temperature"``.
 
     With ``figures`` (the default), also writes ``roc.png`` (paper Fig. 4), ``confusion.png``
     (Fig. 5), ``reliability.png`` (the reliability diagram) and, where the split has true masks
@@ -55,26 +57,14 @@ def evaluate_run(config: EvalConfig) -> dict:
     ckpt = Path(config.checkpoint)
     device = pick_device(config.device)
     check_output(config.output or ckpt.parent, reads=_reads(config), writes=EVAL_FILES, command="evaluate")
-    trained = load_model(ckpt, device)
-    if trained.train_config is None:
-        raise ValueError(f"--checkpoint {ckpt} is a model folder written by walnet export; evaluate scores a "
-                         "training checkpoint (best.pt or last.pt), whose run folder holds the split")
+    trained, classes, dataset, loader = split_loader(config, device, "evaluate")
     model = trained.model
-    records, classes = load_records(config.data_dir, config.csv, trained.classes)
-    splits = recorded_split(records, ckpt.parent, hint="score the data the run was trained on")
-    # a run trained on whole DICOM frames is scored on whole frames too
-    region = config.dicom_region and trained.dicom_region
-    dataset = PlaqueDataset([r for r, s in zip(records, splits) if s == config.split], trained.size, config.skip_bad,
-                            dicom_region=region)
-    if len(dataset) == 0:
-        raise ValueError(f"no images in the {config.split!r} split")
     pgm = PseudoMaskGenerator() if trained.spec.has_pgm else None
     state = trained.checkpoint
-    loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=loader_workers(config.workers, device))
     figures = config.figures
     outputs = EvalOutputs(panel=PANEL_SAMPLES if figures else 0)
     result = evaluate(model, loader, device, pgm=pgm, class_names=classes, outputs=outputs,
-                      source=f"checkpoint {ckpt}")
+                      source=f"checkpoint {ckpt}", temperature=trained.temperature)
     result.update(bootstrap_ci(outputs.targets, outputs.probs))
     result.update(clinical_metrics(outputs.targets, outputs.probs, classes))
     # each score's image by its dataset index, not by position: right for any loader order
@@ -82,7 +72,8 @@ def evaluate_run(config: EvalConfig) -> dict:
     per_patient = patient_metrics(outputs.targets, outputs.probs, patients, classes)
     if per_patient is not None:
         result["patient"] = per_patient
-    result.update(split=config.split, images=len(dataset), checkpoint=str(ckpt), epoch=int(state["epoch"]))
+    result.update(split=config.split, images=len(dataset), checkpoint=str(ckpt), epoch=int(state["epoch"]),
+                  temperature=trained.temperature)
     if figures:
         result["figures"] = (["roc.png", "confusion.png", "reliability.png"]
                              + (["segmentation.png"] if outputs.images is not None else [])
@@ -94,6 +85,29 @@ def evaluate_run(config: EvalConfig) -> dict:
     if figures:
         _write_figures(out, result, outputs, dataset, classes)
     return result
+
+
+def split_loader(config, device, command: str) -> tuple[TrainedModel, list[str], PlaqueDataset,
+                                                        torch.utils.data.DataLoader]:
+    """The model of ``config.checkpoint`` (a training checkpoint) on `device`, the class names,
+    the dataset of ``config.split`` of its run's own split (:func:`~walnet.data.splits.recorded_split`)
+    and a loader over it: what ``walnet evaluate`` scores and ``walnet calibrate`` fits on
+    (`command`, as errors name it). `config`: an EvalConfig or CalibrateConfig."""
+    ckpt = Path(config.checkpoint)
+    trained = load_model(ckpt, device)
+    if trained.train_config is None:
+        raise ValueError(f"--checkpoint {ckpt} is a model folder written by walnet export; {command} takes a "
+                         "training checkpoint (best.pt or last.pt), whose run folder holds the split")
+    records, classes = load_records(config.data_dir, config.csv, trained.classes)
+    splits = recorded_split(records, ckpt.parent, hint="score the data the run was trained on")
+    # a run trained on whole DICOM frames is scored on whole frames too
+    region = config.dicom_region and trained.dicom_region
+    dataset = PlaqueDataset([r for r, s in zip(records, splits) if s == config.split], trained.size, config.skip_bad,
+                            dicom_region=region)
+    if len(dataset) == 0:
+        raise ValueError(f"no images in the {config.split!r} split")
+    loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=loader_workers(config.workers, device))
+    return trained, classes, dataset, loader
 
 
 def _reads(config: EvalConfig) -> Inputs:

@@ -8,7 +8,8 @@ The folder (``output``) receives:
   :func:`walnet.models.create_model` rebuilds it from, its classes in label order, its input
   (size, RGB, values in [0, 1], the mean and std the model normalises with itself, and whether
   DICOM images are cropped to their ultrasound region, as the run trained), the
-  walnet and torch versions, the source checkpoint and epoch, and what each extra format holds;
+  walnet and torch versions, the source checkpoint and epoch, what each extra format holds and,
+  for a checkpoint calibrated by ``walnet calibrate``, its ``temperature``;
 - ``README.md``: a model card (model, classes, input, intended use, training data, the run's test
   metrics from ``metrics.json`` next to the checkpoint, limits, how to load it);
 - with ``pt2``: ``model.pt2``, ``torch.export`` of the model in eval mode, saved with
@@ -23,7 +24,8 @@ The folder (``output``) receives:
   output is checked against the eager model (:data:`ONNX_RTOL`, :data:`ONNX_ATOL`).
 
 The pt2 and ONNX programs take ``image`` [N,3,size,size] and return a tuple of tensors:
-``(logits, seg_logits)`` for a WAL-Net with its PGM, ``(logits,)`` otherwise.
+``(logits, seg_logits)`` for a WAL-Net with its PGM, ``(logits,)`` otherwise: the logits before
+the temperature (divide them by config.json's ``temperature``, where given, before the softmax).
 
 Nothing is written until every file is made and checked: the files are written to a temporary
 folder inside the output folder and moved into place (renamed, so each appears whole) together
@@ -318,7 +320,8 @@ def _export_locked(config: ExportConfig) -> dict:
     trained = load_model(ckpt, device, kind="checkpoint")
     model, spec, run = trained.model, trained.spec, trained.train_config
     names = output_names(model)
-    info = folder_config(model, spec, ckpt, trained.checkpoint["epoch"], dicom_region=run.dicom_region)
+    info = folder_config(model, spec, ckpt, trained.checkpoint["epoch"], dicom_region=run.dicom_region,
+                         temperature=trained.checkpoint.get("temperature"))
     try:  # what the folder's readers would refuse is not written (class names unsafe in a CSV, ...)
         check_config(info, f"checkpoint {ckpt} cannot be exported: its {CONFIG_FILE}")
     except ValueError as exc:

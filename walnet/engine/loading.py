@@ -54,6 +54,14 @@ class TrainedModel:
             return self.train_config.dicom_region
         return self.config is None or self.config["input"].get("dicom_region", True)
 
+    @property
+    def temperature(self) -> float:
+        """What the model's logits are divided by before the softmax (``walnet calibrate``): the
+        checkpoint's ``"temperature"``, for a folder its config.json's; 1.0 (the plain softmax)
+        where the model was not calibrated."""
+        found = self.checkpoint if self.checkpoint is not None else self.config or {}
+        return float(found.get("temperature", 1.0))
+
 
 #: What :func:`load_model` may be asked to read.
 KINDS = ("auto", "checkpoint", "folder")

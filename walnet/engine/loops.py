@@ -16,7 +16,7 @@ from walnet import ops
 from walnet.constants import IGNORE_INDEX
 from walnet.engine.distributed import all_reduce_sum
 from walnet.engine.metrics import classification_metrics, mask_iou_dice
-from walnet.engine.step import TrainStep, check_finite, forward
+from walnet.engine.step import TrainStep, check_finite, forward, probabilities
 
 
 def train_one_epoch(model, pgm, loader, optimizer, epoch: int, device, scaler=None, amp_dtype=None,
@@ -56,7 +56,8 @@ class EvalOutputs:
     """What :func:`evaluate` fills in when passed as ``outputs=`` (the raw arrays behind the
     figures of :mod:`walnet.engine.figures`).
 
-    ``targets`` int64 [N] and ``probs`` float [N,K] of every sample, in loader order, and
+    ``targets`` int64 [N], ``probs`` float [N,K] and ``logits`` float32 [N,K] (before the
+    temperature) of every sample, in loader order, and
     ``order`` int64 [N], each of those samples' ``index`` in the dataset (None when the batches
     carry no ``index``): the key to per-sample data such as patient ids. Up to
     ``panel`` samples that have a true mask (and a model with a segmentation head), the first
@@ -73,6 +74,7 @@ class EvalOutputs:
     panel: int = 0
     targets: np.ndarray | None = None
     probs: np.ndarray | None = None
+    logits: np.ndarray | None = None
     order: np.ndarray | None = None
     images: np.ndarray | None = None
     pseudo: np.ndarray | None = None
@@ -85,7 +87,7 @@ class EvalOutputs:
 
 @torch.no_grad()
 def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
-             outputs: EvalOutputs | None = None, source=None) -> dict:
+             outputs: EvalOutputs | None = None, source=None, temperature: float = 1.0) -> dict:
     """Class metrics (:func:`classification_metrics`) of the whole loader, plus, where the data
     has true masks, mean IoU / Dice of the predicted segmentation and of the PGM's pseudo masks
     (``seg_iou``, ``seg_dice``, ``pseudo_iou``, ``pseudo_dice``; absent without masks).
@@ -94,10 +96,13 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
     up to ``outputs.panel`` samples' images and masks (the return value stays the same).
 
     With `source` (the checkpoint being scored), outputs that are not finite are a ValueError
-    naming it (:func:`walnet.engine.step.check_finite`); training's validation passes none."""
+    naming it (:func:`walnet.engine.step.check_finite`); training's validation passes none.
+    The probabilities are ``softmax(logits / temperature)`` (:func:`walnet.engine.step.probabilities`):
+    a temperature keeps each sample's argmax (accuracy, F1, kappa), not the probabilities' ranking
+    across samples (ROC-AUC of three or more classes) or their calibration."""
     device = torch.device(device)
     model.eval()
-    targets, probs, seg_scores, pseudo_scores = [], [], [], []
+    targets, probs, logits, seg_scores, pseudo_scores = [], [], [], [], []
     order = []  # the samples' dataset indices, while every batch has them
     kept = []  # panel samples: (index, image, pseudo, pred, truth)
     shown = {}  # panel samples per class: the panel shows every class, not the first one only
@@ -115,7 +120,8 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
             order.append(torch.as_tensor(batch["index"]).cpu())
         else:
             order = None  # a batch without indices: the samples cannot be matched to the dataset
-        probs.append(torch.softmax(out.logits.float(), dim=1).cpu())
+        probs.append(probabilities(out.logits, temperature).cpu())
+        logits.append(out.logits.float().cpu())
         truth = batch["mask"]
         known = (truth != IGNORE_INDEX).flatten(1).all(dim=1)
         if out.seg_logits is None or not bool(known.any()):
@@ -144,6 +150,7 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
     result = classification_metrics(torch.cat(targets).numpy(), torch.cat(probs).numpy(), class_names)
     if outputs is not None:
         outputs.targets, outputs.probs = torch.cat(targets).numpy(), torch.cat(probs).numpy()
+        outputs.logits = torch.cat(logits).numpy()
         outputs.order = torch.cat(order).numpy().astype(np.int64) if order else None
         if kept:
             outputs.indices = [k[0] for k in kept]

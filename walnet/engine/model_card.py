@@ -58,6 +58,7 @@ def _header(info: dict, spec: ModelSpec, trained: TrainConfig, checkpoint: Path)
         f"- Architecture: {_architecture(spec, trained.model)}.",
         f"- Classes, in label order: {classes}.",
         f"- Outputs: {outputs}.",
+        f"- {_temperature(info)}",
         "",
         "## Input",
         "",
@@ -72,6 +73,17 @@ def _header(info: dict, spec: ModelSpec, trained: TrainConfig, checkpoint: Path)
         "Research on the classification of carotid plaque echogenicity in B-mode ultrasound. It is **not a "
         "medical device** and must not be used for diagnosis, treatment or any clinical decision.",
     ]
+
+
+def _temperature(info: dict) -> str:
+    """The card's line on the temperature the logits are divided by before the softmax."""
+    if "temperature" not in info:
+        return ("Temperature: none (not calibrated): the probabilities are the softmax of the logits, as trained; "
+                "`walnet calibrate` fits a temperature on the validation split.")
+    t = info["temperature"]
+    return (f"Temperature: {t:.4g} (fitted by `walnet calibrate`; config.json `temperature`): the probabilities "
+            f"are `softmax(logits / {t:.4g})`. The pt2 and ONNX programs output the logits: divide them by the "
+            "temperature before the softmax.")
 
 
 def _is_phantom(trained: TrainConfig) -> bool:
@@ -230,7 +242,8 @@ def _limits(trained: TrainConfig) -> list[str]:
         "- The segmentation output is learned from weak pseudo masks (attention maps and superpixels), not from "
         "annotated plaque outlines: it is not a validated segmentation.",
         "- It knows the classes above only and gives one of them for any input, including images without a "
-        "plaque; its probabilities are not calibrated.",
+        "plaque; its probabilities are calibrated, if at all, by the one temperature above on the run's own data, "
+        "not for data from another setting.",
     ]
 
 

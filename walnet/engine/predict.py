@@ -8,7 +8,8 @@ its config.json); the images are read as in training
 (:class:`walnet.data.PlaqueDataset`: RGB, cropped to the ROI box a ``--csv`` row gives, resized to
 the train size, scaled to [0, 1]): a CSV is read by training's reader
 (:func:`walnet.data.read_csv`, labels optional), so a model sees at prediction what it saw in
-training.
+training. The probabilities are ``softmax(logits / temperature)``, the model's temperature where
+``walnet calibrate`` fitted one (:func:`walnet.engine.step.probabilities`).
 DICOM inputs (``.dcm``, ``.dicom``; ``pip install 'walnet[dicom]'``) are cropped to their
 ultrasound region unless ``--no-dicom-region`` is given or the checkpoint was trained with it;
 each frame of a multi-frame file is classified on its own row, and the CSV then has a ``frame``
@@ -32,7 +33,7 @@ from walnet.data.dicom import DICOM_EXTENSIONS
 from walnet.data.sources import read_csv
 from walnet.engine.config import PredictConfig
 from walnet.engine.runtime import loader_workers
-from walnet.engine.step import check_finite, forward
+from walnet.engine.step import check_finite, forward, probabilities
 from walnet.engine.checks import pick_device
 from walnet.engine.inputs import Inputs, file_id
 from walnet.engine.loading import load_model
@@ -366,7 +367,7 @@ def _run(trained, records, region, config, device, staging, names) -> np.ndarray
         index = batch["index"].numpy()
         out = forward(model, batch["image"].to(device), amp_dtype)
         check_finite(out.logits, model, f"{'model' if trained.train_config is None else 'checkpoint'} {trained.source}")
-        batch_probs = torch.softmax(out.logits.float(), dim=1).cpu().numpy()
+        batch_probs = probabilities(out.logits, trained.temperature).cpu().numpy()  # calibrated where it was
         probs[index] = batch_probs
         if not staging:
             continue

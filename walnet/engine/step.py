@@ -40,6 +40,13 @@ def forward(model, images: torch.Tensor, amp_dtype: torch.dtype | None, cache: b
     return out if isinstance(out, WALNetOutput) else WALNetOutput(out, None, ())
 
 
+def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The class probabilities of `logits` [N, K]: ``softmax(logits / temperature)`` in float32,
+    `temperature` the model's (``walnet calibrate``; 1.0: uncalibrated, the plain softmax). The
+    one place a model's temperature is applied (evaluate and predict)."""
+    return torch.softmax(logits.float() / temperature, dim=1)
+
+
 def check_finite(logits: torch.Tensor, model, source) -> None:
     """A one-line ValueError naming `source` (the checkpoint or model folder) when `logits` hold
     NaN or inf: their softmax would give NaN probabilities and argmax a class all the same. The

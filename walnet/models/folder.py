@@ -3,7 +3,8 @@
 ``config.json`` holds a format tag and version, the model's :class:`~walnet.models.spec.ModelSpec`
 (:meth:`~walnet.models.spec.ModelSpec.to_config`: name, arguments, classes, input size), how the
 model takes its input (RGB in [0, 1], the mean and std it normalises with itself, whether DICOM
-images are cropped to their ultrasound region) and what it returns; ``model.safetensors`` holds
+images are cropped to their ultrasound region), what it returns and, for a model calibrated by
+``walnet calibrate``, the temperature its logits are divided by; ``model.safetensors`` holds
 its weights. :func:`folder_config` makes the config, :func:`read_config` reads one and
 :func:`check_config` checks it against the schema (:mod:`walnet.models.schema`; a folder is
 data: it names no hub model, no file to read and no size that exhausts memory),
@@ -187,16 +188,19 @@ def output_names(model: nn.Module) -> list[str]:
     return ["logits", "seg_logits"] if getattr(model, "decoder", None) is not None else ["logits"]
 
 
-def folder_config(model: nn.Module, spec, checkpoint: str | Path, epoch: int, dicom_region: bool = True) -> dict:
+def folder_config(model: nn.Module, spec, checkpoint: str | Path, epoch: int, dicom_region: bool = True,
+                  temperature: float | None = None) -> dict:
     """config.json of the folder exported from `model` (its :class:`~walnet.models.spec.ModelSpec`
     `spec`), the epoch `epoch` of the checkpoint `checkpoint`, trained on DICOM images cropped to
     their ultrasound region or not (`dicom_region`, ``input.dicom_region``: predicting reads them
-    alike); the exporter adds ``formats`` and ``files``."""
+    alike), calibrated with `temperature` (``walnet calibrate``; written where not None); the
+    exporter adds ``formats`` and ``files``."""
     mean, std = input_stats(model)
     size, classes = spec.size, len(spec.classes)
     config = spec.to_config()
     config["input"]["dicom_region"] = bool(dicom_region)
-    outputs = {"logits": f"[N, {classes}] class logits in the order of \"classes\" (softmax: probabilities)"}
+    softmax = "softmax" if temperature is None else "softmax of logits / \"temperature\""
+    outputs = {"logits": f"[N, {classes}] class logits in the order of \"classes\" ({softmax}: probabilities)"}
     if "seg_logits" in output_names(model):
         outputs["seg_logits"] = ("[N, 2, size/4, size/4] plaque segmentation logits (channel 1: plaque), learned "
                                  "from the PGM's pseudo masks")
@@ -213,4 +217,5 @@ def folder_config(model: nn.Module, spec, checkpoint: str | Path, epoch: int, di
     })
     return {"format": FORMAT, "format_version": FORMAT_VERSION, **config, "backbone": spec.architecture,
             "outputs": outputs, "walnet_version": __version__, "torch_version": torch.__version__,
-            "checkpoint": {"path": str(checkpoint), "epoch": int(epoch)}, "formats": {}}
+            "checkpoint": {"path": str(checkpoint), "epoch": int(epoch)}, "formats": {},
+            **({} if temperature is None else {"temperature": float(temperature)})}

@@ -8,7 +8,9 @@ within the bounds below, which :class:`walnet.models.spec.ModelSpec` keeps too (
 :data:`CLASSES_RANGE`); a backbone is a name timm lists locally, the one the model starts from; pretrained
 weights are never named (the folder holds every weight); class names are unique, printable and
 never read as a spreadsheet formula, since they become the columns of ``walnet predict``'s CSV.
-The informational entries (versions, the source checkpoint, the exported formats) are checked
+``temperature`` (optional, from ``walnet calibrate``), which the logits are divided by before the
+softmax, is a positive finite number. The informational entries (versions, the source checkpoint,
+the exported formats) are checked
 for their shape only. Each violation is a ValueError naming the key; the file's path is added
 by :func:`walnet.models.folder.check_config`.
 """
@@ -34,7 +36,7 @@ MAX_CLASS_NAME = 64
 FORMATS = ("safetensors", "pt2", "onnx")
 
 REQUIRED = ("format", "format_version", "model", "kwargs", "num_classes", "classes", "input")
-OPTIONAL = ("backbone", "outputs", "walnet_version", "torch_version", "checkpoint", "formats", "files")
+OPTIONAL = ("backbone", "outputs", "walnet_version", "torch_version", "checkpoint", "formats", "files", "temperature")
 INPUT_KEYS = ("size", "dicom_region", "shape", "channels", "dtype", "value_range", "mean", "std", "normalization")
 #: Never read from a folder: its weights are all in model.safetensors.
 PRETRAINED_ARGS = ("pretrained", "pretrained_file")
@@ -119,6 +121,10 @@ def check(config: dict) -> None:
         if config["backbone"] != start:
             raise ValueError(f"'backbone' is {short(config['backbone'])}, but the model it describes starts from "
                              f"{start!r}")
+    temperature = config.get("temperature", 1.0)
+    if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and math.isfinite(temperature)
+            and temperature > 0):
+        _fail("temperature", "a positive finite number (the softmax's temperature, walnet calibrate)", temperature)
     _check_about(config)
 
 
