@@ -114,7 +114,8 @@ def scan_image_folder(root: str | Path, classes=None) -> tuple[list[Record], tup
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
         if not images:
             raise ValueError(f"class folder {show_path(folder)} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-        entries += [(r, r.where()) for p in images for r in expand_dicom(Record(p, label, origin=show_path(p)))]
+        records = [Record(p, label, origin=show_path(p), root=root) for p in images]
+        entries += [(r, r.where()) for record in records for r in expand_dicom(record)]
     return _dedupe(entries, show_path(root), names), names
 
 
@@ -276,7 +277,7 @@ def _record(row: dict, at: str, base: Path, names: tuple[str, ...], box_columns,
         raise ValueError(f"{at}: column 'split': {row['split']!r} is not one of {', '.join(SPLITS)} (or empty)")
     patient = row.get("patient_id", "").strip() or None
     return Record(path, label, patient, mask_path, split, _box(row, at, box_columns), _frame(row, at, path),
-                  origin=at)
+                  origin=at, root=base)
 
 
 def read_csv(csv_path: str | Path, classes=None, *, labels: bool = True,

@@ -182,6 +182,16 @@ def _check_classes(classes) -> None:
             raise ValueError(f"--classes: the class name {name!r} {problem}")
 
 
+def _check_folds(folds, fold) -> None:
+    if (folds is None) != (fold is None):
+        raise ValueError("--folds and --fold go together: give both (e.g. --folds 5 --fold 0) or neither")
+    if folds is not None and folds < 3:
+        raise ValueError(f"--folds must be at least 3 (a fold to test, one to validate, one or more to train), "
+                         f"got {folds}")
+    if fold is not None and not 0 <= fold < folds:
+        raise ValueError(f"--fold must be from 0 to {folds - 1} (--folds {folds}), got {fold}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(_Config):
     """``walnet train``: what to train on what, for how long, where to write the run."""
@@ -198,6 +208,10 @@ class TrainConfig(_Config):
     skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing", group="data")
     dicom_region: bool = option(True, "crop DICOM images to their (largest) ultrasound region (off: whole images)",
                                 group="data")
+    folds: int | None = option(None, "K-fold cross-validation (K >= 3, with --fold): the data is dealt into K "
+                               "patient-grouped, class-stratified folds drawn with --seed", group="data")
+    fold: int | None = option(None, "the fold this run tests on (0 to K-1, with --folds); fold + 1 (mod K) "
+                              "validates, the other K-2 train", group="data")
     # model
     model: str = option("walnet", "walnet, walnet_no_rcm, walnet_no_pgm, walnet_<roi method>, or a baseline "
                         "(resnest, convnextv2, dpn, repvit, sequencer, rexnet, res2net)", group="model")
@@ -279,6 +293,7 @@ class TrainConfig(_Config):
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.eval_metric not in EVAL_METRICS:
             raise ValueError(f"--eval-metric must be one of {', '.join(EVAL_METRICS)}, got {self.eval_metric!r}")
+        _check_folds(self.folds, self.fold)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,6 +312,8 @@ class EvalConfig(_Config):
     skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing", group="data")
     figures: bool = option(True, "write roc.png, confusion.png, segmentation.png and attention.png (off: "
                            "metrics.json only)")
+    save_predictions: str | None = option(None, "also write a CSV of every scored image: path, frame, patient, "
+                                          "label, predicted, prob_<class>...")
     dicom_region: bool = option(True, "crop DICOM images to their ultrasound region (off: whole images; also off "
                                 "where the run was trained with --no-dicom-region)", group="data")
 
