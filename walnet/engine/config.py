@@ -208,8 +208,9 @@ class TrainConfig(_Config):
     skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing", group="data")
     dicom_region: bool = option(True, "crop DICOM images to their (largest) ultrasound region (off: whole images)",
                                 group="data")
-    folds: int | None = option(None, "K-fold cross-validation (K >= 3, with --fold): the data is dealt into K "
-                               "patient-grouped, class-stratified folds drawn with --seed", group="data")
+    folds: int | None = option(None, "K-fold cross-validation, K >= 3: the data is dealt into K patient-grouped, "
+                               "class-stratified folds drawn with --seed (train: with --fold; experiment: every "
+                               "fold)", group="data")
     fold: int | None = option(None, "the fold this run tests on (0 to K-1, with --folds); fold + 1 (mod K) "
                               "validates, the other K-2 train", group="data")
     # model
