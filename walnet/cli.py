@@ -186,8 +186,7 @@ def _experiment(args: argparse.Namespace) -> int:
         configs, name, title = TABLES[args.table].rows, args.table, TABLES[args.table].title
     else:
         configs, name, title = [m.strip() for m in args.models.split(",") if m.strip()], "experiment", None
-    # templates: run_experiment sets each run's output, model and seed, and scores its best.pt
-    # with --folds, every fold is run: the template holds fold 0, run_experiment sets each run's
+    # templates: run_experiment sets each run's output, model, seed (and fold) and scores its best.pt
     train = _config(TrainConfig, args, skip=_EXPERIMENT_SETS_TRAIN - {"output"}, fold=None if args.folds is None else 0)
     evaluate = _config(EvalConfig, args, skip=_EXPERIMENT_SETS_EVAL, checkpoint="best.pt")
     run_experiment(configs, args.output, seeds=seeds, train=train, evaluate=evaluate, name=name, title=title)

@@ -5,8 +5,9 @@ CSV: ``path,label[,patient_id][,mask_path][,split]`` plus optional ROI box colum
 both corners inclusive), to crop as the paper's preprocessing does, and ``frame`` (0-based) to
 pick one frame of a multi-frame DICOM file. Paths are relative to the CSV's folder unless
 absolute. That folder (for ImageFolder, the tree's root) is each record's data root, which a
-run's split.csv keys images relative to (walnet.data.splits). ``walnet predict --csv`` reads the same format through the same
-reader, without needing a label (``labels=False``). ImageFolder: ``root/<class>/<image>``.
+run's split.csv keys images relative to (walnet.data.splits). ``walnet predict --csv`` reads the
+same format through the same reader, without needing a label (``labels=False``). ImageFolder:
+``root/<class>/<image>``.
 
 DICOM files (``.dcm``, ``.dicom``) have their headers read here (walnet.data.datasets.expand_dicom):
 a multi-frame file without a frame becomes one record per frame, and the header's PatientID fills

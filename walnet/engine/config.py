@@ -182,16 +182,6 @@ def _check_classes(classes) -> None:
             raise ValueError(f"--classes: the class name {name!r} {problem}")
 
 
-def _check_folds(folds, fold) -> None:
-    if (folds is None) != (fold is None):
-        raise ValueError("--folds and --fold go together: give both (e.g. --folds 5 --fold 0) or neither")
-    if folds is not None and folds < 3:
-        raise ValueError(f"--folds must be at least 3 (a fold to test, one to validate, one or more to train), "
-                         f"got {folds}")
-    if fold is not None and not 0 <= fold < folds:
-        raise ValueError(f"--fold must be from 0 to {folds - 1} (--folds {folds}), got {fold}")
-
-
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(_Config):
     """``walnet train``: what to train on what, for how long, where to write the run."""
@@ -208,11 +198,10 @@ class TrainConfig(_Config):
     skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing", group="data")
     dicom_region: bool = option(True, "crop DICOM images to their (largest) ultrasound region (off: whole images)",
                                 group="data")
-    folds: int | None = option(None, "K-fold cross-validation, K >= 3: the data is dealt into K patient-grouped, "
-                               "class-stratified folds drawn with --seed (train: with --fold; experiment: every "
-                               "fold)", group="data")
-    fold: int | None = option(None, "the fold this run tests on (0 to K-1, with --folds); fold + 1 (mod K) "
-                              "validates, the other K-2 train", group="data")
+    folds: int | None = option(None, "K-fold cross-validation (K >= 3): K patient-grouped, class-stratified folds "
+                               "drawn with --seed (train: with --fold; experiment: every fold)", group="data")
+    fold: int | None = option(None, "the fold this run tests on (0 to K-1); fold + 1 (mod K) validates, the other "
+                              "K-2 train", group="data")
     # model
     model: str = option("walnet", "walnet, walnet_no_rcm, walnet_no_pgm, walnet_<roi method>, or a baseline "
                         "(resnest, convnextv2, dpn, repvit, sequencer, rexnet, res2net)", group="model")
@@ -294,7 +283,12 @@ class TrainConfig(_Config):
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.eval_metric not in EVAL_METRICS:
             raise ValueError(f"--eval-metric must be one of {', '.join(EVAL_METRICS)}, got {self.eval_metric!r}")
-        _check_folds(self.folds, self.fold)
+        if (self.folds is None) != (self.fold is None):
+            raise ValueError("--folds and --fold go together: give both (e.g. --folds 5 --fold 0) or neither")
+        if self.folds is not None:
+            _check_at_least(self, 3, "folds")
+            if not 0 <= self.fold < self.folds:
+                raise ValueError(f"--fold must be from 0 to {self.folds - 1} (--folds {self.folds}), got {self.fold}")
 
 
 @dataclass(frozen=True, kw_only=True)
