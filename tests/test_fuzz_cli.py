@@ -51,11 +51,17 @@ FLAG_VALUES = {
     "--classes": ["hyperechoic,hypoechoic,mixed-echoic", "mixed-echoic,hypoechoic,hyperechoic", "a", "a,b", ",",
                   "x,x"],
     "--split": ["val", "train", "test", "", "dev"],
+    # --folds and --fold go together: one of them alone fails its check (one line)
+    "--folds": ["3", "4", "2", "0", "-3", "x", ""],
+    "--fold": ["0", "2", "3", "-1", "x"],
+    # evaluate only; relative to a fresh folder inside the world (.. is the world: its run and data)
+    "--save-predictions": ["pred.csv", "out/p.csv", "{csv}", "", "ph", "../trained/split.csv",
+                           "../trained/metrics.json", "../ph/labels.csv", "/dev/null"],
 }
 #: The flags each command takes (others are usage errors, which the fuzz tries now and then).
 COMMAND_FLAGS = {
-    "train": [f for f in FLAG_VALUES if f != "--split"],
-    "evaluate": ["-b", "--device", "--output"],
+    "train": [f for f in FLAG_VALUES if f not in ("--split", "--save-predictions")],
+    "evaluate": ["-b", "--device", "--output", "--save-predictions"],
     "predict": ["-b", "--device", "--output"],
     "calibrate": ["-b", "--device", "--split"],
 }
@@ -180,10 +186,11 @@ def test_evaluate_and_predict_flags(world, data, command, foreign):
         argv += [name, _fill(value, work)]
     given = [_fill(v, work) for n, v in pairs if n == "--output"]
     output = (work / given[-1]) if given and given[-1] else default_output
+    saved = [work / _fill(v, work) for n, v in pairs if n == "--save-predictions" and v][-1:]
     cwd = os.getcwd()
     os.chdir(work)
     try:
-        _run(argv, [output], [work, world / "trained", world / "ph"])
+        _run(argv, [output, *saved], [work, world / "trained", world / "ph"])
     finally:
         os.chdir(cwd)
     shutil.rmtree(work)

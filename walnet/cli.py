@@ -177,9 +177,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 #: Train fields ``walnet experiment`` does not offer: it sets them per run, or (the ROI method
 #: and the ablations) the model name implies them.
-_EXPERIMENT_SETS_TRAIN = {"output", "model", "seed", "resume", "roi_method", "rcm", "pgm"}
+_EXPERIMENT_SETS_TRAIN = {"output", "model", "seed", "resume", "roi_method", "rcm", "pgm", "fold"}
 #: Evaluate fields it sets per run; the batch size is train's (-b), so scoring keeps its default.
-_EXPERIMENT_SETS_EVAL = {"checkpoint", "split", "output", "batch_size"}
+_EXPERIMENT_SETS_EVAL = {"checkpoint", "split", "output", "batch_size", "save_predictions"}
 
 
 def _experiment(args: argparse.Namespace) -> int:
@@ -193,8 +193,8 @@ def _experiment(args: argparse.Namespace) -> int:
         configs, name, title = TABLES[args.table].rows, args.table, TABLES[args.table].title
     else:
         configs, name, title = [m.strip() for m in args.models.split(",") if m.strip()], "experiment", None
-    # templates: run_experiment sets each run's output, model and seed, and scores its best.pt
-    train = _config(TrainConfig, args, skip=_EXPERIMENT_SETS_TRAIN - {"output"})
+    # templates: run_experiment sets each run's output, model, seed (and fold) and scores its best.pt
+    train = _config(TrainConfig, args, skip=_EXPERIMENT_SETS_TRAIN - {"output"}, fold=None if args.folds is None else 0)
     evaluate = _config(EvalConfig, args, skip=_EXPERIMENT_SETS_EVAL, checkpoint="best.pt")
     run_experiment(configs, args.output, seeds=seeds, train=train, evaluate=evaluate, name=name, title=title)
     return 0

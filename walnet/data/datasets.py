@@ -49,6 +49,14 @@ def crop_box(img: Image.Image, box: tuple[int, int, int, int] | None) -> Image.I
     return img.crop((x1, y1, x2 + 1, y2 + 1))
 
 
+def relative_path(path: Path, root: Path | None) -> str:
+    """`path` (resolved) relative to the folder `root` (resolved), with posix separators, where
+    it lies under it; else `path` itself, absolute."""
+    if root is not None and path.is_relative_to(root) and path != root:
+        return path.relative_to(root).as_posix()
+    return str(path)
+
+
 @dataclass(frozen=True)
 class Record:
     """One image: its file, class index, optional patient id, mask file, split, ROI box
@@ -56,8 +64,10 @@ class Record:
     (0-based; None for every other image).
 
     ``path`` and ``mask_path`` are stored resolved (absolute, symbolic links and ``..`` followed),
-    so one file has one key however it was spelled; ``origin`` ("file.csv:7") says where the
-    record was read, for error messages, and takes no part in comparisons.
+    so one file has one key however it was spelled; ``root`` (resolved too) is the data root the
+    record was read from (the CSV's folder, the ImageFolder tree), which :attr:`relative_key`
+    keys it by; ``origin`` ("file.csv:7") says where the record was read, for error messages.
+    Neither takes part in comparisons.
     """
 
     path: Path
@@ -68,16 +78,25 @@ class Record:
     box: tuple[int, int, int, int] | None = None
     frame: int | None = None
     origin: str | None = field(default=None, compare=False)
+    root: Path | None = field(default=None, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "path", Path(self.path).resolve())
-        if self.mask_path is not None:
-            object.__setattr__(self, "mask_path", Path(self.mask_path).resolve())
+        for name in ("path", "mask_path", "root"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)).resolve())
 
     @property
     def key(self) -> str:
         """The sample's key in a split file: its image path, with ``#frame=<k>`` for a frame."""
         return str(self.path) if self.frame is None else f"{self.path}#frame={self.frame}"
+
+    @property
+    def relative_key(self) -> str:
+        """The sample's key relative to its data root (posix separators, ``#frame=<k>`` for a
+        frame), which holds wherever the root is copied; :attr:`key` for an image outside the
+        root or a record without one."""
+        path = relative_path(self.path, self.root)
+        return path if self.frame is None else f"{path}#frame={self.frame}"
 
     def where(self) -> str:
         """The record's origin, or its image file when it has none: the prefix of its errors."""

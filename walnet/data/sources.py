@@ -4,8 +4,10 @@ CSV: ``path,label[,patient_id][,mask_path][,split]`` plus optional ROI box colum
 ``y1,x1,y2,x2`` or ``xmin,ymin,xmax,ymax`` (the same box in the other order: 0-based pixels,
 both corners inclusive), to crop as the paper's preprocessing does, and ``frame`` (0-based) to
 pick one frame of a multi-frame DICOM file. Paths are relative to the CSV's folder unless
-absolute. ``walnet predict --csv`` reads the same format through the same
-reader, without needing a label (``labels=False``). ImageFolder: ``root/<class>/<image>``.
+absolute. That folder (for ImageFolder, the tree's root) is each record's data root, which a
+run's split.csv keys images relative to (walnet.data.splits). ``walnet predict --csv`` reads the
+same format through the same reader, without needing a label (``labels=False``). ImageFolder:
+``root/<class>/<image>``.
 
 DICOM files (``.dcm``, ``.dicom``) have their headers read here (walnet.data.datasets.expand_dicom):
 a multi-frame file without a frame becomes one record per frame, and the header's PatientID fills
@@ -114,7 +116,8 @@ def scan_image_folder(root: str | Path, classes=None) -> tuple[list[Record], tup
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
         if not images:
             raise ValueError(f"class folder {show_path(folder)} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-        entries += [(r, r.where()) for p in images for r in expand_dicom(Record(p, label, origin=show_path(p)))]
+        records = [Record(p, label, origin=show_path(p), root=root) for p in images]
+        entries += [(r, r.where()) for record in records for r in expand_dicom(record)]
     return _dedupe(entries, show_path(root), names), names
 
 
@@ -276,7 +279,7 @@ def _record(row: dict, at: str, base: Path, names: tuple[str, ...], box_columns,
         raise ValueError(f"{at}: column 'split': {row['split']!r} is not one of {', '.join(SPLITS)} (or empty)")
     patient = row.get("patient_id", "").strip() or None
     return Record(path, label, patient, mask_path, split, _box(row, at, box_columns), _frame(row, at, path),
-                  origin=at)
+                  origin=at, root=base)
 
 
 def read_csv(csv_path: str | Path, classes=None, *, labels: bool = True,

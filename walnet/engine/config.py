@@ -198,6 +198,10 @@ class TrainConfig(_Config):
     skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing", group="data")
     dicom_region: bool = option(True, "crop DICOM images to their (largest) ultrasound region (off: whole images)",
                                 group="data")
+    folds: int | None = option(None, "K-fold cross-validation (K >= 3): K patient-grouped, class-stratified folds "
+                               "drawn with --seed (train: with --fold; experiment: every fold)", group="data")
+    fold: int | None = option(None, "the fold this run tests on (0 to K-1); fold + 1 (mod K) validates, the other "
+                              "K-2 train", group="data")
     # model
     model: str = option("walnet", "walnet, walnet_no_rcm, walnet_no_pgm, walnet_<roi method>, or a baseline "
                         "(resnest, convnextv2, dpn, repvit, sequencer, rexnet, res2net)", group="model")
@@ -279,6 +283,12 @@ class TrainConfig(_Config):
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.eval_metric not in EVAL_METRICS:
             raise ValueError(f"--eval-metric must be one of {', '.join(EVAL_METRICS)}, got {self.eval_metric!r}")
+        if (self.folds is None) != (self.fold is None):
+            raise ValueError("--folds and --fold go together: give both (e.g. --folds 5 --fold 0) or neither")
+        if self.folds is not None:
+            _check_at_least(self, 3, "folds")
+            if not 0 <= self.fold < self.folds:
+                raise ValueError(f"--fold must be from 0 to {self.folds - 1} (--folds {self.folds}), got {self.fold}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,6 +307,8 @@ class EvalConfig(_Config):
     skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing", group="data")
     figures: bool = option(True, "write roc.png, confusion.png, reliability.png, segmentation.png and "
                            "attention.png (off: metrics.json only)")
+    save_predictions: str | None = option(None, "also write a CSV of every scored image: path, frame, patient, "
+                                          "label, predicted, prob_<class>...")
     dicom_region: bool = option(True, "crop DICOM images to their ultrasound region (off: whole images; also off "
                                 "where the run was trained with --no-dicom-region)", group="data")
 

@@ -22,6 +22,7 @@ from walnet.engine.inputs import Inputs
 from walnet.engine.loading import TrainedModel, load_model
 from walnet.engine.loops import EvalOutputs, evaluate
 from walnet.engine.metrics import CI_LEVEL, bootstrap_ci, clinical_metrics, patient_metrics
+from walnet.engine.predictions import check_predictions_file, write_predictions
 from walnet.engine.runtime import loader_workers
 from walnet.files import atomic_open
 from walnet.models import PseudoMaskGenerator
@@ -53,10 +54,15 @@ def evaluate_run(config: EvalConfig) -> dict:
     (Fig. 5), ``reliability.png`` (the reliability diagram) and, where the split has true masks
     and the model a segmentation head, ``segmentation.png`` (Fig. 6) and ``attention.png`` (the
     same samples' fused attention over the image, the predicted mask's contour and the RCM
-    box); their names are listed under ``"figures"`` in the result."""
+    box); their names are listed under ``"figures"`` in the result. With ``save_predictions``,
+    the per-image predictions go to that CSV file (:mod:`walnet.engine.predictions`), before
+    ``metrics.json``."""
     ckpt = Path(config.checkpoint)
     device = pick_device(config.device)
-    check_output(config.output or ckpt.parent, reads=_reads(config), writes=EVAL_FILES, command="evaluate")
+    reads = _reads(config)
+    check_output(config.output or ckpt.parent, reads=reads, writes=EVAL_FILES, command="evaluate")
+    if config.save_predictions is not None:
+        check_predictions_file(config.save_predictions, reads, config.output or ckpt.parent, EVAL_FILES)
     trained, classes, dataset, loader = split_loader(config, device, "evaluate")
     model = trained.model
     pgm = PseudoMaskGenerator() if trained.spec.has_pgm else None
@@ -78,6 +84,8 @@ def evaluate_run(config: EvalConfig) -> dict:
         result["figures"] = (["roc.png", "confusion.png", "reliability.png"]
                              + (["segmentation.png"] if outputs.images is not None else [])
                              + (["attention.png"] if outputs.attention is not None else []))
+    if config.save_predictions is not None:
+        write_predictions(config.save_predictions, dataset.records, outputs.order, outputs.probs, classes)
     out = Path(config.output) if config.output else ckpt.parent
     out.mkdir(parents=True, exist_ok=True)
     with atomic_open(out / "metrics.json", text=True) as f:

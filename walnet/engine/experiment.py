@@ -12,7 +12,9 @@ settings or other data (its ``args.json``, its ``data.json``) is an error, never
 the others. Each run's folder is
 locked (:mod:`walnet.engine.lock`) from the decision to reuse, resume or train it until its
 scores are written, so a second experiment into the same folder stops at the first run the
-other one holds instead of training it too.
+other one holds instead of training it too. With ``train.folds`` K (``--folds K``) each config
+and seed trains and scores K runs, ``runs/<config>/seed<k>/fold<i>/``: the tables' mean (std) is
+over folds and seeds, and the pooled out-of-fold scores follow (:mod:`walnet.engine.crossval`).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from walnet.engine.config import EvalConfig, TrainConfig
+from walnet.engine.crossval import PREDICTIONS_FILE, fold_dir, pooled_scores
 from walnet.files import atomic_open, first_line, write_text
 
 _log = logging.getLogger(__name__)
@@ -144,7 +147,7 @@ def _fmt(value: float, digits: int) -> str:
 
 
 def to_markdown(rows: Sequence[Mapping], metrics: Sequence[tuple[str, str]] = PAPER_METRICS, title: str | None = None,
-                digits: int = 3) -> str:
+                digits: int = 3, over: str = "seed(s)") -> str:
     """A Markdown table like the paper's: a "Method" column of row labels, then one
     "mean (std)" column per metric, as fractions. As in the paper's Table 1, the best mean of a
     column is **bold** and the second best <u>underlined</u> (higher is better for every metric
@@ -152,7 +155,7 @@ def to_markdown(rows: Sequence[Mapping], metrics: Sequence[tuple[str, str]] = PA
     seeds = sorted({r["n_seeds"] for r in rows})
     lines = []
     if title:
-        caption = f"mean (sample std) over {seeds[0]} seed(s)" if len(seeds) == 1 else "mean (sample std) over seeds"
+        caption = f"mean (sample std) over {seeds[0]} {over}" if len(seeds) == 1 else "mean (sample std) over seeds"
         lines += [f"{title}; {caption}.", ""]
     with_n = len(seeds) > 1
     header = ["Method"] + [f"{name} ↑" for _, name in metrics] + (["Seeds"] if with_n else [])
@@ -194,13 +197,14 @@ def write_csv(rows: Sequence[Mapping], path, metrics: Sequence[str] = tuple(k fo
 
 
 def _write_runs_csv(runs: Sequence[Mapping], path: Path, metrics: Sequence[str]) -> None:
-    """One line per run: config, seed, the metrics (nested ones by their ``/`` keys; a missing
-    one is an empty cell), epoch and images."""
+    """One line per run: config, seed, fold (with folds), the metrics (nested ones by their ``/``
+    keys; a missing one is an empty cell), epoch and images."""
     with atomic_open(path, text=True) as f:
-        writer = csv.DictWriter(f, ["config", "seed", *metrics, "epoch", "images"])
+        folds = ["fold"] if any("fold" in run for run in runs) else []
+        writer = csv.DictWriter(f, ["config", "seed", *folds, *metrics, "epoch", "images"])
         writer.writeheader()
         for run in runs:
-            values = {key: metric_value(run, key) for key in metrics}
+            values = {**{key: metric_value(run, key) for key in metrics}, **{k: run.get(k) for k in folds}}
             writer.writerow({"config": run["config"], "seed": run["seed"], "epoch": run.get("epoch"),
                              "images": run.get("images"), **{k: "" if v is None else v for k, v in values.items()}})
 
@@ -252,13 +256,15 @@ def read_metrics(path: Path, keys: Sequence[str] = ()) -> dict:
     return metrics
 
 
-def _run_one(run: TrainConfig, tag: str, scoring, train_run, evaluate_run, data: Callable[[], dict]) -> dict:
+def _run_one(run: TrainConfig, tag: str, scoring, train_run, evaluate_run, data: Callable[[], dict],
+             keep: Sequence[str] = ()) -> dict:
     """The test scores of one run: a finished run's metrics.json (if it is a run of `run`'s
     settings and data: an error naming the differences otherwise), else the scores of the run
-    trained (or resumed) now."""
+    trained (or resumed) now. A run is finished once it holds metrics.json and the files `keep`
+    names."""
     run_dir = Path(run.output)
     metrics_file = run_dir / "metrics.json"
-    if metrics_file.is_file():
+    if metrics_file.is_file() and all((run_dir / name).is_file() for name in keep):
         diff = _differences(run, run_dir, data)
         if diff:
             raise ValueError(f"{tag} the finished run {run_dir} is not a run of this experiment: {'; '.join(diff)}; "
@@ -328,7 +334,11 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
     ...); each replaces its ``checkpoint``, data, ``split`` (test) and ``output`` (the run
     folder). Without it, the scorings take :class:`EvalConfig`'s defaults and ``train``'s device,
     workers and ``skip_bad``. Each run lives in ``output/runs/<model>/seed<k>/``: a run with a
-    ``metrics.json`` is reused as it is, one with a ``last.pt`` only is resumed.
+    ``metrics.json`` is reused as it is, one with a ``last.pt`` only is resumed. With
+    ``train.folds`` K (its ``fold`` is set per run), every seed runs folds 0 to K-1 in
+    ``.../seed<k>/fold<i>/``, each saving its test predictions (``predictions.csv``; a fold run
+    without them is scored again); the pooled out-of-fold scores go to ``output/<name>_pooled.csv``
+    and a last table of ``<name>.md``.
     """
     from walnet.data import load_records
     from walnet.data.splits import data_record
@@ -342,33 +352,44 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
     fingerprint = functools.cache(lambda: data_record(*load_records(train.data_dir, train.csv, train.classes)))
 
     def scoring(checkpoint: Path) -> EvalConfig:
+        # a fold run saves its test predictions beside its checkpoint, for the pooled scores
+        saved = Path(checkpoint).parent / PREDICTIONS_FILE if train.folds is not None else None
         if evaluate is None:
             return EvalConfig(checkpoint=checkpoint, **data, device=train.device, workers=train.workers,
-                              skip_bad=train.skip_bad)
-        return replace(evaluate, checkpoint=checkpoint, **data, split="test", output=None)
+                              skip_bad=train.skip_bad, save_predictions=saved)
+        return replace(evaluate, checkpoint=checkpoint, **data, split="test", output=None, save_predictions=saved)
 
     output = Path(output)
+    folds = range(train.folds) if train.folds is not None else (None,)
+    keep = (PREDICTIONS_FILE,) if train.folds is not None else ()
     results = []
     for model, _ in pairs:
-        for seed in seeds:
-            run_dir = output / "runs" / model / f"seed{seed}"
-            tag = f"[{model} seed {seed}]"
-            run = replace(train, output=run_dir, model=model, seed=seed, resume=None)
+        for seed, fold in ((seed, fold) for seed in seeds for fold in folds):
+            run_dir = fold_dir(output / "runs" / model / f"seed{seed}", fold)
+            tag = f"[{model} seed {seed}{'' if fold is None else f' fold {fold}'}]"
+            run = replace(train, output=run_dir, model=model, seed=seed, resume=None, fold=fold)
             with run_lock(run_dir, "walnet experiment"):
-                result = _run_one(run, tag, scoring, train_run, evaluate_run, fingerprint)
+                result = _run_one(run, tag, scoring, train_run, evaluate_run, fingerprint, keep)
             scores = ((name, metric_value(result, key)) for key, name in PAPER_METRICS)
             _log.info(f"{tag} test: " + ", ".join(f"{name} {value:.3f}" for name, value in scores if value is not None))
-            results.append({**result, "config": model, "seed": seed})
+            where = {} if fold is None else {"fold": fold, "predictions": run_dir / PREDICTIONS_FILE}
+            results.append({**result, "config": model, "seed": seed, **where})
     main, per_class = PAPER_METRICS + CLINICAL_METRICS, per_class_metrics(results)
     metric_keys = [k for k, _ in main + tuple(per_class)]
     rows = aggregate(results, metric_keys, labels=dict(pairs))
     output.mkdir(parents=True, exist_ok=True)
     write_csv(rows, output / f"{name}.csv", metric_keys)
     _write_runs_csv(results, output / f"{name}_runs.csv", metric_keys)
-    markdown = to_markdown(rows, main, title=title or name)
+    over = "seed(s)" if train.folds is None else f"runs ({train.folds} folds x {len(seeds)} seed(s))"
+    markdown = to_markdown(rows, main, title=title or name, over=over)
     if per_class:
         markdown += "\n" + to_markdown(rows, per_class, title="Per-class sensitivity and specificity (one class "
-                                                              "against the rest)")
+                                                               "against the rest)", over=over)
+    if train.folds is not None:
+        pooled = aggregate(pooled_scores(results), metric_keys, labels=dict(pairs))
+        write_csv(pooled, output / f"{name}_pooled.csv", metric_keys)
+        markdown += "\n" + to_markdown(pooled, main, title=f"Pooled out-of-fold scores (the {train.folds} folds' "
+                                                            "test predictions of each seed scored together)")
     write_text(output / f"{name}.md", markdown)
     _log.info(markdown)
     return rows

@@ -202,7 +202,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
     differs = data_difference(saved, data_record(records, classes)) if saved is not None else None
     if differs:
         raise ValueError(f"{data}: {differs}; resume with the run's data, or train a new run into another --output")
-    splits = run_split(records, output, config.seed, started=started,
+    splits = run_split(records, output, config.seed, started=started, folds=config.folds, fold=config.fold,
                        hint="resume with the run's data, or train a new run into another --output")
     train_set, val_set = _datasets(config, records, splits)
     if (train_set.skipped or val_set.skipped) and ctx.is_main:
