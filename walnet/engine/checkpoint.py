@@ -134,6 +134,9 @@ _KEY_CHECKS = {
     "best_accuracy": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
     "best_metric": ("a metric name", lambda v: isinstance(v, str)),
     "best_value": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "best_epoch": ("an epoch number >= -1", lambda v: _is_int(v) and v >= -1),
+    "scheduler": ("a learning-rate schedule state dict", lambda v: isinstance(v, Mapping)),
+    "stopped_early": ("True or False", lambda v: isinstance(v, bool)),
 }
 
 
