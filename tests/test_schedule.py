@@ -10,6 +10,7 @@ import logging
 import math
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -278,6 +279,54 @@ def test_ddp_with_plateau_and_patience_ends_on_every_rank(data, tmp_path):
     last = torch.load(run / "last.pt", weights_only=True)
     assert last["epoch"] == int(rows[-1]["epoch"]) and last["scheduler"]["plateau"]["patience"] == 0
     assert last["stopped_early"] == (len(rows) < 3)
+
+
+def _ddp_worker(rank, port, data, run, scores):
+    """One of two gloo processes of a scripted run (rank 0 alone validates): writes the rate of
+    every epoch this process saw to rank<r>.json."""
+    import json
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    rates = []
+
+    class Recorded(Schedule):
+        def step(self, epoch, metric):
+            super().step(epoch, metric)
+            rates.append(self.lr)
+
+    with pytest.MonkeyPatch.context() as mp:
+        _scripted(mp, scores)
+        mp.setattr(trainer, "Schedule", Recorded)
+        train(run_config(data, run, epochs=len(scores) + 2, patience=2, **SCHEDULES["plateau"]))
+    (run.parent / f"rank{rank}.json").write_text(json.dumps(rates))
+
+
+def test_under_ddp_every_rank_steps_the_plateau_and_stops_on_rank_0s_score(data, tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    scores = [0.2, 0.5, 0.5, 0.4, 0.45]  # best.pt: epoch 2; epochs 3 and 4 do not change it: stop after 4
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    procs = mp.start_processes(_ddp_worker, args=(port, data, run, scores), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 300
+    while not procs.join(timeout=5):  # a rank that missed the stop would wait for the other forever
+        if time.monotonic() > deadline:
+            for process in procs.processes:
+                process.kill()
+            pytest.fail("a DDP rank did not end")
+    # the rates after each epoch's step: those of epochs 1 to 5
+    want = _timm_rates("plateau", 6, [*scores, 0], **{k: v for k, v in SCHEDULES["plateau"].items() if k != "sched"})
+    rates = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert rates[0] == rates[1] == want[1:] and len(set(want)) > 2
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["epoch"] == 4 and last["stopped_early"] is True and last["best_epoch"] == 2
 
 
 # --- the CUDA-graphed step under a schedule ------------------------------------------------------
