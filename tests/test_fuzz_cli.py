@@ -48,6 +48,10 @@ FLAG_VALUES = {
     "--backbone": ["resnet18", "resnet19", "vit_tiny_patch16_224", "", "../resnet18"],
     "--classes": ["hyperechoic,hypoechoic,mixed-echoic", "mixed-echoic,hypoechoic,hyperechoic", "a", "a,b", ",",
                   "x,x"],
+    "--sched": ["none", "cosine", "step", "plateau", "bogus", ""],
+    "--warmup-epochs": ["0", "1", "-1", "x", "1.5"],
+    "--weight-decay": ["0", "0.01", "-0.1", "nan", "inf", "x"],
+    "--patience": ["1", "3", "0", "-2", "x"],
 }
 #: The flags each command takes (others are usage errors, which the fuzz tries now and then).
 COMMAND_FLAGS = {
