@@ -360,6 +360,7 @@ def test_a_cuda_graphed_step_follows_the_scheduled_rate_as_an_eager_one():
                     losses.append(step(x, t, epoch).clone())
                 schedule.step(epoch, 0.5)
                 assert schedule.optimizer.param_groups[0]["lr"] is tensor
+                assert float(tensor) == pytest.approx(schedule.lr, rel=1e-6)
             results.append((torch.stack(losses), rates, model.state_dict()))
     (got, got_rates, got_state), (want, want_rates, want_state) = results
     assert got_rates == want_rates and len(set(got_rates)) == epochs

@@ -11,7 +11,7 @@ import pytest
 
 from walnet import cli
 from walnet.data import read_csv
-from walnet.engine import trainer
+from walnet.engine import run_files, trainer
 from walnet.engine.config import EvalConfig
 from walnet.engine.evaluation import evaluate_run
 from walnet.engine.trainer import train
@@ -129,7 +129,7 @@ def test_a_split_without_a_checkpoint_is_drawn_anew(data, tmp_path, quick):
 
 def test_the_split_and_data_record_are_written_with_the_first_checkpoint(data, tmp_path, monkeypatch):
     seen = []
-    real = trainer.save_checkpoint
+    real = run_files.save_checkpoint
 
     def spy(path, state):
         seen.append(sorted(p.name for p in path.parent.iterdir() if p.suffix != ".lock"))
@@ -141,7 +141,7 @@ def test_the_split_and_data_record_are_written_with_the_first_checkpoint(data, t
 
     monkeypatch.setattr(trainer, "train_one_epoch", fit)
     monkeypatch.setattr(trainer, "evaluate", lambda *a, **kw: SCORES)
-    monkeypatch.setattr(trainer, "save_checkpoint", spy)
+    monkeypatch.setattr(run_files, "save_checkpoint", spy)
     train(run_config(data, tmp_path / "run", epochs=1))
     assert seen[0] == ["args.json"]
     assert seen[1] == ["args.json", "data.json", "metrics.csv", "split.csv"]  # then last.pt

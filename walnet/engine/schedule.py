@@ -96,7 +96,7 @@ class Schedule:
         self.tensor = torch.tensor(config.lr, dtype=dtype, device=device)
         self.optimizer = torch.optim.Adam(params, lr=self.tensor, weight_decay=config.weight_decay,
                                           capturable=capturable)
-        self.lr = config.lr
+        self.lr, self.capturable = config.lr, capturable
         self._with_floats()
         for group in self.optimizer.param_groups:
             group["initial_lr"] = config.lr  # timm's base rate, a float, whatever "lr" holds
@@ -151,3 +151,15 @@ class Schedule:
             for group in self.optimizer.param_groups:
                 group["lr"] = float(state["lr"])
         self._pin()
+        self._own_settings()
+
+    def _own_settings(self) -> None:
+        """Adam's ``capturable`` is this run's, not that of the checkpoint resumed (which the
+        optimizer's load took over; a run may resume on another device), with the step counts
+        where it reads them: on the parameters' device when capturable."""
+        for group in self.optimizer.param_groups:
+            group["capturable"] = self.capturable
+            for param in group["params"]:
+                state = self.optimizer.state.get(param, {})
+                if self.capturable and isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = state["step"].to(device=param.device, dtype=torch.float32)

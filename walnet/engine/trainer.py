@@ -2,11 +2,17 @@
 
 Outputs in ``output/``: ``args.json`` (the :class:`TrainConfig`, ``to_dict()``), ``split.csv``
 and ``data.json`` (the run's split and its data's fingerprint, written with its first
-checkpoint), ``metrics.csv`` (one row per epoch), ``last.pt`` and ``best.pt`` (written
-atomically; model, optimizer, scaler, epoch, the config under ``"args"``, class map, and the
-validation metric that chooses ``best.pt`` with its best value so far, ``best_metric`` and
-``best_value``). A folder holds a run once it holds ``last.pt``: such a run is only continued,
-in its own folder, with ``resume`` (never overwritten), with its settings, data and split
+checkpoint), ``metrics.csv`` (one row per epoch, with its learning rate), ``last.pt`` and
+``best.pt`` (written atomically; :mod:`walnet.engine.run_files`). ``best.pt`` holds what
+evaluation and inference need: the model's weights (its input normalisation included), the
+config under ``"args"``, the class map, its epoch and the validation metric that chose it with
+its value (``best_metric``, ``best_value``): 235 MB for the default WAL-Net (resnest50d, 3
+classes). ``last.pt`` holds the same and the training state of a resume (optimizer, scaler,
+learning-rate schedule, ``best_epoch``, ``stopped_early``): 703 MB. The optimizer and its
+schedule (``--weight-decay``, ``--sched``, ...): :mod:`walnet.engine.schedule`; ``--patience``
+stops a run after that many epochs in which best.pt did not change. A folder holds a run once it
+holds ``last.pt``: such a run is only continued, in its own folder, with ``resume`` from its
+``last.pt`` (never overwritten), with its settings, data and split
 (:func:`~walnet.engine.checks.check_resume`); a folder without ``last.pt`` holds none, and a
 run there splits its data anew (:func:`~walnet.data.splits.run_split`). The folder is locked
 while a run writes it (:mod:`walnet.engine.lock`). ``walnet evaluate`` scores a run's
@@ -34,7 +40,7 @@ from walnet.engine.checkpoint import load_training_state
 from walnet.engine.checks import check_resume, check_stages, check_train_config
 from walnet.engine.config import TrainConfig
 from walnet.engine.loops import evaluate, train_one_epoch
-from walnet.engine.run_files import EVAL_METRIC_KEYS, METRIC_FIELDS, RunCheckpoints, RunLog  # noqa: F401
+from walnet.engine.run_files import EVAL_METRIC_KEYS, METRIC_FIELDS, RunCheckpoints, RunLog  # noqa: F401 (re-exported)
 from walnet.engine.runtime import Runtime, backend_flags, runtime_of
 from walnet.engine.schedule import Schedule
 from walnet.engine.step import TrainStep
