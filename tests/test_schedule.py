@@ -255,6 +255,11 @@ def test_a_resumed_scheduled_run_ends_as_an_uninterrupted_one(data, tmp_path, mo
     monkeypatch.setattr(trainer, "_fit", fit)
     with pytest.raises(ValueError, match=r"--epochs 4 differs from the run's 3: its cosine schedule"):
         train(run_config(data, cut, **{**RESUMED, "epochs": 4}, resume=str(cut / "last.pt")))
+    for changed, message in ((dict(sched="step"), "--sched step differs from the run's cosine"),
+                             (dict(patience=6), "--patience 6 differs from the run's 5"),
+                             (dict(weight_decay=0.0), "--weight-decay 0.0 differs from the run's 0.01")):
+        with pytest.raises(ValueError, match=message):  # the schedule's settings define the run
+            train(run_config(data, cut, **{**RESUMED, **changed}, resume=str(cut / "last.pt")))
     train(run_config(data, cut, **RESUMED, resume=str(cut / "last.pt")))
 
     assert metrics_rows(cut) == metrics_rows(whole)  # losses, scores and rates, to the last digit

@@ -58,8 +58,8 @@ def test_resume_continues_a_run_in_its_own_folder_only(data, tmp_path, quick, ca
     assert err.count("\n") == 1 and err.startswith(f"walnet train: error: --resume {other / 'last.pt'} is not a "
                                                    f"checkpoint of --output {run}: a run continues in its own folder")
     assert _files(run) == before  # neither last.pt nor metrics.csv took the other run's epochs
-    # its own best.pt, the folder spelled another way: continued
-    train(run_config(data, tmp_path / "rA" / ".." / "rA", epochs=2, resume=str(run / "best.pt")))
+    # its own last.pt, the folder spelled another way: continued (a best.pt holds no training state)
+    train(run_config(data, tmp_path / "rA" / ".." / "rA", epochs=2, resume=str(run / "last.pt")))
     assert [r["epoch"] for r in metrics_rows(run)] == ["0", "1"]
 
 

@@ -221,7 +221,8 @@ class TrainConfig(_Config):
     weight_decay: float = option(0.0, "Adam weight decay, an L2 penalty (paper: 0)", group="training")
     sched: str = option("none", "learning-rate schedule (timm): none (constant --lr, the paper's), cosine, step or "
                         "plateau; stepped once per epoch", group="training")
-    warmup_epochs: int = option(0, "epochs of linear warm-up from --warmup-lr to --lr (needs --sched)", group="training")
+    warmup_epochs: int = option(0, "epochs of linear warm-up from --warmup-lr to --lr (needs a --sched)",
+                                group="training")
     warmup_lr: float = option(1e-6, "learning rate at the start of the warm-up", group="training")
     min_lr: float = option(0.0, "lowest learning rate of the cosine and plateau schedules", group="training")
     decay_epochs: int = option(30, "step: multiply the rate by --decay-rate every this many epochs", group="training")
