@@ -57,6 +57,10 @@ FLAG_VALUES = {
     # evaluate only; relative to a fresh folder inside the world (.. is the world: its run and data)
     "--save-predictions": ["pred.csv", "out/p.csv", "{csv}", "", "ph", "../trained/split.csv",
                            "../trained/metrics.json", "../ph/labels.csv", "/dev/null"],
+    "--sched": ["none", "cosine", "step", "plateau", "bogus", ""],
+    "--warmup-epochs": ["0", "1", "-1", "x", "1.5"],
+    "--weight-decay": ["0", "0.01", "-0.1", "nan", "inf", "x"],
+    "--patience": ["1", "3", "0", "-2", "x"],
 }
 #: The flags each command takes (others are usage errors, which the fuzz tries now and then).
 COMMAND_FLAGS = {

@@ -11,7 +11,7 @@ import pytest
 
 from walnet import cli
 from walnet.data import read_csv
-from walnet.engine import trainer
+from walnet.engine import run_files, trainer
 from walnet.engine.config import EvalConfig
 from walnet.engine.evaluation import evaluate_run
 from walnet.engine.trainer import train
@@ -58,8 +58,8 @@ def test_resume_continues_a_run_in_its_own_folder_only(data, tmp_path, quick, ca
     assert err.count("\n") == 1 and err.startswith(f"walnet train: error: --resume {other / 'last.pt'} is not a "
                                                    f"checkpoint of --output {run}: a run continues in its own folder")
     assert _files(run) == before  # neither last.pt nor metrics.csv took the other run's epochs
-    # its own best.pt, the folder spelled another way: continued
-    train(run_config(data, tmp_path / "rA" / ".." / "rA", epochs=2, resume=str(run / "best.pt")))
+    # its own last.pt, the folder spelled another way: continued (a best.pt holds no training state)
+    train(run_config(data, tmp_path / "rA" / ".." / "rA", epochs=2, resume=str(run / "last.pt")))
     assert [r["epoch"] for r in metrics_rows(run)] == ["0", "1"]
 
 
@@ -129,7 +129,7 @@ def test_a_split_without_a_checkpoint_is_drawn_anew(data, tmp_path, quick):
 
 def test_the_split_and_data_record_are_written_with_the_first_checkpoint(data, tmp_path, monkeypatch):
     seen = []
-    real = trainer.save_checkpoint
+    real = run_files.save_checkpoint
 
     def spy(path, state):
         seen.append(sorted(p.name for p in path.parent.iterdir() if p.suffix != ".lock"))
@@ -141,7 +141,7 @@ def test_the_split_and_data_record_are_written_with_the_first_checkpoint(data, t
 
     monkeypatch.setattr(trainer, "train_one_epoch", fit)
     monkeypatch.setattr(trainer, "evaluate", lambda *a, **kw: SCORES)
-    monkeypatch.setattr(trainer, "save_checkpoint", spy)
+    monkeypatch.setattr(run_files, "save_checkpoint", spy)
     train(run_config(data, tmp_path / "run", epochs=1))
     assert seen[0] == ["args.json"]
     assert seen[1] == ["args.json", "data.json", "metrics.csv", "split.csv"]  # then last.pt

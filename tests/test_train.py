@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from walnet.data import read_csv
-from walnet.engine import lock, trainer
+from walnet.engine import lock, run_files, trainer
 from walnet.engine.runtime import runtime_of
 from walnet.engine.trainer import train
 
@@ -207,17 +207,17 @@ def test_a_failed_split_is_not_kept_so_the_fixed_data_trains(data, tmp_path):
 def test_a_run_that_fails_at_its_first_checkpoint_leaves_no_run(data, tmp_path, monkeypatch):
     """A full disk at the first last.pt: the split written just before it counts for nothing, so
     the rerun (here with another seed) splits anew."""
-    real = trainer.save_checkpoint
+    real = run_files.save_checkpoint
 
     def crash(*a, **kw):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(trainer, "save_checkpoint", crash)
+    monkeypatch.setattr(run_files, "save_checkpoint", crash)
     run = tmp_path / "run"
     with pytest.raises(OSError, match="No space"):
         train(run_config(data, run, epochs=1))
     assert not (run / "last.pt").exists()
-    monkeypatch.setattr(trainer, "save_checkpoint", real)
+    monkeypatch.setattr(run_files, "save_checkpoint", real)
     train(run_config(data, run, epochs=1, seed=5))
     records = read_csv(data)[0]
     assert split_column(run) == split_of(records, 5) != split_of(records, 0)

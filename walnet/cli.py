@@ -33,6 +33,7 @@ from pathlib import Path
 from walnet.engine.config import (EVAL_METRICS, SPLITS, CalibrateConfig, DemoConfig, EvalConfig, ExportConfig,
                                   PredictConfig, TrainConfig, options)
 from walnet.engine.experiment import DEFAULT_SEEDS, TABLES
+from walnet.engine.schedule import SCHEDULES
 
 
 def _phantom(args: argparse.Namespace) -> int:
@@ -65,7 +66,7 @@ _FLAGS = {"batch_size": ("-b", "--batch-size"), "workers": ("-j", "--workers"), 
 _EXTRA = {"split": {"choices": SPLITS}, "eval_metric": {"choices": EVAL_METRICS}, "masks_dir": {"metavar": "DIR"},
           "overlays_dir": {"metavar": "DIR"},
           "inputs": {"metavar": "INPUT"}, "classes": {"type": _names, "metavar": "A,B,C"},
-          "formats": {"type": _names, "metavar": "FORMAT[,FORMAT]"}}
+          "formats": {"type": _names, "metavar": "FORMAT[,FORMAT]"}, "sched": {"choices": SCHEDULES}}
 #: The tuple fields given as positional arguments; other tuple fields are comma-separated options.
 _POSITIONAL = {"inputs"}
 

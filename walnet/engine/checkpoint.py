@@ -137,6 +137,9 @@ _KEY_CHECKS = {
     "best_value": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
     "temperature": ("a positive finite number (walnet calibrate's temperature)",
                     lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0),
+    "best_epoch": ("an epoch number >= -1", lambda v: _is_int(v) and v >= -1),
+    "scheduler": ("a learning-rate schedule state dict", lambda v: isinstance(v, Mapping)),
+    "stopped_early": ("True or False", lambda v: isinstance(v, bool)),
 }
 
 

@@ -18,6 +18,7 @@ from walnet.engine.checkpoint import RESUME_KEYS, CheckpointError, load_checkpoi
 from walnet.engine.config import TrainConfig, flag_of, options
 from walnet.engine.inputs import Inputs
 from walnet.engine.lock import LOCK_NAME
+from walnet.engine.schedule import resume_problem
 from walnet.files import check_writable, refuse_special
 
 
@@ -196,7 +197,10 @@ def check_resume(config: TrainConfig) -> dict:
     the run's, else a one-line ValueError listing the differences (a changed setting would be
     recorded in args.json, but the run so far was trained without it). The data is compared by
     the run's ``data.json`` (the trainer does that), or by its path for a run without one."""
-    state = load_checkpoint(config.resume, keys=(*RESUME_KEYS, "args"))
+    state = load_checkpoint(config.resume, keys=("model", "epoch", "args"))
+    if not all(key in state for key in RESUME_KEYS):  # best.pt: the weights and what inference needs
+        raise ValueError(f"--resume {config.resume}: this checkpoint holds no training state (best.pt never does: "
+                         f"no optimizer or schedule); resume from {Path(config.output) / 'last.pt'}")
     # a run without data.json (an older walnet's) has no fingerprint to compare its data by
     fingerprinted = (Path(config.output) / DATA_FILE).is_file()
     ignored = RESUME_MAY_CHANGE if fingerprinted else RESUME_MAY_CHANGE - {"data_dir", "csv"}
@@ -207,6 +211,9 @@ def check_resume(config: TrainConfig) -> dict:
     if differences:
         raise ValueError(f"--resume {config.resume}: {'; '.join(differences)}; resume with the run's settings (its "
                          "args.json), or train a new run into another --output")
+    problem = resume_problem(state["args"], config)
+    if problem:
+        raise ValueError(f"--resume {config.resume}: {problem}")
     return state
 
 

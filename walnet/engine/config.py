@@ -19,6 +19,7 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields
 
 from walnet.constants import formula_problem
+from walnet.engine.schedule import check_schedule
 from walnet.models.spec import ModelSpec
 
 #: The splits a run's data is divided into (``split.csv``).
@@ -221,6 +222,19 @@ class TrainConfig(_Config):
     epochs: int = option(100, "epochs to train (a resumed run continues up to this count)", group="training")
     batch_size: int = option(8, "images per step (per process under torchrun)", group="training")
     lr: float = option(1e-4, "Adam learning rate (paper: 1e-4)", group="training")
+    weight_decay: float = option(0.0, "Adam weight decay, an L2 penalty (paper: 0)", group="training")
+    sched: str = option("none", "learning-rate schedule (timm): none (constant --lr, the paper's), cosine, step or "
+                        "plateau; stepped once per epoch", group="training")
+    warmup_epochs: int = option(0, "epochs of linear warm-up from --warmup-lr to --lr (needs a --sched)",
+                                group="training")
+    warmup_lr: float = option(1e-6, "learning rate at the start of the warm-up", group="training")
+    min_lr: float = option(0.0, "lowest learning rate of the cosine and plateau schedules", group="training")
+    decay_epochs: int = option(30, "step: multiply the rate by --decay-rate every this many epochs", group="training")
+    decay_rate: float = option(0.1, "step and plateau: the factor of each decay", group="training")
+    patience_epochs: int = option(10, "plateau: epochs without a better validation score before a decay",
+                                  group="training")
+    patience: int | None = option(None, "early stopping: stop after this many epochs in which best.pt did not "
+                                  "change (--eval-metric; default: never)", group="training")
     seed: int = option(0, "seed of the split, the initial weights and every epoch's draws", group="training")
     eval_metric: str = option("accuracy", "validation metric that chooses best.pt: accuracy, macro_f1, kappa or auc "
                               "(micro ROC-AUC); of equal scores the later epoch is kept", group="training")
@@ -279,6 +293,7 @@ class TrainConfig(_Config):
         _check_seed(self)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        check_schedule(self)
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.eval_metric not in EVAL_METRICS:

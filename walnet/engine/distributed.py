@@ -82,3 +82,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t
+
+
+def broadcast_float(value: float, ctx: DistContext) -> float:
+    """Rank 0's `value` on every process of `ctx` (one float64 tensor on its device, sent from
+    rank 0); `value` itself in one process."""
+    if not ctx.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+    dist.broadcast(t, src=0)
+    return float(t.item())

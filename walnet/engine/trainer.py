@@ -2,11 +2,17 @@
 
 Outputs in ``output/``: ``args.json`` (the :class:`TrainConfig`, ``to_dict()``), ``split.csv``
 and ``data.json`` (the run's split and its data's fingerprint, written with its first
-checkpoint), ``metrics.csv`` (one row per epoch), ``last.pt`` and ``best.pt`` (written
-atomically; model, optimizer, scaler, epoch, the config under ``"args"``, class map, and the
-validation metric that chooses ``best.pt`` with its best value so far, ``best_metric`` and
-``best_value``). A folder holds a run once it holds ``last.pt``: such a run is only continued,
-in its own folder, with ``resume`` (never overwritten), with its settings, data and split
+checkpoint), ``metrics.csv`` (one row per epoch, with its learning rate), ``last.pt`` and
+``best.pt`` (written atomically; :mod:`walnet.engine.run_files`). ``best.pt`` holds what
+evaluation and inference need: the model's weights (its input normalisation included), the
+config under ``"args"``, the class map, its epoch and the validation metric that chose it with
+its value (``best_metric``, ``best_value``): 235 MB for the default WAL-Net (resnest50d, 3
+classes). ``last.pt`` holds the same and the training state of a resume (optimizer, scaler,
+learning-rate schedule, ``best_epoch``, ``stopped_early``): 703 MB. The optimizer and its
+schedule (``--weight-decay``, ``--sched``, ...): :mod:`walnet.engine.schedule`; ``--patience``
+stops a run after that many epochs in which best.pt did not change. A folder holds a run once it
+holds ``last.pt``: such a run is only continued, in its own folder, with ``resume`` from its
+``last.pt`` (never overwritten), with its settings, data and split
 (:func:`~walnet.engine.checks.check_resume`); a folder without ``last.pt`` holds none, and a
 run there splits its data anew (:func:`~walnet.data.splits.run_split`). The folder is locked
 while a run writes it (:mod:`walnet.engine.lock`). ``walnet evaluate`` scores a run's
@@ -15,9 +21,7 @@ checkpoint: :mod:`walnet.engine.evaluation`.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -30,23 +34,20 @@ import torch
 
 from walnet import ops
 from walnet.data import PlaqueDataset, load_records
-from walnet.data.splits import data_difference, data_record, load_data_record, run_split, save_run_record
+from walnet.data.splits import data_difference, data_record, load_data_record, run_split
 from walnet.engine import distributed, lock
-from walnet.engine.checkpoint import load_training_state, save_checkpoint
+from walnet.engine.checkpoint import load_training_state
 from walnet.engine.checks import check_resume, check_stages, check_train_config
 from walnet.engine.config import TrainConfig
 from walnet.engine.loops import evaluate, train_one_epoch
+from walnet.engine.run_files import EVAL_METRIC_KEYS, METRIC_FIELDS, RunCheckpoints, RunLog  # noqa: F401 (re-exported)
 from walnet.engine.runtime import Runtime, backend_flags, runtime_of
+from walnet.engine.schedule import Schedule
 from walnet.engine.step import TrainStep
-from walnet.files import append_text, atomic_open, write_text
+from walnet.files import write_text
 from walnet.models import ModelSpec, PseudoMaskGenerator
 
 _log = logging.getLogger(__name__)
-#: The key in :func:`~walnet.engine.loops.evaluate`'s result of each ``--eval-metric``.
-EVAL_METRIC_KEYS = {"accuracy": "accuracy", "macro_f1": "macro_f1", "kappa": "kappa", "auc": "auc_micro"}
-#: The columns of metrics.csv: every ``--eval-metric`` has its ``val_<metric>`` column.
-METRIC_FIELDS = ("epoch", "loss", "cls_loss", "seg_loss", "train_accuracy",
-                 *(f"val_{metric}" for metric in EVAL_METRIC_KEYS))
 
 
 def _seed_everything(seed: int) -> None:
@@ -59,58 +60,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch: its data order and random draws are then the same whether or not
     the run was resumed just before it."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-class RunLog:
-    """A run's ``metrics.csv``: one row per epoch, with the columns of :data:`METRIC_FIELDS`."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def resume_at(self, epoch: int) -> None:
-        """Drops the rows of epochs >= `epoch` (written by a run killed before its checkpoint)."""
-        if not self.path.exists():
-            return
-        with open(self.path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
-        with atomic_open(self.path, text=True) as f:
-            writer = csv.DictWriter(f, METRIC_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def append(self, row: dict) -> None:
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, METRIC_FIELDS)
-        if not self.path.exists():
-            writer.writeheader()
-        writer.writerow(row)
-        append_text(self.path, text.getvalue())
-
-
-class RunCheckpoints:
-    """A run's ``last.pt`` (every epoch) and ``best.pt`` (the epoch with the best validation
-    score by ``config.eval_metric`` so far; of equal scores the later one, trained longer; an
-    undefined (NaN) score never)."""
-
-    def __init__(self, config: TrainConfig, classes, best: float, record=None):
-        self.output, self.metric, self.best = Path(config.output), config.eval_metric, best
-        self.args, self.classes = config.to_dict(), list(classes)
-        self.record = record  # a new run's split and data record: written just before its first last.pt
-
-    def save(self, epoch: int, value: float, model, optimizer, scaler) -> None:
-        improved = value >= self.best
-        self.best = value if improved else self.best
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch,
-                 "best_metric": self.metric, "best_value": self.best, "args": self.args, "classes": self.classes}
-        if self.record is not None:
-            # before last.pt: a folder with last.pt always has its split; one killed in between
-            # has no last.pt, so its split.csv counts for nothing and the next run replaces it
-            save_run_record(self.output, *self.record)
-            self.record = None
-        save_checkpoint(self.output / "last.pt", state)
-        if improved:
-            save_checkpoint(self.output / "best.pt", state)
 
 
 def _create_model(config: TrainConfig, spec: ModelSpec) -> torch.nn.Module:
@@ -145,6 +94,21 @@ def train(config: TrainConfig) -> dict:
     with distributed.session(device) as ctx:
         with lock.run_lock(config.output, "walnet train") if ctx.is_main else contextlib.nullcontext():
             return _train(config, ctx)
+
+
+def _finished(config: TrainConfig, resumed: dict) -> bool:
+    """Whether the run that `config` resumes (its checkpoint `resumed`) has nothing left to train:
+    it has trained ``--epochs`` epochs, or it stopped early (``--patience``); logged."""
+    trained, output = int(resumed["epoch"]) + 1, Path(config.output)
+    if resumed.get("stopped_early"):
+        _log.info(f"{config.resume} stopped early after epoch {trained - 1} (--patience {config.patience}; best.pt "
+                  f"holds epoch {resumed.get('best_epoch')}): nothing to train; {output} is left as it is")
+        return True
+    if trained >= config.epochs:
+        _log.info(f"{config.resume} has trained {trained} epoch(s), --epochs {config.epochs}: "
+                  f"nothing to train; {output} is left as it is (a larger --epochs continues it)")
+        return True
+    return False
 
 
 def _split_problem(records, output: Path, started: bool) -> str:
@@ -183,9 +147,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
         raise FileExistsError(f"{output} already holds a training run; pass --resume {output / 'last.pt'} "
                               "to continue it, or choose another --output")
     resumed = check_resume(config) if config.resume else None
-    if resumed is not None and int(resumed["epoch"]) + 1 >= config.epochs:
-        _log.info(f"{config.resume} has trained {int(resumed['epoch']) + 1} epoch(s), --epochs {config.epochs}: "
-                  f"nothing to train; {output} is left as it is (a larger --epochs continues it)")
+    if resumed is not None and _finished(config, resumed):
         return {}
     sync_bn = config.sync_bn
     if sync_bn and device.type != "cuda":
@@ -282,7 +244,8 @@ def _resumed_best(state: dict, config: TrainConfig) -> float:
 @dataclasses.dataclass
 class _Training:
     """What the epochs of a run share: the model (and `net`, its DDP wrapper where there is one),
-    optimizer, gradient scaler, training step and PGM, and the epoch to start from."""
+    optimizer and its learning-rate schedule, gradient scaler, training step and PGM, the epoch to
+    start from, and the best validation score so far with its epoch (-1: none yet)."""
 
     model: torch.nn.Module
     net: torch.nn.Module
@@ -292,6 +255,8 @@ class _Training:
     pgm: PseudoMaskGenerator | None
     start: int
     best: float
+    schedule: Schedule
+    best_epoch: int = -1
 
 
 def _prepare(config: TrainConfig, ctx: distributed.DistContext, runtime: Runtime, model, spec: ModelSpec,
@@ -302,21 +267,24 @@ def _prepare(config: TrainConfig, ctx: distributed.DistContext, runtime: Runtime
     model = model.to(device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # capturable: Adam's step counts live on the device, so its update can join the CUDA graph
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, capturable=runtime.cuda_graphs)
+    # capturable on CUDA: Adam reads its rate and step counts on the device, so its update can join
+    # a CUDA graph, and an eager step reads the rate tensor without a host sync
+    schedule = Schedule(config, model.parameters(), device, capturable=device.type == "cuda")
+    optimizer = schedule.optimizer
     scaler = torch.amp.GradScaler("cuda") if runtime.amp_dtype == torch.float16 and device.type == "cuda" else None
     pgm = PseudoMaskGenerator() if spec.has_pgm else None
-    start, best = 0, -math.inf
+    start, best, best_epoch = 0, -math.inf, -1
     if resumed is not None:  # the checkpoint check_resume read
         state = load_training_state(config.resume, model, optimizer, scaler, describe=spec.describe(), state=resumed)
-        start, best = int(state["epoch"]) + 1, _resumed_best(state, config)
+        start, best, best_epoch = int(state["epoch"]) + 1, _resumed_best(state, config), state.get("best_epoch", -1)
+        schedule.load_state_dict(state.get("scheduler"))
     net = model
     if ctx.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
     step = TrainStep(net, pgm, optimizer, amp_dtype=runtime.amp_dtype, scaler=scaler, compile=runtime.compile,
                      cuda_graph=runtime.cuda_graphs)
-    return _Training(model, net, optimizer, scaler, step, pgm, start, best)
+    return _Training(model, net, optimizer, scaler, step, pgm, start, best, schedule, best_epoch)
 
 
 def _fit(config: TrainConfig, ctx: distributed.DistContext, run: _Training, loader, epoch: int) -> tuple[dict, float]:
@@ -352,12 +320,13 @@ def _report(config: TrainConfig, row: dict, seconds: float) -> None:
 
 def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, runtime: Runtime, model, spec: ModelSpec,
                 loaders, resumed: dict | None, record) -> dict:
-    """The epochs of a run: fit, then (rank 0) validate, log and checkpoint; returns the last
-    epoch's metrics row. `record`: a new run's (records, splits, classes), saved with its first
-    checkpoint."""
+    """The epochs of a run: fit, then (rank 0) validate, log and checkpoint, step the learning
+    rate's schedule and stop early where ``--patience`` says so; returns the last epoch's metrics
+    row. `record`: a new run's (records, splits, classes), saved with its first checkpoint."""
     output, (train_loader, sampler, val_loader) = Path(config.output), loaders
     run = _prepare(config, ctx, runtime, model, spec, resumed)
-    log, checkpoints = RunLog(output / "metrics.csv"), RunCheckpoints(config, spec.classes, run.best, record)
+    log = RunLog(output / "metrics.csv")
+    checkpoints = RunCheckpoints(config, spec.classes, run.best, run.best_epoch, record)
     if ctx.is_main:
         write_text(output / "args.json", json.dumps(config.to_dict(), indent=2))
         log.resume_at(run.start)
@@ -366,16 +335,34 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, runtime: Runt
     for epoch in range(run.start, config.epochs):
         _seed_everything(_epoch_seed(config.seed, epoch))
         sampler.set_epoch(epoch)
+        lr = run.schedule.lr
         stats, seconds = _fit(config, ctx, run, train_loader, epoch)
+        value = math.nan
         if ctx.is_main:
             # DDP's forward talks to the other ranks, so rank 0 validates the bare model.
             val = evaluate(run.model if ctx.enabled else run.net, val_loader, ctx.device, class_names=spec.classes,
                            amp_dtype=runtime.amp_dtype)
             row = {"epoch": epoch, "loss": stats["loss"], "cls_loss": stats["cls_loss"],
                    "seg_loss": stats["seg_loss"], "train_accuracy": stats["accuracy"],
-                   **{f"val_{metric}": val[key] for metric, key in EVAL_METRIC_KEYS.items()}}
+                   **{f"val_{metric}": val[key] for metric, key in EVAL_METRIC_KEYS.items()}, "lr": lr}
             log.append(row)
             _report(config, row, seconds)
-            checkpoints.save(epoch, row[f"val_{config.eval_metric}"], run.model, run.optimizer, run.scaler)
+            value = row[f"val_{config.eval_metric}"]
+        # every process steps the schedule and counts the epochs since best.pt by rank 0's score
+        value = distributed.broadcast_float(value, ctx)
+        improved = checkpoints.update(epoch, value)
+        run.schedule.step(epoch, value)
+        stop = config.patience is not None and checkpoints.stale(epoch) >= config.patience and epoch + 1 < config.epochs
+        if ctx.is_main:
+            training = {"optimizer": run.optimizer.state_dict(), "scheduler": run.schedule.state_dict(),
+                        "scaler": run.scaler.state_dict() if run.scaler is not None else {}, "stopped_early": stop}
+            checkpoints.save(epoch, improved, run.model, training)
         ctx.barrier()
+        if stop:
+            if ctx.is_main:
+                held = (f"best.pt holds epoch {checkpoints.best_epoch}" if checkpoints.best_epoch >= 0
+                        else f"no epoch had a defined val {config.eval_metric}, so there is no best.pt")
+                _log.info(f"stopping early after epoch {epoch}: best.pt has not changed for {checkpoints.stale(epoch)} "
+                          f"epoch(s) (--patience {config.patience}, --eval-metric {config.eval_metric}); {held}")
+            break
     return row
