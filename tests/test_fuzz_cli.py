@@ -48,6 +48,7 @@ FLAG_VALUES = {
     "--backbone": ["resnet18", "resnet19", "vit_tiny_patch16_224", "", "../resnet18"],
     "--classes": ["hyperechoic,hypoechoic,mixed-echoic", "mixed-echoic,hypoechoic,hyperechoic", "a", "a,b", ",",
                   "x,x"],
+    "--class-weights": ["none", "balanced", "1,2,1", "1,2", "0,1,1", "-1,1,1", "x", "", "nan,1,1"],
 }
 #: The flags each command takes (others are usage errors, which the fuzz tries now and then).
 COMMAND_FLAGS = {

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
 from walnet.data.samplers import ClassBalancedSampler
-
-if TYPE_CHECKING:
-    from walnet.engine.config import TrainConfig
 
 _log = logging.getLogger(__name__)
 #: The forms of ``--class-weights`` in words, for its error messages.
@@ -67,24 +63,23 @@ def class_weights(text: str, labels, classes) -> tuple[float, ...] | None:
     return tuple(total / (len(classes) * count) for count in counts)
 
 
-def loss_weights(config: TrainConfig, train_set, classes, device: torch.device, log: bool = True
-                 ) -> torch.Tensor | None:
-    """The class weights of `config`'s run whose training set is `train_set` (a
-    :class:`~walnet.data.PlaqueDataset`) as a float32 tensor on `device`, or None for none; logs
-    them (where `log`)."""
-    weights = class_weights(config.class_weights, [r.label for r in train_set.records], list(classes))
+def loss_weights(text: str, train_set, classes, device: torch.device, log: bool = True) -> torch.Tensor | None:
+    """The class weights that ``--class-weights`` `text` asks for, for a run whose training set
+    is `train_set` (a :class:`~walnet.data.PlaqueDataset`), as a float32 tensor on `device`, or
+    None for none; logs them (where `log`)."""
+    weights = class_weights(text, [r.label for r in train_set.records], list(classes))
     if weights is None:
         return None
     if log:
         shown = ", ".join(f"{name} {w:.4g}" for name, w in zip(classes, weights))
-        _log.info(f"classification loss weighted per class (--class-weights {config.class_weights}): {shown}")
+        _log.info(f"classification loss weighted per class (--class-weights {text}): {shown}")
     return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
-def train_sampler(train_set, config: TrainConfig, num_replicas: int, rank: int) -> torch.utils.data.Sampler:
-    """The sampler of a run's training set: every image once per epoch in a (seed, epoch)
-    order, shared out among the DDP processes; with ``--balanced-sampler``, class-balanced draws
-    with replacement (:class:`~walnet.data.samplers.ClassBalancedSampler`)."""
-    if config.balanced_sampler:
-        return ClassBalancedSampler([r.label for r in train_set.records], num_replicas, rank, seed=config.seed)
-    return torch.utils.data.DistributedSampler(train_set, num_replicas, rank, shuffle=True, seed=config.seed)
+def train_sampler(train_set, balanced: bool, seed: int, num_replicas: int, rank: int) -> torch.utils.data.Sampler:
+    """The sampler of a run's training set: every image once per epoch in a (`seed`, epoch)
+    order, shared out among the DDP processes; `balanced` (``--balanced-sampler``):
+    class-balanced draws with replacement (:class:`~walnet.data.samplers.ClassBalancedSampler`)."""
+    if balanced:
+        return ClassBalancedSampler([r.label for r in train_set.records], num_replicas, rank, seed=seed)
+    return torch.utils.data.DistributedSampler(train_set, num_replicas, rank, shuffle=True, seed=seed)

@@ -211,8 +211,8 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"the split left {len(train_set)} training and {len(val_set)} validation images: "
                          f"{_split_problem(records, output, started)}")
-    class_weights = loss_weights(config, train_set, classes, device, log=ctx.is_main)
-    sampler = train_sampler(train_set, config, ctx.world_size, ctx.rank)
+    class_weights = loss_weights(config.class_weights, train_set, classes, device, log=ctx.is_main)
+    sampler = train_sampler(train_set, config.balanced_sampler, config.seed, ctx.world_size, ctx.rank)
     if config.augment:
         from walnet.data.augment import EpochSampler
 
