@@ -124,8 +124,8 @@ def test_compiled_step_with_class_weights_matches_eager():
 def test_cuda_graphed_step_with_class_weights_matches_eager():
     """The weights are one device tensor that the captured graph reads: warm-up steps, the
     capture and replays give the eager weighted step's losses (float32, deterministic cuDNN),
-    and the last replay's is ``F.cross_entropy(weight=)`` of the model's logits (Adam at lr 0
-    leaves the weights as they were)."""
+    and the last replay's is ``F.cross_entropy(weight=)`` of the model's logits (Adam at lr 1e-12
+    moves no float32 weight measurably; lr 0 would divide by zero in capturable Adam)."""
     from walnet.engine.step import GRAPH_WARMUP_STEPS
 
     weights = torch.tensor([0.25, 1.5, 4.0], device="cuda")
@@ -135,7 +135,7 @@ def test_cuda_graphed_step_with_class_weights_matches_eager():
         for graphed in (True, False):
             torch.manual_seed(0)
             model = walnet.WALNet(**SMALL).cuda().train()
-            opt = torch.optim.Adam(model.parameters(), lr=0.0, capturable=graphed)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-12, capturable=graphed)
             step = TrainStep(model, None, opt, cuda_graph=graphed, class_weights=weights)
             got.append(torch.stack([step(x, t, 1).clone() for x, t in batches]))
         torch.testing.assert_close(got[0], got[1], rtol=1e-4, atol=1e-4)
