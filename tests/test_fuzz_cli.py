@@ -61,6 +61,7 @@ FLAG_VALUES = {
     "--warmup-epochs": ["0", "1", "-1", "x", "1.5"],
     "--weight-decay": ["0", "0.01", "-0.1", "nan", "inf", "x"],
     "--patience": ["1", "3", "0", "-2", "x"],
+    "--class-weights": ["none", "balanced", "1,2,1", "1,2", "0,1,1", "-1,1,1", "x", "", "nan,1,1"],
 }
 #: The flags each command takes (others are usage errors, which the fuzz tries now and then).
 COMMAND_FLAGS = {

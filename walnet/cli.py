@@ -66,7 +66,8 @@ _FLAGS = {"batch_size": ("-b", "--batch-size"), "workers": ("-j", "--workers"), 
 _EXTRA = {"split": {"choices": SPLITS}, "eval_metric": {"choices": EVAL_METRICS}, "masks_dir": {"metavar": "DIR"},
           "overlays_dir": {"metavar": "DIR"},
           "inputs": {"metavar": "INPUT"}, "classes": {"type": _names, "metavar": "A,B,C"},
-          "formats": {"type": _names, "metavar": "FORMAT[,FORMAT]"}, "sched": {"choices": SCHEDULES}}
+          "formats": {"type": _names, "metavar": "FORMAT[,FORMAT]"}, "sched": {"choices": SCHEDULES},
+          "class_weights": {"metavar": "{none,balanced,W1,W2,...}"}}
 #: The tuple fields given as positional arguments; other tuple fields are comma-separated options.
 _POSITIONAL = {"inputs"}
 

@@ -20,6 +20,7 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from walnet.constants import formula_problem
 from walnet.engine.schedule import check_schedule
+from walnet.engine.balance import parse_class_weights
 from walnet.models.spec import ModelSpec
 
 #: The splits a run's data is divided into (``split.csv``).
@@ -238,6 +239,12 @@ class TrainConfig(_Config):
     seed: int = option(0, "seed of the split, the initial weights and every epoch's draws", group="training")
     eval_metric: str = option("accuracy", "validation metric that chooses best.pt: accuracy, macro_f1, kappa or auc "
                               "(micro ROC-AUC); of equal scores the later epoch is kept", group="training")
+    class_weights: str = option("none", "weights of the classification loss per class: none, balanced (n / (K * "
+                                "n_class) over the training split) or one positive number per class in class order, "
+                                "comma-separated (e.g. 1,2.5,1)", group="training")
+    balanced_sampler: bool = option(False, "draw each epoch's training images with replacement, every class equally "
+                                    "often (as many draws as training images; off: each image once)",
+                                    group="training")
     resume: str | None = option(None, "checkpoint (last.pt) to continue from", group="training")
     # runtime
     device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...", group="runtime")
@@ -304,6 +311,7 @@ class TrainConfig(_Config):
             _check_at_least(self, 3, "folds")
             if not 0 <= self.fold < self.folds:
                 raise ValueError(f"--fold must be from 0 to {self.folds - 1} (--folds {self.folds}), got {self.fold}")
+        parse_class_weights(self.class_weights, self.classes)
 
 
 @dataclass(frozen=True, kw_only=True)

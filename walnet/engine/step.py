@@ -83,6 +83,9 @@ class TrainStep:
         compile: ``torch.compile(fullgraph=True)`` forward + PGM + loss.
         compile_backend: the torch.compile backend (default inductor).
         cuda_graph: capture the whole step into a CUDA graph (CUDA only).
+        class_weights: float32 [num_classes] on the model's device, the weights of the
+            classification loss (:func:`~walnet.models.walnet.walnet_loss`), or None (equal). The
+            step reads this one tensor each time (a CUDA graph captures its address).
 
     ``step(images, target, epoch)`` returns float32 [4] on the device: total, classification and
     segmentation loss, and the number of correct predictions of the batch. With ``cuda_graph``
@@ -91,7 +94,8 @@ class TrainStep:
     """
 
     def __init__(self, model, pgm, optimizer, *, amp_dtype: torch.dtype | None = None, scaler=None,
-                 compile: bool = False, compile_backend: str = "inductor", cuda_graph: bool = False):
+                 compile: bool = False, compile_backend: str = "inductor", cuda_graph: bool = False,
+                 class_weights: torch.Tensor | None = None):
         if cuda_graph:
             if scaler is not None:
                 raise ValueError("a CUDA-graphed step cannot use a gradient scaler (float16); use bfloat16 or "
@@ -101,6 +105,7 @@ class TrainStep:
         self.model, self.pgm, self.optimizer = model, pgm, optimizer
         self.amp_dtype, self.scaler = amp_dtype, scaler
         self.cuda_graph = cuda_graph
+        self.class_weights = class_weights
         bare = getattr(model, "module", model)  # look through DDP's wrapper
         self._bare = bare
         self._takes_epoch = hasattr(bare, "rcm_active")
@@ -114,7 +119,7 @@ class TrainStep:
         out = forward(self.model, images, self.amp_dtype, cache=not self.cuda_graph,
                       **({"epoch": rcm_epoch} if self._takes_epoch else {}))
         pseudo = self.pgm(images, out.attention) if (self.pgm is not None and out.seg_logits is not None) else None
-        parts = walnet_loss(out, target, pseudo)
+        parts = walnet_loss(out, target, pseudo, self.class_weights)
         correct = (out.logits.argmax(dim=1) == target).sum()
         return torch.stack([parts.total, parts.cls, parts.seg, correct.to(parts.total.dtype)])
 

@@ -36,6 +36,7 @@ from walnet import ops
 from walnet.data import PlaqueDataset, load_records
 from walnet.data.splits import data_difference, data_record, load_data_record, run_split
 from walnet.engine import distributed, lock
+from walnet.engine.balance import loss_weights, train_sampler
 from walnet.engine.checkpoint import load_training_state
 from walnet.engine.checks import check_resume, check_stages, check_train_config
 from walnet.engine.config import TrainConfig
@@ -172,7 +173,8 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"the split left {len(train_set)} training and {len(val_set)} validation images: "
                          f"{_split_problem(records, output, started)}")
-    sampler = torch.utils.data.DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed)
+    class_weights = loss_weights(config.class_weights, train_set, classes, device, log=ctx.is_main)
+    sampler = train_sampler(train_set, config.balanced_sampler, config.seed, ctx.world_size, ctx.rank)
     if config.augment:
         from walnet.data.augment import EpochSampler
 
@@ -188,7 +190,8 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
     model = _create_model(config, spec)
     record = None if started else (records, splits, classes)
     with backend_flags(runtime):
-        return _run_epochs(config, ctx, runtime, model, spec, (train_loader, sampler, val_loader), resumed, record)
+        return _run_epochs(config, ctx, runtime, model, spec, (train_loader, sampler, val_loader), resumed, record,
+                           class_weights)
 
 
 def _datasets(config: TrainConfig, records, splits) -> tuple[PlaqueDataset, PlaqueDataset]:
@@ -260,7 +263,7 @@ class _Training:
 
 
 def _prepare(config: TrainConfig, ctx: distributed.DistContext, runtime: Runtime, model, spec: ModelSpec,
-             resumed: dict | None) -> _Training:
+             resumed: dict | None, class_weights: torch.Tensor | None = None) -> _Training:
     device = ctx.device
     if config.sync_bn and ctx.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -283,7 +286,7 @@ def _prepare(config: TrainConfig, ctx: distributed.DistContext, runtime: Runtime
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
     step = TrainStep(net, pgm, optimizer, amp_dtype=runtime.amp_dtype, scaler=scaler, compile=runtime.compile,
-                     cuda_graph=runtime.cuda_graphs)
+                     cuda_graph=runtime.cuda_graphs, class_weights=class_weights)
     return _Training(model, net, optimizer, scaler, step, pgm, start, best, schedule, best_epoch)
 
 
@@ -319,12 +322,13 @@ def _report(config: TrainConfig, row: dict, seconds: float) -> None:
 
 
 def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, runtime: Runtime, model, spec: ModelSpec,
-                loaders, resumed: dict | None, record) -> dict:
+                loaders, resumed: dict | None, record, class_weights: torch.Tensor | None = None) -> dict:
     """The epochs of a run: fit, then (rank 0) validate, log and checkpoint, step the learning
     rate's schedule and stop early where ``--patience`` says so; returns the last epoch's metrics
-    row. `record`: a new run's (records, splits, classes), saved with its first checkpoint."""
+    row. `record`: a new run's (records, splits, classes), saved with its first checkpoint;
+    `class_weights`: those of the classification loss (:func:`loss_weights`)."""
     output, (train_loader, sampler, val_loader) = Path(config.output), loaders
-    run = _prepare(config, ctx, runtime, model, spec, resumed)
+    run = _prepare(config, ctx, runtime, model, spec, resumed, class_weights)
     log = RunLog(output / "metrics.csv")
     checkpoints = RunCheckpoints(config, spec.classes, run.best, run.best_epoch, record)
     if ctx.is_main:

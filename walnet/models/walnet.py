@@ -204,13 +204,16 @@ class LossParts(NamedTuple):
     seg: torch.Tensor
 
 
-def walnet_loss(output: WALNetOutput, target: torch.Tensor, pseudo_mask: torch.Tensor | None) -> LossParts:
+def walnet_loss(output: WALNetOutput, target: torch.Tensor, pseudo_mask: torch.Tensor | None,
+                class_weights: torch.Tensor | None = None) -> LossParts:
     """``CE(logits, target) + CE(seg_logits, pseudo_mask, ignore_index=255)``.
 
+    `class_weights` (float32 [num_classes], or None: equal) weigh the classification term as
+    ``F.cross_entropy(weight=)`` does: its mean is weighted, sum(w[t_i] * ce_i) / sum(w[t_i]).
     The segmentation term averages over the pixels that are not ignored (0 when every pixel is,
     instead of PyTorch's NaN), without a host sync.
     """
-    cls = F.cross_entropy(output.logits.float(), target)
+    cls = F.cross_entropy(output.logits.float(), target, weight=class_weights)
     if pseudo_mask is None or output.seg_logits is None:
         seg = cls.new_zeros(())
     else:
