@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from walnet import cli
+from walnet import cli, console
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -224,7 +224,7 @@ def test_walnets_warnings_are_one_line(capsys):
     """A warning of walnet's own (e.g. a CSV row listed twice) is one line naming the command;
     another package's keeps Python's format."""
     shown = []
-    show = functools.partial(cli._show_warning, "train", lambda *args: shown.append(args))
+    show = functools.partial(console.show_warning, "train", lambda *args: shown.append(args))
     show(UserWarning("labels.csv:4 repeats labels.csv:2"), UserWarning, cli.__file__, 10)
     assert capsys.readouterr().err == "walnet train: warning: labels.csv:4 repeats labels.csv:2\n"
     show(UserWarning("elsewhere"), UserWarning, functools.__file__, 10)

@@ -14,7 +14,8 @@ import pytest
 
 from walnet import cli
 from walnet.engine import demo, evaluation, export, predict, trainer
-from walnet.engine.config import DemoConfig, EvalConfig, ExportConfig, PredictConfig, TrainConfig, flag_of
+from walnet.engine.config import DemoConfig, EvalConfig, ExportConfig, PredictConfig, TrainConfig
+from walnet.engine.config_fields import flag_of
 from walnet.engine.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ import torch
 from timm.scheduler import CosineLRScheduler, PlateauLRScheduler, StepLRScheduler
 
 import walnet
-from walnet.engine import trainer
+from walnet.engine import run_files, trainer
 from walnet.engine.config import TrainConfig
 from walnet.engine.schedule import Schedule
 from walnet.engine.trainer import train
@@ -193,7 +193,7 @@ def test_plateau_steps_on_the_validation_metric_and_logs_each_epochs_rate(data, 
     run = tmp_path / "run"
     train(run_config(data, run, epochs=6, eval_metric="kappa", **values))
     rows = metrics_rows(run)
-    assert list(rows[0]) == list(trainer.METRIC_FIELDS) and "lr" in rows[0]
+    assert list(rows[0]) == list(run_files.METRIC_FIELDS) and "lr" in rows[0]
     want = _timm_rates("plateau", 6, SCORES, **{k: v for k, v in values.items() if k != "sched"})
     assert [float(r["lr"]) for r in rows] == want
 
@@ -214,18 +214,18 @@ def test_resume_from_best_pt_is_refused_before_any_work(data, tmp_path, monkeypa
 
 def test_an_older_metrics_csv_gets_the_lr_column_on_resume(tmp_path):
     path = tmp_path / "metrics.csv"
-    old = [f for f in trainer.METRIC_FIELDS if f != "lr"]
+    old = [f for f in run_files.METRIC_FIELDS if f != "lr"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, old)
         writer.writeheader()
         writer.writerows([{k: (e if k == "epoch" else 0.5) for k in old} for e in range(3)])
-    log = trainer.RunLog(path)
+    log = run_files.RunLog(path)
     log.resume_at(2)
     log.append({**{k: 0.25 for k in old}, "epoch": 2, "lr": 1e-4})
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert tuple(reader.fieldnames) == trainer.METRIC_FIELDS
+    assert tuple(reader.fieldnames) == run_files.METRIC_FIELDS
     assert [r["epoch"] for r in rows] == ["0", "1", "2"] and [r["lr"] for r in rows] == ["", "", "0.0001"]
 
 

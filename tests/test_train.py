@@ -340,7 +340,7 @@ def test_eval_metric_chooses_best_pt(data, tmp_path, monkeypatch, metric, best_e
     last = torch.load(run / "last.pt", weights_only=True)
     assert last["best_value"] == max(s[key] for s in SCRIPT) and "best_accuracy" not in last
     rows = metrics_rows(run)
-    assert list(rows[0]) == list(trainer.METRIC_FIELDS)
+    assert list(rows[0]) == list(run_files.METRIC_FIELDS)
     assert [float(r[f"val_{metric}"]) for r in rows] == [s[key] for s in SCRIPT]
 
 
@@ -358,8 +358,8 @@ def test_resume_drops_the_rows_of_unfinished_epochs(tmp_path):
     """A run killed after logging epoch 1 but before its checkpoint resumes from epoch 1: that
     row goes, the earlier ones stay as they were, and the new row follows them."""
     path = tmp_path / "metrics.csv"
-    log = trainer.RunLog(path)
-    rows = [{name: f"{epoch}.{i}" if name != "epoch" else epoch for i, name in enumerate(trainer.METRIC_FIELDS)}
+    log = run_files.RunLog(path)
+    rows = [{name: f"{epoch}.{i}" if name != "epoch" else epoch for i, name in enumerate(run_files.METRIC_FIELDS)}
             for epoch in range(3)]
     for row in rows:
         log.append(row)
@@ -368,7 +368,7 @@ def test_resume_drops_the_rows_of_unfinished_epochs(tmp_path):
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         kept = list(reader)
-    assert tuple(reader.fieldnames) == trainer.METRIC_FIELDS
+    assert tuple(reader.fieldnames) == run_files.METRIC_FIELDS
     assert kept == [{k: str(v) for k, v in row.items()} for row in (rows[0], rows[2])]
     log.resume_at(0)
-    assert path.read_text().splitlines() == [",".join(trainer.METRIC_FIELDS)]
+    assert path.read_text().splitlines() == [",".join(run_files.METRIC_FIELDS)]

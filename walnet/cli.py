@@ -19,19 +19,18 @@ shows its records: information as plain lines on stdout (the epoch lines, an exp
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import functools
 import json
-import logging
 import math
 import re
 import sys
 import warnings
-from pathlib import Path
 
 from walnet.engine.config import (EVAL_METRICS, SPLITS, CalibrateConfig, DemoConfig, EvalConfig, ExportConfig,
-                                  PredictConfig, TrainConfig, options)
+                                  PredictConfig, TrainConfig)
+from walnet.console import console_log, show_warning
+from walnet.engine.config_fields import options
 from walnet.engine.experiment import DEFAULT_SEEDS, TABLES
 from walnet.engine.schedule import SCHEDULES
 
@@ -321,8 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
 #: What a user's input, files or machine can cause: shown as one line. Any other exception is
 #: a bug in walnet and keeps its traceback. RuntimeError covers torch's errors (out of memory,
 #: a device failure, a locked run folder).
-_PACKAGE = Path(__file__).resolve().parent
-
 _USER_ERRORS = (ValueError, OSError, FloatingPointError, RuntimeError, MemoryError, csv.Error)
 
 
@@ -343,57 +340,14 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
-def _show_warning(command, default, message, category, filename, lineno, file=None, line=None):
-    """walnet's own warnings (e.g. a CSV row listed twice) as one line naming the command; those of
-    other packages as Python shows them."""
-    if Path(filename).resolve().is_relative_to(_PACKAGE):
-        print(f"walnet {command}: warning: {message}", file=sys.stderr)
-    else:
-        default(message, category, filename, lineno, file, line)
-
-
-class _ConsoleHandler(logging.Handler):
-    """The ``walnet`` logger's records on the terminal: INFO as plain lines on stdout, WARNING
-    and above as ``walnet <command>: warning: ...`` on stderr. The streams are looked up per
-    record, so a redirected (or captured) ``sys.stdout`` receives them."""
-
-    def __init__(self, command: str):
-        super().__init__(logging.INFO)
-        self.command = command
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            if record.levelno >= logging.WARNING:
-                print(f"walnet {self.command}: warning: {record.getMessage()}", file=sys.stderr, flush=True)
-            else:
-                print(record.getMessage(), file=sys.stdout, flush=True)
-        except Exception:  # noqa: BLE001 - logging's contract: a failed emit never raises
-            self.handleError(record)
-
-
-@contextlib.contextmanager
-def _console_log(command: str):
-    """Shows the ``walnet`` logger's INFO and above for the block (level and handler restored
-    after, so calling :func:`main` in a process leaves its logging as it was)."""
-    logger = logging.getLogger("walnet")
-    handler, level = _ConsoleHandler(command), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the command's parser, which names the command
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        with warnings.catch_warnings(), _console_log(args.command):
-            warnings.showwarning = functools.partial(_show_warning, args.command, warnings.showwarning)
+        with warnings.catch_warnings(), console_log(args.command):
+            warnings.showwarning = functools.partial(show_warning, args.command, warnings.showwarning)
             return args.run(args)
     except KeyboardInterrupt:
         if args.debug:

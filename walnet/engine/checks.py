@@ -15,7 +15,8 @@ from walnet import ops
 from walnet.data.sources import check_data_path
 from walnet.data.splits import DATA_FILE, SPLIT_FILE
 from walnet.engine.checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint
-from walnet.engine.config import TrainConfig, flag_of, options
+from walnet.engine.config import TrainConfig
+from walnet.engine.config_fields import flag_of, options
 from walnet.engine.inputs import Inputs
 from walnet.engine.lock import LOCK_NAME
 from walnet.engine.schedule import resume_problem

@@ -4,23 +4,21 @@
 (``walnet demo``) and :class:`CalibrateConfig` (``walnet calibrate``).
 
 Each field carries its default and a one-line doc (``field.metadata["doc"]``); the command line
-reads both from here, so a default is written once. Values are checked on construction
+reads both from here, so a default is written once (how fields are declared, coerced and
+serialised: :mod:`walnet.engine.config_fields`). Values are checked on construction
 (:class:`ValueError` naming the option); paths are kept as strings, so :meth:`to_dict` is plain
 JSON and :meth:`from_dict` reads it back into an equal config (a run's ``args.json`` and the
 ``"args"`` of its checkpoints are ``TrainConfig.to_dict()``).
 """
 from __future__ import annotations
 
-import functools
 import math
-import os
-import types
-import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass
 
-from walnet.constants import formula_problem
-from walnet.engine.schedule import check_schedule
 from walnet.engine.balance import parse_class_weights
+from walnet.engine.config_fields import (ConfigBase, check_at_least, check_classes, check_data, check_given,
+                                         check_seed, flag_of, option)
+from walnet.engine.schedule import check_schedule
 from walnet.models.spec import ModelSpec
 
 #: The splits a run's data is divided into (``split.csv``).
@@ -34,158 +32,8 @@ EVAL_METRICS = ("accuracy", "macro_f1", "kappa", "auc")
 EXPORT_FORMATS = ("safetensors", "pt2", "onnx")
 
 
-def option(default=MISSING, doc: str = "", group: str | None = None):
-    """A config field with its default (none: required), its doc (the option's help) and the
-    group its option is listed under in ``--help`` (none: with the command's other options)."""
-    return field(default=default, metadata={"doc": doc, "group": group})
-
-
-def flag_of(name: str) -> str:
-    """The command-line option of a field (``batch_size`` -> ``--batch-size``), as messages name it."""
-    return "--" + name.replace("_", "-")
-
-
-@dataclass(frozen=True)
-class Option:
-    """A config field as a command line offers it: its `name`, `kind` (bool, int, float, str or
-    ``tuple[str, ...]``, without ``| None``), `default` (``required`` when it has none), `doc`,
-    `group` (None: with the command's other options) and `flag` (``--<name>``)."""
-
-    name: str
-    kind: type
-    default: object
-    required: bool
-    doc: str
-    group: str | None
-    flag: str
-
-
-def options(config: type) -> list[Option]:
-    """The :class:`Option` of every field of `config`, in field order."""
-    return [Option(f.name, field_kind(config, f.name), None if f.default is MISSING else f.default,
-                   f.default is MISSING, f.metadata["doc"], f.metadata["group"], flag_of(f.name))
-            for f in fields(config)]
-
-
 @dataclass(frozen=True, kw_only=True)
-class _Config:
-    """Type checks, normalisation and (de)serialisation shared by the configs below."""
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            # frozen: the normalised value replaces the given one before anyone can see it
-            object.__setattr__(self, f.name, _coerce(type(self), f.name, getattr(self, f.name)))
-        self._check()
-
-    def _check(self) -> None:
-        """Checks between values that their types do not express (overridden per config)."""
-
-    def to_dict(self) -> dict:
-        """The fields as a JSON-compatible dict (tuples become lists)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: typing.Mapping, *, strict: bool = True):
-        """The config of ``data`` (e.g. :meth:`to_dict`'s output); missing fields take their
-        defaults. A key that is not a field is an error unless ``strict=False`` (reading a
-        checkpoint whose args hold keys this version does not know). The negative switches that
-        walnet 0.1.0 wrote (``"no_rcm": true``, ...) are read as their positive fields
-        (``rcm`` false), so its args.json files and checkpoints read as they were written."""
-        names = {f.name for f in fields(cls)}
-        data = dict(data)
-        for key in [k for k in data if k.startswith("no_") and k[3:] in names and isinstance(data[k], bool)]:
-            data.setdefault(key[3:], not data.pop(key))
-        unknown = sorted(k for k in data if k not in names)
-        if unknown and strict:
-            raise ValueError(f"{cls.__name__} has no option(s) {unknown}; known: {sorted(names)}")
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-@functools.cache
-def _type_hints(cls: type) -> dict:
-    return typing.get_type_hints(cls)
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
-
-
-_WANTED = {bool: "True or False", int: "an integer", float: "a number", str: "a string or path"}
-
-
-def field_kind(config: type, name: str):
-    """The type of `config`'s field `name` without its ``| None``: bool, int, float, str or
-    ``tuple[str, ...]``."""
-    hint = _type_hints(config)[name]
-    if isinstance(hint, types.UnionType):  # X | None: the fields' only unions
-        return next(t for t in typing.get_args(hint) if t is not type(None))
-    return hint
-
-
-def _coerce(config: type, name: str, value):
-    """`value` as the field's type: paths as str (so the config is plain JSON), an int as float
-    where a float is asked for; anything else is a ValueError naming the field. The command line
-    always passes the right types, so these errors name the Python field."""
-    if value is None and isinstance(_type_hints(config)[name], types.UnionType):
-        return None
-    kind = field_kind(config, name)
-    if typing.get_origin(kind) is tuple:  # tuple[str, ...]: one path (or name) or several
-        items = (value,) if isinstance(value, (str, os.PathLike)) else value
-        if not isinstance(items, (list, tuple)) or not all(isinstance(v, (str, os.PathLike)) for v in items):
-            raise ValueError(f"{name} must be a sequence of strings, got {value!r}")
-        return tuple(os.fspath(v) for v in items)
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)  # bool is an int subclass
-    if kind is str and isinstance(value, (str, os.PathLike)):
-        return os.fspath(value)
-    if kind is float and is_number:
-        return float(value)
-    if (kind is int and is_number and isinstance(value, int)) or (kind is bool and isinstance(value, bool)):
-        return value
-    raise ValueError(f"{name} must be {_WANTED[kind]}, got {value!r}")
-
-
-def _check_data(config) -> None:
-    if (config.data_dir is None) == (config.csv is None):
-        raise ValueError("give exactly one of data_dir (--data-dir) and csv (--csv)")
-
-
-def _check_at_least(config, minimum: int, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if value < minimum:
-            raise ValueError(f"{flag_of(name)} must be at least {minimum}, got {value}")
-
-
-def _check_seed(config) -> None:
-    # numpy's generators take seeds of 32 bits; a larger one would fail mid-run
-    if not 0 <= config.seed < 2**32:
-        raise ValueError(f"--seed must be between 0 and {2**32 - 1}, got {config.seed}")
-
-
-def _check_given(config, *names: str) -> None:
-    # a missing one is already a TypeError of the constructor; this catches "" and ()
-    for name in names:
-        if not getattr(config, name):
-            raise ValueError(f"{name} must not be empty")
-
-
-def _check_classes(classes) -> None:
-    if classes is None:
-        return
-    names = [c.strip() for c in classes]
-    if len(names) < 2 or not all(names):
-        raise ValueError(f"--classes takes two or more comma-separated class names, got {','.join(classes)!r}")
-    folded = [n.casefold() for n in names]
-    if len(set(folded)) != len(folded):
-        raise ValueError(f"--classes names a class twice: {','.join(classes)!r}")
-    for name in names:
-        problem = formula_problem(name)
-        if problem:
-            raise ValueError(f"--classes: the class name {name!r} {problem}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig(_Config):
+class TrainConfig(ConfigBase):
     """``walnet train``: what to train on what, for how long, where to write the run."""
 
     # data
@@ -285,19 +133,19 @@ class TrainConfig(_Config):
             raise ValueError(f"{flag}: {exc}") from None
 
     def _check(self) -> None:
-        _check_data(self)
-        _check_given(self, "output")
+        check_data(self)
+        check_given(self, "output")
         if self.pretrained_file is not None:
             if not self.pretrained_file:
                 raise ValueError("--pretrained-file must not be empty")
             # the file's weights are pretrained ones: args.json and the model card then say so
             object.__setattr__(self, "pretrained", True)
-        _check_classes(self.classes)
-        _check_at_least(self, 1, "epochs", "batch_size", "size", "attention_channels")
-        _check_at_least(self, 0, "rcm_warmup")
+        check_classes(self.classes)
+        check_at_least(self, 1, "epochs", "batch_size", "size", "attention_channels")
+        check_at_least(self, 0, "rcm_warmup")
         if self.workers is not None:
-            _check_at_least(self, 0, "workers")
-        _check_seed(self)
+            check_at_least(self, 0, "workers")
+        check_seed(self)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         check_schedule(self)
@@ -308,14 +156,14 @@ class TrainConfig(_Config):
         if (self.folds is None) != (self.fold is None):
             raise ValueError("--folds and --fold go together: give both (e.g. --folds 5 --fold 0) or neither")
         if self.folds is not None:
-            _check_at_least(self, 3, "folds")
+            check_at_least(self, 3, "folds")
             if not 0 <= self.fold < self.folds:
                 raise ValueError(f"--fold must be from 0 to {self.folds - 1} (--folds {self.folds}), got {self.fold}")
         parse_class_weights(self.class_weights, self.classes)
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalConfig(_Config):
+class EvalConfig(ConfigBase):
     """``walnet evaluate``: which checkpoint to score on which split of which data."""
 
     checkpoint: str = option(doc="best.pt or last.pt of a run (its folder holds split.csv)")
@@ -336,17 +184,17 @@ class EvalConfig(_Config):
                                 "where the run was trained with --no-dicom-region)", group="data")
 
     def _check(self) -> None:
-        _check_given(self, "checkpoint")
-        _check_data(self)
+        check_given(self, "checkpoint")
+        check_data(self)
         if self.split not in SPLITS:
             raise ValueError(f"--split must be one of {SPLITS}, got {self.split!r}")
-        _check_at_least(self, 1, "batch_size")
+        check_at_least(self, 1, "batch_size")
         if self.workers is not None:
-            _check_at_least(self, 0, "workers")
+            check_at_least(self, 0, "workers")
 
 
 @dataclass(frozen=True, kw_only=True)
-class PredictConfig(_Config):
+class PredictConfig(ConfigBase):
     """``walnet predict``: which model (a checkpoint or an exported folder) classifies which
     images, and where the results go."""
 
@@ -378,15 +226,15 @@ class PredictConfig(_Config):
             raise ValueError("give exactly one of checkpoint (--checkpoint) and model (--model)")
         if bool(self.inputs) == (self.csv is not None):
             raise ValueError("give exactly one of inputs (image files and/or folders, INPUT) and csv (--csv)")
-        _check_given(self, "checkpoint" if self.checkpoint is not None else "model", "output",
+        check_given(self, "checkpoint" if self.checkpoint is not None else "model", "output",
                      "inputs" if self.csv is None else "csv")
-        _check_at_least(self, 1, "batch_size")
+        check_at_least(self, 1, "batch_size")
         if self.workers is not None:
-            _check_at_least(self, 0, "workers")
+            check_at_least(self, 0, "workers")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ExportConfig(_Config):
+class ExportConfig(ConfigBase):
     """``walnet export``: which checkpoint becomes a self-contained model folder, where, and in
     which formats."""
 
@@ -398,7 +246,7 @@ class ExportConfig(_Config):
     device: str = option("cpu", "cpu (default), cuda, cuda:1, auto: where the model is traced (a pt2 runs there)")
 
     def _check(self) -> None:
-        _check_given(self, "checkpoint", "output", "formats")
+        check_given(self, "checkpoint", "output", "formats")
         names = [f.strip().lower() for f in self.formats]
         unknown = [f for f in names if f not in EXPORT_FORMATS]
         if unknown:
@@ -409,7 +257,7 @@ class ExportConfig(_Config):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DemoConfig(_Config):
+class DemoConfig(ConfigBase):
     """``walnet demo``: the phantom's size and the training budget (defaults: about 3.5 minutes
     on 2 CPU cores)."""
 
@@ -425,15 +273,15 @@ class DemoConfig(_Config):
     device: str = option("cpu", "cpu (default), cuda, auto")
 
     def _check(self) -> None:
-        _check_at_least(self, 1, "n", "size", "epochs", "attention_channels", "batch_size")
-        _check_at_least(self, 0, "rcm_warmup")
-        _check_seed(self)
+        check_at_least(self, 1, "n", "size", "epochs", "attention_channels", "batch_size")
+        check_at_least(self, 0, "rcm_warmup")
+        check_seed(self)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
 
 
 @dataclass(frozen=True, kw_only=True)
-class CalibrateConfig(_Config):
+class CalibrateConfig(ConfigBase):
     """``walnet calibrate``: which checkpoint gets a temperature, fitted on which split of which data."""
 
     checkpoint: str = option(doc="best.pt or last.pt of a run (its folder holds split.csv); the fitted temperature "
@@ -451,13 +299,13 @@ class CalibrateConfig(_Config):
                                 "where the run was trained with --no-dicom-region)", group="data")
 
     def _check(self) -> None:
-        _check_given(self, "checkpoint")
-        _check_data(self)
+        check_given(self, "checkpoint")
+        check_data(self)
         if self.split not in SPLITS:
             raise ValueError(f"--split must be one of {SPLITS}, got {self.split!r}")
         if self.split == "test":
             raise ValueError("--split test: a temperature fitted on the test split would bias the test scores it is "
                              "judged by; calibrate on the validation split (--split val)")
-        _check_at_least(self, 1, "batch_size")
+        check_at_least(self, 1, "batch_size")
         if self.workers is not None:
-            _check_at_least(self, 0, "workers")
+            check_at_least(self, 0, "workers")

@@ -22,13 +22,11 @@ import warnings
 
 import torch
 
+from walnet.engine.config_fields import flag_of
+
 #: The learning-rate schedules of ``--sched``: none (constant ``--lr``, the paper's) or timm's
 #: cosine, step and plateau.
 SCHEDULES = ("none", "cosine", "step", "plateau")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def check_schedule(config) -> None:
@@ -37,14 +35,14 @@ def check_schedule(config) -> None:
     for name in ("weight_decay", "warmup_lr", "min_lr"):
         value = getattr(config, name)
         if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{_flag(name)} must be a finite number >= 0, got {value}")
+            raise ValueError(f"{flag_of(name)} must be a finite number >= 0, got {value}")
     if config.sched not in SCHEDULES:
         raise ValueError(f"--sched must be one of {', '.join(SCHEDULES)}, got {config.sched!r}")
     if not (math.isfinite(config.decay_rate) and 0 < config.decay_rate < 1):
         raise ValueError(f"--decay-rate must be a number between 0 and 1 (exclusive), got {config.decay_rate}")
     for name, low in (("warmup_epochs", 0), ("decay_epochs", 1), ("patience_epochs", 0)):
         if getattr(config, name) < low:
-            raise ValueError(f"{_flag(name)} must be at least {low}, got {getattr(config, name)}")
+            raise ValueError(f"{flag_of(name)} must be at least {low}, got {getattr(config, name)}")
     if config.patience is not None and config.patience < 1:
         raise ValueError(f"--patience must be at least 1, got {config.patience}")
     if config.sched == "none" and config.warmup_epochs > 0:

@@ -41,7 +41,7 @@ from walnet.engine.checkpoint import load_training_state
 from walnet.engine.checks import check_resume, check_stages, check_train_config
 from walnet.engine.config import TrainConfig
 from walnet.engine.loops import evaluate, train_one_epoch
-from walnet.engine.run_files import EVAL_METRIC_KEYS, METRIC_FIELDS, RunCheckpoints, RunLog  # noqa: F401 (re-exported)
+from walnet.engine.run_files import EVAL_METRIC_KEYS, RunCheckpoints, RunLog
 from walnet.engine.runtime import Runtime, backend_flags, runtime_of
 from walnet.engine.schedule import Schedule
 from walnet.engine.step import TrainStep
