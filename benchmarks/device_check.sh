@@ -65,7 +65,7 @@ OP_TESTS=(tests/test_cuda_graphs.py tests/test_fuse_attention.py tests/test_supe
           tests/test_mask_boxes.py tests/test_crop_resize.py tests/test_crop_resize_backward.py tests/test_roi_crop.py
           tests/test_roi_boxes.py tests/test_crop_levels.py tests/test_hostile_ops.py
           tests/test_felzenszwalb.py tests/test_felzenszwalb_api.py tests/test_felzenszwalb_skimage.py
-          tests/test_models.py tests/test_step.py tests/test_train.py)
+          tests/test_models.py tests/test_step.py tests/test_train.py tests/test_schedule.py tests/test_class_balance.py)
 PARTS=${PARTS:-kernels,checks,tables}
 SANITIZER=${SANITIZER:-compute-sanitizer}
 command -v "$SANITIZER" >/dev/null || SANITIZER=/usr/local/cuda/bin/compute-sanitizer

@@ -143,6 +143,15 @@ def test_calibrate_writes_the_temperature_and_nothing_else(run):
     assert result["nll_before"] == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
     assert result["nll_after"] == pytest.approx(float(F.cross_entropy(logits / t, labels)), rel=1e-5)
     assert result["nll_after"] <= result["nll_before"]
+    # and its ECE: top-label confidence in 15 equal bins (b/15, (b+1)/15], weighted |accuracy - confidence|
+    def ece(probs):
+        conf, correct = probs.max(1).values.numpy(), (probs.argmax(1) == labels).numpy()
+        bins = np.clip(np.ceil(conf * 15).astype(int) - 1, 0, 14)
+        return sum(abs(correct[bins == b].mean() - conf[bins == b].mean()) * (bins == b).sum()
+                   for b in set(bins.tolist())) / len(conf)
+
+    assert result["ece_before"] == pytest.approx(ece(torch.softmax(logits, 1)), abs=1e-6)
+    assert result["ece_after"] == pytest.approx(ece(torch.softmax(logits / t, 1)), abs=1e-6)
     assert load_model(calibrated).temperature == t and load_model(ckpt).temperature == 1.0
 
 
@@ -239,8 +248,8 @@ def test_the_command_line_builds_the_config(monkeypatch, capsys):
 
     seen = []
     monkeypatch.setattr(calibration, "calibrate_run", lambda config: seen.append(config) or {
-        "temperature": 1.5, "previous": None, "nll_before": 1.0, "nll_after": 0.9, "split": "val", "images": 3,
-        "checkpoint": "c"})
+        "temperature": 1.5, "previous": None, "nll_before": 1.0, "nll_after": 0.9, "ece_before": 0.2,
+        "ece_after": 0.05, "split": "val", "images": 3, "checkpoint": "c"})
     assert cli.main(["calibrate", "--checkpoint", "c", "--csv", "x"]) == 0
     assert seen.pop() == CalibrateConfig(checkpoint="c", csv="x", split="val", batch_size=16)
     argv = ["calibrate", "--checkpoint", "c", "--data-dir", "d", "--split", "train", "-b", "3", "-j", "1", "--device",
@@ -250,7 +259,7 @@ def test_the_command_line_builds_the_config(monkeypatch, capsys):
                                          device="cpu", skip_bad=True, dicom_region=False)
     parsed = set(vars(cli.build_parser().parse_args(argv[:5]))) - {"command", "run", "debug"}
     assert parsed == {f.name for f in fields(CalibrateConfig)}
-    line = "temperature 1.5: val NLL 1.0000 -> 0.9000 (3 images); written to c"
+    line = "temperature 1.5: val NLL 1.0000 -> 0.9000, ECE 0.2000 -> 0.0500 (3 images); written to c"
     assert capsys.readouterr().out.splitlines()[0] == line
     config = CalibrateConfig(checkpoint="r/best.pt", csv="d.csv", batch_size=2)
     assert CalibrateConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config

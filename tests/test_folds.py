@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
+import torch
 
 from walnet import cli
 from walnet.data import read_csv
@@ -15,7 +16,7 @@ from walnet.engine import trainer
 from walnet.engine.config import TrainConfig
 from walnet.engine.trainer import train
 
-from train_runs import phantom_data, rewritten_csv, run_config, split_column, train_args
+from train_runs import metrics_rows, phantom_data, rewritten_csv, run_config, split_column, train_args
 
 
 def _cohort(n_patients=90, seed=0):
@@ -134,3 +135,20 @@ def test_a_split_column_with_folds_is_an_error_naming_both(data, tmp_path, quick
                                          "the split"):
         train(run_config(column, tmp_path / "run", epochs=1, folds=3, fold=0))
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_fold_run_resumed_after_epoch_1_ends_as_an_uninterrupted_one(data, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the compared runs do the same arithmetic
+    try:
+        whole, cut = tmp_path / "whole", tmp_path / "cut"
+        train(run_config(data, whole, epochs=2, folds=3, fold=2))
+        train(run_config(data, cut, epochs=1, folds=3, fold=2))
+        train(run_config(data, cut, epochs=2, folds=3, fold=2, resume=str(cut / "last.pt")))
+    finally:
+        torch.set_num_threads(threads)
+    assert split_column(cut) == split_column(whole) and metrics_rows(cut) == metrics_rows(whole)
+    a, b = (torch.load(run / "last.pt", weights_only=True) for run in (whole, cut))
+    assert a["epoch"] == b["epoch"] == 1 and a["args"]["folds"] == 3 and a["args"]["fold"] == 2
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name

@@ -62,6 +62,7 @@ FLAG_VALUES = {
     "--weight-decay": ["0", "0.01", "-0.1", "nan", "inf", "x"],
     "--patience": ["1", "3", "0", "-2", "x"],
     "--class-weights": ["none", "balanced", "1,2,1", "1,2", "0,1,1", "-1,1,1", "x", "", "nan,1,1"],
+    "--balanced-sampler": [None],  # a switch: no value
 }
 #: The flags each command takes (others are usage errors, which the fuzz tries now and then).
 COMMAND_FLAGS = {
@@ -153,7 +154,7 @@ def test_train_flags(world, data):
     pairs = _draw_flags(data, "train", foreign=False)
     argv = ["train", "--csv", "ph/labels.csv", "--output", "run", *BASE]
     for name, value in pairs:
-        argv += [name, _fill(value, work)]
+        argv += [name] if value is None else [name, _fill(value, work)]
     output = next((_fill(v, work) for n, v in reversed(pairs) if n == "--output"), "run")
     cwd = os.getcwd()
     os.chdir(work)
@@ -188,7 +189,7 @@ def test_evaluate_and_predict_flags(world, data, command, foreign):
         argv = ["predict", "--checkpoint", str(checkpoint), "ph/images", "--output", "pred.csv", "--device", "cpu"]
         default_output = work / "pred.csv"
     for name, value in pairs:
-        argv += [name, _fill(value, work)]
+        argv += [name] if value is None else [name, _fill(value, work)]
     given = [_fill(v, work) for n, v in pairs if n == "--output"]
     output = (work / given[-1]) if given and given[-1] else default_output
     saved = [work / _fill(v, work) for n, v in pairs if n == "--save-predictions" and v][-1:]

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent / "walnet"
 
 #: Layer of each top-level part of the package; a module may import only from lower layers or
 #: its own part.
-LAYERS = {"constants": 0, "files": 0, "_version": 0, "data": 1, "ops": 1, "models": 2, "engine": 3, "console": 3, "cli": 4, "__main__": 5, "__init__": 5}
+LAYERS = {"constants": 0, "files": 0, "_version": 0, "data": 1, "ops": 1, "models": 2, "engine": 3, "console": 3,
+          "cli": 4, "__main__": 5, "__init__": 5}
 
 
 def _module_name(path: Path) -> str:

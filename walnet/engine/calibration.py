@@ -19,6 +19,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
+from walnet.engine.calibration_metrics import calibration_bins, expected_calibration_error
 from walnet.engine.checkpoint import save_checkpoint
 from walnet.engine.checks import pick_device
 from walnet.engine.config import CalibrateConfig
@@ -101,7 +102,9 @@ def calibrate_run(config: CalibrateConfig) -> dict:
     (:func:`walnet.engine.lock.run_lock`), so a training run cannot rewrite the checkpoint under it.
 
     Returns ``temperature``, the one it replaced (``previous``, None), ``nll_before`` (T = 1) and
-    ``nll_after`` on the split, ``split``, ``images`` and ``checkpoint``."""
+    ``nll_after`` on the split, the expected calibration errors ``ece_before`` and ``ece_after``
+    (:func:`~walnet.engine.calibration_metrics.expected_calibration_error`), ``split``, ``images``
+    and ``checkpoint``."""
     ckpt = Path(config.checkpoint)
     device = pick_device(config.device)
     with run_lock(ckpt.parent, "walnet calibrate"):
@@ -113,12 +116,22 @@ def calibrate_run(config: CalibrateConfig) -> dict:
         previous = state.get("temperature")
         state["temperature"] = fit.temperature
         save_checkpoint(ckpt, state)
+    ece = [_ece(outputs.logits, outputs.targets, t) for t in (1.0, fit.temperature)]
     return {"temperature": fit.temperature, "previous": previous, "nll_before": fit.nll_before,
-            "nll_after": fit.nll_after, "split": config.split, "images": len(dataset), "checkpoint": str(ckpt)}
+            "nll_after": fit.nll_after, "ece_before": ece[0], "ece_after": ece[1], "split": config.split,
+            "images": len(dataset), "checkpoint": str(ckpt)}
+
+
+def _ece(logits, targets, temperature: float) -> float:
+    """The expected calibration error of softmax(`logits` / `temperature`) against `targets`."""
+    logits = np.asarray(logits, dtype=np.float64) / temperature
+    probs = np.exp(log_softmax(logits, axis=1))
+    return expected_calibration_error(calibration_bins(targets, probs))
 
 
 def summary(result: dict) -> str:
     """The line ``walnet calibrate`` prints of :func:`calibrate_run`'s `result`."""
     replaced = "" if result["previous"] is None else f", replacing {result['previous']:.4g}"
     return (f"temperature {result['temperature']:.4g}{replaced}: {result['split']} NLL {result['nll_before']:.4f} -> "
-            f"{result['nll_after']:.4f} ({result['images']} images); written to {result['checkpoint']}")
+            f"{result['nll_after']:.4f}, ECE {result['ece_before']:.4f} -> {result['ece_after']:.4f} "
+            f"({result['images']} images); written to {result['checkpoint']}")
