@@ -93,3 +93,25 @@ def no_model(monkeypatch):
         raise AssertionError("the model was loaded before the error")
 
     monkeypatch.setattr("walnet.engine.predict.load_model", load_model)
+
+
+#: The validation scores of every epoch of a :func:`quick` run.
+QUICK_SCORES = dict(accuracy=0.5, macro_f1=0.5, kappa=0.0, auc_micro=0.5)
+
+
+@pytest.fixture
+def quick(monkeypatch):
+    """Epochs that only go through the motions: no training step, fixed validation scores
+    (:data:`QUICK_SCORES`)."""
+    monkeypatch.setattr("walnet.engine.trainer.train_one_epoch",
+                        lambda *a, **kw: {"loss": 1.0, "cls_loss": 0.6, "seg_loss": 0.4, "accuracy": 0.5})
+    monkeypatch.setattr("walnet.engine.trainer.evaluate", lambda *a, **kw: dict(QUICK_SCORES))
+
+
+@pytest.fixture
+def one_thread():
+    """One CPU thread: cheap on a shared machine, and the compared runs do the same arithmetic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

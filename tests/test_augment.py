@@ -22,15 +22,6 @@ def data(tmp_path_factory):
     return phantom.generate(tmp_path_factory.mktemp("ph") / "data", n=30, seed=0, size=SIZE)
 
 
-@pytest.fixture
-def one_thread():
-    """One CPU thread: cheap on a shared machine, and the compared runs do the same arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _image_and_mask():
     """A dark image with a bright off-centre rectangle (so a flip of one and not the other shows)
     and the rectangle's mask."""

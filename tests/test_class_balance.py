@@ -40,15 +40,6 @@ def data(tmp_path_factory):
     return phantom_data(tmp_path_factory)
 
 
-@pytest.fixture
-def one_thread():
-    """One CPU thread: cheap on a shared machine, and the compared runs do the same arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- the weighted loss ----------------------------------------------------------------------
 
 def _output(seed=0, n=6, classes=3, seg=True):

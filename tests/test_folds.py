@@ -12,7 +12,6 @@ import torch
 from walnet import cli
 from walnet.data import read_csv
 from walnet.data.splits import fold_indices, fold_splits
-from walnet.engine import trainer
 from walnet.engine.config import TrainConfig
 from walnet.engine.trainer import train
 
@@ -101,15 +100,6 @@ def data(tmp_path_factory):
     return phantom_data(tmp_path_factory)
 
 
-@pytest.fixture
-def quick(monkeypatch):
-    """Epochs that only go through the motions: no training step, fixed validation scores."""
-    monkeypatch.setattr(trainer, "train_one_epoch",
-                        lambda *a, **kw: {"loss": 1.0, "cls_loss": 0.6, "seg_loss": 0.4, "accuracy": 0.5})
-    monkeypatch.setattr(trainer, "evaluate", lambda *a, **kw: dict(accuracy=0.5, macro_f1=0.5, kappa=0.0,
-                                                                   auc_micro=0.5))
-
-
 def test_a_fold_run_records_its_fold_and_keeps_it(data, tmp_path, quick, capsys):
     records = read_csv(data)[0]
     labels, patients = [r.label for r in records], [r.patient for r in records]
@@ -137,16 +127,11 @@ def test_a_split_column_with_folds_is_an_error_naming_both(data, tmp_path, quick
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
-def test_a_fold_run_resumed_after_epoch_1_ends_as_an_uninterrupted_one(data, tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the compared runs do the same arithmetic
-    try:
-        whole, cut = tmp_path / "whole", tmp_path / "cut"
-        train(run_config(data, whole, epochs=2, folds=3, fold=2))
-        train(run_config(data, cut, epochs=1, folds=3, fold=2))
-        train(run_config(data, cut, epochs=2, folds=3, fold=2, resume=str(cut / "last.pt")))
-    finally:
-        torch.set_num_threads(threads)
+def test_a_fold_run_resumed_after_epoch_1_ends_as_an_uninterrupted_one(data, tmp_path, one_thread):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    train(run_config(data, whole, epochs=2, folds=3, fold=2))
+    train(run_config(data, cut, epochs=1, folds=3, fold=2))
+    train(run_config(data, cut, epochs=2, folds=3, fold=2, resume=str(cut / "last.pt")))
     assert split_column(cut) == split_column(whole) and metrics_rows(cut) == metrics_rows(whole)
     a, b = (torch.load(run / "last.pt", weights_only=True) for run in (whole, cut))
     assert a["epoch"] == b["epoch"] == 1 and a["args"]["folds"] == 3 and a["args"]["fold"] == 2

@@ -14,7 +14,6 @@ import pytest
 
 from walnet.data import Record, load_split, read_csv, save_split
 from walnet.data.splits import SPLIT_HEADER, data_difference, data_record
-from walnet.engine import trainer
 from walnet.engine.config import EvalConfig, TrainConfig
 from walnet.engine.evaluation import evaluate_run
 from walnet.engine.trainer import train
@@ -28,15 +27,6 @@ SCORED = ("images", "accuracy", "macro_f1", "kappa", "auc_micro", "confusion", "
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return phantom_data(tmp_path_factory)
-
-
-@pytest.fixture
-def quick(monkeypatch):
-    """Epochs that only go through the motions: no training step, fixed validation scores."""
-    monkeypatch.setattr(trainer, "train_one_epoch",
-                        lambda *a, **kw: {"loss": 1.0, "cls_loss": 0.6, "seg_loss": 0.4, "accuracy": 0.5})
-    monkeypatch.setattr(trainer, "evaluate", lambda *a, **kw: dict(accuracy=0.5, macro_f1=0.5, kappa=0.0,
-                                                                   auc_micro=0.5))
 
 
 def _rows(path):

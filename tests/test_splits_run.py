@@ -16,24 +16,13 @@ from walnet.engine.config import EvalConfig
 from walnet.engine.evaluation import evaluate_run
 from walnet.engine.trainer import train
 
+from conftest import QUICK_SCORES
 from train_runs import metrics_rows, phantom_data, rewritten_csv, run_config, split_column, split_of, train_args
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return phantom_data(tmp_path_factory)
-
-
-@pytest.fixture
-def quick(monkeypatch):
-    """Epochs that only go through the motions: no training step, fixed validation scores."""
-    monkeypatch.setattr(trainer, "train_one_epoch",
-                        lambda *a, **kw: {"loss": 1.0, "cls_loss": 0.6, "seg_loss": 0.4, "accuracy": 0.5})
-    monkeypatch.setattr(trainer, "evaluate", lambda *a, **kw: SCORES)
-
-
-#: The validation scores of every epoch here.
-SCORES = dict(accuracy=0.5, macro_f1=0.5, kappa=0.0, auc_micro=0.5)
 
 
 def _files(run):
@@ -140,7 +129,7 @@ def test_the_split_and_data_record_are_written_with_the_first_checkpoint(data, t
         return {"loss": 1.0, "cls_loss": 0.6, "seg_loss": 0.4, "accuracy": 0.5}
 
     monkeypatch.setattr(trainer, "train_one_epoch", fit)
-    monkeypatch.setattr(trainer, "evaluate", lambda *a, **kw: SCORES)
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **kw: dict(QUICK_SCORES))
     monkeypatch.setattr(run_files, "save_checkpoint", spy)
     train(run_config(data, tmp_path / "run", epochs=1))
     assert seen[0] == ["args.json"]

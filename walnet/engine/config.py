@@ -162,6 +162,18 @@ class TrainConfig(ConfigBase):
         parse_class_weights(self.class_weights, self.classes)
 
 
+def _check_scoring(config) -> None:
+    """The checks of a config that runs a checkpoint over a split of its run's data (evaluate,
+    calibrate)."""
+    check_given(config, "checkpoint")
+    check_data(config)
+    if config.split not in SPLITS:
+        raise ValueError(f"--split must be one of {SPLITS}, got {config.split!r}")
+    check_at_least(config, 1, "batch_size")
+    if config.workers is not None:
+        check_at_least(config, 0, "workers")
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig(ConfigBase):
     """``walnet evaluate``: which checkpoint to score on which split of which data."""
@@ -184,13 +196,7 @@ class EvalConfig(ConfigBase):
                                 "where the run was trained with --no-dicom-region)", group="data")
 
     def _check(self) -> None:
-        check_given(self, "checkpoint")
-        check_data(self)
-        if self.split not in SPLITS:
-            raise ValueError(f"--split must be one of {SPLITS}, got {self.split!r}")
-        check_at_least(self, 1, "batch_size")
-        if self.workers is not None:
-            check_at_least(self, 0, "workers")
+        _check_scoring(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -299,13 +305,7 @@ class CalibrateConfig(ConfigBase):
                                 "where the run was trained with --no-dicom-region)", group="data")
 
     def _check(self) -> None:
-        check_given(self, "checkpoint")
-        check_data(self)
-        if self.split not in SPLITS:
-            raise ValueError(f"--split must be one of {SPLITS}, got {self.split!r}")
+        _check_scoring(self)
         if self.split == "test":
             raise ValueError("--split test: a temperature fitted on the test split would bias the test scores it is "
                              "judged by; calibrate on the validation split (--split val)")
-        check_at_least(self, 1, "batch_size")
-        if self.workers is not None:
-            check_at_least(self, 0, "workers")

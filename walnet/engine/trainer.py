@@ -112,14 +112,15 @@ def _finished(config: TrainConfig, resumed: dict) -> bool:
     return False
 
 
-def _split_problem(records, output: Path, started: bool) -> str:
+def _split_problem(records, output: Path, started: bool, folds: int | None = None) -> str:
     """Where a split that left a training or validation set empty came from, and what to do."""
     if started:
         return f"they come from {output / 'split.csv'}, the split of the run resumed"
     if all(r.split for r in records):
         return "the split column of the CSV sets them; give every split images"
     groups = len({r.patient or f"#{i}" for i, r in enumerate(records)})
-    return (f"{len(records)} image(s) in {groups} patient group(s) split 6:2:2 by patient; "
+    how = f"into {folds} folds" if folds else "6:2:2"
+    return (f"{len(records)} image(s) in {groups} patient group(s) split {how} by patient; "
             "more images or patients are needed")
 
 
@@ -172,7 +173,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> dict:
         _log.warning(f"skipped {train_set.skipped + val_set.skipped} unreadable image(s) (--skip-bad)")
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"the split left {len(train_set)} training and {len(val_set)} validation images: "
-                         f"{_split_problem(records, output, started)}")
+                         f"{_split_problem(records, output, started, config.folds)}")
     class_weights = loss_weights(config.class_weights, train_set, classes, device, log=ctx.is_main)
     sampler = train_sampler(train_set, config.balanced_sampler, config.seed, ctx.world_size, ctx.rank)
     if config.augment:
