@@ -6,6 +6,7 @@ written here with PyAV itself (tiny, a few frames of distinct brightness)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import random
 import re
 import sys
@@ -93,7 +94,8 @@ def test_lossless_videos_give_back_every_frame_in_any_order(tmp_path, name, code
             assert img.mode == "RGB" and img.size == (W, H)
             np.testing.assert_array_equal(np.asarray(img), frames[k], err_msg=f"frame {k}")
     # masks are read in mode L: Pillow's conversion of the RGB frame, as for an RGB PNG
-    np.testing.assert_array_equal(np.asarray(read_video(path, "L", 4)), np.asarray(Image.fromarray(frames[4]).convert("L")))
+    grey = Image.fromarray(frames[4]).convert("L")
+    np.testing.assert_array_equal(np.asarray(read_video(path, "L", 4)), np.asarray(grey))
 
 
 def test_grey_h264_is_within_one_level(tmp_path):
@@ -141,6 +143,14 @@ def test_reading_a_loop_in_order_decodes_it_once(tmp_path, monkeypatch):
     assert opened == [0]
     read_video(path, "RGB", 4)
     assert opened == [0, 3]  # frame 4: from the seek point at frame 3
+    # a seek that lands past the frame (here: every seek goes to the last seek point) falls back
+    key, index = video._index(Path(path), av)
+    video._INDEXES[key] = dataclasses.replace(index, seek_to=np.full_like(index.seek_to, index.seek_to[-1]))
+    opened.clear()
+    frames = loop_frames()
+    for k in (4, 1, 5):
+        np.testing.assert_array_equal(np.asarray(read_video(path, "RGB", k)), frames[k])
+    assert opened == [3, 0, 0, 3, 0]  # 4: from 3 (lands at 6), then from the start; 1: the start; 5: likewise
 
 
 def test_frame_choice_and_a_rewritten_file(tmp_path):
@@ -269,6 +279,10 @@ def test_damaged_videos_are_one_line_errors_naming_them(tmp_path, capsys):
     cut = tmp_path / "cut.avi"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 3 // 4])  # frames and the AVI index lost
     _one_line_error(cut, capsys, tmp_path, r"cut\.avi: .*cut short")
+    with av.open(str(whole)) as container:  # cut where frame 5 starts: 5 whole frames, nothing to decode wrong
+        start = [p.pos for p in container.demux(video=0) if p.size][5]
+    cut.write_bytes(whole.read_bytes()[:start])
+    _one_line_error(cut, capsys, tmp_path, r"cut\.avi: its header announces 7 frames but it holds 5 \(the file is cut")
     (tmp_path / "empty.mov").write_bytes(b"")
     _one_line_error(tmp_path / "empty.mov", capsys, tmp_path, r"empty\.mov: not a video")
 

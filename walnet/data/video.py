@@ -84,7 +84,7 @@ class VideoIndex:
     frames: int
     pts: np.ndarray | None
     starts: np.ndarray
-    seek_to: np.ndarray | None = None  # per start, the timestamp to seek to: its packet's decoding time
+    seek_to: np.ndarray | None = None  # per start, its packet's decoding time; None without timestamps
 
     def position(self, pts) -> int | None:
         """The frame whose timestamp is `pts`, or None."""
@@ -94,8 +94,9 @@ class VideoIndex:
         return at if at < self.frames and self.pts[at] == pts else None
 
 
-_LOCK = threading.RLock()
+_LOCK = threading.Lock()
 _INDEXES: OrderedDict[tuple, VideoIndex] = OrderedDict()
+_INDEXED = [0]  # the frames of the indexes kept
 _CURSOR = None  # the last read's open decoder (one per process)
 
 
@@ -128,18 +129,19 @@ def _index(path: Path, av) -> tuple[tuple, VideoIndex]:
             return key, index
     index = _build_index(path, av)
     with _LOCK:
-        _INDEXES[key] = index
-        total = sum(i.frames for i in _INDEXES.values())
-        while total > INDEX_BUDGET and len(_INDEXES) > 1:
-            total -= _INDEXES.popitem(last=False)[1].frames
+        if key not in _INDEXES:
+            _INDEXES[key] = index
+            _INDEXED[0] += index.frames
+        while _INDEXED[0] > INDEX_BUDGET and len(_INDEXES) > 1:
+            _INDEXED[0] -= _INDEXES.popitem(last=False)[1].frames
     return key, index
 
 
 def _open(path: Path, av):
     """The opened container and its first video stream."""
     try:
-        container = av.open(os.fspath(path))
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        container = av.open(os.fspath(path), metadata_errors="ignore")  # a title's bad bytes are no reason to fail
+    except (av.error.FFmpegError, OSError) as exc:
         raise fail(path, f"not a video FFmpeg can read ({_line(exc)})") from None
     if not container.streams.video:
         container.close()
