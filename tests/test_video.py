@@ -153,6 +153,19 @@ def test_reading_a_loop_in_order_decodes_it_once(tmp_path, monkeypatch):
     assert opened == [3, 0, 0, 3, 0]  # 4: from 3 (lands at 6), then from the start; 1: the start; 5: likewise
 
 
+def test_loader_workers_read_the_same_frames(tmp_path):
+    """Workers forked while the main process holds an open decoder and the index read alike
+    (freeing the inherited decoder in a worker would hang it: the loader's timeout fails the test)."""
+    import torch
+
+    path = lossless_loop(tmp_path / "loop.avi")
+    records = [Record(path, 0, frame=k) for k in range(N)]
+    dataset = PlaqueDataset(records, size=8)
+    alone = torch.stack([dataset[i]["image"] for i in range(N)])  # leaves a decoder open here
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2, shuffle=False, timeout=120)
+    torch.testing.assert_close(torch.cat([batch["image"] for batch in loader]), alone, rtol=0, atol=0)
+
+
 def test_frame_choice_and_a_rewritten_file(tmp_path):
     path = lossless_loop(tmp_path / "loop.avi")
     with pytest.raises(ValueError, match=r"loop\.avi: it has 7 frames; give the frame to read"):

@@ -98,6 +98,22 @@ _LOCK = threading.Lock()
 _INDEXES: OrderedDict[tuple, VideoIndex] = OrderedDict()
 _INDEXED = [0]  # the frames of the indexes kept
 _CURSOR = None  # the last read's open decoder (one per process)
+_ORPHANS: list = []  # decoders a forked child inherited: kept, never used nor freed (see below)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a loader worker) must not use its parent's open decoder, whose file offset
+    it shares, nor free it: freeing joins decoder threads that do not exist in the child and
+    hangs. The lock is new too, in case another thread held it at the fork."""
+    global _CURSOR, _LOCK
+    if _CURSOR is not None:
+        _ORPHANS.append(_CURSOR)
+        _CURSOR = None
+    _LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _identity(path: Path) -> tuple:
@@ -206,7 +222,7 @@ class _Cursor:
     """An open video decoding forward; `last` is the frame it returned last (-1: none yet)."""
 
     def __init__(self, key: tuple, path: Path, av, index: VideoIndex, start: int):
-        self.key, self.pid, self.last = key, os.getpid(), -1
+        self.key, self.last = key, -1
         self.container, stream = _open(path, av)
         if start > 0:
             at = int(np.searchsorted(index.starts, start))
@@ -243,8 +259,6 @@ def _decode(path: Path, av, key: tuple, index: VideoIndex, k: int) -> np.ndarray
     starts = _starts(index, k)
     with _LOCK:
         cursor, _CURSOR = _CURSOR, None
-        if cursor is not None and cursor.pid != os.getpid():
-            cursor = None  # a forked worker's copy of its parent's decoder: its file offset is shared
         if cursor is not None and (cursor.key != key or not starts[0] <= cursor.last + 1 <= k):
             cursor.close()
             cursor = None
