@@ -8,11 +8,12 @@ scaled to [0, 1]. A box that does not lie inside its image, or a mask whose size
 image's, is an error when the item is read: cropping or resizing it would silently train on
 padding or on a mask of another shape.
 
-DICOM files (walnet.data.dicom) are images too. A multi-frame file (a cine loop) is one record per
-frame (:func:`expand_dicom`), all in one patient group (the header's PatientID, else the file), so
-a loop never spans two splits; a DICOM file's PatientID fills a record's missing patient id. The
-image is cropped to its ultrasound region before the record's ROI box, which is therefore in the
-region's pixels (``dicom_region=False`` reads the whole frame).
+DICOM files (walnet.data.dicom) and videos (walnet.data.video) are images too. A multi-frame
+DICOM file or a video (a cine loop) is one record per frame (:func:`expand_frames`; a video
+always, even of one frame), all in one patient group (a DICOM header's PatientID, else the file),
+so a loop never spans two splits; a DICOM file's PatientID fills a record's missing patient id.
+A DICOM image is cropped to its ultrasound region before the record's ROI box, which is
+therefore in the region's pixels (``dicom_region=False`` reads the whole frame).
 
 A dataset given an :class:`~walnet.data.augment.Augmentation` (the training split of ``walnet
 train --augment``) augments each item as a function of (seed, epoch, index); the epoch comes
@@ -31,12 +32,13 @@ from PIL import Image
 
 from walnet.constants import IGNORE_INDEX, PLAQUE_CLASSES as PAPER_CLASSES
 from walnet.data.dicom import DICOM_EXTENSIONS, is_dicom, read_info
-from walnet.data.images import open_image, show_path, to_array
+from walnet.data.images import has_frames, open_image, show_path, to_array
+from walnet.data.video import VIDEO_EXTENSIONS, frame_count
 
 if TYPE_CHECKING:  # torchvision is imported only by runs that augment
     from walnet.data.augment import Augmentation
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_EXTENSIONS)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_EXTENSIONS, *VIDEO_EXTENSIONS)
 
 
 def crop_box(img: Image.Image, box: tuple[int, int, int, int] | None) -> Image.Image:
@@ -60,8 +62,8 @@ def relative_path(path: Path, root: Path | None) -> str:
 @dataclass(frozen=True)
 class Record:
     """One image: its file, class index, optional patient id, mask file, split, ROI box
-    (y1, x1, y2, x2, pixels, inclusive) and, for a frame of a multi-frame DICOM file, the frame
-    (0-based; None for every other image).
+    (y1, x1, y2, x2, pixels, inclusive) and, for a frame of a multi-frame DICOM file or a video,
+    the frame (0-based; None for every other image).
 
     ``path`` and ``mask_path`` are stored resolved (absolute, symbolic links and ``..`` followed),
     so one file has one key however it was spelled; ``root`` (resolved too) is the data root the
@@ -103,36 +105,42 @@ class Record:
         return self.origin or show_path(self.path)
 
 
-def expand_dicom(record: Record, where: str | None = None) -> list[Record]:
-    """`record` with what its DICOM header says: one record per frame of a multi-frame file when
-    the record names no frame, the header's PatientID as patient when the record has none (else,
-    for a multi-frame file, the file itself, so its frames stay in one split). A record of
-    another file comes back as is.
+def expand_frames(record: Record, where: str | None = None) -> list[Record]:
+    """`record` with what its file says of its frames: one record per frame of a multi-frame
+    DICOM file or a video when the record names no frame (a video's frames always carry their
+    index, even a video of one frame); the file itself as patient when the record has none, so
+    a loop's frames stay in one split, unless a DICOM header's PatientID fills it (it also fills
+    a single-frame DICOM file's). A record of another file comes back as is.
 
     A frame out of range is a ValueError starting with `where` (default: the record's origin). A
-    header that cannot be read leaves the record as it is: the dataset reports the file when it
-    reads it (or skips it with ``skip_bad``). Without pydicom: walnet.data.dicom's
-    MissingDicomSupportError.
+    file whose header or frames cannot be read leaves the record as it is: the dataset reports
+    the file when it reads it (or skips it with ``skip_bad``). Without pydicom or PyAV: their
+    MissingDicomSupportError / MissingVideoSupportError.
     """
-    if not is_dicom(record.path):
+    if not has_frames(record.path):
         return [record]
+    video = not is_dicom(record.path)
     try:
-        info = read_info(record.path)
+        if video:
+            frames, patient = frame_count(record.path), None
+        else:
+            info = read_info(record.path)
+            frames, patient = info.frames, info.patient
     except (FileNotFoundError, ValueError) as exc:
-        if isinstance(exc, ImportError):  # pydicom missing: no DICOM file can be read at all
+        if isinstance(exc, ImportError):  # the extra is missing: no such file can be read at all
             raise
         return [record]
-    if record.frame is not None and record.frame >= info.frames:
+    if record.frame is not None and record.frame >= frames:
         raise ValueError(f"{where or record.where()}: column 'frame': {record.frame} is out of range; "
-                         f"{show_path(record.path)} has {info.frames} frame(s), numbered from 0")
-    patient = record.patient or info.patient
-    if info.frames == 1:
+                         f"{show_path(record.path)} has {frames} frame(s), numbered from 0")
+    patient = record.patient or patient
+    if frames == 1 and not video:
         return [replace(record, patient=patient, frame=None)]
     patient = patient or str(record.path)
     if record.frame is not None:
         return [replace(record, patient=patient)]
     origin = record.where()
-    return [replace(record, patient=patient, frame=k, origin=f"{origin} frame {k}") for k in range(info.frames)]
+    return [replace(record, patient=patient, frame=k, origin=f"{origin} frame {k}") for k in range(frames)]
 
 
 class PlaqueDataset(torch.utils.data.Dataset):

@@ -49,7 +49,7 @@ def show(path) -> str:
 
 
 def fail(path, why: str) -> ValueError:
-    """The one-line error of a DICOM file that cannot be read."""
+    """The one-line error of a DICOM file (or a video, walnet.data.video) that cannot be read."""
     return ValueError(f"cannot read image {show(path)}: {why}")
 
 
@@ -230,7 +230,7 @@ def checked_geometry(head: Header, path) -> Geometry:
     bits = bits * 8 if bits else _whole(ds, "BitsAllocated", path)
     if bits != 1 and (bits % 8 or bits > 64):
         raise fail(path, f"its BitsAllocated {bits} is not 1 or a multiple of 8 up to 64")
-    _check_pixels(rows * columns, path)
+    check_pixels(rows * columns, path)
     geometry = Geometry(frames, rows, columns, samples, bits)
     if pixel.length is None:
         _check_fragments(path, pixel, frames, head.deflated)
@@ -244,8 +244,9 @@ def checked_geometry(head: Header, path) -> Geometry:
     return geometry
 
 
-def _check_pixels(pixels: int, path) -> None:
-    """Pillow's decompression-bomb rule for one frame of `pixels` pixels."""
+def check_pixels(pixels: int, path) -> None:
+    """Pillow's decompression-bomb rule for one frame of `pixels` pixels (of a DICOM file or a
+    video, walnet.data.video): a warning above ``Image.MAX_IMAGE_PIXELS``, an error above twice it."""
     limit = Image.MAX_IMAGE_PIXELS
     if limit is None or pixels <= limit:
         return

@@ -5,7 +5,8 @@ for every file that cannot be decoded, and no silent loss of range.
 Grayscale files of more than 8 bits (Pillow modes ``I;16*``, and ``I`` holding 16-bit values)
 are scaled by their bit depth into a float (``F``) image on the 8-bit scale [0, 255], because
 Pillow's conversion to RGB or L clips every value above 255 (a 16-bit scan would turn white).
-DICOM files (``.dcm``, ``.dicom``) are read by walnet.data.dicom under the same conventions.
+DICOM files (``.dcm``, ``.dicom``) are read by walnet.data.dicom under the same conventions,
+videos (``.mp4``, ``.avi``, ``.mov``) frame by frame by walnet.data.video.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from walnet.data.dicom import is_dicom, read_dicom
+from walnet.data.dicom import DICOM_EXTENSIONS, is_dicom, read_dicom
+from walnet.data.video import VIDEO_EXTENSIONS, is_video, read_video
 from walnet.files import refuse_special
 
 #: Pillow modes of 16-bit grayscale files (PNG, TIFF), scaled by 1/65535.
@@ -25,6 +27,13 @@ SIXTEEN_BIT_MAX = 65535
 #: OSError), truncated data (OSError), bad header fields (ValueError, SyntaxError, EOFError,
 #: IndexError, depending on the format plugin).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError)
+#: The files that hold frames (multi-frame DICOM files, videos), which a record's frame picks from.
+FRAME_EXTENSIONS = (*DICOM_EXTENSIONS, *VIDEO_EXTENSIONS)
+
+
+def has_frames(path) -> bool:
+    """Whether `path` names a file of frames (:data:`FRAME_EXTENSIONS`: DICOM or video)."""
+    return is_dicom(path) or is_video(path)
 
 
 def show_path(path) -> str:
@@ -68,7 +77,8 @@ def open_image(path: Path, mode: str, *, frame: int | None = None, region: bool 
     the 8-bit scale for 16-bit grayscale files.
 
     A DICOM file is read by :func:`walnet.data.dicom.read_dicom`: `frame` picks a frame of a
-    multi-frame file, `region` crops to its ultrasound region; both are ignored for other files.
+    multi-frame file, `region` crops to its ultrasound region; a video by
+    :func:`walnet.data.video.read_video`, `frame` picking its frame; both are ignored for other files.
 
     Raises FileNotFoundError for a missing file and ValueError (naming the file) for a folder, a
     file Pillow cannot decode, or one over Pillow's decompression-bomb limit.
@@ -76,6 +86,8 @@ def open_image(path: Path, mode: str, *, frame: int | None = None, region: bool 
     _check_file(path)
     if is_dicom(path):
         return read_dicom(path, mode, frame, region)
+    if is_video(path):
+        return read_video(path, mode, frame)
     try:
         with Image.open(path) as img:
             deep = img.mode in SIXTEEN_BIT_MODES or img.mode == "I"

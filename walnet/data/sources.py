@@ -3,20 +3,21 @@
 CSV: ``path,label[,patient_id][,mask_path][,split]`` plus optional ROI box columns, either
 ``y1,x1,y2,x2`` or ``xmin,ymin,xmax,ymax`` (the same box in the other order: 0-based pixels,
 both corners inclusive), to crop as the paper's preprocessing does, and ``frame`` (0-based) to
-pick one frame of a multi-frame DICOM file. Paths are relative to the CSV's folder unless
+pick one frame of a multi-frame DICOM file or a video. Paths are relative to the CSV's folder unless
 absolute. That folder (for ImageFolder, the tree's root) is each record's data root, which a
 run's split.csv keys images relative to (walnet.data.splits). ``walnet predict --csv`` reads the
 same format through the same reader, without needing a label (``labels=False``). ImageFolder:
 ``root/<class>/<image>``.
 
-DICOM files (``.dcm``, ``.dicom``) have their headers read here (walnet.data.datasets.expand_dicom):
-a multi-frame file without a frame becomes one record per frame, and the header's PatientID fills
-a missing patient id.
+DICOM files (``.dcm``, ``.dicom``) have their headers read here, videos (``.mp4``, ``.avi``,
+``.mov``) their frames counted (walnet.data.datasets.expand_frames): a multi-frame file or a video
+without a frame becomes one record per frame, and a DICOM header's PatientID fills a missing
+patient id.
 
 Every bad input is a ValueError (FileNotFoundError for a missing file) whose one-line message
 names the file, the line and the column: the CSV is decoded as UTF-8 (a byte-order mark is
 accepted), labels must match the known classes (walnet.data.classes), box values must be whole
-numbers. One image (or DICOM frame) is one sample, keyed by its resolved path (and frame):
+numbers. One image (or DICOM or video frame) is one sample, keyed by its resolved path (and frame):
 rows that list the same file (in
 any spelling) and agree are merged with a :class:`DuplicateRowWarning`; rows that disagree are
 an error, since keeping both would put one image in two classes or two splits. Prediction reads
@@ -32,8 +33,8 @@ import warnings
 from pathlib import Path
 
 from walnet.data.classes import known_classes, match_label, normalize_label
-from walnet.data.datasets import IMAGE_EXTENSIONS, Record, expand_dicom, show_path
-from walnet.data.dicom import is_dicom
+from walnet.data.datasets import IMAGE_EXTENSIONS, Record, expand_frames, show_path
+from walnet.data.images import has_frames
 from walnet.data.splits import SPLITS
 from walnet.files import refuse_special
 
@@ -117,7 +118,7 @@ def scan_image_folder(root: str | Path, classes=None) -> tuple[list[Record], tup
         if not images:
             raise ValueError(f"class folder {show_path(folder)} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
         records = [Record(p, label, origin=show_path(p), root=root) for p in images]
-        entries += [(r, r.where()) for record in records for r in expand_dicom(record)]
+        entries += [(r, r.where()) for record in records for r in expand_frames(record)]
     return _dedupe(entries, show_path(root), names), names
 
 
@@ -240,9 +241,10 @@ def _frame(row: dict, at: str, path: Path) -> int | None:
     text = row.get("frame", "").strip()
     if not text:
         return None
-    if not is_dicom(path):
-        raise ValueError(f"{at}: column 'frame': {text!r} is set but {show_path(path)} is no DICOM file (frames "
-                         "are picked from multi-frame .dcm / .dicom files only); leave it empty")
+    if not has_frames(path):
+        raise ValueError(f"{at}: column 'frame': {text!r} is set but {show_path(path)} is no DICOM file or video "
+                         "(frames are picked from multi-frame .dcm / .dicom files and .mp4 / .avi / .mov videos "
+                         "only); leave it empty")
     try:
         value = _number(text)
     except ValueError:
@@ -316,7 +318,7 @@ def read_csv(csv_path: str | Path, classes=None, *, labels: bool = True,
                              "(a path with a comma needs quotes)")
         row = dict(zip(header, fields + [""] * (len(header) - len(fields))))
         record = _record(row, at, base, names, box_columns, labels)
-        frames = expand_dicom(record, at)
+        frames = expand_frames(record, at)
         entries += [(r, f"line {line}" if len(frames) == 1 else f"line {line} frame {r.frame}") for r in frames]
     return _dedupe(entries, where, names, per_box), names
 

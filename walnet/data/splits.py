@@ -10,7 +10,7 @@ checkpoint (:func:`run_split`, :func:`data_record`); resuming and evaluating it 
 
 ``split.csv`` has the columns ``path,split,resolved_path``: ``path`` is the image relative to
 the data root (the CSV file's folder for ``--csv``, the ``--data-dir`` folder), with posix
-separators and ``#frame=<k>`` after a DICOM frame, or its absolute path where it lies outside
+separators and ``#frame=<k>`` after a frame of a DICOM file or video, or its absolute path where it lies outside
 the root; ``resolved_path`` is its resolved absolute path when the split was made. A record is
 found by its path relative to its own root first, so a data folder copied or moved elsewhere
 (the CSV with its images, or the ImageFolder tree) finds its split; else by its resolved path,
@@ -63,7 +63,7 @@ def split_indices(
 def fold_indices(labels: list[int], patients: list[str | None] | None = None, folds: int = 5,
                  seed: int = 0) -> list[int]:
     """The cross-validation fold (0 to `folds` - 1) of every record, by the rules of
-    :func:`split_indices` with `folds` equal shares: patient groups (a DICOM cine loop is one)
+    :func:`split_indices` with `folds` equal shares: patient groups (a cine loop, DICOM or video, is one)
     never span folds, and each class's groups are dealt, shuffled with `seed` and largest first,
     to the fold furthest below its share."""
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
@@ -140,7 +140,7 @@ def _relative(key: str, root: Path | None) -> str:
 
 def save_split(path: str | Path, keys: list[str], splits: list[str], root: str | Path | None = None) -> None:
     """Writes a split file (:data:`SPLIT_HEADER`, see the module docstring), atomically. Keys are
-    image paths (relative ones from the working directory; ``#frame=<k>`` after a DICOM frame),
+    image paths (relative ones from the working directory; ``#frame=<k>`` after a frame of a DICOM file or video),
     stored resolved, and relative to the folder `root` (the data root) where the image lies
     under it. Raises ValueError for a key given twice (in any spelling) or an unknown split."""
     path = Path(path)
@@ -243,7 +243,7 @@ def data_root(records) -> Path | None:
 
 
 def check_split_column(records) -> None:
-    """A CSV ``split`` column keeps every patient group (a DICOM cine loop is one) in one split:
+    """A CSV ``split`` column keeps every patient group (a cine loop, DICOM or video, is one) in one split:
     a ValueError naming both rows (file and line), the patient and the two splits otherwise."""
     first: dict[str, object] = {}
     for r in records:

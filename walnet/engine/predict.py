@@ -28,7 +28,7 @@ from PIL import Image
 
 from walnet import ops
 from walnet.constants import FORMULA_PREFIXES, formula_problem
-from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record, expand_dicom
+from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record, expand_frames
 from walnet.data.dicom import DICOM_EXTENSIONS
 from walnet.data.sources import read_csv
 from walnet.engine.config import PredictConfig
@@ -240,8 +240,8 @@ def _records(config: PredictConfig, exclude) -> tuple[list[Record], list[Path]]:
         records = [Record(r.path, 0, box=r.box, frame=r.frame, origin=r.origin) for r in listed]
         return records, [r.path for r in records]
     found = collect_images(config.inputs, exclude=exclude)
-    # one record per image, one per frame of a multi-frame DICOM file (labels are not used)
-    records = [r for p in found for r in expand_dicom(Record(p, 0))]
+    # one record per image, one per frame of a multi-frame DICOM file or a video (labels are not used)
+    records = [r for p in found for r in expand_frames(Record(p, 0))]
     shown = {p.resolve(): p for p in found}  # the CSV names each image as the user gave it
     return records, [shown.get(r.path, r.path) for r in records]
 
