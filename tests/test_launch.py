@@ -103,15 +103,18 @@ def test_a_process_per_device_gives_the_sequential_table(data, sequential, tmp_p
         assert f"[{MODEL} seed {seed}] runs on cpu" in shown and f"[{MODEL} seed {seed}] training into" in shown
 
 
-def test_a_failed_run_is_named_and_the_others_are_done(data, sequential, tmp_path, children):
+@pytest.mark.parametrize("where", ["devices", "slurm"])
+def test_a_failed_run_is_named_and_the_others_are_done(data, sequential, tmp_path, children, where):
     out = tmp_path / "exp"
     shutil.copytree(sequential, out)
     (_run(out, 1) / "args.json").write_text("{not json")
     finished = (_run(out, 0) / "metrics.json").stat().st_mtime_ns
     (out / "experiment.md").unlink()
+    slurm = SlurmOptions(folder=tmp_path / "submitit", cluster="local", gpus_per_task=0, cpus_per_task=1)
+    launch = launcher("cpu,cpu") if where == "devices" else launcher(slurm=slurm)
     with pytest.raises(RunsFailedError, match=rf"1 of 2 runs failed: \[{MODEL} seed 1\] ValueError: "
                                               rf"{_run(out, 1) / 'args.json'} cannot be read"):
-        run_experiment([MODEL], out, seeds=SEEDS, **_templates(data, out), launch=launcher("cpu,cpu"))
+        run_experiment([MODEL], out, seeds=SEEDS, **_templates(data, out), launch=launch)
     assert (_run(out, 0) / "metrics.json").stat().st_mtime_ns == finished and not (out / "experiment.md").exists()
 
 

@@ -220,8 +220,11 @@ class RunJob:
 
 
 def _job_error(exc: BaseException) -> str:
-    """The last line of a failed job's traceback (submitit's error holds all of it)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and set(line.strip()) != {"-"}]
+    """The last line of a failed job's traceback (submitit's error holds all of it, then a line
+    of dashes and where the job's logs are)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    rules = [i for i, line in enumerate(lines) if set(line) == {"-"}]
+    lines = lines[:rules[-1]] if rules else lines
     return lines[-1] if lines else type(exc).__name__
 
 
