@@ -181,6 +181,17 @@ def test_parse_devices():
             parse_devices("all")
 
 
+def test_a_local_process_sees_only_its_gpu(monkeypatch):
+    from walnet.engine.launch import _pin
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")  # the parent's GPUs: cuda:1 is GPU 5
+    assert _pin("cuda:1") == "cuda:0" and launch.os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert _pin("cuda:3") == "cuda:0" and launch.os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert _pin("cpu") == "cpu" and "CUDA_VISIBLE_DEVICES" not in launch.os.environ
+
+
 def _foreign_lock(folder: Path, job: str) -> None:
     """The lock of a run of SLURM job `job` on another node (pid 1 there)."""
     folder.mkdir(parents=True)

@@ -111,9 +111,23 @@ def _threads(processes: int) -> int | None:
     return max(1, len(os.sched_getaffinity(0)) // processes)
 
 
-def _local_worker(spec: RunSpec, threads: int | None, conn) -> None:
-    """A local process's run: sends None when it is done, else the error in one line."""
+def _pin(device: str) -> str:
+    """The device a local process runs a run of `device` on. A CUDA device is made the process's
+    only visible one (``CUDA_VISIBLE_DEVICES``, read when CUDA starts in the process, after
+    this), so the run uses ``cuda:0`` there and nothing of it (a CUDA graph's stream, a
+    kernel's launch) lands on another GPU."""
+    if not device.startswith("cuda"):
+        return device
+    index = int(device.partition(":")[2] or 0)
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible[index] if visible else str(index)
+    return "cuda:0"
+
+
+def _local_worker(spec: RunSpec, device: str, loaders: int | None, threads: int | None, conn) -> None:
+    """A local process's run, on `device`: sends None when it is done, else the error in one line."""
     try:
+        spec = spec.on(_pin(device), loaders)
         with _run_here(spec, threads):
             execute_run(spec)
     except BaseException as exc:  # noqa: BLE001 - whatever stopped the run is reported to the parent
@@ -143,8 +157,8 @@ def run_local(runs: Sequence[RunSpec], devices: Sequence[str], threads: int | No
             while pending and free:
                 spec, device = pending.popleft(), free.pop(0)
                 receive, send = context.Pipe(duplex=False)
-                on = spec.on(device, loaders if device.startswith("cuda") else None)
-                process = context.Process(target=_local_worker, args=(on, threads, send), daemon=False)
+                process = context.Process(target=_local_worker, daemon=False, args=(
+                    spec, device, loaders if device.startswith("cuda") else None, threads, send))
                 process.start()
                 send.close()
                 running[process.sentinel] = (spec, device, process, receive)
