@@ -55,6 +55,12 @@ def _run(out, seed):
     return Path(out) / "runs" / MODEL / f"seed{seed}"
 
 
+def _scores(out):
+    """Each run's continuous test scores (which a single different bit of its model would change)."""
+    runs = [json.loads((_run(out, seed) / "metrics.json").read_text()) for seed in SEEDS]
+    return [(run["brier"], run["ece"], run["auc_per_class"]) for run in runs]
+
+
 @pytest.fixture(scope="module")
 def sequential(data, tmp_path_factory):
     """The experiment's runs one after another in this process, with one CPU thread."""
@@ -81,7 +87,7 @@ def test_a_submitit_job_array_gives_the_sequential_table_and_resubmitted_trains_
     out = tmp_path / "exp"
     slurm = SlurmOptions(folder=tmp_path / "submitit", cluster="local", gpus_per_task=0, cpus_per_task=1, time_min=30)
     run_experiment([MODEL], out, seeds=SEEDS, **_templates(data, out), launch=launcher(slurm=slurm))
-    assert _tables(out) == _tables(sequential)
+    assert _tables(out) == _tables(sequential) and _scores(out) == _scores(sequential)
     # the local executor ran each run as a job (a process) of its own, all submitted at once
     results = sorted((tmp_path / "submitit").rglob("*_result.pkl"))
     assert len(results) == 2 and len({p.parent for p in results}) == 2
@@ -97,7 +103,7 @@ def test_a_submitit_job_array_gives_the_sequential_table_and_resubmitted_trains_
 def test_a_process_per_device_gives_the_sequential_table(data, sequential, tmp_path, children, capfd):
     out = tmp_path / "exp"
     assert cli.main(_args(data, out, "--devices", "cpu,cpu")) == 0
-    assert _tables(out) == _tables(sequential)
+    assert _tables(out) == _tables(sequential) and _scores(out) == _scores(sequential)
     shown = capfd.readouterr().out
     for seed in SEEDS:  # each run's lines name it
         assert f"[{MODEL} seed {seed}] runs on cpu" in shown and f"[{MODEL} seed {seed}] training into" in shown
