@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -122,12 +123,25 @@ def test_per_class_metrics_are_aggregated_from_nested_dicts(tmp_path):
     assert per_class_metrics([{"config": "x", "accuracy": 0.5, "class_names": ["a", "b"]}]) == []
 
 
+def _scoring(scores):
+    """A stand-in for evaluate_run: writes the next of `scores` as the run's metrics.json (as
+    evaluate does) and returns it."""
+    scores = iter(scores)
+
+    def evaluate_run(config):
+        result = next(scores)
+        (Path(config.checkpoint).parent / "metrics.json").write_text(json.dumps(result))
+        return result
+
+    return evaluate_run
+
+
 def test_experiment_tables_hold_the_paper_columns_and_sensitivity_specificity(tmp_path, monkeypatch):
     from walnet.engine import evaluation, trainer
 
-    scores = iter([_scored("walnet", 0, (0.5, 1.0), (0.25, 0.75)), _scored("walnet", 1, (0.7, 0.9), (0.75, 0.25))])
+    scores = [_scored("walnet", 0, (0.5, 1.0), (0.25, 0.75)), _scored("walnet", 1, (0.7, 0.9), (0.75, 0.25))]
     monkeypatch.setattr(trainer, "train", lambda config: (Path(config.output) / "best.pt").write_bytes(b""))
-    monkeypatch.setattr(evaluation, "evaluate_run", lambda config: next(scores))
+    monkeypatch.setattr(evaluation, "evaluate_run", _scoring(scores))
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("path,label\n")
     out = tmp_path / "exp"
@@ -247,8 +261,6 @@ def test_experiment_end_to_end_reuses_and_resumes(tmp_path, caplog):
 def test_experiment_holds_each_run_folder_from_training_to_scoring(tmp_path, monkeypatch):
     """While a run is trained and scored its folder is locked by the experiment, so a second
     experiment (or train) into it stops instead of resuming it too."""
-    import json
-
     from walnet.engine import evaluation, lock, trainer
 
     seen = []
@@ -259,7 +271,7 @@ def test_experiment_holds_each_run_folder_from_training_to_scoring(tmp_path, mon
 
     def fake_evaluate(config):
         seen.append(("evaluate", json.loads((Path(config.checkpoint).parent / lock.LOCK_NAME).read_text())["pid"]))
-        return {k: 0.5 for k in KEYS}
+        return _scoring([{k: 0.5 for k in KEYS}])(config)
 
     monkeypatch.setattr(trainer, "train", fake_train)
     monkeypatch.setattr(evaluation, "evaluate_run", fake_evaluate)
@@ -272,7 +284,6 @@ def test_experiment_holds_each_run_folder_from_training_to_scoring(tmp_path, mon
 
 
 def test_a_second_experiment_stops_at_a_run_another_one_holds(tmp_path, monkeypatch):
-    import json
     import socket
 
     from walnet.engine import lock, trainer

@@ -185,6 +185,7 @@ _EXPERIMENT_SETS_EVAL = {"checkpoint", "split", "output", "batch_size", "save_pr
 
 def _experiment(args: argparse.Namespace) -> int:
     from walnet.engine.experiment import run_experiment
+    from walnet.engine.launch import SLURM_FLAGS, launcher, slurm_options
 
     items = [s.strip() for s in args.seeds.split(",") if s.strip()]
     if not all(re.fullmatch(r"[+-]?[0-9]+", s) for s in items):  # int() would also take "1_0" as 10
@@ -197,7 +198,10 @@ def _experiment(args: argparse.Namespace) -> int:
     # templates: run_experiment sets each run's output, model, seed (and fold) and scores its best.pt
     train = _config(TrainConfig, args, skip=_EXPERIMENT_SETS_TRAIN - {"output"}, fold=None if args.folds is None else 0)
     evaluate = _config(EvalConfig, args, skip=_EXPERIMENT_SETS_EVAL, checkpoint="best.pt")
-    run_experiment(configs, args.output, seeds=seeds, train=train, evaluate=evaluate, name=name, title=title)
+    slurm = slurm_options(args.slurm, args.output, **{name: getattr(args, name) for name in SLURM_FLAGS})
+    launch = None if args.aggregate_only else launcher(args.devices, slurm)  # checked before any run
+    run_experiment(configs, args.output, seeds=seeds, train=train, evaluate=evaluate, name=name, title=title,
+                   launch=launch, aggregate_only=args.aggregate_only)
     return 0
 
 
@@ -215,6 +219,23 @@ def _add_experiment(sub) -> None:
     _add_options(p, TrainConfig, skip=_EXPERIMENT_SETS_TRAIN)
     # the options both commands have (data, device, workers, skip_bad) are added once, for both
     _add_options(p, EvalConfig, skip=_EXPERIMENT_SETS_EVAL | {o.name for o in options(TrainConfig)})
+    launch = p.add_argument_group("launch", "where the runs run (default: one after another here)")
+    launch.add_argument("--devices", metavar="DEV,DEV|all", help="one process per device, one run per device at a "
+                        "time: cuda:0,cuda:1,... or all (every GPU here); cpu,cpu: two CPU processes")
+    launch.add_argument("--slurm", action="store_true", help="the runs as a SLURM job array (submitit: pip install "
+                        "'walnet[slurm]'); waits, then writes the tables")
+    for flag, dest, kind, metavar, text in (
+            ("--slurm-dir", "folder", str, "DIR", "submitit's files and the jobs' logs (default: <output>/slurm)"),
+            ("--partition", "partition", str, "NAME", "SLURM partition (default: the cluster's)"),
+            ("--time", "time_min", int, "MIN", "minutes per run's job (default: 1440); a job out of time is requeued"),
+            ("--gpus-per-task", "gpus_per_task", int, "N", "GPUs per run (default: 1; 0: CPU)"),
+            ("--cpus-per-task", "cpus_per_task", int, "N", "CPUs per run (default: 8)"),
+            ("--mem-gb", "mem_gb", _float, "GB", "GB of memory per run (default: the partition's)")):
+        launch.add_argument(flag, dest=dest, type=kind, metavar=metavar, help=text)
+    launch.add_argument("--no-wait", dest="wait", action="store_const", const=False, help="submit and return; "
+                        "then the same command with --aggregate-only writes the tables")
+    launch.add_argument("--aggregate-only", action="store_true", help="run nothing: the tables of the finished "
+                        "runs, naming the others")
     p.set_defaults(run=_experiment)
 
 

@@ -3,52 +3,41 @@ in the shape of the paper's Tables 1-3.
 
 Layout under ``output/``: ``runs/<config>/seed<k>/`` (a ``walnet train`` run folder plus the
 ``metrics.json`` of ``walnet evaluate`` on its test split), ``<table>.csv`` (one row per config),
-``<table>_runs.csv`` (one row per run) and ``<table>.md``. The tables hold the paper's columns
-(:data:`PAPER_METRICS`), the macro specificity, and each class's sensitivity and specificity
-(``sensitivity/<class>``, ``specificity/<class>``: a key with a ``/`` names an entry of a nested
-dict of ``metrics.json``). Finished runs are reused, interrupted
-ones resumed, so re-running the same command continues an experiment; a finished run of other
-settings or other data (its ``args.json``, its ``data.json``) is an error, never averaged with
-the others. Each run's folder is
-locked (:mod:`walnet.engine.lock`) from the decision to reuse, resume or train it until its
-scores are written, so a second experiment into the same folder stops at the first run the
-other one holds instead of training it too. With ``train.folds`` K (``--folds K``) each config
-and seed trains and scores K runs, ``runs/<config>/seed<k>/fold<i>/``: the tables' mean (std) is
-over folds and seeds, and the pooled out-of-fold scores follow (:mod:`walnet.engine.crossval`).
+``<table>_runs.csv`` (one row per run) and ``<table>.md`` (:mod:`walnet.engine.tables`).
+
+Which runs an experiment has is apart from where they run: :func:`plan_experiment` lists them
+(:class:`RunSpec`: its folder, its train and scoring configs), :func:`execute_run` runs one
+wherever it is called, and :func:`write_tables` reads every run's ``metrics.json`` and writes the
+tables. :func:`run_experiment` runs them one after another here, or hands them to a launcher of
+:mod:`walnet.engine.launch` (a process per local GPU, a SLURM job array). Finished runs are
+reused, interrupted ones resumed, so re-running the same command continues an experiment; a
+finished run of other settings or other data (its ``args.json``, its ``data.json``) is an error,
+never averaged with the others. Each run's folder is locked (:mod:`walnet.engine.lock`) from the
+decision to reuse, resume or train it until its scores are written, so two processes never
+train the same run. With ``train.folds`` K (``--folds K``) each config and seed trains and scores
+K runs, ``runs/<config>/seed<k>/fold<i>/``: the tables' mean (std) is over folds and seeds, and
+the pooled out-of-fold scores follow (:mod:`walnet.engine.crossval`).
 """
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import logging
-import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from walnet.engine.config import EvalConfig, TrainConfig
 from walnet.engine.crossval import PREDICTIONS_FILE, fold_dir, pooled_scores
-from walnet.files import atomic_open, first_line, write_text
+from walnet.engine.tables import (CLINICAL_METRICS, PAPER_METRICS, PER_CLASS_METRICS, TABLE_KEYS,  # noqa: F401
+                                  aggregate, metric_value, per_class_metrics, read_metrics, to_markdown, write_csv,
+                                  write_runs_csv)
+from walnet.files import first_line, write_text
 
 _log = logging.getLogger(__name__)
-
-#: The paper's table columns (Tables 1-3), as (metrics.json key, column header).
-PAPER_METRICS: tuple[tuple[str, str], ...] = (
-    ("accuracy", "Accuracy"),
-    ("macro_f1", "F1-score"),
-    ("kappa", "Kappa"),
-    ("macro_precision", "Precision"),
-    ("macro_recall", "Recall"),
-)
-#: Columns added to the paper's in an experiment's main table ("Recall" is the macro sensitivity).
-CLINICAL_METRICS: tuple[tuple[str, str], ...] = (("macro_specificity", "Specificity"), ("auc_macro", "Macro AUC"))
-#: Per-class dicts of ``metrics.json`` tabulated one column per class (``<key>/<class>``).
-PER_CLASS_METRICS: tuple[tuple[str, str], ...] = (("sensitivity", "Sensitivity"), ("specificity", "Specificity"))
-
 
 @dataclass(frozen=True)
 class TablePreset:
@@ -77,136 +66,12 @@ TABLES: dict[str, TablePreset] = {
     ),
 }
 
-#: The metrics.json keys an experiment's main table reads (the per-class ones are dicts, read by class).
-_TABLE_KEYS = tuple(k for k, _ in PAPER_METRICS + CLINICAL_METRICS)
-
 #: Paper seeds: "the averages obtained after five random experiments".
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 
 #: Train settings that may differ between a reused run and the request without changing its result
 #: (the data is compared by its fingerprint, data.json, however its path is spelled).
 _IGNORED_SETTINGS = frozenset({"output", "resume", "device", "workers", "csv", "data_dir"})
-
-
-def metric_value(run: Mapping, key: str) -> float | None:
-    """The number `key` names in `run` (a ``metrics.json`` dict): a top-level key, or
-    ``<key>/<entry>`` for an entry of a nested dict (``sensitivity/hypoechoic``). None where it
-    is missing or undefined (None); a value that is no number (a dict, a list) is a ValueError
-    naming the key."""
-    value = run.get(key)
-    if value is None and "/" in key:
-        outer, inner = key.split("/", 1)
-        nested = run.get(outer)
-        value = nested.get(inner) if isinstance(nested, Mapping) else None
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        entry = next(iter(value), None) if isinstance(value, Mapping) else None
-        hint = f"; name one of its entries, e.g. {key}/{entry}" if entry is not None else ""
-        raise ValueError(f"metric {key!r} is {type(value).__name__}, not a number{hint}")
-    return float(value)
-
-
-def per_class_metrics(runs: Iterable[Mapping]) -> list[tuple[str, str]]:
-    """The (key, column header) pairs of :data:`PER_CLASS_METRICS` for every class the runs'
-    ``class_names`` list, in order of first appearance (none for runs without them)."""
-    names = {}
-    for run in runs:
-        if any(isinstance(run.get(k), Mapping) for k, _ in PER_CLASS_METRICS):
-            names.update(dict.fromkeys(run.get("class_names") or ()))
-    return [(f"{key}/{name}", f"{header} {name}") for key, header in PER_CLASS_METRICS for name in names]
-
-
-def aggregate(runs: Iterable[Mapping], metrics: Sequence[str] = tuple(k for k, _ in PAPER_METRICS),
-              labels: Mapping[str, str] | None = None) -> list[dict]:
-    """Mean and sample standard deviation (ddof=1) over seeds, one row per config.
-
-    ``runs``: per-run dicts holding ``"config"`` and the metric keys (e.g. a ``metrics.json``
-    plus ``config``/``seed``); a key may name an entry of a nested dict (:func:`metric_value`).
-    Rows come in order of first appearance, as ``{"config", "label", "n_seeds", "<metric>_mean",
-    "<metric>_std", ...}``. The std of a single
-    seed is NaN (undefined; shown as "–"); a metric missing from every run of a config is NaN.
-    """
-    groups: dict[str, list[Mapping]] = {}
-    for run in runs:
-        groups.setdefault(run["config"], []).append(run)
-    rows = []
-    for config, group in groups.items():
-        row = {"config": config, "label": (labels or {}).get(config, config), "n_seeds": len(group)}
-        for key in metrics:
-            found = (metric_value(r, key) for r in group)
-            values = np.array([v for v in found if v is not None], dtype=np.float64)
-            row[f"{key}_mean"] = float(values.mean()) if values.size else math.nan
-            row[f"{key}_std"] = float(values.std(ddof=1)) if values.size > 1 else math.nan
-        rows.append(row)
-    return rows
-
-
-def _fmt(value: float, digits: int) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def to_markdown(rows: Sequence[Mapping], metrics: Sequence[tuple[str, str]] = PAPER_METRICS, title: str | None = None,
-                digits: int = 3, over: str = "seed(s)") -> str:
-    """A Markdown table like the paper's: a "Method" column of row labels, then one
-    "mean (std)" column per metric, as fractions. As in the paper's Table 1, the best mean of a
-    column is **bold** and the second best <u>underlined</u> (higher is better for every metric
-    of walnet's tables)."""
-    seeds = sorted({r["n_seeds"] for r in rows})
-    lines = []
-    if title:
-        caption = f"mean (sample std) over {seeds[0]} {over}" if len(seeds) == 1 else "mean (sample std) over seeds"
-        lines += [f"{title}; {caption}.", ""]
-    with_n = len(seeds) > 1
-    header = ["Method"] + [f"{name} ↑" for _, name in metrics] + (["Seeds"] if with_n else [])
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
-    ranks = {}
-    for key, _ in metrics:
-        means = sorted({round(r[f"{key}_mean"], digits) for r in rows if not math.isnan(r[f"{key}_mean"])},
-                       reverse=True)
-        ranks[key] = means[:2] if len(rows) >= 3 else means[:1] if len(rows) == 2 else []
-    for r in rows:
-        cells = [str(r["label"])]
-        for key, _ in metrics:
-            mean = r[f"{key}_mean"]
-            text = _fmt(mean, digits)
-            top = ranks[key]
-            if not math.isnan(mean) and top and round(mean, digits) == top[0]:
-                text = f"**{text}**"
-            elif not math.isnan(mean) and len(top) > 1 and round(mean, digits) == top[1]:
-                text = f"<u>{text}</u>"
-            cells.append(f"{text} ({_fmt(r[f'{key}_std'], digits)})")
-        if with_n:
-            cells.append(str(r["n_seeds"]))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_csv(rows: Sequence[Mapping], path, metrics: Sequence[str] = tuple(k for k, _ in PAPER_METRICS)) -> Path:
-    """One line per config: config, label, n_seeds, then ``<metric>_mean``, ``<metric>_std``
-    per metric (full precision; an undefined std is an empty cell)."""
-    fields = ["config", "label", "n_seeds"] + [f"{k}_{s}" for k in metrics for s in ("mean", "std")]
-    path = Path(path)
-    with atomic_open(path, text=True) as f:
-        writer = csv.DictWriter(f, fields, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
-    return path
-
-
-def _write_runs_csv(runs: Sequence[Mapping], path: Path, metrics: Sequence[str]) -> None:
-    """One line per run: config, seed, fold (with folds), the metrics (nested ones by their ``/``
-    keys; a missing one is an empty cell), epoch and images."""
-    with atomic_open(path, text=True) as f:
-        folds = ["fold"] if any("fold" in run for run in runs) else []
-        writer = csv.DictWriter(f, ["config", "seed", *folds, *metrics, "epoch", "images"])
-        writer.writeheader()
-        for run in runs:
-            values = {**{key: metric_value(run, key) for key in metrics}, **{k: run.get(k) for k in folds}}
-            writer.writerow({"config": run["config"], "seed": run["seed"], "epoch": run.get("epoch"),
-                             "images": run.get("images"), **{k: "" if v is None else v for k, v in values.items()}})
 
 
 def _differences(requested: TrainConfig, run_dir: Path, data: Callable[[], dict]) -> list[str]:
@@ -230,56 +95,91 @@ def _differences(requested: TrainConfig, run_dir: Path, data: Callable[[], dict]
     return differences + ([differs] if differs else [])
 
 
-def read_metrics(path: Path, keys: Sequence[str] = ()) -> dict:
-    """A ``metrics.json`` of ``walnet evaluate``: a JSON object whose `keys` (see
-    :func:`metric_value`) and per-class entries hold numbers or null where present, with a list
-    of ``class_names``. Anything else is a ValueError naming the file."""
-    redo = "delete it to score the run again"
-    try:
-        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"{path} is not valid JSON ({first_line(exc)}); {redo}") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not isinstance(metrics, dict):
-        raise ValueError(f"{path} holds a JSON {type(metrics).__name__}, not the object of walnet evaluate; {redo}")
-    names = metrics.get("class_names", [])
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{path}: 'class_names' is not a list of class names; {redo}")
-    nested = [f"{key}/{name}" for key, _ in PER_CLASS_METRICS if isinstance(metrics.get(key), Mapping)
-              for name in metrics[key]]
-    for key in (*keys, *nested):
-        try:
-            metric_value(metrics, key)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}; {redo}") from None
-    return metrics
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of an experiment, wherever it runs: its row (``config``: the model name), ``seed``
+    and ``fold`` (None without folds), ``train`` (its folder as ``output``, model, seed, fold)
+    and ``scoring`` (the test split of its ``best.pt``; with folds, its ``predictions.csv``)."""
+
+    config: str
+    seed: int
+    fold: int | None
+    train: TrainConfig
+    scoring: EvalConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.train.output)
+
+    @property
+    def tag(self) -> str:
+        """``[<config> seed <k>]`` (``... fold <i>]`` with folds): how logs and errors name the run."""
+        return f"[{self.config} seed {self.seed}{'' if self.fold is None else f' fold {self.fold}'}]"
+
+    @property
+    def keep(self) -> tuple[str, ...]:
+        """The files a finished run holds besides ``metrics.json``."""
+        return () if self.fold is None else (PREDICTIONS_FILE,)
+
+    def on(self, device: str, workers: int | None = None) -> RunSpec:
+        """This run trained and scored on `device` (with `workers` loader processes where its
+        settings leave them to the default)."""
+        train, scoring = self.train, self.scoring
+        if workers is not None:
+            train = train if train.workers is not None else replace(train, workers=workers)
+            scoring = scoring if scoring.workers is not None else replace(scoring, workers=workers)
+        return replace(self, train=replace(train, device=device), scoring=replace(scoring, device=device))
 
 
-def _run_one(run: TrainConfig, tag: str, scoring, train_run, evaluate_run, data: Callable[[], dict],
-             keep: Sequence[str] = ()) -> dict:
-    """The test scores of one run: a finished run's metrics.json (if it is a run of `run`'s
-    settings and data: an error naming the differences otherwise), else the scores of the run
-    trained (or resumed) now. A run is finished once it holds metrics.json and the files `keep`
-    names."""
-    run_dir = Path(run.output)
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.is_file() and all((run_dir / name).is_file() for name in keep):
-        diff = _differences(run, run_dir, data)
-        if diff:
-            raise ValueError(f"{tag} the finished run {run_dir} is not a run of this experiment: {'; '.join(diff)}; "
-                             "delete it to train it again, or use another --output")
-        _log.info(f"{tag} reusing finished run {run_dir} (metrics.json exists)")
-        return read_metrics(metrics_file, _TABLE_KEYS)
-    if (run_dir / "last.pt").is_file():
-        _log.info(f"{tag} resuming interrupted run {run_dir} from last.pt")
-        run = replace(run, resume=run_dir / "last.pt")
-    else:
-        _log.info(f"{tag} training into {run_dir}")
-    train_run(run)
-    # best.pt is written just after last.pt; fall back if interrupted in between
-    ckpt = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
-    return evaluate_run(scoring(ckpt))
+def fingerprint(train: TrainConfig) -> Callable[[], dict]:
+    """The fingerprint of `train`'s data (``data.json``), computed on the first call."""
+    from walnet.data import load_records
+    from walnet.data.splits import data_record
+
+    return functools.cache(lambda: data_record(*load_records(train.data_dir, train.csv, train.classes)))
+
+
+def finished_scores(spec: RunSpec, data: Callable[[], dict]) -> dict | None:
+    """The test scores (``metrics.json``) of `spec`'s run if it is finished (it holds them and
+    the files :attr:`RunSpec.keep` names), else None. A finished run of other settings or other
+    data (`data`: the experiment's fingerprint) is a ValueError naming the differences."""
+    run_dir = spec.run_dir
+    if not ((run_dir / "metrics.json").is_file() and all((run_dir / name).is_file() for name in spec.keep)):
+        return None
+    diff = _differences(spec.train, run_dir, data)
+    if diff:
+        raise ValueError(f"{spec.tag} the finished run {run_dir} is not a run of this experiment: {'; '.join(diff)}; "
+                         "delete it to train it again, or use another --output")
+    return read_metrics(run_dir / "metrics.json", TABLE_KEYS)
+
+
+def execute_run(spec: RunSpec, data: Callable[[], dict] | None = None) -> dict:
+    """Runs `spec` here, holding its folder's lock throughout: a finished run's scores are reused
+    (:func:`finished_scores`), an interrupted one (a ``last.pt``) is resumed, any other trained;
+    then its ``best.pt`` is scored (its ``metrics.json`` written). Returns the scores. `data`:
+    the fingerprint of the experiment's data, shared by the runs of one process."""
+    from walnet.engine.evaluation import evaluate_run
+    from walnet.engine.lock import run_lock
+    from walnet.engine.trainer import train as train_run
+
+    run, run_dir, tag = spec.train, spec.run_dir, spec.tag
+    with run_lock(run_dir, "walnet experiment"):
+        scores = finished_scores(spec, data or fingerprint(run))
+        if scores is not None:
+            _log.info(f"{tag} reusing finished run {run_dir} (metrics.json exists)")
+            return scores
+        if (run_dir / "last.pt").is_file():
+            _log.info(f"{tag} resuming interrupted run {run_dir} from last.pt")
+            run = replace(run, resume=run_dir / "last.pt")
+        else:
+            _log.info(f"{tag} training into {run_dir}")
+        train_run(run)
+        # best.pt is written just after last.pt; fall back if interrupted in between
+        ckpt = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
+        scores = evaluate_run(replace(spec.scoring, checkpoint=ckpt))
+    found = ((name, metric_value(scores, key)) for key, name in PAPER_METRICS)
+    _log.info(f"{tag} test: " + ", ".join(f"{name} {value:.3f}" for name, value in found if value is not None))
+    return scores
 
 
 def check_seeds(seeds: Sequence[int]) -> None:
@@ -319,13 +219,114 @@ def _check_experiment(pairs, seeds: Sequence[int], output, train: TrainConfig, e
         pick_device(evaluate.device)
 
 
+
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment's plan: its folder, its runs (config-major, then seed, then fold), the row
+    labels, the tables' file name and title, the number of seeds and folds, and the fingerprint
+    of its data."""
+
+    output: Path
+    runs: tuple[RunSpec, ...]
+    labels: dict[str, str]
+    name: str
+    title: str | None
+    seeds: int
+    folds: int | None
+    data: Callable[[], dict] = field(repr=False, compare=False)
+
+
+def plan_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *, train: TrainConfig,
+                    evaluate: EvalConfig | None = None, seeds: Sequence[int] = DEFAULT_SEEDS,
+                    name: str = "experiment", title: str | None = None) -> Experiment:
+    """Checks the experiment's shared settings (before any run) and lists its runs; the
+    arguments are :func:`run_experiment`'s."""
+    pairs = [(c, c) if isinstance(c, str) else (c[0], c[1]) for c in configs]
+    _check_experiment(pairs, seeds, output, train, evaluate)
+    data = dict(csv=train.csv, data_dir=train.data_dir)
+    if evaluate is None:  # the defaults, with train's device, workers and skip_bad
+        evaluate = EvalConfig(checkpoint="best.pt", **data, device=train.device, workers=train.workers,
+                              skip_bad=train.skip_bad)
+    output = Path(output)
+    folds = range(train.folds) if train.folds is not None else (None,)
+    runs = []
+    for model, _ in pairs:
+        for seed, fold in ((seed, fold) for seed in seeds for fold in folds):
+            run_dir = fold_dir(output / "runs" / model / f"seed{seed}", fold)
+            # a fold run saves its test predictions beside its checkpoint, for the pooled scores
+            saved = None if fold is None else run_dir / PREDICTIONS_FILE
+            scoring = replace(evaluate, checkpoint=run_dir / "best.pt", **data, split="test", output=None,
+                              save_predictions=saved)
+            run = replace(train, output=run_dir, model=model, seed=seed, resume=None, fold=fold)
+            runs.append(RunSpec(model, seed, fold, run, scoring))
+    return Experiment(output, tuple(runs), dict(pairs), name, title, len(seeds), train.folds, fingerprint(train))
+
+
+def write_tables(experiment: Experiment, partial: bool = False) -> list[dict]:
+    """Reads every run's scores (``metrics.json``; with folds, ``predictions.csv`` too) and writes
+    ``<name>.csv``, ``<name>_runs.csv`` and ``<name>.md`` (with folds, ``<name>_pooled.csv``);
+    returns the aggregated rows (see :func:`aggregate`) and logs the Markdown. A run not finished
+    is a ValueError naming it. `partial`: the runs were not run (checked) by this call: each
+    finished one is checked to be a run of this experiment (:func:`finished_scores`), and those
+    not finished are named in a warning: the tables hold the finished runs (the pooled scores
+    those seeds whose folds all finished)."""
+    results, missing = [], []
+    for spec in experiment.runs:
+        if partial:
+            scores = finished_scores(spec, experiment.data)
+        else:  # each was checked by execute_run, which wrote or reused its scores
+            scores = read_metrics(spec.run_dir / "metrics.json", TABLE_KEYS)
+        if scores is None:
+            missing.append(spec)
+            continue
+        where = {} if spec.fold is None else {"fold": spec.fold, "predictions": spec.run_dir / PREDICTIONS_FILE}
+        results.append({**scores, "config": spec.config, "seed": spec.seed, **where})
+    if missing:
+        named = ", ".join(f"{s.tag} ({s.run_dir})" for s in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        text = f"{len(missing)} of {len(experiment.runs)} runs are not finished: {named}"
+        if not partial or not results:
+            raise ValueError(f"{text}; run the experiment to train them")
+        _log.warning(f"{text}; the tables hold the {len(results)} finished runs")
+    output, name, folds = experiment.output, experiment.name, experiment.folds
+    main, per_class = PAPER_METRICS + CLINICAL_METRICS, per_class_metrics(results)
+    metric_keys = [k for k, _ in main + tuple(per_class)]
+    rows = aggregate(results, metric_keys, labels=experiment.labels)
+    output.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, output / f"{name}.csv", metric_keys)
+    write_runs_csv(results, output / f"{name}_runs.csv", metric_keys)
+    over = "seed(s)" if folds is None else f"runs ({folds} folds x {experiment.seeds} seed(s))"
+    markdown = to_markdown(rows, main, title=experiment.title or name, over=over)
+    if per_class:
+        markdown += "\n" + to_markdown(rows, per_class, title="Per-class sensitivity and specificity (one class "
+                                                               "against the rest)", over=over)
+    if folds is not None:
+        counts = {}
+        for r in results:
+            counts[r["config"], r["seed"]] = counts.get((r["config"], r["seed"]), 0) + 1
+        complete = [r for r in results if counts[r["config"], r["seed"]] == folds]
+        pooled = aggregate(pooled_scores(complete), metric_keys, labels=experiment.labels)
+        write_csv(pooled, output / f"{name}_pooled.csv", metric_keys)
+        markdown += "\n" + to_markdown(pooled, main, title=f"Pooled out-of-fold scores (the {folds} folds' "
+                                                            "test predictions of each seed scored together)")
+    write_text(output / f"{name}.md", markdown)
+    _log.info(markdown)
+    return rows
+
+
+def run_sequential(runs: Sequence[RunSpec], data: Callable[[], dict] | None = None) -> bool:
+    """Runs `runs` one after another in this process (:func:`execute_run`); True (all done)."""
+    for spec in runs:
+        execute_run(spec, data)
+    return True
+
+
 def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *, train: TrainConfig,
                    evaluate: EvalConfig | None = None, seeds: Sequence[int] = DEFAULT_SEEDS,
                    name: str = "experiment", title: str | None = None,
-                   ) -> list[dict]:
+                   launch: Callable[[Sequence[RunSpec]], bool] | None = None, aggregate_only: bool = False,
+                   ) -> list[dict] | None:
     """Trains every config for every seed, scores its ``best.pt`` on the test split, and writes
-    ``output/<name>.csv``, ``output/<name>_runs.csv`` and ``output/<name>.md``; returns the
-    aggregated rows (see :func:`aggregate`) and logs the Markdown table.
+    the tables (:func:`write_tables`); returns the aggregated rows (see :func:`aggregate`).
 
     ``configs``: model names (see ``walnet.models.model_names()``) or (model name, row label)
     pairs. ``train``: the template of every run: its data is the experiment's, its other
@@ -339,57 +340,15 @@ def run_experiment(configs: Sequence[str] | Sequence[tuple[str, str]], output, *
     ``.../seed<k>/fold<i>/``, each saving its test predictions (``predictions.csv``; a fold run
     without them is scored again); the pooled out-of-fold scores go to ``output/<name>_pooled.csv``
     and a last table of ``<name>.md``.
+
+    ``launch``: what runs the runs (:mod:`walnet.engine.launch`; default: one after another
+    here); it returns False when it only submitted them (then no tables are written and None is
+    returned). ``aggregate_only``: run nothing; the tables of the finished runs, naming the others.
     """
-    from walnet.data import load_records
-    from walnet.data.splits import data_record
-    from walnet.engine.lock import run_lock
-    from walnet.engine.evaluation import evaluate_run
-    from walnet.engine.trainer import train as train_run
-
-    pairs = [(c, c) if isinstance(c, str) else (c[0], c[1]) for c in configs]
-    _check_experiment(pairs, seeds, output, train, evaluate)
-    data = dict(csv=train.csv, data_dir=train.data_dir)
-    fingerprint = functools.cache(lambda: data_record(*load_records(train.data_dir, train.csv, train.classes)))
-
-    def scoring(checkpoint: Path) -> EvalConfig:
-        # a fold run saves its test predictions beside its checkpoint, for the pooled scores
-        saved = Path(checkpoint).parent / PREDICTIONS_FILE if train.folds is not None else None
-        if evaluate is None:
-            return EvalConfig(checkpoint=checkpoint, **data, device=train.device, workers=train.workers,
-                              skip_bad=train.skip_bad, save_predictions=saved)
-        return replace(evaluate, checkpoint=checkpoint, **data, split="test", output=None, save_predictions=saved)
-
-    output = Path(output)
-    folds = range(train.folds) if train.folds is not None else (None,)
-    keep = (PREDICTIONS_FILE,) if train.folds is not None else ()
-    results = []
-    for model, _ in pairs:
-        for seed, fold in ((seed, fold) for seed in seeds for fold in folds):
-            run_dir = fold_dir(output / "runs" / model / f"seed{seed}", fold)
-            tag = f"[{model} seed {seed}{'' if fold is None else f' fold {fold}'}]"
-            run = replace(train, output=run_dir, model=model, seed=seed, resume=None, fold=fold)
-            with run_lock(run_dir, "walnet experiment"):
-                result = _run_one(run, tag, scoring, train_run, evaluate_run, fingerprint, keep)
-            scores = ((name, metric_value(result, key)) for key, name in PAPER_METRICS)
-            _log.info(f"{tag} test: " + ", ".join(f"{name} {value:.3f}" for name, value in scores if value is not None))
-            where = {} if fold is None else {"fold": fold, "predictions": run_dir / PREDICTIONS_FILE}
-            results.append({**result, "config": model, "seed": seed, **where})
-    main, per_class = PAPER_METRICS + CLINICAL_METRICS, per_class_metrics(results)
-    metric_keys = [k for k, _ in main + tuple(per_class)]
-    rows = aggregate(results, metric_keys, labels=dict(pairs))
-    output.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, output / f"{name}.csv", metric_keys)
-    _write_runs_csv(results, output / f"{name}_runs.csv", metric_keys)
-    over = "seed(s)" if train.folds is None else f"runs ({train.folds} folds x {len(seeds)} seed(s))"
-    markdown = to_markdown(rows, main, title=title or name, over=over)
-    if per_class:
-        markdown += "\n" + to_markdown(rows, per_class, title="Per-class sensitivity and specificity (one class "
-                                                               "against the rest)", over=over)
-    if train.folds is not None:
-        pooled = aggregate(pooled_scores(results), metric_keys, labels=dict(pairs))
-        write_csv(pooled, output / f"{name}_pooled.csv", metric_keys)
-        markdown += "\n" + to_markdown(pooled, main, title=f"Pooled out-of-fold scores (the {train.folds} folds' "
-                                                            "test predictions of each seed scored together)")
-    write_text(output / f"{name}.md", markdown)
-    _log.info(markdown)
-    return rows
+    experiment = plan_experiment(configs, output, train=train, evaluate=evaluate, seeds=seeds, name=name,
+                                 title=title)
+    if not aggregate_only:
+        done = launch(experiment.runs) if launch is not None else run_sequential(experiment.runs, experiment.data)
+        if not done:
+            return None
+    return write_tables(experiment, partial=aggregate_only)

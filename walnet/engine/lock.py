@@ -6,7 +6,10 @@ exactly one gets it; the other fails at once with an error naming the folder and
 lock is removed when the run ends, also on an error. A lock left by a killed run is stale when
 its pid is not running on this host (or now belongs to a process that started later); it is
 reported, replaced, and the run goes on. A lock from another host cannot be checked and is
-treated as live (the error says to delete the file if no run is active there).
+treated as live (the error says to delete the file if no run is active there), unless it was
+taken in a SLURM job (it records ``SLURM_JOB_ID``) that no longer runs: this process's own job
+(requeued after a preemption, so its earlier run was stopped) or one ``squeue`` lists in no
+running state; so a preempted job array resubmitted resumes its runs on any node.
 
 Locks are re-entrant within a process: ``walnet experiment`` holds a run's folder across its
 training and scoring, and the ``train`` it calls inside finds the folder already held by itself.
@@ -18,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -70,6 +74,8 @@ def _describe(info: dict) -> str:
     parts = [f"pid {info.get('pid')}"]
     if info.get("host") and info.get("host") != socket.gethostname():
         parts.append(f"on host {info['host']}")
+    if info.get("slurm_job"):
+        parts.append(f"in SLURM job {info['slurm_job']}")
     if info.get("command"):
         parts.append(f"({info['command']}, since {info.get('time', '?')})")
     return " ".join(parts)
@@ -100,11 +106,32 @@ def _age(path: Path) -> float:
         return 0.0
 
 
+#: SLURM job states in which a job's processes run (``squeue -o %T``).
+_SLURM_RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT",
+                  "RESIZING"}
+
+
+def _slurm_job_ended(job: str) -> bool:
+    """Whether SLURM job `job` runs no more: it is this process's job (SLURM runs a job once at a
+    time, so a lock of it on another host is that of a requeued job's earlier run), or squeue
+    lists it in no running state (or no more). False where squeue cannot tell."""
+    if job == os.environ.get("SLURM_JOB_ID"):
+        return True
+    try:
+        done = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    if done.returncode != 0:
+        return "invalid job id" in done.stderr.lower()  # purged from SLURM's memory: long ended
+    return not set(done.stdout.split()) & _SLURM_RUNNING
+
+
 def _is_stale(info: dict) -> bool:
     if not info:
         return True
     if info.get("host") != socket.gethostname():
-        return False  # cannot see another host's processes
+        # another host's processes cannot be seen; a SLURM job's state can
+        return info.get("slurm_job") is not None and _slurm_job_ended(str(info["slurm_job"]))
     return not _alive(info["pid"], info.get("started"))
 
 
@@ -116,6 +143,8 @@ def _create(path: Path, command: str) -> bool:
         return False
     info = {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_time(os.getpid()),
             "command": command, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if os.environ.get("SLURM_JOB_ID"):
+        info["slurm_job"] = os.environ["SLURM_JOB_ID"]
     with os.fdopen(fd, "w") as f:
         json.dump(info, f)
     return True
