@@ -115,7 +115,7 @@ def segmentation_panel(path, images, pseudo=None, pred=None, truth=None, titles=
     if titles is not None and len(titles) != m:
         raise ValueError(f"{len(titles)} titles for {m} images")
     title_lines = 0 if titles is None else max(str(t).count("\n") + 1 for t in titles)
-    fig = Figure(figsize=(1.75 * len(columns) + 0.3, (1.95 + 0.17 * title_lines) * m + 0.45), dpi=DPI,
+    fig = Figure(figsize=(1.75 * len(columns) + 0.3, (1.8 + 0.17 * title_lines) * m + 0.45), dpi=DPI,
                  layout="constrained")
     rows = fig.subfigures(m, 1, squeeze=False)[:, 0]
     for row, sub in enumerate(rows):
