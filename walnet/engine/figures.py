@@ -49,9 +49,11 @@ def figure_names(names, formats="png") -> list[str]:
 def save_figure(fig: Figure, path, formats="png") -> list[Path]:
     """Writes `fig` at :data:`DPI` to `path` in `formats` (see :func:`figure_paths`: a PDF beside
     or instead of the PNG, same base name), each file atomically; returns the files written.
-    The figure keeps its size in inches: a PNG is ``figsize x DPI`` pixels."""
+    The figure keeps its size in inches (rounded to whole pixels): a PNG is ``figsize x DPI`` pixels."""
     if not isinstance(fig.canvas, FigureCanvasAgg):
         FigureCanvasAgg(fig)
+    # whole pixels: matplotlib truncates figsize x dpi, which would lose a row to rounding (4.75 in x 300)
+    fig.set_size_inches(np.round(fig.get_size_inches() * DPI) / DPI)
     written = []
     # TrueType fonts in the PDF (not Type 3): editable text, which journals' production asks for
     with matplotlib.rc_context({"pdf.fonttype": 42}):
