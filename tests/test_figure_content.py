@@ -136,7 +136,7 @@ def test_macro_roc_matches_sklearn(seed, tmp_path):
     mid = (grid[:-1] + grid[1:]) / 2
     np.testing.assert_allclose(np.interp(mid, fpr, tpr), _sklearn_macro_curve(targets, probs, mid), atol=1e-12)
     fig = figures.roc_figure(tmp_path / "roc.png", targets, probs, CLASSES)
-    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels[-1] == f"macro-average (AUC {want:.3f})"
     for c, name in enumerate(CLASSES):
         assert labels[c] == f"{name} (AUC {sk_metrics.roc_auc_score(targets == c, probs[:, c]):.3f})"
@@ -148,7 +148,7 @@ def test_macro_roc_leaves_out_an_absent_class(tmp_path):
     want = np.mean([sk_metrics.roc_auc_score(targets == c, probs[:, c]) for c in (0, 1)])
     assert figures.macro_roc(targets, probs)[2:] == (pytest.approx(want, abs=1e-12), [0, 1])
     fig = figures.roc_figure(tmp_path / "roc.png", targets, probs, CLASSES)
-    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels[2] == "mixed-echoic (AUC n/a)" and labels[-1] == f"macro-average (AUC {want:.3f}, 2 of 3 classes)"
 
 
@@ -222,3 +222,14 @@ def test_predict_overlay_titles_show_the_true_class_where_the_csv_has_it(tmp_pat
     predict(ckpt, images[:1], tmp_path / "q.csv", overlays_dir=tmp_path / "o2", device="cpu")
     assert len(made) == 1 and "true" not in made[0].axes[0].get_title()
     assert "predicted" in made[0].axes[0].get_title()
+
+
+def test_figure_format_flag(capsys):
+    from walnet import cli
+
+    base = ["evaluate", "--checkpoint", "c", "--csv", "x"]
+    assert cli.build_parser().parse_args(base).figure_format == "png"
+    assert cli.build_parser().parse_args([*base, "--figure-format", "pdf"]).figure_format == "pdf"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([*base, "--figure-format", "svg"])
+    assert "argument --figure-format: invalid choice: 'svg'" in capsys.readouterr().err

@@ -133,7 +133,7 @@ def roc_figure(path, targets, probs, class_names=None, title: str = "ROC", forma
         raise ValueError(f"probs must be [N,K] with N = {targets.size}, got {probs.shape}")
     k = probs.shape[1]
     names = list(class_names) if class_names is not None else [str(c) for c in range(k)]
-    fig = Figure(figsize=(5.5, 5.5), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(5.5, 6.2), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     for c in range(k):
         positive = targets == c
@@ -156,7 +156,8 @@ def roc_figure(path, targets, probs, class_names=None, title: str = "ROC", forma
     ax.plot([0, 1], [0, 1], color="0.75", linewidth=0.8, zorder=0)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate", ylabel="True positive rate", title=title)
     ax.set_aspect("equal")
-    ax.legend(loc="lower right", fontsize="small")
+    # below the plot: inside, it would hide the curves of a poor model (lower right)
+    fig.legend(loc="outside lower center", ncol=2, fontsize="small", frameon=False)
     save_figure(fig, path, formats)
     return fig
 

@@ -151,8 +151,11 @@ def _draw_overlay(ax, image, attention=None, mask=None, box=None, title=None):
                          extent=extent)
     if mask is not None:
         full = _nearest(np.asarray(mask) == 1, height, width)
-        if full.any() and not full.all():  # a constant mask has no contour (matplotlib would warn)
-            contour = ax.contour(full.astype(float), levels=[0.5], colors=_CONTOUR, linewidths=1.5)
+        if full.any():  # an empty mask has no contour (matplotlib would warn)
+            # a border of background: plaque at the image's edge (or everywhere) is outlined there too
+            padded = np.pad(full, 1).astype(float)
+            contour = ax.contour(np.arange(-1, width + 1), np.arange(-1, height + 1), padded, levels=[0.5],
+                                 colors=_CONTOUR, linewidths=1.5)
             contour.set_path_effects(_EDGE)
     if box is not None:
         grid = np.asarray(mask).shape if mask is not None else np.asarray(attention).shape
