@@ -63,7 +63,8 @@ def test_attention_overlay_colour_bar_colour_map_and_title(tmp_path):
     fig = panels.attention_overlay(tmp_path / "o.png", np.full((40, 40), 0.5), attention, mask, (2, 2, 7, 7),
                                    title=title)
     image_axes = [ax for ax in fig.axes if ax.get_title()]
-    assert len(image_axes) == 1 and image_axes[0].get_title() == "a.png\ntrue mixed-echoic / predicted hypoechoic (p=0.87)"
+    assert len(image_axes) == 1
+    assert image_axes[0].get_title() == "a.png\ntrue mixed-echoic / predicted hypoechoic (p=0.87)"
     heat = [im for im in image_axes[0].get_images() if im.get_array().shape == (10, 10)]
     assert len(heat) == 1 and heat[0].get_cmap().name == "viridis"
     assert heat[0].get_clim() == (0, 1)
@@ -174,7 +175,8 @@ def test_evaluate_figure_format_titles_and_files(tmp_path, monkeypatch):
     out = tmp_path / "scores"
     result = evaluate_run(EvalConfig(checkpoint=ckpt, csv=csv_path, split="train", output=out, batch_size=4,
                                      device="cpu", figure_format="both", save_predictions=tmp_path / "p.csv"))
-    names = [f"{n}.{e}" for n in ("roc", "confusion", "reliability", "segmentation", "attention") for e in ("png", "pdf")]
+    names = [f"{n}.{e}" for n in ("roc", "confusion", "reliability", "segmentation", "attention")
+             for e in ("png", "pdf")]
     assert result["figures"] == names == json.loads((out / "metrics.json").read_text())["figures"]
     assert sorted(p.name for p in out.iterdir()) == sorted(names + ["metrics.json"])
     assert set(names) <= set(EVAL_FILES)
