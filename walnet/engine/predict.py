@@ -116,7 +116,7 @@ def predict(config: PredictConfig | str | Path, inputs=None, output_csv=None, **
     resized nearest to the image size as read, a DICOM frame's after its region crop, 0 / 255
     8-bit; with an ROI box, resized to the box and 0 outside it) is written there as
     ``<image stem>.png`` (``<stem>_1.png``, ... for repeated stems). With `overlays_dir`, each image's attention overlay
-    (:func:`walnet.engine.figures.attention_overlay`: the fused attention A1·A2·A3 as the PGM
+    (:func:`walnet.engine.panels.attention_overlay`: the fused attention A1·A2·A3 as the PGM
     fuses it, as a heat map over the image, or over its ROI crop, at the file's resolution; the
     predicted mask's contour; the box the RCM crops; titled with the file, the predicted class
     and its probability and, where ``csv`` labels the images, the true class) is written there
