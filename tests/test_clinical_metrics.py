@@ -162,7 +162,8 @@ def test_patient_metrics_carry_the_intervals_and_calibration():
 def test_reliability_figure(tmp_path):
     target, probs = _predictions()
     m = calibration_metrics(target, probs)
-    path = figures.reliability_figure(tmp_path / "reliability.png", m["calibration"], m["ece"], title="R (test)")
+    path = tmp_path / "reliability.png"
+    figures.reliability_figure(path, m["calibration"], m["ece"], title="R (test)")
     with Image.open(path) as img:
         assert img.format == "PNG"
         img.load()

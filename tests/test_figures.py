@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from walnet.data import PlaqueDataset, phantom, read_csv, save_split, split_indices
-from walnet.engine import figures
+from walnet.engine import figures, panels
 from walnet.engine.checkpoint import save_checkpoint
 from walnet.engine.config import EvalConfig, TrainConfig
 from walnet.engine.loops import EvalOutputs, evaluate
@@ -62,10 +62,12 @@ def test_roc_and_confusion_figures(tmp_path):
     probs = rng.dirichlet(np.ones(3), size=30)
     probs[np.arange(30), targets] += 0.5
     probs /= probs.sum(axis=1, keepdims=True)
-    _png(figures.roc_figure(tmp_path / "roc.png", targets, probs, CLASSES))
+    figures.roc_figure(tmp_path / "roc.png", targets, probs, CLASSES)
     # a class absent from the targets has no curve, but the figure is still drawn
-    _png(figures.roc_figure(tmp_path / "roc2.png", torch.tensor([0, 1, 0, 1]), torch.rand(4, 3), CLASSES))
-    _png(figures.confusion_figure(tmp_path / "confusion.png", [[5, 1, 0], [2, 7, 1], [0, 0, 0]], CLASSES))
+    figures.roc_figure(tmp_path / "roc2.png", torch.tensor([0, 1, 0, 1]), torch.rand(4, 3), CLASSES)
+    figures.confusion_figure(tmp_path / "confusion.png", [[5, 1, 0], [2, 7, 1], [0, 0, 0]], CLASSES)
+    for name in ("roc.png", "roc2.png", "confusion.png"):
+        _png(tmp_path / name)
     with pytest.raises(ValueError, match="square"):
         figures.confusion_figure(tmp_path / "bad.png", [[1, 2, 3]], CLASSES)
     with pytest.raises(ValueError, match=r"\[N,K\]"):
@@ -81,17 +83,18 @@ def test_segmentation_panel_with_and_without_masks(tmp_path):
     pred = np.random.default_rng(0).integers(0, 2, (m, 12, 12)).astype(np.uint8)
     truth = np.zeros((m, 12, 12), np.uint8)
     truth[:, 4:8, 4:8] = 1
-    full = _png(figures.segmentation_panel(tmp_path / "full.png", images, pseudo, pred, truth,
-                                           titles=["a.png", "b.png", "c.png"]))
+    panels.segmentation_panel(tmp_path / "full.png", images, pseudo, pred, truth, titles=["a.png", "b.png", "c.png"])
+    full = _png(tmp_path / "full.png")
     # no masks at all: the image column alone; HWC 0..255 images are accepted too
-    alone = _png(figures.segmentation_panel(tmp_path / "alone.png", (images.permute(0, 2, 3, 1) * 255).numpy()),
-                 min_side=100)
+    panels.segmentation_panel(tmp_path / "alone.png", (images.permute(0, 2, 3, 1) * 255).numpy(),
+                              titles=["a.png", "b.png", "c.png"])
+    alone = _png(tmp_path / "alone.png", min_side=100)
     assert alone[0] < full[0] and alone[1] == full[1]
     with Image.open(tmp_path / "full.png") as img:
         rgb = np.asarray(img.convert("RGB"))
     assert (np.abs(rgb.astype(int) - 128) <= 2).all(axis=-1).sum() > 100  # the grey of the 255 sample
     with pytest.raises(ValueError, match="masks for"):
-        figures.segmentation_panel(tmp_path / "bad.png", images, pred=pred[:2])
+        panels.segmentation_panel(tmp_path / "bad.png", images, pred=pred[:2])
 
 
 def test_a_failed_figure_leaves_no_file(tmp_path, monkeypatch):
@@ -187,21 +190,22 @@ def test_attention_overlay_heat_map_contour_and_box(tmp_path):
     attention[:5, :7] = 1.0  # hot in the top-left quarter only
     mask = np.zeros((10, 15), np.uint8)
     mask[2:6, 3:9] = 1
-    plain = figures.attention_overlay(tmp_path / "plain.png", image, title="hypoechoic (80.0%)")
-    drawn = figures.attention_overlay(tmp_path / "drawn.png", image, attention, mask, (1, 2, 7, 10),
-                                      title="hypoechoic (80.0%)")
-    a, b = _png_array(plain), _png_array(drawn)
-    assert a.shape == b.shape == (round(figures.OVERLAY_WIDTH * 40 / 60 + 60), figures.OVERLAY_WIDTH, 3)
-    changed = np.abs(a - b).sum(axis=2) > 0.1
-    rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
-    top, bottom, left, right = rows[0], rows[-1], cols[0], cols[-1]  # the image's area
+    fig = panels.attention_overlay(tmp_path / "drawn.png", image, attention, mask, (1, 2, 7, 10),
+                                   title="hypoechoic (80.0%)")
+    b = _png_array(tmp_path / "drawn.png")
+    assert b.shape == (round(fig.get_size_inches()[1] * figures.DPI), panels.OVERLAY_WIDTH, 3)
+    # the image's area, as the figure placed it (display pixels, origin bottom left)
+    box = fig.axes[0].get_window_extent()
+    top, bottom = b.shape[0] - int(box.y1), b.shape[0] - int(box.y0)
+    left, right = int(box.x0), int(box.x1)
     mid_y, mid_x = (top + bottom) // 2, (left + right) // 2
-    hot = b[top + 5:mid_y - 30, left + 5:mid_x - 30]
-    cold = b[mid_y + 30:bottom - 5, mid_x + 30:right - 5]
-    assert (hot[..., 0] - hot[..., 2]).mean() > 0.2  # red where the attention is
-    assert (cold[..., 2] - cold[..., 0]).mean() > 0.2  # blue where it is not
+    hot = b[top + 15:mid_y - 60, left + 15:mid_x - 60]
+    cold = b[mid_y + 60:bottom - 15, mid_x + 60:right - 15]
+    # viridis over grey: yellow where the attention is, purple where it is not
+    assert ((hot[..., 0] + hot[..., 1]) / 2 - hot[..., 2]).mean() > 0.2
+    assert (cold[..., 2] - cold[..., 1]).mean() > 0.1 and (cold[..., 0] - cold[..., 1]).mean() > 0.05
     with pytest.raises(ValueError, match="attention: 1 for 2 images"):
-        figures.attention_panel(tmp_path / "p.png", np.zeros((2, 3, 8, 8)), np.zeros((1, 2, 2)))
-    figures.attention_panel(tmp_path / "p.png", np.zeros((4, 3, 8, 8)), np.zeros((4, 2, 2)),
+        panels.attention_panel(tmp_path / "p.png", np.zeros((2, 3, 8, 8)), np.zeros((1, 2, 2)))
+    panels.attention_panel(tmp_path / "p.png", np.zeros((4, 3, 8, 8)), np.zeros((4, 2, 2)),
                             np.zeros((4, 2, 2)), np.zeros((4, 4), int), titles=list("abcd"))
     _png(tmp_path / "p.png")

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from walnet.data import phantom
-from walnet.engine import figures
+from walnet.engine import panels
 from walnet.engine.config import PredictConfig
 from walnet.engine.predict import predict
 
@@ -132,11 +132,13 @@ def test_overlays_one_png_per_image(setup, tmp_path):
     rows = _rows(tmp_path / "p.csv")
     assert [Path(r["overlay"]).name for r in rows] == [p.name for p in images[:2]]
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in images[:2])
-    # the figure's width is fixed, its height follows the region the model saw (the crop, or the image)
-    for r, (h, w) in zip(rows, [(BOX[2] - BOX[0] + 1, BOX[3] - BOX[1] + 1), (48, 48)]):
+    # the figure's width is fixed, its height follows the region the model saw (the square crop, the square image)
+    sizes = []
+    for r in rows:
         with Image.open(r["overlay"]) as png:
-            assert png.format == "PNG"
-            assert png.size == (figures.OVERLAY_WIDTH, round(figures.OVERLAY_WIDTH * h / w + 60))
+            assert png.format == "PNG" and png.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+            sizes.append(png.size)
+    assert sizes[0] == sizes[1] and sizes[0][0] == panels.OVERLAY_WIDTH
     # existing overlays are kept without --overwrite
     before = (out / images[0].name).read_bytes()
     with pytest.raises(FileExistsError, match="overlay"):

@@ -27,8 +27,8 @@ import re
 import sys
 import warnings
 
-from walnet.engine.config import (EVAL_METRICS, SPLITS, CalibrateConfig, DemoConfig, EvalConfig, ExportConfig,
-                                  PredictConfig, TrainConfig)
+from walnet.engine.config import (EVAL_METRICS, FIGURE_FORMATS, SPLITS, CalibrateConfig, DemoConfig, EvalConfig,
+                                  ExportConfig, PredictConfig, TrainConfig)
 from walnet.console import console_log, show_warning
 from walnet.engine.config_fields import options
 from walnet.engine.experiment import DEFAULT_SEEDS, TABLES
@@ -63,6 +63,7 @@ _FLAGS = {"batch_size": ("-b", "--batch-size"), "workers": ("-j", "--workers"), 
           "overlays_dir": ("--overlays",), "formats": ("--format",)}
 #: argparse settings that the fields' types do not imply.
 _EXTRA = {"split": {"choices": SPLITS}, "eval_metric": {"choices": EVAL_METRICS}, "masks_dir": {"metavar": "DIR"},
+          "figure_format": {"choices": FIGURE_FORMATS},
           "overlays_dir": {"metavar": "DIR"},
           "inputs": {"metavar": "INPUT"}, "classes": {"type": _names, "metavar": "A,B,C"},
           "formats": {"type": _names, "metavar": "FORMAT[,FORMAT]"}, "sched": {"choices": SCHEDULES},

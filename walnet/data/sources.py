@@ -323,6 +323,23 @@ def read_csv(csv_path: str | Path, classes=None, *, labels: bool = True,
     return _dedupe(entries, where, names, per_box), names
 
 
+def csv_labels(csv_path, records: list[Record], classes) -> list[int | None]:
+    """The class index of each of `records` (read from `csv_path` with ``labels=False, per_box=True``,
+    as prediction reads it) that the CSV's ``label`` column gives, matched to `classes` as
+    :func:`read_csv` matches them; all None where `csv_path` is None or its labels are not
+    complete (no column, an empty cell, a class not in `classes`)."""
+    if csv_path is not None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the CSV's warnings were shown when it was first read
+                labelled, _ = read_csv(csv_path, classes, per_box=True)
+        except ValueError:
+            labelled = []
+        if [(r.path, r.box, r.frame) for r in labelled] == [(r.path, r.box, r.frame) for r in records]:
+            return [r.label for r in labelled]
+    return [None] * len(records)
+
+
 def check_data_path(data_dir=None, csv_path=None) -> None:
     """The data option given is a file (``--csv``) or a folder (``--data-dir``) that exists."""
     if csv_path is not None:

@@ -55,8 +55,10 @@ RESUME_MAY_CHANGE = frozenset({"epochs", "resume", "output", "data_dir", "csv"}
 #: Settings that name files: equal when they name the same file.
 _PATH_SETTINGS = ("data_dir", "csv", "pretrained_file")
 
-#: The files ``walnet evaluate`` writes into its folder.
-EVAL_FILES = ("metrics.json", "roc.png", "confusion.png", "reliability.png", "segmentation.png", "attention.png")
+#: The figures ``walnet evaluate`` draws, by base name (each a .png and/or .pdf, ``--figure-format``).
+EVAL_FIGURES = ("roc", "confusion", "reliability", "segmentation", "attention")
+#: The files ``walnet evaluate`` may write into its folder.
+EVAL_FILES = ("metrics.json", *(f"{name}.{ext}" for name in EVAL_FIGURES for ext in ("png", "pdf")))
 
 
 def check_output(output, flag: str = "--output", reads: Inputs | None = None, writes=RUN_FILES,

@@ -30,6 +30,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 EVAL_METRICS = ("accuracy", "macro_f1", "kappa", "auc")
 #: The formats ``walnet export`` writes; safetensors (the weights) is always among them.
 EXPORT_FORMATS = ("safetensors", "pt2", "onnx")
+#: The files each figure is written as (``--figure-format``): PNG, vector PDF or both, at 300 dpi.
+FIGURE_FORMATS = ("png", "pdf", "both")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,6 +192,8 @@ class EvalConfig(ConfigBase):
     skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing", group="data")
     figures: bool = option(True, "write roc.png, confusion.png, reliability.png, segmentation.png and "
                            "attention.png (off: metrics.json only)")
+    figure_format: str = option("png", "figure files at 300 dpi: png, pdf (vector) or both (the same base names)",
+                                group="output")
     save_predictions: str | None = option(None, "also write a CSV of every scored image: path, frame, patient, "
                                           "label, predicted, prob_<class>...")
     dicom_region: bool = option(True, "crop DICOM images to their ultrasound region (off: whole images; also off "
@@ -197,6 +201,8 @@ class EvalConfig(ConfigBase):
 
     def _check(self) -> None:
         _check_scoring(self)
+        if self.figure_format not in FIGURE_FORMATS:
+            raise ValueError(f"--figure-format must be one of {', '.join(FIGURE_FORMATS)}, got {self.figure_format!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,13 +216,14 @@ class PredictConfig(ConfigBase):
     inputs: tuple[str, ...] = option((), "image files and/or folders (scanned recursively); or --csv", group="inputs")
     csv: str | None = option(None, "instead of INPUT: a CSV path[,label][,...][,y1,x1,y2,x2 or xmin,ymin,xmax,ymax] "
                              "as training reads it; each image is cropped to its ROI box as in training "
-                             "(labels are not needed, and ignored)", group="inputs")
+                             "(labels are not needed; where given, overlays show them)", group="inputs")
     output: str = option(doc="CSV: path,predicted,prob_<class>... (never overwritten without --overwrite)")
     masks_dir: str | None = option(None, "also write each image's predicted plaque mask (0/255 PNG, original "
                                    "size; 0 outside the ROI box) here; needs a model with a segmentation head")
     overlays_dir: str | None = option(None, "also write a PNG per image here: the fused attention as a heat map "
                                       "over the image (its ROI crop), the predicted mask's contour and the RCM "
-                                      "box, titled with the predicted class; needs a WAL-Net with its PGM")
+                                      "box, titled with the predicted class (and the true one where --csv has "
+                                      "labels); needs a WAL-Net with its PGM")
     amp: bool = option(False, "run the model under bfloat16 autocast (CUDA and CPU): faster on recent GPUs; "
                        "probabilities differ from float32 in the second or third decimal", group="runtime")
     batch_size: int = option(16, "images per batch", group="runtime")

@@ -16,7 +16,7 @@ import torch
 
 from walnet.data import PlaqueDataset, load_records
 from walnet.data.splits import recorded_split
-from walnet.engine.checks import EVAL_FILES, check_output, data_reads, pick_device
+from walnet.engine.checks import EVAL_FIGURES, EVAL_FILES, check_output, data_reads, pick_device
 from walnet.engine.config import EvalConfig
 from walnet.engine.inputs import Inputs
 from walnet.engine.loading import TrainedModel, load_model
@@ -54,7 +54,8 @@ def evaluate_run(config: EvalConfig) -> dict:
     (Fig. 5), ``reliability.png`` (the reliability diagram) and, where the split has true masks
     and the model a segmentation head, ``segmentation.png`` (Fig. 6) and ``attention.png`` (the
     same samples' fused attention over the image, the predicted mask's contour and the RCM
-    box); their names are listed under ``"figures"`` in the result. With ``save_predictions``,
+    box), each at 300 dpi as PNG, PDF or both (``figure_format``); their file names are listed
+    under ``"figures"`` in the result. With ``save_predictions``,
     the per-image predictions go to that CSV file (:mod:`walnet.engine.predictions`), before
     ``metrics.json``."""
     ckpt = Path(config.checkpoint)
@@ -81,9 +82,11 @@ def evaluate_run(config: EvalConfig) -> dict:
     result.update(split=config.split, images=len(dataset), checkpoint=str(ckpt), epoch=int(state["epoch"]),
                   temperature=trained.temperature)
     if figures:
-        result["figures"] = (["roc.png", "confusion.png", "reliability.png"]
-                             + (["segmentation.png"] if outputs.images is not None else [])
-                             + (["attention.png"] if outputs.attention is not None else []))
+        from walnet.engine.figures import figure_names  # matplotlib only when figures are asked for
+
+        drawn = [n for n in EVAL_FIGURES if (n != "segmentation" or outputs.images is not None)
+                 and (n != "attention" or outputs.attention is not None)]
+        result["figures"] = figure_names(drawn, config.figure_format)
     if config.save_predictions is not None:
         write_predictions(config.save_predictions, dataset.records, outputs.order, outputs.probs, classes)
     out = Path(config.output) if config.output else ckpt.parent
@@ -91,7 +94,7 @@ def evaluate_run(config: EvalConfig) -> dict:
     with atomic_open(out / "metrics.json", text=True) as f:
         json.dump(result, f, indent=2)
     if figures:
-        _write_figures(out, result, outputs, dataset, classes)
+        _write_figures(out, result, outputs, dataset, classes, config.figure_format)
     return result
 
 
@@ -127,24 +130,29 @@ def _reads(config: EvalConfig) -> Inputs:
     return data_reads(reads, config.data_dir, config.csv)
 
 
-def _write_figures(out: Path, result: dict, outputs: EvalOutputs, dataset, classes) -> None:
-    from walnet.engine import figures  # matplotlib only when figures are asked for
+def _write_figures(out: Path, result: dict, outputs: EvalOutputs, dataset, classes, formats: str) -> None:
+    from walnet.engine import figures, panels  # matplotlib only when figures are asked for
 
     tag = f"{result['split']} split, {result['images']} images"
-    figures.roc_figure(out / "roc.png", outputs.targets, outputs.probs, classes, title=f"ROC ({tag})")
-    figures.confusion_figure(out / "confusion.png", result["confusion"], classes, title=f"Confusion ({tag})")
-    figures.reliability_figure(out / "reliability.png", result["calibration"], result["ece"],
-                               title=f"Reliability ({tag})")
-    if outputs.images is not None:
-        records = [dataset.records[i] for i in outputs.indices]
-        titles = [f"{r.path.name}{'' if r.frame is None else f' #{r.frame}'}\n{classes[r.label]}" for r in records]
-        figures.segmentation_panel(out / "segmentation.png", outputs.images, outputs.pseudo, outputs.pred,
-                                   outputs.truth, titles)
+    figures.roc_figure(out / "roc", outputs.targets, outputs.probs, classes, title=f"ROC ({tag})", formats=formats)
+    figures.confusion_figure(out / "confusion", result["confusion"], classes, title=f"Confusion ({tag})",
+                             formats=formats)
+    figures.reliability_figure(out / "reliability", result["calibration"], result["ece"],
+                               title=f"Reliability ({tag})", formats=formats)
+    if outputs.images is None:
+        return
+    records = [dataset.records[i] for i in outputs.indices]
+    names = [f"{r.path.name}{'' if r.frame is None else f' #{r.frame}'}" for r in records]
+    probs = _panel_probs(outputs)
+    titles = [f"{n}: {figures.class_title(classes[p.argmax()], p.max(), classes[r.label])}"
+              for n, p, r in zip(names, probs, records)]
+    panels.segmentation_panel(out / "segmentation", outputs.images, outputs.pseudo, outputs.pred, outputs.truth,
+                              titles, formats=formats)
     if outputs.attention is not None:
-        titles = [f"{dataset.records[i].path.name}: {classes[p.argmax()]} {p.max():.0%}"
-                  for i, p in zip(outputs.indices, _panel_probs(outputs))]
-        figures.attention_panel(out / "attention.png", outputs.images, outputs.attention, outputs.pred,
-                                outputs.boxes, titles)
+        titles = [f"{n}\n{figures.class_title(classes[p.argmax()], p.max(), classes[r.label], wrap=True)}"
+                  for n, p, r in zip(names, probs, records)]
+        panels.attention_panel(out / "attention", outputs.images, outputs.attention, outputs.pred, outputs.boxes,
+                               titles, formats=formats)
 
 
 def summary(result: dict) -> list[str]:

@@ -30,7 +30,7 @@ from walnet import ops
 from walnet.constants import FORMULA_PREFIXES, formula_problem
 from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record, expand_frames
 from walnet.data.dicom import DICOM_EXTENSIONS
-from walnet.data.sources import read_csv
+from walnet.data.sources import csv_labels, read_csv
 from walnet.engine.config import PredictConfig
 from walnet.engine.runtime import loader_workers
 from walnet.engine.step import check_finite, forward, probabilities
@@ -116,10 +116,11 @@ def predict(config: PredictConfig | str | Path, inputs=None, output_csv=None, **
     resized nearest to the image size as read, a DICOM frame's after its region crop, 0 / 255
     8-bit; with an ROI box, resized to the box and 0 outside it) is written there as
     ``<image stem>.png`` (``<stem>_1.png``, ... for repeated stems). With `overlays_dir`, each image's attention overlay
-    (:func:`walnet.engine.figures.attention_overlay`: the fused attention A1·A2·A3 as the PGM
+    (:func:`walnet.engine.panels.attention_overlay`: the fused attention A1·A2·A3 as the PGM
     fuses it, as a heat map over the image, or over its ROI crop, at the file's resolution; the
     predicted mask's contour; the box the RCM crops; titled with the file, the predicted class
-    and its probability) is written there under the same names. A model without a segmentation
+    and its probability and, where ``csv`` labels the images, the true class) is written there
+    under the same names. A model without a segmentation
     head (baselines, ``walnet_no_pgm``) is then an error.
 
     Nothing is written before every check passed: the CSV, masks and overlays never go over an
@@ -362,7 +363,9 @@ def _run(trained, records, region, config, device, staging, names) -> np.ndarray
     probs = np.zeros((len(records), len(classes)), dtype=np.float32)
     amp_dtype = torch.bfloat16 if config.amp else None
     if "overlay" in staging:
-        from walnet.engine import figures  # matplotlib only when overlays are asked for
+        from walnet.engine import figures, panels  # matplotlib only when overlays are asked for
+        # the true class in each title where --csv labels every row with one of the model's classes
+        truth = [None if c is None else classes[c] for c in csv_labels(config.csv, records, classes)]
     for batch in loader:
         index = batch["index"].numpy()
         out = forward(model, batch["image"].to(device), amp_dtype)
@@ -383,9 +386,10 @@ def _run(trained, records, region, config, device, staging, names) -> np.ndarray
             for k, i in enumerate(index):
                 p = batch_probs[k]
                 frame = "" if records[i].frame is None else f" frame {records[i].frame}"
-                title = f"{Path(records[i].path).name}{frame}: {classes[p.argmax()]} ({p.max():.1%})"
+                label = figures.class_title(classes[p.argmax()], p.max(), truth[i])
+                title = f"{Path(records[i].path).name}{frame}\n{label}"
                 _write(staging["overlay"] / names[i],
-                       lambda target: figures.attention_overlay(target, dataset.region(i), fused[k], seg[k],
-                                                                None if boxes is None else boxes[k], title),
+                       lambda target: panels.attention_overlay(target, dataset.region(i), fused[k], seg[k],
+                                                               None if boxes is None else boxes[k], title),
                        "overlay")
     return probs
