@@ -61,8 +61,8 @@ def _csv_probs(path: Path) -> np.ndarray:
 def test_every_input_kind_gives_training_s_probabilities(setup, tmp_path):
     root, ckpt, model, _, odd, predictor = setup
     pixels = np.array(Image.open(odd))
-    exact = {"path": odd, "str": str(odd), "numpy": pixels, "numpy RGBA": np.dstack([pixels, np.full(pixels.shape[:2], 9,
-                                                                                                       np.uint8)]),
+    alpha = np.full(pixels.shape[:2], 9, np.uint8)
+    exact = {"path": odd, "str": str(odd), "numpy": pixels, "numpy RGBA": np.dstack([pixels, alpha]),
              "PIL": Image.open(odd), "tensor": torch.from_numpy(pixels).permute(2, 0, 1)}
     floats = {"numpy float": pixels / 255.0, "tensor float": torch.from_numpy(pixels).permute(2, 0, 1).float() / 255}
     want = _oracle(model, odd)

@@ -28,76 +28,19 @@ import torch
 from PIL import Image
 
 from walnet.constants import FORMULA_PREFIXES, formula_problem
-from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record, expand_dicom
+from walnet.data.datasets import PlaqueDataset, Record, expand_dicom
 from walnet.data.dicom import DICOM_EXTENSIONS
 from walnet.data.sources import read_csv
 from walnet.engine.config import PredictConfig
 from walnet.engine.checks import pick_device
 from walnet.engine.inputs import Inputs, file_id
 from walnet.engine.loading import load_model
+from walnet.engine.image_tree import collect_images, input_images, output_names
 from walnet.engine.predictor import Predictor, place
-from walnet.files import WriteError, atomic_open, check_writable, refuse_special, staged
+from walnet.files import WriteError, atomic_open, check_writable, staged
 
 
-def collect_images(inputs, exclude=None) -> list[Path]:
-    """The image files of `inputs` (files and/or folders), in order: a file as given, a folder
-    scanned recursively for :data:`IMAGE_EXTENSIONS` (sorted; hidden files and folders, whose
-    names start with ".", skipped: temporaries and macOS "._" companions are no images). Files
-    under `exclude` (a folder or several: the masks and overlays folders) are skipped when it lies
-    inside a scanned folder, so written PNGs are not read back as input; a folder at or under
-    `exclude` is scanned whole. The same file named twice is kept once. A missing input or a
-    folder without images is an error naming it."""
-    return [path for path, _ in _collect(inputs, exclude)]
-
-
-def _collect(inputs, exclude) -> list[tuple[Path, str | None]]:
-    """:func:`collect_images` with each image's path relative to the input folder it was found
-    in (posix separators; None for a file given itself)."""
-    found: dict[Path, tuple[Path, str | None]] = {}
-    if exclude is None or isinstance(exclude, (str, os.PathLike)):
-        exclude = () if exclude is None else (exclude,)
-    skips = [Path(e).resolve() for e in exclude if e is not None]
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            here = item.resolve()
-            skip_here = [skip for skip in skips if not here.is_relative_to(skip)]
-            images = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                            and not any(part.startswith(".") for part in p.relative_to(item).parts)
-                            and not any(p.resolve().is_relative_to(skip) for skip in skip_here))
-            if not images:
-                raise ValueError(f"folder {item} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-            named = [(p, p.relative_to(item).as_posix()) for p in images]
-        elif item.is_file():
-            named = [(item, None)]
-        else:
-            refuse_special(item, f"input {item}", "a regular file; give image files or folders")
-            raise FileNotFoundError(f"input {item} does not exist")
-        for p, name in named:
-            found.setdefault(p.resolve(), (p, name))
-    if not found:
-        raise ValueError("no input images given")
-    return list(found.values())
-
-
-def output_names(records: list[Record], relative: list[str | None]) -> list[str]:
-    """The file name of each record's mask and overlay in the --masks / --overlays folder: its
-    path in `relative` (the image's place under its input folder) with ``.png`` for its suffix,
-    so the folder mirrors the input tree; ``<stem>.png`` for an image without one (a file given
-    itself, a --csv row). A DICOM frame adds ``_frame<k>``. A name
-    taken before (ignoring case) gets ``_1``, ``_2``, ... (the first free one): two outputs
-    never share a file."""
-    used, names = set(), []
-    for r, rel in zip(records, relative):
-        stem = r.path.stem if rel is None else str(PurePosixPath(rel).with_suffix(""))
-        stem = stem if r.frame is None else f"{stem}_frame{r.frame}"
-        name, k = f"{stem}.png", 0
-        while name.casefold() in used:
-            k += 1
-            name = f"{stem}_{k}.png"
-        used.add(name.casefold())
-        names.append(name)
-    return names
+__all__ = ["collect_images", "predict"]
 
 
 def predict(config: PredictConfig | str | Path, inputs=None, output_csv=None, **options) -> dict:
@@ -126,7 +69,7 @@ def predict(config: PredictConfig | str | Path, inputs=None, output_csv=None, **
     With `masks_dir`, each image's predicted segmentation (argmax of the segmentation head,
     resized nearest to the image size as read, a DICOM frame's after its region crop, 0 / 255
     8-bit; with an ROI box, resized to the box and 0 outside it) is written there under its
-    :func:`output_names` name: the folder mirrors each input folder's tree (``scans/a/b/x.jpg``
+    :func:`~walnet.engine.image_tree.output_names` name: the folder mirrors each input folder's tree (``scans/a/b/x.jpg``
     of the input ``scans`` -> ``<masks_dir>/a/b/x.png``), a file given itself or a --csv row is
     ``<stem>.png``, and a name taken before gets ``_1``, ``_2``,
     .... With `overlays_dir`, each image's attention overlay
@@ -254,15 +197,15 @@ def _check_readable(records: list[Record], size: int, region: bool) -> None:
 
 def _records(config: PredictConfig, exclude) -> tuple[list[Record], list[Path], list[str | None]]:
     """The records to predict, each one's path as the output CSV shows it and its path relative
-    to its input folder (None: a file given itself, or a --csv row): the CSV's rows (labels not read; masks not read either, predict draws its own), or the
-    input images."""
+    to its input folder (None: a file given itself, or a --csv row): the CSV's rows (labels not
+    read; masks not read either, predict draws its own), or the input images."""
     if config.csv is not None:
         listed, _ = read_csv(config.csv, labels=False, per_box=True)  # two boxes of one image: two plaques
         if not listed:
             raise ValueError(f"--csv {config.csv} lists no images")
         records = [Record(r.path, 0, box=r.box, frame=r.frame, origin=r.origin) for r in listed]
         return records, [r.path for r in records], [None] * len(records)  # a CSV lists files: flat names
-    found = _collect(config.inputs, exclude)
+    found = input_images(config.inputs, exclude)
     # one record per image, one per frame of a multi-frame DICOM file (labels are not used)
     expanded = [(r, name) for p, name in found for r in expand_dicom(Record(p, 0))]
     shown = {p.resolve(): p for p, _ in found}  # the CSV names each image as the user gave it
