@@ -233,3 +233,19 @@ def test_dicom_frames_in_a_tree_and_from_the_predictor(setup, tmp_path):
                                _csv_probs(tmp_path / "p.csv")[1], atol=1e-6)
     with pytest.raises(ValueError, match="images: .*2 frames; give the frame"):
         predictor(loop)
+
+
+def test_output_names_never_share_a_path():
+    from walnet.data import Record
+    from walnet.engine.image_tree import output_names
+
+    def names(*given):
+        records = [Record(Path("/data") / (rel or flat), 0, frame=frame) for rel, flat, frame in given]
+        return output_names(records, [rel for rel, _, _ in given])
+
+    assert names(("a/x.png", None, None), ("b/x.png", None, None), (None, "x.jpg", None), (None, "X.png", None),
+                 ("c/loop.dcm", None, 1)) == ["a/x.png", "b/x.png", "x.png", "X_1.png", "c/loop_frame1.png"]
+    # a folder named like an image's mask: the image steps aside, or (the other order) the run is refused
+    assert names(("x.png/y.png", None, None), ("x.png", None, None)) == ["x.png/y.png", "x_1.png"]
+    with pytest.raises(ValueError, match="has that folder's name"):
+        names(("x.png", None, None), ("x.png/y.png", None, None))

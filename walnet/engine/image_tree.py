@@ -54,17 +54,22 @@ def output_names(records: list[Record], relative: list[str | None]) -> list[str]
     """The file name of each record's mask and overlay in the --masks / --overlays folder: its
     path in `relative` (the image's place under its input folder) with ``.png`` for its suffix,
     so the folder mirrors the input tree; ``<stem>.png`` for an image without one (a file given
-    itself, a --csv row). A DICOM frame adds ``_frame<k>``. A name
-    taken before (ignoring case) gets ``_1``, ``_2``, ... (the first free one): two outputs
-    never share a file."""
-    used, names = set(), []
+    itself, a --csv row). A DICOM frame adds ``_frame<k>``. A name taken before, as a file or as
+    a subfolder of another (ignoring case), gets ``_1``, ``_2``, ... (the first free one): two
+    outputs never share a path."""
+    used, folders, names = set(), set(), []
     for r, rel in zip(records, relative):
         stem = r.path.stem if rel is None else str(PurePosixPath(rel).with_suffix(""))
         stem = stem if r.frame is None else f"{stem}_frame{r.frame}"
         name, k = f"{stem}.png", 0
-        while name.casefold() in used:
+        while name.casefold() in used or name.casefold() in folders:
             k += 1
             name = f"{stem}_{k}.png"
+        parents = {str(p).casefold() for p in PurePosixPath(name).parents if p.parts}
+        if parents & used:  # a folder "x.png" of images next to an image x.png: rare, and no suffix helps
+            raise ValueError(f"the masks and overlays of {r.path} would go into {name}, but a mask of another "
+                             "image has that folder's name; rename that folder")
         used.add(name.casefold())
+        folders |= parents
         names.append(name)
     return names
