@@ -69,10 +69,10 @@ def predict(config: PredictConfig | str | Path, inputs=None, output_csv=None, **
     With `masks_dir`, each image's predicted segmentation (argmax of the segmentation head,
     resized nearest to the image size as read, a DICOM frame's after its region crop, 0 / 255
     8-bit; with an ROI box, resized to the box and 0 outside it) is written there under its
-    :func:`~walnet.engine.image_tree.output_names` name: the folder mirrors each input folder's tree (``scans/a/b/x.jpg``
-    of the input ``scans`` -> ``<masks_dir>/a/b/x.png``), a file given itself or a --csv row is
-    ``<stem>.png``, and a name taken before gets ``_1``, ``_2``,
-    .... With `overlays_dir`, each image's attention overlay
+    :func:`~walnet.engine.image_tree.output_names` name: the folder mirrors each input folder's
+    tree (``scans/a/b/x.jpg`` of the input ``scans`` -> ``<masks_dir>/a/b/x.png``), a file given
+    itself or a --csv row is ``<stem>.png``, and a name taken before gets ``_1``, ``_2``, ....
+    With `overlays_dir`, each image's attention overlay
     (:func:`walnet.engine.figures.attention_overlay`: the fused attention A1·A2·A3 as the PGM
     fuses it, as a heat map over the image, or over its ROI crop, at the file's resolution; the
     predicted mask's contour; the box the RCM crops; titled with the file, the predicted class
@@ -290,12 +290,14 @@ def _path_cell(path) -> str:
 _STAGING = {"mask": "walnet-masks", "overlay": "walnet-overlays"}
 
 
-def _write(target: Path, write, what: str) -> None:
+def _write(stage: Path, name: str, write, what: str) -> None:
+    """`write(path)` of the file `name` in the staging folder `stage` (its subfolders made)."""
+    target = stage / name
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)  # a mirrored subfolder of the staging folder
+        target.parent.mkdir(parents=True, exist_ok=True)  # a mirrored subfolder
         write(target)
     except OSError as exc:
-        raise WriteError(f"cannot write the {what} {target.name} to {target.parent.parent}: "
+        raise WriteError(f"cannot write the {what} {name} to {stage.parent}: "
                          f"{exc.strerror or exc}; no mask, overlay or CSV was written") from None
 
 
@@ -323,14 +325,14 @@ def _run(predictor: Predictor, records: list[Record], workers, staging: dict, na
         if "mask" in staging:
             for k, i in enumerate(out.index):  # 0 / 255 at the image's size as read, 0 outside its ROI box
                 png = Image.fromarray(place(out.seg[k] * 255, records[i].box, *_read_size(dataset, i)))
-                _write(staging["mask"] / names[i], png.save, "mask")
+                _write(staging["mask"], names[i], png.save, "mask")
         if "overlay" in staging:
             for k, i in enumerate(out.index):
                 p = out.probabilities[k]
                 frame = "" if records[i].frame is None else f" frame {records[i].frame}"
                 title = f"{Path(records[i].path).name}{frame}: {classes[p.argmax()]} ({p.max():.1%})"
                 box = None if out.boxes is None else out.boxes[k]
-                _write(staging["overlay"] / names[i],
+                _write(staging["overlay"], names[i],
                        lambda target: figures.attention_overlay(target, dataset.region(i), out.attention[k],
                                                                 out.seg[k], box, title),
                        "overlay")
