@@ -116,7 +116,7 @@ def test_masks_need_a_segmentation_head(setup, tmp_path):
     assert len(_read(tmp_path / "p.csv")) == 6
 
 
-def test_collect_images_dedupes_and_disambiguates_mask_names(setup, tmp_path):
+def test_collect_images_dedupes_and_masks_mirror_the_tree(setup, tmp_path):
     root, ckpt, _ = setup
     for sub in ("a", "b"):
         (tmp_path / "in" / sub).mkdir(parents=True)
@@ -125,7 +125,8 @@ def test_collect_images_dedupes_and_disambiguates_mask_names(setup, tmp_path):
     found = collect_images([tmp_path / "in", tmp_path / "in" / "a" / "x.png"])
     assert found == [tmp_path / "in" / "a" / "x.png", tmp_path / "in" / "b" / "x.png"]
     predict(ckpt, [tmp_path / "in"], tmp_path / "p.csv", masks_dir=tmp_path / "in" / "masks", device="cpu")
-    assert sorted(p.name for p in (tmp_path / "in" / "masks").iterdir()) == ["x.png", "x_1.png"]
+    masks = tmp_path / "in" / "masks"
+    assert sorted(p.relative_to(masks).as_posix() for p in masks.rglob("*.png")) == ["a/x.png", "b/x.png"]
     # the masks folder inside the input is not read back as input; existing masks are kept
     with pytest.raises(FileExistsError, match="x.png"):
         predict(ckpt, [tmp_path / "in"], tmp_path / "q.csv", masks_dir=tmp_path / "in" / "masks", device="cpu")
@@ -148,7 +149,7 @@ def test_predict_command(setup, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "predicted 6 image(s)" in done.stdout and str(out) in done.stdout
     rows = _read(out)
-    assert len(rows) == 6 and len(list((tmp_path / "masks").glob("*.png"))) == 6
+    assert len(rows) == 6 and len(list((tmp_path / "masks").rglob("*.png"))) == 6  # in its class folders
     again = walnet("--checkpoint", str(ckpt), str(root / "ph" / "images"), "--output", str(out), "--device", "cpu")
     assert again.returncode == 2 and "--overwrite" in again.stderr
     missing = walnet("--checkpoint", str(ckpt), str(tmp_path / "gone.png"), "--output", str(tmp_path / "x.csv"))

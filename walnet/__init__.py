@@ -10,6 +10,7 @@ from walnet.models import PseudoMaskGenerator, WALNet, create_model, walnet_loss
 from walnet.ops import built_backends
 
 __all__ = [
+    "Predictor",
     "PseudoMaskGenerator",
     "WALNet",
     "__version__",
@@ -19,3 +20,10 @@ __all__ = [
     "ops",
     "walnet_loss",
 ]
+
+
+def __getattr__(name):  # PEP 562: walnet.Predictor loads the engine only when it is used
+    if name == "Predictor":
+        from walnet.engine.predictor import Predictor
+        return Predictor
+    raise AttributeError(f"module 'walnet' has no attribute {name!r}")

@@ -25,3 +25,8 @@ def formula_problem(name: str) -> str | None:
     if str(name).startswith(FORMULA_PREFIXES):
         return "must not start with =, +, - or @ (a spreadsheet would read it as a formula)"
     return None
+
+#: How an image is resized to the model's input size, by name (Pillow's filters; walnet.data.datasets
+#: maps them), and the one training uses. An exported folder records it in config.json's "input".
+RESIZE_METHODS = ("bilinear", "bicubic", "lanczos", "nearest")
+TRAIN_RESIZE = "bilinear"

@@ -257,8 +257,9 @@ class Stage:
         self.target, self.path = target, path
 
     def commit(self, names: Iterable[str]) -> None:
-        """Moves the staged files `names` into the target folder: all of them are flushed to disk
-        first, then each is renamed into place. A failure is a :class:`WriteError` naming the file
+        """Moves the staged files `names` (paths relative to the target, subfolders made as needed)
+        into the target folder: all of them are flushed to disk first, then each is renamed into
+        place. A failure is a :class:`WriteError` naming the file
         and saying how many were moved already."""
         names = list(names)
         for name in names:
@@ -270,6 +271,7 @@ class Stage:
                                  f"{self.target}") from exc
         for k, name in enumerate(names):
             try:
+                (self.target / name).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self.path / name, self.target / name)
             except OSError as exc:
                 moved = f"{k} of its {len(names)} files were moved there already" if k else "none was moved there"

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from walnet.constants import IGNORE_INDEX, PLAQUE_CLASSES as PAPER_CLASSES
+from walnet.constants import IGNORE_INDEX, PLAQUE_CLASSES as PAPER_CLASSES, RESIZE_METHODS, TRAIN_RESIZE
 from walnet.data.dicom import DICOM_EXTENSIONS, is_dicom, read_info
 from walnet.data.images import has_frames, open_image, show_path, to_array
 from walnet.data.video import VIDEO_EXTENSIONS, frame_count
@@ -39,6 +39,10 @@ if TYPE_CHECKING:  # torchvision is imported only by runs that augment
     from walnet.data.augment import Augmentation
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_EXTENSIONS, *VIDEO_EXTENSIONS)
+
+#: Pillow's filter of each resize method (:data:`walnet.constants.RESIZE_METHODS`).
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS, "nearest": Image.NEAREST}
+assert tuple(RESAMPLE) == RESIZE_METHODS
 
 
 def crop_box(img: Image.Image, box: tuple[int, int, int, int] | None) -> Image.Image:
@@ -49,6 +53,15 @@ def crop_box(img: Image.Image, box: tuple[int, int, int, int] | None) -> Image.I
         return img
     y1, x1, y2, x2 = box
     return img.crop((x1, y1, x2 + 1, y2 + 1))
+
+
+def model_input(img: Image.Image, box, size: int, resize: str = TRAIN_RESIZE) -> torch.Tensor:
+    """What the model sees of an image as read (:func:`walnet.data.images.open_image`, an ``F``
+    image on the 8-bit scale included): cropped to the ROI `box`, resized to `size` x `size` by
+    the method `resize` and scaled to [0, 1], float32 [3, size, size]. The one preprocessing of
+    training, evaluation and prediction (:class:`PlaqueDataset`, :class:`walnet.Predictor`)."""
+    img = crop_box(img, box).resize((size, size), RESAMPLE[resize])
+    return torch.from_numpy(to_array(img, 3) / 255.0).permute(2, 0, 1).contiguous()
 
 
 def relative_path(path: Path, root: Path | None) -> str:
@@ -152,7 +165,8 @@ class PlaqueDataset(torch.utils.data.Dataset):
     not inside its image, or a mask of another size than its image raises an error naming the
     file; with ``skip_bad=True`` such records are dropped at construction and counted in
     ``skipped``. ``dicom_region=False`` reads DICOM frames whole instead of cropped to their
-    ultrasound region.
+    ultrasound region. ``resize``: how images are resized (:data:`walnet.constants.RESIZE_METHODS`;
+    masks always nearest).
 
     ``augment``: an :class:`~walnet.data.augment.Augmentation` applied to every item (None, the
     default: none). An item's key is its index, or ``(index, epoch)``; a plain index takes the
@@ -162,8 +176,10 @@ class PlaqueDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, records: list[Record], size: int = 224, skip_bad: bool = False, dicom_region: bool = True,
-                 augment: Augmentation | None = None):
-        self.size = int(size)
+                 augment: Augmentation | None = None, resize: str = TRAIN_RESIZE):
+        if resize not in RESAMPLE:
+            raise ValueError(f"resize must be one of {RESIZE_METHODS}, got {resize!r}")
+        self.size, self.resize = int(size), resize
         self.dicom_region = bool(dicom_region)
         self.augment = augment
         self.epoch = 0
@@ -225,8 +241,7 @@ class PlaqueDataset(torch.utils.data.Dataset):
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         r = self.records[index]
         img, m = self._read(r)
-        img = self._prepare(img, r.box, Image.BILINEAR)
-        image = torch.from_numpy(to_array(img, 3) / 255.0).permute(2, 0, 1).contiguous()
+        image = model_input(img, r.box, self.size, self.resize)
         if m is not None:
             m = self._prepare(m, r.box, Image.NEAREST)
             mask = torch.from_numpy((np.asarray(m) > 127).astype(np.uint8))

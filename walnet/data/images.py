@@ -90,13 +90,23 @@ def open_image(path: Path, mode: str, *, frame: int | None = None, region: bool 
         return read_video(path, mode, frame)
     try:
         with Image.open(path) as img:
-            deep = img.mode in SIXTEEN_BIT_MODES or img.mode == "I"
+            deep = _is_deep(img)
             img = img.copy() if deep else img.convert(mode)  # both decode the pixels
     except Image.DecompressionBombError as exc:
         raise ValueError(_bomb_message(path, exc)) from exc
     except _DECODE_ERRORS as exc:
         raise ValueError(f"cannot read image {show_path(path)}: {exc}") from exc
     return _scale_deep(img, path) if deep else img
+
+
+def _is_deep(img: Image.Image) -> bool:
+    return img.mode in SIXTEEN_BIT_MODES or img.mode == "I"
+
+
+def as_read(img: Image.Image, mode: str, where) -> Image.Image:
+    """A decoded Pillow image converted as :func:`open_image` converts a file's pixels (to `mode`,
+    or a 16-bit grayscale one to an ``F`` image on the 8-bit scale); `where` names it in errors."""
+    return _scale_deep(img, where) if _is_deep(img) else img.convert(mode)
 
 
 def to_array(img: Image.Image, channels: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from walnet.constants import TRAIN_RESIZE
 from walnet.engine.checkpoint import TRAINED_KEYS, CheckpointError, load_checkpoint, load_weights
 from walnet.engine.config import TrainConfig
 from walnet.files import first_line
@@ -53,6 +54,13 @@ class TrainedModel:
         if self.train_config is not None:
             return self.train_config.dicom_region
         return self.config is None or self.config["input"].get("dicom_region", True)
+
+    @property
+    def resize(self) -> str:
+        """How images are resized to the input size (:data:`walnet.constants.RESIZE_METHODS`): a
+        folder's config.json ``input.resize``; training's method for a checkpoint and for a folder
+        exported before the key was recorded."""
+        return TRAIN_RESIZE if self.config is None else self.config["input"].get("resize", TRAIN_RESIZE)
 
     @property
     def temperature(self) -> float:

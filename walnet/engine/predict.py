@@ -13,80 +13,34 @@ training. The probabilities are ``softmax(logits / temperature)``, the model's t
 DICOM inputs (``.dcm``, ``.dicom``; ``pip install 'walnet[dicom]'``) are cropped to their
 ultrasound region unless ``--no-dicom-region`` is given or the checkpoint was trained with it;
 each frame of a multi-frame file is classified on its own row, and the CSV then has a ``frame``
-column (empty for single images).
+column (empty for single images). The model runs through :class:`walnet.Predictor`
+(:mod:`walnet.engine.predictor`), the Python inference API.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 from PIL import Image
 
-from walnet import ops
 from walnet.constants import FORMULA_PREFIXES, formula_problem
-from walnet.data.datasets import IMAGE_EXTENSIONS, PlaqueDataset, Record, expand_frames
+from walnet.data.datasets import PlaqueDataset, Record, expand_frames
 from walnet.data.dicom import DICOM_EXTENSIONS
 from walnet.data.sources import csv_labels, read_csv
 from walnet.engine.config import PredictConfig
-from walnet.engine.runtime import loader_workers
-from walnet.engine.step import check_finite, forward, probabilities
 from walnet.engine.checks import pick_device
 from walnet.engine.inputs import Inputs, file_id
 from walnet.engine.loading import load_model
-from walnet.files import WriteError, atomic_open, check_writable, refuse_special, staged
+from walnet.engine.image_tree import collect_images, input_images, output_names
+from walnet.engine.predictor import Predictor, place
+from walnet.files import WriteError, atomic_open, check_writable, staged
 
 
-def collect_images(inputs, exclude=None) -> list[Path]:
-    """The image files of `inputs` (files and/or folders), in order: a file as given, a folder
-    scanned recursively for :data:`IMAGE_EXTENSIONS` (sorted; hidden files and folders, whose
-    names start with ".", skipped: temporaries and macOS "._" companions are no images). Files
-    under `exclude` (a folder or several: the masks and overlays folders) are skipped when it lies
-    inside a scanned folder, so written PNGs are not read back as input; a folder at or under
-    `exclude` is scanned whole. The same file named twice is kept once. A missing input or a
-    folder without images is an error naming it."""
-    found: dict[Path, Path] = {}
-    if exclude is None or isinstance(exclude, (str, os.PathLike)):
-        exclude = () if exclude is None else (exclude,)
-    skips = [Path(e).resolve() for e in exclude if e is not None]
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            here = item.resolve()
-            skip_here = [skip for skip in skips if not here.is_relative_to(skip)]
-            images = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                            and not any(part.startswith(".") for part in p.relative_to(item).parts)
-                            and not any(p.resolve().is_relative_to(skip) for skip in skip_here))
-            if not images:
-                raise ValueError(f"folder {item} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-        elif item.is_file():
-            images = [item]
-        else:
-            refuse_special(item, f"input {item}", "a regular file; give image files or folders")
-            raise FileNotFoundError(f"input {item} does not exist")
-        for p in images:
-            found.setdefault(p.resolve(), p)
-    if not found:
-        raise ValueError("no input images given")
-    return list(found.values())
-
-
-def _mask_names(records: list[Record]) -> list[str]:
-    """``<stem>.png`` per image (``<stem>_frame<k>.png`` per DICOM frame); a stem seen before
-    gets ``_1``, ``_2``, ... (first free name)."""
-    used, names = set(), []
-    for r in records:
-        stem = r.path.stem if r.frame is None else f"{r.path.stem}_frame{r.frame}"
-        name, k = f"{stem}.png", 0
-        while name in used:
-            k += 1
-            name = f"{stem}_{k}.png"
-        used.add(name)
-        names.append(name)
-    return names
+__all__ = ["collect_images", "predict"]
 
 
 def predict(config: PredictConfig | str | Path, inputs=None, output_csv=None, **options) -> dict:
@@ -114,8 +68,11 @@ def predict(config: PredictConfig | str | Path, inputs=None, output_csv=None, **
 
     With `masks_dir`, each image's predicted segmentation (argmax of the segmentation head,
     resized nearest to the image size as read, a DICOM frame's after its region crop, 0 / 255
-    8-bit; with an ROI box, resized to the box and 0 outside it) is written there as
-    ``<image stem>.png`` (``<stem>_1.png``, ... for repeated stems). With `overlays_dir`, each image's attention overlay
+    8-bit; with an ROI box, resized to the box and 0 outside it) is written there under its
+    :func:`~walnet.engine.image_tree.output_names` name: the folder mirrors each input folder's
+    tree (``scans/a/b/x.jpg`` of the input ``scans`` -> ``<masks_dir>/a/b/x.png``), a file given
+    itself or a --csv row is ``<stem>.png``, and a name taken before gets ``_1``, ``_2``, ....
+    With `overlays_dir`, each image's attention overlay
     (:func:`walnet.engine.panels.attention_overlay`: the fused attention A1·A2·A3 as the PGM
     fuses it, as a heat map over the image, or over its ROI crop, at the file's resolution; the
     predicted mask's contour; the box the RCM crops; titled with the file, the predicted class
@@ -196,6 +153,7 @@ def _check_targets(output_csv: Path, folders: list[tuple[str, str, Path, list[st
         if same:
             raise ValueError(f"--output {output_csv} is also where {flag} writes the {what} {same[0].name}; "
                              "give the CSV another name or place")
+        _check_subfolders(flag, what, folder, names)
         taken_by_folders = [t for t in targets if t.is_dir()]
         if taken_by_folders:
             raise ValueError(f"{flag} {folder}: {taken_by_folders[0]} is a folder where a {what} file would go")
@@ -203,6 +161,13 @@ def _check_targets(output_csv: Path, folders: list[tuple[str, str, Path, list[st
         if taken and not overwrite:
             raise FileExistsError(f"{taken[0]} already exists ({len(taken)} earlier {what}(s) would be replaced); "
                                   "pass --overwrite to replace them")
+
+
+def _check_subfolders(flag: str, what: str, folder: Path, names: list[str]) -> None:
+    """A ValueError where a subfolder a mirrored name needs ("a/b" of "a/b/x.png") is a file."""
+    for sub in sorted({parent for name in names for parent in PurePosixPath(name).parents if parent.parts}):
+        if (folder / sub).exists() and not (folder / sub).is_dir():
+            raise ValueError(f"{flag} {folder}: {folder / sub} is a file where a folder of {what}s would go")
 
 
 def _check_not_read(flag: str, what: str, folder: Path, targets: list[Path], reads: Inputs) -> None:
@@ -231,20 +196,22 @@ def _check_readable(records: list[Record], size: int, region: bool) -> None:
     raise ValueError(f"{reason}{more}; nothing was written")
 
 
-def _records(config: PredictConfig, exclude) -> tuple[list[Record], list[Path]]:
-    """The records to predict and each one's path as the output CSV shows it: the CSV's rows
-    (labels not read; masks not read either, predict draws its own), or the input images."""
+def _records(config: PredictConfig, exclude) -> tuple[list[Record], list[Path], list[str | None]]:
+    """The records to predict, each one's path as the output CSV shows it and its path relative
+    to its input folder (None: a file given itself, or a --csv row): the CSV's rows (labels not
+    read; masks not read either, predict draws its own), or the input images."""
     if config.csv is not None:
         listed, _ = read_csv(config.csv, labels=False, per_box=True)  # two boxes of one image: two plaques
         if not listed:
             raise ValueError(f"--csv {config.csv} lists no images")
         records = [Record(r.path, 0, box=r.box, frame=r.frame, origin=r.origin) for r in listed]
-        return records, [r.path for r in records]
-    found = collect_images(config.inputs, exclude=exclude)
+        return records, [r.path for r in records], [None] * len(records)  # a CSV lists files: flat names
+    found = input_images(config.inputs, exclude)
     # one record per image, one per frame of a multi-frame DICOM file or a video (labels are not used)
-    records = [r for p in found for r in expand_frames(Record(p, 0))]
-    shown = {p.resolve(): p for p in found}  # the CSV names each image as the user gave it
-    return records, [shown.get(r.path, r.path) for r in records]
+    expanded = [(r, name) for p, name in found for r in expand_frames(Record(p, 0))]
+    shown = {p.resolve(): p for p, _ in found}  # the CSV names each image as the user gave it
+    records = [r for r, _ in expanded]
+    return records, [shown.get(r.path, r.path) for r in records], [name for _, name in expanded]
 
 
 @torch.no_grad()
@@ -253,32 +220,36 @@ def _predict(config: PredictConfig) -> dict:
     output_csv = Path(config.output)
     masks_dir = Path(config.masks_dir) if config.masks_dir is not None else None
     overlays_dir = Path(config.overlays_dir) if config.overlays_dir is not None else None
-    records, paths = _records(config, (masks_dir, overlays_dir))
-    names = _mask_names(records)
+    records, paths, relative = _records(config, (masks_dir, overlays_dir))
+    names = output_names(records, relative)
     folders = [(flag, what, folder, names) for flag, what, folder in
                (("--masks", "mask", masks_dir), ("--overlays", "overlay", overlays_dir)) if folder is not None]
     _check_targets(output_csv, folders, paths, overwrite, _reads(config, paths))
     device = pick_device(config.device)
-    region = config.dicom_region
     if config.model is not None:
         trained = load_model(config.model, device, kind="folder")
     else:
         trained = load_model(config.checkpoint, device, kind="checkpoint")
-    classes, size, source = trained.classes, trained.size, trained.source
+    classes, source = trained.classes, trained.source
     _check_class_names(classes, source)
-    region = region and trained.dicom_region  # read DICOM inputs as the model was trained
     for flag, *_ in folders:
         if not trained.spec.has_pgm:
             raise ValueError(f"model {trained.spec.describe()} of {source} has no segmentation head; {flag} needs "
                              "a WAL-Net with its PGM (not a baseline or walnet_no_pgm)")
-    _check_readable(records, size, region)
+    # DICOM inputs are read as the model was trained (Predictor: the option and the model's setting)
+    predictor = Predictor(trained, device, amp=config.amp, batch_size=config.batch_size,
+                          dicom_region=config.dicom_region)
+    _check_readable(records, predictor.size, predictor.dicom_region)
 
     # The PNGs go to a temporary folder first and move into place with the CSV, so a failure
     # part way leaves none of them (and a rerun is not refused).
     with contextlib.ExitStack() as stack:
         stages = {what: stack.enter_context(staged(folder, _STAGING[what])) for _, what, folder, _ in folders}
-        probs = _run(trained, records, region, config, device, {what: stage.path for what, stage in stages.items()},
-                     names)
+        # the true class in overlay titles where --csv labels every row with one of the model's classes
+        labels = csv_labels(config.csv, records, classes) if "overlay" in stages else [None] * len(records)
+        truth = [None if c is None else classes[c] for c in labels]
+        probs = _run(predictor, records, config.workers, {what: stage.path for what, stage in stages.items()}, names,
+                     truth)
         predicted = probs.argmax(axis=1)
         with atomic_open(output_csv, text=True) as f:
             writer = csv.writer(f)
@@ -324,11 +295,14 @@ def _path_cell(path) -> str:
 _STAGING = {"mask": "walnet-masks", "overlay": "walnet-overlays"}
 
 
-def _write(target: Path, write, what: str) -> None:
+def _write(stage: Path, name: str, write, what: str) -> None:
+    """`write(path)` of the file `name` in the staging folder `stage` (its subfolders made)."""
+    target = stage / name
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)  # a mirrored subfolder
         write(target)
     except OSError as exc:
-        raise WriteError(f"cannot write the {what} {target.name} to {target.parent.parent}: "
+        raise WriteError(f"cannot write the {what} {name} to {stage.parent}: "
                          f"{exc.strerror or exc}; no mask, overlay or CSV was written") from None
 
 
@@ -341,55 +315,32 @@ def _read_size(dataset: PlaqueDataset, index: int) -> tuple[int, int]:
     return dataset.image_size(index)  # a DICOM frame: its size after the region crop
 
 
-def _mask_png(mask: np.ndarray, record: Record, width: int, height: int) -> Image.Image:
-    """The 0/255 mask of one image at its size as read (`width` x `height`): resized nearest to
-    the ROI box (or the whole image) and placed there, 0 elsewhere."""
-    if record.box is None:
-        return Image.fromarray(mask).resize((width, height), Image.NEAREST)
-    y1, x1, y2, x2 = record.box
-    full = Image.new("L", (width, height), 0)
-    full.paste(Image.fromarray(mask).resize((x2 - x1 + 1, y2 - y1 + 1), Image.NEAREST), (x1, y1))
-    return full
-
-
-def _run(trained, records, region, config, device, staging, names) -> np.ndarray:
-    """The class probabilities of `trained`'s model for every image [N, classes]; for each kind in
-    `staging` ("mask", "overlay"), each image's PNG is written to that folder under its name in
-    `names`. Outputs that are not finite are an error naming the model's file."""
-    model, size, classes = trained.model, trained.size, trained.classes
-    dataset = PlaqueDataset(records, size=size, dicom_region=region)
-    loader = torch.utils.data.DataLoader(dataset, config.batch_size, num_workers=loader_workers(config.workers, device),
-                                         pin_memory=device.type == "cuda")
+def _run(predictor: Predictor, records: list[Record], workers, staging: dict, names: list[str],
+         truth: list[str | None]) -> np.ndarray:
+    """The class probabilities of `predictor`'s model for every image [N, classes]; for each kind
+    in `staging` ("mask", "overlay"), each image's PNG is written to that folder under its name in
+    `names` (an overlay titled with its true class in `truth`, where known)."""
+    classes = predictor.classes
+    dataset = PlaqueDataset(records, size=predictor.size, dicom_region=predictor.dicom_region,
+                            resize=predictor.resize)
     probs = np.zeros((len(records), len(classes)), dtype=np.float32)
-    amp_dtype = torch.bfloat16 if config.amp else None
     if "overlay" in staging:
         from walnet.engine import figures, panels  # matplotlib only when overlays are asked for
-        # the true class in each title where --csv labels every row with one of the model's classes
-        truth = [None if c is None else classes[c] for c in csv_labels(config.csv, records, classes)]
-    for batch in loader:
-        index = batch["index"].numpy()
-        out = forward(model, batch["image"].to(device), amp_dtype)
-        check_finite(out.logits, model, f"{'model' if trained.train_config is None else 'checkpoint'} {trained.source}")
-        batch_probs = probabilities(out.logits, trained.temperature).cpu().numpy()  # calibrated where it was
-        probs[index] = batch_probs
-        if not staging:
-            continue
-        seg = out.seg_logits.float().argmax(dim=1).to(torch.uint8).cpu().numpy()
+    for out in predictor.batches(dataset, workers=workers, maps=bool(staging)):
+        probs[out.index] = out.probabilities
         if "mask" in staging:
-            for i, mask in zip(index, seg):
-                png = _mask_png(mask * 255, records[i], *_read_size(dataset, i))
-                _write(staging["mask"] / names[i], png.save, "mask")
+            for k, i in enumerate(out.index):  # 0 / 255 at the image's size as read, 0 outside its ROI box
+                png = Image.fromarray(place(out.seg[k] * 255, records[i].box, *_read_size(dataset, i)))
+                _write(staging["mask"], names[i], png.save, "mask")
         if "overlay" in staging:
-            fused = ops.fuse_attention(*(a.float() for a in out.attention)).cpu().numpy()
-            boxes = model.rcm_boxes(out.seg_logits.float()) if hasattr(model, "rcm_boxes") else None
-            boxes = boxes.cpu().numpy() if boxes is not None else None
-            for k, i in enumerate(index):
-                p = batch_probs[k]
+            for k, i in enumerate(out.index):
+                p = out.probabilities[k]
                 frame = "" if records[i].frame is None else f" frame {records[i].frame}"
                 label = figures.class_title(classes[p.argmax()], p.max(), truth[i])
                 title = f"{Path(records[i].path).name}{frame}\n{label}"
-                _write(staging["overlay"] / names[i],
-                       lambda target: panels.attention_overlay(target, dataset.region(i), fused[k], seg[k],
-                                                               None if boxes is None else boxes[k], title),
+                box = None if out.boxes is None else out.boxes[k]
+                _write(staging["overlay"], names[i],
+                       lambda target: panels.attention_overlay(target, dataset.region(i), out.attention[k],
+                                                               out.seg[k], box, title),
                        "overlay")
     return probs

@@ -3,7 +3,8 @@
 ``config.json`` holds a format tag and version, the model's :class:`~walnet.models.spec.ModelSpec`
 (:meth:`~walnet.models.spec.ModelSpec.to_config`: name, arguments, classes, input size), how the
 model takes its input (RGB in [0, 1], the mean and std it normalises with itself, whether DICOM
-images are cropped to their ultrasound region), what it returns and, for a model calibrated by
+images are cropped to their ultrasound region, how images are resized), what it returns and, for
+a model calibrated by
 ``walnet calibrate``, the temperature its logits are divided by; ``model.safetensors`` holds
 its weights. :func:`folder_config` makes the config, :func:`read_config` reads one and
 :func:`check_config` checks it against the schema (:mod:`walnet.models.schema`; a folder is
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from walnet._version import __version__
+from walnet.constants import TRAIN_RESIZE
 from walnet.files import first_line, refuse_special, weights_mismatch
 from walnet.models import schema
 
@@ -199,6 +201,7 @@ def folder_config(model: nn.Module, spec, checkpoint: str | Path, epoch: int, di
     size, classes = spec.size, len(spec.classes)
     config = spec.to_config()
     config["input"]["dicom_region"] = bool(dicom_region)
+    config["input"]["resize"] = TRAIN_RESIZE  # how training resized its images: walnet.Predictor reads it
     softmax = "softmax" if temperature is None else "softmax of logits / \"temperature\""
     outputs = {"logits": f"[N, {classes}] class logits in the order of \"classes\" ({softmax}: probabilities)"}
     if "seg_logits" in output_names(model):

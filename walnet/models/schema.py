@@ -9,8 +9,10 @@ within the bounds below, which :class:`walnet.models.spec.ModelSpec` keeps too (
 weights are never named (the folder holds every weight); class names are unique, printable and
 never read as a spreadsheet formula, since they become the columns of ``walnet predict``'s CSV.
 ``temperature`` (optional, from ``walnet calibrate``), which the logits are divided by before the
-softmax, is a positive finite number. The informational entries (versions, the source checkpoint,
-the exported formats) are checked
+softmax, is a positive finite number; ``input.resize`` (how an image is resized to the input
+size; a folder without it: bilinear, as training resizes) one of
+:data:`walnet.constants.RESIZE_METHODS`. The informational entries (versions, the source
+checkpoint, the exported formats) are checked
 for their shape only. Each violation is a ValueError naming the key; the file's path is added
 by :func:`walnet.models.folder.check_config`.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import math
 
 from walnet import ops
-from walnet.constants import FORMULA_PREFIXES, formula_problem  # noqa: F401 - FORMULA_PREFIXES: the rule's table
+from walnet.constants import FORMULA_PREFIXES, RESIZE_METHODS, formula_problem  # noqa: F401 - the rule's table
 from walnet.models.backbone import check_backbone
 from walnet.models.registry import BASELINES, DEFAULT_BACKBONE, WALNET_ARGS, model_names
 
@@ -37,7 +39,8 @@ FORMATS = ("safetensors", "pt2", "onnx")
 
 REQUIRED = ("format", "format_version", "model", "kwargs", "num_classes", "classes", "input")
 OPTIONAL = ("backbone", "outputs", "walnet_version", "torch_version", "checkpoint", "formats", "files", "temperature")
-INPUT_KEYS = ("size", "dicom_region", "shape", "channels", "dtype", "value_range", "mean", "std", "normalization")
+INPUT_KEYS = ("size", "dicom_region", "resize", "shape", "channels", "dtype", "value_range", "mean", "std",
+              "normalization")
 #: Never read from a folder: its weights are all in model.safetensors.
 PRETRAINED_ARGS = ("pretrained", "pretrained_file")
 
@@ -181,6 +184,9 @@ def _check_input(given) -> None:
     check_int("'input.size'", size, SIZE_RANGE)
     if "dicom_region" in given and not isinstance(given["dicom_region"], bool):
         _fail("input.dicom_region", "true or false", given["dicom_region"])
+    if "resize" in given and (not isinstance(given["resize"], str) or given["resize"] not in RESIZE_METHODS):
+        _fail("input.resize", f"one of {list(RESIZE_METHODS)} (how images are resized to the input size)",
+              given["resize"])
     for key, want in (("shape", ["N", 3, size, size]), ("channels", "RGB"), ("dtype", "float32"),
                       ("value_range", [0.0, 1.0])):
         if key in given and (given[key] != want or type(given[key]) is not type(want)):
