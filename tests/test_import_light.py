@@ -3,6 +3,7 @@ only, the models (timm, torchvision) on first use of ``walnet.WALNet`` and the o
 the package ships ``py.typed`` (PEP 561). Each import runs in a fresh interpreter."""
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import json
 import re
@@ -60,6 +61,25 @@ def test_walnet_ops_imports_nothing_but_torch():
 
     allowed = packages(_third_party("import torch")) | _torch_and_its_requirements()
     assert packages(with_ops) <= allowed, packages(with_ops) - allowed
+
+
+def test_walnet_ops_does_not_load_torchs_compiler():
+    """torch._dynamo (a second of CPU) loads with torch.compile, not with walnet.ops; the functions
+    walnet marks as constant for the compiler carry the very mark torch's decorator sets."""
+    import torch
+
+    from walnet.ops import _library
+
+    felzenszwalb = importlib.import_module("walnet.ops.felzenszwalb")  # the package's name is the op
+    assert _loaded("import sys, json, walnet.ops\nprint(json.dumps('torch._dynamo' in sys.modules))") is False
+
+    def plain():
+        return 0
+
+    marks = vars(torch.compiler.assume_constant_result(plain))
+    assert marks
+    for fn in (_library.cuda_arch_error, felzenszwalb._weights):
+        assert {k: vars(fn).get(k) for k in marks} == marks, fn.__name__
 
 
 def test_import_walnet_loads_the_models_on_first_use():
