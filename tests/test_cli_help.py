@@ -17,6 +17,7 @@ import pytest
 
 from walnet import cli
 from walnet.engine import trainer
+from train_runs import metrics_rows, phantom_data, train_args
 from walnet.engine.config import CalibrateConfig, DemoConfig, EvalConfig, ExportConfig, PredictConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +167,20 @@ def test_a_bad_config_file_is_one_line(content, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.count("\n") == 1 and err.startswith("walnet train: error: "), err
     assert message.format(path=path) in err
+
+
+def test_a_recorded_run_reruns_and_resumes_through_its_args_json(tmp_path_factory, tmp_path, quick, one_thread):
+    """A real run's args.json: rerun into a new folder with another seed, and resumed in its own
+    folder with more epochs (the epochs go through the motions: the quick fixture)."""
+    data = phantom_data(tmp_path_factory)
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert cli.main(train_args(data, first, "--epochs", "1", "--lr", "0.003")) == 0
+    args = json.loads((first / "args.json").read_text())
+    assert cli.main(["train", "--config", str(first / "args.json"), "--output", str(second), "--seed", "1"]) == 0
+    assert json.loads((second / "args.json").read_text()) == {**args, "output": str(second), "seed": 1}
+    assert cli.main(["train", "--config", str(first / "args.json"), "--output", str(first), "--resume",
+                     str(first / "last.pt"), "--epochs", "2"]) == 0
+    assert [row["epoch"] for row in metrics_rows(first)] == ["0", "1"]
 
 
 def test_config_file_does_not_give_the_output(recorded, capsys):
