@@ -137,7 +137,7 @@ def _add_phantom(sub) -> None:
     p = sub.add_parser("phantom", help="write the synthetic carotid-plaque dataset (images, masks, labels.csv)")
     out = sections(p)["output"].add_mutually_exclusive_group(required=True)
     out.add_argument("--output", help="output folder (must be empty, new, or an earlier phantom)")
-    out.add_argument("--out", dest="output", help=argparse.SUPPRESS)  # its name before --output
+    out.add_argument("--out", dest="output", help=argparse.SUPPRESS)  # unlisted: commands written with --out work
     data = sections(p)["data"]
     data.add_argument("--n", type=int, default=1270, help="number of images (paper's class ratio 301/605/364) "
                       "(default: 1270)")
