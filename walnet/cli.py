@@ -30,7 +30,9 @@ import re
 import sys
 import warnings
 
-from walnet.cli_options import add_options, build_config, config_file_arg, read_config_file, sections
+from walnet.cli_options import add_options as _add_options
+from walnet.cli_options import build_config as _config
+from walnet.cli_options import config_file_arg, read_config_file, sections
 from walnet.console import console_log, show_warning
 from walnet.engine.config import CalibrateConfig, DemoConfig, EvalConfig, ExportConfig, PredictConfig, TrainConfig
 from walnet.engine.config_fields import options
@@ -49,21 +51,21 @@ def _phantom(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, recorded: dict | None = None) -> int:
     from walnet.engine.trainer import train
 
-    train(build_config(TrainConfig, args, recorded=recorded))
+    train(_config(TrainConfig, args, recorded=recorded))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from walnet.engine.evaluation import evaluate_run, summary
 
-    print("\n".join(summary(evaluate_run(build_config(EvalConfig, args)))))
+    print("\n".join(summary(evaluate_run(_config(EvalConfig, args)))))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from walnet.engine.predict import predict
 
-    r = predict(build_config(PredictConfig, args))
+    r = predict(_config(PredictConfig, args))
     counts = ", ".join(f"{c} {n}" for c, n in r["counts"].items())
     masks = f"; masks in {r['masks']}" if r["masks"] else ""
     overlays = f"; overlays in {r['overlays']}" if r["overlays"] else ""
@@ -74,7 +76,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from walnet.engine.export import export_model
 
-    r = export_model(build_config(ExportConfig, args))
+    r = export_model(_config(ExportConfig, args))
     check = "; ONNX checked with onnxruntime" if r["onnx_checked"] else ""
     print(f"exported {r['model']} (epoch {r['epoch']}) to {r['output']}: {', '.join(r['files'])}{check}")
     if r["onnx_checked"] is False:
@@ -85,7 +87,7 @@ def _export(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from walnet.engine.calibration import calibrate_run, summary
 
-    print(summary(calibrate_run(build_config(CalibrateConfig, args))))
+    print(summary(calibrate_run(_config(CalibrateConfig, args))))
     return 0
 
 
@@ -108,9 +110,8 @@ def _experiment(args: argparse.Namespace) -> int:
     else:
         configs, name, title = [m.strip() for m in args.models.split(",") if m.strip()], "experiment", None
     # templates: run_experiment sets each run's output, model, seed (and fold) and scores its best.pt
-    train = build_config(TrainConfig, args, skip=_EXPERIMENT_SETS_TRAIN - {"output"},
-                         fold=None if args.folds is None else 0)
-    evaluate = build_config(EvalConfig, args, skip=_EXPERIMENT_SETS_EVAL, checkpoint="best.pt")
+    train = _config(TrainConfig, args, skip=_EXPERIMENT_SETS_TRAIN - {"output"}, fold=None if args.folds is None else 0)
+    evaluate = _config(EvalConfig, args, skip=_EXPERIMENT_SETS_EVAL, checkpoint="best.pt")
     run_experiment(configs, args.output, seeds=seeds, train=train, evaluate=evaluate, name=name, title=title)
     return 0
 
@@ -127,9 +128,9 @@ def _add_experiment(sub) -> None:
     runs.add_argument("--seeds", default=seeds, help=f"comma-separated seeds (paper: five runs) (default: {seeds})")
     sections(p)["output"].add_argument("--output", required=True, help="experiment folder: runs/<model>/seed<k>/, "
                                        "<table>.csv/.md; finished runs are reused, interrupted ones resumed")
-    add_options(p, TrainConfig, skip=_EXPERIMENT_SETS_TRAIN)
+    _add_options(p, TrainConfig, skip=_EXPERIMENT_SETS_TRAIN)
     # the options both commands have (data, device, workers, skip_bad) are added once, for both
-    add_options(p, EvalConfig, skip=_EXPERIMENT_SETS_EVAL | {o.name for o in options(TrainConfig)})
+    _add_options(p, EvalConfig, skip=_EXPERIMENT_SETS_EVAL | {o.name for o in options(TrainConfig)})
     p.set_defaults(run=_experiment)
 
 
@@ -149,7 +150,7 @@ def _add_phantom(sub) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from walnet.engine.demo import run_demo, summary
 
-    result = run_demo(args.output, build_config(DemoConfig, args, skip=_DEMO_FIXED))
+    result = run_demo(args.output, _config(DemoConfig, args, skip=_DEMO_FIXED))
     print(summary(result))
     print(f"report: {args.output}/report.md")
     return 0
@@ -163,7 +164,7 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="phantom -> train WAL-Net -> evaluate -> report.md, in minutes on a CPU")
     sections(p)["output"].add_argument("--output", default="demo-output", help="folder for the phantom, the run and "
                                        "report.md (default: demo-output)")
-    add_options(p, DemoConfig, skip=_DEMO_FIXED)
+    _add_options(p, DemoConfig, skip=_DEMO_FIXED)
     p.set_defaults(run=_demo)
 
 
@@ -263,7 +264,7 @@ def build_parser(recorded: dict | None = None) -> argparse.ArgumentParser:
         if name in _CONFIG_FILE_COMMANDS:
             p.add_argument("--config", metavar="FILE", help=_CONFIG_FILE_HELP)
             run = functools.partial(run, recorded=recorded)
-        add_options(p, config, recorded=recorded if name in _CONFIG_FILE_COMMANDS else None)
+        _add_options(p, config, recorded=recorded if name in _CONFIG_FILE_COMMANDS else None)
         p.set_defaults(run=run)
     _add_demo(sub)
     _add_experiment(sub)
