@@ -25,7 +25,7 @@ def _walnet(*args, cwd):
 
 def test_phantom_command(tmp_path):
     out = tmp_path / "ph"
-    done = _walnet("phantom", "--out", str(out), "--n", "9", "--seed", "3", "--size", "48", cwd=tmp_path)
+    done = _walnet("phantom", "--output", str(out), "--n", "9", "--seed", "3", "--size", "48", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "labels.csv" in done.stdout
     with open(out / "labels.csv", newline="") as f:
@@ -36,7 +36,7 @@ def test_phantom_command(tmp_path):
 def test_phantom_command_refuses_foreign_folder(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    done = _walnet("phantom", "--out", str(tmp_path / "mine"), "--n", "3", cwd=tmp_path)
+    done = _walnet("phantom", "--output", str(tmp_path / "mine"), "--n", "3", cwd=tmp_path)
     assert done.returncode == 2 and "mine" in done.stderr
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
@@ -48,7 +48,8 @@ def test_usage_errors(tmp_path):
 
 def test_train_command_writes_a_run_and_resumes(tmp_path):
     data = tmp_path / "ph"
-    assert _walnet("phantom", "--out", str(data), "--n", "30", "--seed", "0", "--size", "48", cwd=tmp_path).returncode == 0
+    made = _walnet("phantom", "--output", str(data), "--n", "30", "--seed", "0", "--size", "48", cwd=tmp_path)
+    assert made.returncode == 0
     run = tmp_path / "run"
     common = ["train", "--csv", str(data / "labels.csv"), "--output", str(run), "--backbone", "resnet18",
               "--attention-channels", "8", "--size", "48", "-b", "8", "--rcm-warmup", "1", "--device", "cpu"]

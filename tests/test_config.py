@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from walnet import cli
+from walnet import cli, cli_options
 from walnet.engine import demo, evaluation, export, predict, trainer
 from walnet.engine.config import DemoConfig, EvalConfig, ExportConfig, PredictConfig, TrainConfig
 from walnet.engine.config_fields import flag_of
@@ -72,7 +72,7 @@ def test_cli_passes_every_option_on(monkeypatch):
                               (EvalConfig, ["evaluate", "--checkpoint", "c", "--csv", "x"]),
                               (PredictConfig, ["predict", "--checkpoint", "c", "i", "--output", "o"]),
                               (ExportConfig, ["export", "--checkpoint", "c", "--output", "o"])):
-        parsed = set(vars(cli.build_parser().parse_args(argv))) - {"command", "run", "debug"}
+        parsed = set(vars(cli.build_parser().parse_args(argv))) - {"command", "run", "debug", "config"}
         assert parsed == {f.name for f in fields(config_type)}, config_type.__name__
 
 
@@ -264,17 +264,17 @@ def test_the_negative_switches_of_010_files_read_as_their_positive_fields():
 
 
 def test_train_help_lists_its_options_by_group(capsys):
-    """``walnet train --help`` lists the options under data, model, training and runtime, each
-    option under the group its field names."""
+    """``walnet train --help`` lists the options under data, model, optimisation, runtime and
+    output, each option under the group its field names."""
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     text = capsys.readouterr().out
     headings = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
-    assert headings == ["options", "data", "model", "training", "runtime"]
+    assert headings == ["options", "data", "model", "optimisation", "runtime", "output"]
     sections = dict(zip(headings, text.split("\n\n")[1:]))
     for f in fields(TrainConfig):
         section = sections[f.metadata["group"]]
-        flag = cli._FLAGS.get(f.name, (flag_of(f.name),))[0]
+        flag = cli_options.FLAGS.get(f.name, (flag_of(f.name),))[0]
         assert any(line.lstrip().startswith(flag + " ") or line.lstrip().startswith(flag + ",")
                    for line in section.splitlines()), f.name
     assert "--no-cuda-graphs" in sections["runtime"] and "--no-rcm" in sections["model"]

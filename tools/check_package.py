@@ -5,7 +5,7 @@
    file missing from the sdist breaks the wheel). ``WALNET_CUDA=0``: the C++ kernels only, to
    keep CI fast; the CUDA sources take the same path.
 2. The sdist holds every source and header and the license, and nothing built; the wheel is an
-   abi3 wheel with the extension, its build record, the license and the `walnet` command.
+   abi3 wheel with the extension, its build record, ``py.typed``, the license and the `walnet` command.
 3. ``auditwheel repair`` turns the wheel's bare ``linux_x86_64`` tag into the manylinux tag its
    symbols allow, leaving torch's own libraries (:data:`TORCH_LIBS`) to the torch install.
 4. The repaired wheel is installed into a folder outside the source tree (``pip install
@@ -40,6 +40,8 @@ import sys, torch, walnet
 from walnet import ops
 from walnet.ops import reference
 assert walnet.__file__.startswith(sys.argv[1]), walnet.__file__
+import os
+assert os.path.isfile(os.path.join(os.path.dirname(walnet.__file__), "py.typed"))  # PEP 561
 assert ops.built_backends() == {"cpu"}, ops.built_backends()
 g = torch.Generator().manual_seed(0)
 a1, a2, a3 = torch.rand(2, 12, 10, generator=g), torch.rand(2, 6, 5, generator=g), torch.rand(2, 3, 3, generator=g)
@@ -81,14 +83,14 @@ def check_wheel(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         entry_points = next((z.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt")), "")
-    for required in ("walnet/_C.abi3.so", "walnet/_build.json", "walnet/ops/reference.py"):
+    for required in ("walnet/_C.abi3.so", "walnet/_build.json", "walnet/ops/reference.py", "walnet/py.typed"):
         if required not in names:
             _fail(f"{wheel.name} lacks {required}")
     if not any(n.endswith(".dist-info/licenses/LICENSE") for n in names):
         _fail(f"{wheel.name} lacks the license")
     if "walnet = walnet.cli:main" not in entry_points:
         _fail(f"{wheel.name} declares no `walnet` command")
-    print(f"wheel {wheel.name}: extension, build record, license, `walnet` command")
+    print(f"wheel {wheel.name}: extension, build record, py.typed, license, `walnet` command")
 
 
 def repair(wheel: Path, out: Path) -> Path:

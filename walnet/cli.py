@@ -4,9 +4,11 @@ Commands: ``phantom`` (write the embedded synthetic dataset), ``train``, ``evalu
 ``predict``, ``export`` (a checkpoint as a model folder), ``calibrate`` (temperature scaling), ``experiment``
 (seeds x models -> the paper's tables) and ``demo``.
 
-This is the one module that knows argparse: the options of train, evaluate, predict, export and demo are the
-fields of their configs (:mod:`walnet.engine.config`, which holds the defaults and help texts); each command
-builds its config from the parsed options and hands it to the engine.
+With :mod:`walnet.cli_options` (how a config's fields become options), this is the one module that knows
+argparse: the options of train, evaluate, predict, export, calibrate and demo are the fields of their configs
+(:mod:`walnet.engine.config`, which holds the defaults, help texts and ``--help`` groups); each command builds
+its config from the parsed options and hands it to the engine. ``train --config FILE`` takes the defaults of
+its options from a JSON file of its config's fields (a run's ``args.json``).
 
 Every error a user can cause (bad flags, data, paths, devices, a locked run folder) reaches the terminal as
 one line, ``walnet <command>: error: ...``, with exit status 2; ``--debug`` (before or after the command)
@@ -21,123 +23,35 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import importlib.metadata
 import json
-import math
+import platform
 import re
 import sys
 import warnings
 
-from walnet.engine.config import (EVAL_METRICS, FIGURE_FORMATS, SPLITS, CalibrateConfig, DemoConfig, EvalConfig,
-                                  ExportConfig, PredictConfig, TrainConfig)
+from walnet.cli_options import add_options as _add_options
+from walnet.cli_options import build_config as _config
+from walnet.cli_options import config_file_arg, float_arg, read_config_file, sections
 from walnet.console import console_log, show_warning
+from walnet.engine.config import CalibrateConfig, DemoConfig, EvalConfig, ExportConfig, PredictConfig, TrainConfig
 from walnet.engine.config_fields import options
 from walnet.engine.experiment import DEFAULT_SEEDS, TABLES
-from walnet.engine.schedule import SCHEDULES
 
 
 def _phantom(args: argparse.Namespace) -> int:
     from walnet.data import phantom
 
-    csv_path = phantom.generate(args.out, n=args.n, seed=args.seed, size=args.size)
-    print(f"wrote {args.n} phantom images ({args.size}x{args.size}) and their masks; labels: {csv_path}")
+    csv_path = phantom.generate(args.output, n=args.n, seed=args.seed, size=args.size)
+    print(f"wrote {args.n} phantom images ({args.size}x{args.size}) and their masks to {args.output}; "
+          f"labels: {csv_path}")
     return 0
 
 
-def _names(text: str) -> tuple[str, ...]:
-    """A comma-separated list (``--classes a,b,c``), each item stripped."""
-    return tuple(item.strip() for item in text.split(","))
-
-
-def _float(text: str) -> float:
-    """A float option's value; one a float cannot hold (1e400 reads as inf) is refused as written."""
-    value = float(text)  # no number: argparse's "invalid float value" (see __name__ below)
-    mantissa = text.lower().split("e")[0]
-    if (math.isinf(value) and "inf" not in mantissa) or (value == 0 and re.search(r"[1-9]", mantissa)):
-        raise argparse.ArgumentTypeError(f"{text} is out of the range of a float (it would read as {value})")
-    return value
-
-
-_float.__name__ = "float"  # argparse names the type in its error for text that is no number
-#: Flags other than the ``--<field-name>`` of :func:`~walnet.engine.config.options`.
-_FLAGS = {"batch_size": ("-b", "--batch-size"), "workers": ("-j", "--workers"), "masks_dir": ("--masks",),
-          "overlays_dir": ("--overlays",), "formats": ("--format",)}
-#: argparse settings that the fields' types do not imply.
-_EXTRA = {"split": {"choices": SPLITS}, "eval_metric": {"choices": EVAL_METRICS}, "masks_dir": {"metavar": "DIR"},
-          "figure_format": {"choices": FIGURE_FORMATS},
-          "overlays_dir": {"metavar": "DIR"},
-          "inputs": {"metavar": "INPUT"}, "classes": {"type": _names, "metavar": "A,B,C"},
-          "formats": {"type": _names, "metavar": "FORMAT[,FORMAT]"}, "sched": {"choices": SCHEDULES},
-          "class_weights": {"metavar": "{none,balanced,W1,W2,...}"}}
-#: The tuple fields given as positional arguments; other tuple fields are comma-separated options.
-_POSITIONAL = {"inputs"}
-
-
-def _add_option(parser, option) -> None:
-    """Adds a config field's `option`: its flags (``--<name>`` or :data:`_FLAGS`), type, default
-    and help. A field without a default is a required option; a tuple of paths takes the
-    positional arguments (one or more; any number where the field has a default, as predict's
-    inputs, which --csv replaces: the config says which is missing)."""
-    name = option.name
-    kw = dict(_EXTRA.get(name, {}), help=option.doc)
-    if name in _POSITIONAL:
-        if option.required:
-            parser.add_argument(name, nargs="+", **kw)
-        else:
-            parser.add_argument(name, nargs="*", default=option.default, **kw)
-        return
-    if option.kind is bool:
-        # a switch that is on by default is turned off with --no-<name>
-        kw["action"] = argparse.BooleanOptionalAction if option.default is True else "store_true"
-    elif option.kind in (int, float):
-        kw["type"] = _float if option.kind is float else int
-    if option.required:
-        kw["required"] = True
-    else:
-        kw["default"] = option.default
-    parser.add_argument(*_FLAGS.get(name, (option.flag,)), dest=name, **kw)
-
-
-#: Pairs of fields of which exactly one is given: a required group of mutually exclusive options
-#: where a config has both.
-_ONE_OF = (("data_dir", "csv"), ("checkpoint", "model"))
-
-
-def _add_options(parser, config: type, skip=()) -> None:
-    """One option per field of `config` but those in `skip`, in field order, each listed in
-    ``--help`` under its field's group (model, data, runtime, ...); each pair of :data:`_ONE_OF`
-    (``data_dir`` / ``csv``, ``checkpoint`` / ``model``) that `config` has as a required group of
-    which exactly one is given."""
-    offered = {o.name: o for o in options(config) if o.name not in skip}
-    sections = {}
-
-    def section(option):
-        if option.group is None:
-            return parser
-        if option.group not in sections:
-            sections[option.group] = parser.add_argument_group(option.group)
-        return sections[option.group]
-
-    exclusive = {}
-    for pair in _ONE_OF:
-        if set(pair) <= set(offered):
-            group = section(offered[pair[0]])
-            exclusive.update(dict.fromkeys(pair, group.add_mutually_exclusive_group(required=True)))
-    for name, option in offered.items():
-        _add_option(exclusive.get(name) or section(option), option)
-
-
-def _config(config: type, args: argparse.Namespace, skip=(), **values):
-    """`config` built from `values` and the parsed options named after its other fields (but
-    those in `skip`, which keep their defaults)."""
-    given = {name: value for name, value in vars(args).items() if name not in skip}
-    # the namespace also holds the command's own entries (command, run, debug): not fields
-    return config.from_dict({**given, **values}, strict=False)
-
-
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, recorded: dict | None = None) -> int:
     from walnet.engine.trainer import train
 
-    train(_config(TrainConfig, args))
+    train(_config(TrainConfig, args, recorded=recorded))
     return 0
 
 
@@ -209,14 +123,15 @@ def _experiment(args: argparse.Namespace) -> int:
 def _add_experiment(sub) -> None:
     p = sub.add_parser("experiment", help="configs x seeds -> train, evaluate, mean (std) tables like the paper's "
                        "Tables 1-3 (<output>/<table>.md and .csv)")
-    which = p.add_mutually_exclusive_group(required=True)
+    runs = p.add_argument_group("experiment")  # listed first, then the groups of the runs' options
+    which = runs.add_mutually_exclusive_group(required=True)
     which.add_argument("--table", choices=tuple(TABLES), help="the paper's Table 1 (methods), "
                        "2 (RCM/PGM ablation) or 3 (ROI methods)")
     which.add_argument("--models", help="comma-separated model names (as train --model), e.g. walnet,walnet_no_rcm")
-    p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)),
-                   help="comma-separated seeds (paper: five runs)")
-    p.add_argument("--output", required=True, help="experiment folder: runs/<model>/seed<k>/, <table>.csv/.md; "
-                   "finished runs are reused, interrupted ones resumed")
+    seeds = ",".join(map(str, DEFAULT_SEEDS))
+    runs.add_argument("--seeds", default=seeds, help=f"comma-separated seeds (paper: five runs) (default: {seeds})")
+    sections(p)["output"].add_argument("--output", required=True, help="experiment folder: runs/<model>/seed<k>/, "
+                                       "<table>.csv/.md; finished runs are reused, interrupted ones resumed")
     _add_options(p, TrainConfig, skip=_EXPERIMENT_SETS_TRAIN)
     # the options both commands have (data, device, workers, skip_bad) are added once, for both
     _add_options(p, EvalConfig, skip=_EXPERIMENT_SETS_EVAL | {o.name for o in options(TrainConfig)})
@@ -231,13 +146,26 @@ def _add_experiment(sub) -> None:
             ("--time", "time_min", int, "MIN", "minutes per run's job (default: 1440); a job out of time is requeued"),
             ("--gpus-per-task", "gpus_per_task", int, "N", "GPUs per run (default: 1; 0: CPU)"),
             ("--cpus-per-task", "cpus_per_task", int, "N", "CPUs per run (default: 8)"),
-            ("--mem-gb", "mem_gb", _float, "GB", "GB of memory per run (default: the partition's)")):
+            ("--mem-gb", "mem_gb", float_arg, "GB", "GB of memory per run (default: the partition's)")):
         launch.add_argument(flag, dest=dest, type=kind, metavar=metavar, help=text)
     launch.add_argument("--no-wait", dest="wait", action="store_const", const=False, help="submit and return; "
                         "then the same command with --aggregate-only writes the tables")
     launch.add_argument("--aggregate-only", action="store_true", help="run nothing: the tables of the finished "
                         "runs, naming the others")
     p.set_defaults(run=_experiment)
+
+
+def _add_phantom(sub) -> None:
+    p = sub.add_parser("phantom", help="write the synthetic carotid-plaque dataset (images, masks, labels.csv)")
+    out = sections(p)["output"].add_mutually_exclusive_group(required=True)
+    out.add_argument("--output", help="output folder (must be empty, new, or an earlier phantom)")
+    out.add_argument("--out", dest="output", help=argparse.SUPPRESS)  # unlisted: commands written with --out work
+    data = sections(p)["data"]
+    data.add_argument("--n", type=int, default=1270, help="number of images (paper's class ratio 301/605/364) "
+                      "(default: 1270)")
+    data.add_argument("--seed", type=int, default=0, help="seed of the images and labels (default: 0)")
+    data.add_argument("--size", type=int, default=224, help="image side in pixels (default: 224)")
+    p.set_defaults(run=_phantom)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -255,15 +183,33 @@ _DEMO_FIXED = {"attention_channels", "batch_size", "lr", "rcm_warmup"}
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="phantom -> train WAL-Net -> evaluate -> report.md, in minutes on a CPU")
-    p.add_argument("--output", default="demo-output", help="folder for the phantom, the run and report.md")
+    sections(p)["output"].add_argument("--output", default="demo-output", help="folder for the phantom, the run and "
+                                       "report.md (default: demo-output)")
     _add_options(p, DemoConfig, skip=_DEMO_FIXED)
     p.set_defaults(run=_demo)
+
+
+#: The packages ``walnet info`` reports besides torch: the dependencies that build the models and
+#: those of the optional extras (``pip install 'walnet[onnx]'``, ``[dicom]``, ...); None where absent.
+INFO_PACKAGES = ("timm", "torchvision")
+INFO_OPTIONAL = ("onnx", "onnxscript", "onnxruntime", "pydicom", "pylibjpeg", "av", "submitit", "tensorboard")
+
+
+def _version_of(distribution: str) -> str | None:
+    """The installed version of `distribution` from its metadata (the package is not imported),
+    None where it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _info(args: argparse.Namespace) -> int:
     from walnet.ops import build_info
 
-    info = build_info()
+    info = {**build_info(), "python": platform.python_version(),
+            "packages": {name: _version_of(name) for name in INFO_PACKAGES},
+            "optional": {name: _version_of(name) for name in INFO_OPTIONAL}}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -275,6 +221,8 @@ def _info(args: argparse.Namespace) -> int:
         f"extension built for torch {info['built_for_torch'] or 'unknown'}, CUDA {info['built_for_cuda'] or 'none'}, "
         f"archs {archs}, OpenMP {'yes' if info['openmp'] else 'no' if info['openmp'] is not None else 'unknown'}",
         f"compiled kernels for: {', '.join(info['backends']) or 'nothing (every op runs its reference)'}",
+        f"Python {info['python']}, " + ", ".join(f"{k} {v or 'not installed'}" for k, v in info["packages"].items()),
+        "optional: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in info["optional"].items()),
     ]
     if info["load_error"]:
         lines.append(f"not used: {info['load_error']}")
@@ -309,7 +257,15 @@ class _Parser(argparse.ArgumentParser):
 _DEBUG_HELP = "show the traceback of an error instead of a one-line message"
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: The commands that take ``--config FILE``, and their configs.
+_CONFIG_FILE_COMMANDS = {"train": TrainConfig}
+_CONFIG_FILE_HELP = ("a JSON file of the settings (a run's args.json) whose values become the defaults: the options "
+                     "given here override them; its output and resume are not read (give --output)")
+
+
+def build_parser(recorded: dict | None = None) -> argparse.ArgumentParser:
+    """The ``walnet`` parser; `recorded`: the values of train's ``--config`` file, its options'
+    defaults."""
     from walnet._version import __version__
 
     parser = _Parser(prog="walnet", description="WAL-Net for carotid plaque classification.")
@@ -323,15 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="versions, what the compiled ops were built for, and where they run")
     p.add_argument("--json", action="store_true", help="as JSON")
     p.set_defaults(run=_info)
-    p = sub.add_parser("phantom", help="write the synthetic carotid-plaque dataset (images, masks, labels.csv)")
-    p.add_argument("--out", required=True, help="output folder (must be empty, new, or an earlier phantom)")
-    p.add_argument("--n", type=int, default=1270, help="number of images (paper's class ratio 301/605/364)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=224, help="image side in pixels")
-    p.set_defaults(run=_phantom)
+    _add_phantom(sub)
     for name, config, run, text in _CONFIG_COMMANDS:
         p = sub.add_parser(name, help=text)
-        _add_options(p, config)
+        if name in _CONFIG_FILE_COMMANDS:
+            p.add_argument("--config", metavar="FILE", help=_CONFIG_FILE_HELP)
+            run = functools.partial(run, recorded=recorded)
+        _add_options(p, config, recorded=recorded if name in _CONFIG_FILE_COMMANDS else None)
         p.set_defaults(run=run)
     _add_demo(sub)
     _add_experiment(sub)
@@ -362,8 +316,24 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser_for(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of `argv`: where its command takes ``--config FILE`` and is given one, with the
+    file's values as defaults (a file that cannot be read is a usage error, one line)."""
     parser = build_parser()
+    command = next((arg for arg in argv if not arg.startswith("-")), None)  # the options before it take no value
+    path = config_file_arg(argv) if command in _CONFIG_FILE_COMMANDS else None
+    if path is None:
+        return parser
+    try:
+        recorded = read_config_file(path, _CONFIG_FILE_COMMANDS[command])
+    except ValueError as exc:
+        parser.commands[command].error(str(exc))
+    return build_parser(recorded)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser_for(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the command's parser, which names the command
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")

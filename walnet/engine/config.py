@@ -68,34 +68,35 @@ class TrainConfig(ConfigBase):
                        group="model")
     rcm_warmup: int = option(20, "epochs with the RCM off at the start", group="model")
     attention_channels: int = option(2048, "inner channels of the attention gates", group="model")
-    # training
-    output: str = option(doc="run folder (args, split, metrics.csv, last.pt, best.pt)", group="training")
-    epochs: int = option(100, "epochs to train (a resumed run continues up to this count)", group="training")
-    batch_size: int = option(8, "images per step (per process under torchrun)", group="training")
-    lr: float = option(1e-4, "Adam learning rate (paper: 1e-4)", group="training")
-    weight_decay: float = option(0.0, "Adam weight decay, an L2 penalty (paper: 0)", group="training")
+    # optimisation (output and resume: the run folder, listed under output)
+    output: str = option(doc="run folder (args, split, metrics.csv, last.pt, best.pt)", group="output")
+    epochs: int = option(100, "epochs to train (a resumed run continues up to this count)", group="optimisation")
+    batch_size: int = option(8, "images per step (per process under torchrun)", group="optimisation")
+    lr: float = option(1e-4, "Adam learning rate (paper: 1e-4)", group="optimisation")
+    weight_decay: float = option(0.0, "Adam weight decay, an L2 penalty (paper: 0)", group="optimisation")
     sched: str = option("none", "learning-rate schedule (timm): none (constant --lr, the paper's), cosine, step or "
-                        "plateau; stepped once per epoch", group="training")
+                        "plateau; stepped once per epoch", group="optimisation")
     warmup_epochs: int = option(0, "epochs of linear warm-up from --warmup-lr to --lr (needs a --sched)",
-                                group="training")
-    warmup_lr: float = option(1e-6, "learning rate at the start of the warm-up", group="training")
-    min_lr: float = option(0.0, "lowest learning rate of the cosine and plateau schedules", group="training")
-    decay_epochs: int = option(30, "step: multiply the rate by --decay-rate every this many epochs", group="training")
-    decay_rate: float = option(0.1, "step and plateau: the factor of each decay", group="training")
+                                group="optimisation")
+    warmup_lr: float = option(1e-6, "learning rate at the start of the warm-up", group="optimisation")
+    min_lr: float = option(0.0, "lowest learning rate of the cosine and plateau schedules", group="optimisation")
+    decay_epochs: int = option(30, "step: multiply the rate by --decay-rate every this many epochs",
+                               group="optimisation")
+    decay_rate: float = option(0.1, "step and plateau: the factor of each decay", group="optimisation")
     patience_epochs: int = option(10, "plateau: epochs without a better validation score before a decay",
-                                  group="training")
+                                  group="optimisation")
     patience: int | None = option(None, "early stopping: stop after this many epochs in which best.pt did not "
-                                  "change (--eval-metric; default: never)", group="training")
-    seed: int = option(0, "seed of the split, the initial weights and every epoch's draws", group="training")
+                                  "change (--eval-metric; default: never)", group="optimisation")
+    seed: int = option(0, "seed of the split, the initial weights and every epoch's draws", group="optimisation")
     eval_metric: str = option("accuracy", "validation metric that chooses best.pt: accuracy, macro_f1, kappa or auc "
-                              "(micro ROC-AUC); of equal scores the later epoch is kept", group="training")
+                              "(micro ROC-AUC); of equal scores the later epoch is kept", group="optimisation")
     class_weights: str = option("none", "weights of the classification loss per class: none, balanced (n / (K * "
                                 "n_class) over the training split) or one positive number per class in class order, "
-                                "comma-separated (e.g. 1,2.5,1)", group="training")
+                                "comma-separated (e.g. 1,2.5,1)", group="optimisation")
     balanced_sampler: bool = option(False, "draw each epoch's training images with replacement, every class equally "
                                     "often (as many draws as training images; off: each image once)",
-                                    group="training")
-    resume: str | None = option(None, "checkpoint (last.pt) to continue from", group="training")
+                                    group="optimisation")
+    resume: str | None = option(None, "checkpoint (last.pt) to continue from", group="output")
     # runtime
     device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...", group="runtime")
     precision: str = option("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 (bfloat16 autocast) or fp16 "
@@ -180,22 +181,22 @@ def _check_scoring(config) -> None:
 class EvalConfig(ConfigBase):
     """``walnet evaluate``: which checkpoint to score on which split of which data."""
 
-    checkpoint: str = option(doc="best.pt or last.pt of a run (its folder holds split.csv)")
+    checkpoint: str = option(doc="best.pt or last.pt of a run (its folder holds split.csv)", group="model")
     data_dir: str | None = option(None, "ImageFolder root: <dir>/<class>/<image>", group="data")
     csv: str | None = option(None, "CSV: path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]", group="data")
     split: str = option("test", "the split to score", group="data")
-    output: str | None = option(None, "folder for metrics.json (default: the checkpoint's folder)")
+    output: str | None = option(None, "folder for metrics.json (default: the checkpoint's folder)", group="output")
     batch_size: int = option(16, "images per batch", group="runtime")
     workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)",
                                  group="runtime")
     device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...", group="runtime")
     skip_bad: bool = option(False, "skip unreadable images (counted) instead of failing", group="data")
     figures: bool = option(True, "write roc.png, confusion.png, reliability.png, segmentation.png and "
-                           "attention.png (off: metrics.json only)")
+                           "attention.png (off: metrics.json only)", group="output")
     figure_format: str = option("png", "figure files at 300 dpi: png, pdf (vector) or both (the same base names)",
                                 group="output")
     save_predictions: str | None = option(None, "also write a CSV of every scored image: path, frame, patient, "
-                                          "label, predicted, prob_<class>...")
+                                          "label, predicted, prob_<class>...", group="output")
     dicom_region: bool = option(True, "crop DICOM images to their ultrasound region (off: whole images; also off "
                                 "where the run was trained with --no-dicom-region)", group="data")
 
@@ -210,29 +211,31 @@ class PredictConfig(ConfigBase):
     """``walnet predict``: which model (a checkpoint or an exported folder) classifies which
     images, and where the results go."""
 
-    checkpoint: str | None = option(None, "best.pt or last.pt of a run")
+    checkpoint: str | None = option(None, "best.pt or last.pt of a run", group="model")
     model: str | None = option(None, "instead of --checkpoint: a model folder written by walnet export "
-                               "(config.json + model.safetensors)")
-    inputs: tuple[str, ...] = option((), "image files and/or folders (scanned recursively); or --csv", group="inputs")
+                               "(config.json + model.safetensors)", group="model")
+    inputs: tuple[str, ...] = option((), "image files and/or folders (scanned recursively); or --csv", group="data")
     csv: str | None = option(None, "instead of INPUT: a CSV path[,label][,...][,y1,x1,y2,x2 or xmin,ymin,xmax,ymax] "
                              "as training reads it; each image is cropped to its ROI box as in training "
-                             "(labels are not needed; where given, overlays show them)", group="inputs")
-    output: str = option(doc="CSV: path,predicted,prob_<class>... (never overwritten without --overwrite)")
+                             "(labels are not needed; where given, overlays show them)", group="data")
+    output: str = option(doc="CSV: path,predicted,prob_<class>... (never overwritten without --overwrite)",
+                         group="output")
     masks_dir: str | None = option(None, "also write each image's predicted plaque mask (0/255 PNG, original "
-                                   "size; 0 outside the ROI box) here; needs a model with a segmentation head")
+                                   "size; 0 outside the ROI box) here; needs a model with a segmentation head",
+                                   group="output")
     overlays_dir: str | None = option(None, "also write a PNG per image here: the fused attention as a heat map "
                                       "over the image (its ROI crop), the predicted mask's contour and the RCM "
                                       "box, titled with the predicted class (and the true one where --csv has "
-                                      "labels); needs a WAL-Net with its PGM")
+                                      "labels); needs a WAL-Net with its PGM", group="output")
     amp: bool = option(False, "run the model under bfloat16 autocast (CUDA and CPU): faster on recent GPUs; "
                        "probabilities differ from float32 in the second or third decimal", group="runtime")
     batch_size: int = option(16, "images per batch", group="runtime")
     workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)",
                                  group="runtime")
     device: str = option("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...", group="runtime")
-    overwrite: bool = option(False, "replace an existing CSV / mask / overlay files")
+    overwrite: bool = option(False, "replace an existing CSV / mask / overlay files", group="output")
     dicom_region: bool = option(True, "crop DICOM images to their ultrasound region (off: whole images; also off "
-                                "where the --checkpoint was trained with --no-dicom-region)", group="inputs")
+                                "where the --checkpoint was trained with --no-dicom-region)", group="data")
 
     def _check(self) -> None:
         if (self.checkpoint is None) == (self.model is None):
@@ -251,12 +254,15 @@ class ExportConfig(ConfigBase):
     """``walnet export``: which checkpoint becomes a self-contained model folder, where, and in
     which formats."""
 
-    checkpoint: str = option(doc="best.pt or last.pt of a run (its metrics.json and split.csv go into the model card)")
-    output: str = option(doc="model folder: model.safetensors, config.json, README.md (+ model.pt2, model.onnx)")
+    checkpoint: str = option(doc="best.pt or last.pt of a run (its metrics.json and split.csv go into the model card)",
+                             group="model")
+    output: str = option(doc="model folder: model.safetensors, config.json, README.md (+ model.pt2, model.onnx)",
+                         group="output")
     formats: tuple[str, ...] = option(("safetensors",), "comma-separated formats: safetensors (always written), "
-                                      "pt2 (torch.export), onnx (needs: pip install 'walnet[onnx]')")
-    overwrite: bool = option(False, "replace an earlier export in the output folder")
-    device: str = option("cpu", "cpu (default), cuda, cuda:1, auto: where the model is traced (a pt2 runs there)")
+                                      "pt2 (torch.export), onnx (needs: pip install 'walnet[onnx]')", group="output")
+    overwrite: bool = option(False, "replace an earlier export in the output folder", group="output")
+    device: str = option("cpu", "cpu (default), cuda, cuda:1, auto: where the model is traced (a pt2 runs there)",
+                         group="runtime")
 
     def _check(self) -> None:
         check_given(self, "checkpoint", "output", "formats")
@@ -274,16 +280,16 @@ class DemoConfig(ConfigBase):
     """``walnet demo``: the phantom's size and the training budget (defaults: about 3.5 minutes
     on 2 CPU cores)."""
 
-    n: int = option(800, "phantom images")
-    size: int = option(96, "image side in pixels")
-    epochs: int = option(8, "epochs to train")
-    backbone: str = option("resnet18", "timm backbone of WAL-Net")
-    attention_channels: int = option(64, "inner channels of the attention gates")
-    batch_size: int = option(16, "images per step")
-    lr: float = option(1e-3, "Adam learning rate")
-    rcm_warmup: int = option(4, "epochs with the RCM off at the start")
-    seed: int = option(0, "seed of the phantom and of the run")
-    device: str = option("cpu", "cpu (default), cuda, auto")
+    n: int = option(800, "phantom images", group="data")
+    size: int = option(96, "image side in pixels", group="data")
+    epochs: int = option(8, "epochs to train", group="optimisation")
+    backbone: str = option("resnet18", "timm backbone of WAL-Net", group="model")
+    attention_channels: int = option(64, "inner channels of the attention gates", group="model")
+    batch_size: int = option(16, "images per step", group="optimisation")
+    lr: float = option(1e-3, "Adam learning rate", group="optimisation")
+    rcm_warmup: int = option(4, "epochs with the RCM off at the start", group="model")
+    seed: int = option(0, "seed of the phantom and of the run", group="optimisation")
+    device: str = option("cpu", "cpu (default), cuda, auto", group="runtime")
 
     def _check(self) -> None:
         check_at_least(self, 1, "n", "size", "epochs", "attention_channels", "batch_size")
@@ -298,7 +304,7 @@ class CalibrateConfig(ConfigBase):
     """``walnet calibrate``: which checkpoint gets a temperature, fitted on which split of which data."""
 
     checkpoint: str = option(doc="best.pt or last.pt of a run (its folder holds split.csv); the fitted temperature "
-                             "is written into it")
+                             "is written into it", group="model")
     data_dir: str | None = option(None, "ImageFolder root: <dir>/<class>/<image>", group="data")
     csv: str | None = option(None, "CSV: path,label[,patient_id][,mask_path][,split][,y1,x1,y2,x2]", group="data")
     split: str = option("val", "the split to fit the temperature on (not test: that would bias the test scores)",

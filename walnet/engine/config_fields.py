@@ -57,7 +57,7 @@ class ConfigBase:
     def __post_init__(self) -> None:
         for f in fields(self):
             # frozen: the normalised value replaces the given one before anyone can see it
-            object.__setattr__(self, f.name, _coerce(type(self), f.name, getattr(self, f.name)))
+            object.__setattr__(self, f.name, coerce_value(type(self), f.name, getattr(self, f.name)))
         self._check()
 
     def _check(self) -> None:
@@ -75,13 +75,21 @@ class ConfigBase:
         walnet 0.1.0 wrote (``"no_rcm": true``, ...) are read as their positive fields
         (``rcm`` false), so its args.json files and checkpoints read as they were written."""
         names = {f.name for f in fields(cls)}
-        data = dict(data)
-        for key in [k for k in data if k.startswith("no_") and k[3:] in names and isinstance(data[k], bool)]:
-            data.setdefault(key[3:], not data.pop(key))
+        data = cls.upgrade_keys(data)
         unknown = sorted(k for k in data if k not in names)
         if unknown and strict:
             raise ValueError(f"{cls.__name__} has no option(s) {unknown}; known: {sorted(names)}")
         return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def upgrade_keys(cls, data: typing.Mapping) -> dict:
+        """A copy of `data` with the negative switches of walnet 0.1.0 (``"no_rcm": true``) read
+        as their positive fields (``"rcm": false``)."""
+        names = {f.name for f in fields(cls)}
+        data = dict(data)
+        for key in [k for k in data if k.startswith("no_") and k[3:] in names and isinstance(data[k], bool)]:
+            data.setdefault(key[3:], not data.pop(key))
+        return data
 
 
 @functools.cache
@@ -105,7 +113,7 @@ def field_kind(config: type, name: str):
     return hint
 
 
-def _coerce(config: type, name: str, value):
+def coerce_value(config: type, name: str, value):
     """`value` as the field's type: paths as str (so the config is plain JSON), an int as float
     where a float is asked for; anything else is a ValueError naming the field. The command line
     always passes the right types, so these errors name the Python field."""

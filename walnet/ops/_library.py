@@ -125,10 +125,19 @@ def runs_on(capability: tuple[int, int], sass: list[str], ptx: list[str]) -> boo
     )
 
 
+def constant_result(fn):
+    """``torch.compiler.assume_constant_result(fn)`` without its import of torch._dynamo (a
+    second of CPU, the most of ``import walnet.ops``): the mark that torch's decorator sets, which
+    dynamo reads where it meets a call of `fn` while compiling (tests/test_import_light.py checks
+    that the mark is torch's)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 _ARCH_ERRORS: dict[int, str | None] = {}
 
 
-@torch.compiler.assume_constant_result
+@constant_result
 def cuda_arch_error(index: int) -> str | None:
     """Why this build's CUDA kernels cannot run on GPU `index` (its arch was not compiled), or
     None. Asked of the driver once per GPU (no host synchronisation)."""

@@ -69,7 +69,7 @@ def _cached_weights(sigma: float) -> tuple[float, ...]:
     return tuple(reference.gaussian_weights(sigma))
 
 
-@torch.compiler.assume_constant_result
+@_library.constant_result
 def _weights(sigma: float) -> list[float]:
     # numpy's exp (scipy's weights) can differ from C's exp in the last bit, so the weights are
     # made by numpy here and passed to the kernels; constant for torch.compile.
