@@ -99,10 +99,11 @@ def test_every_public_name_is_listed_and_resolves():
                     "         for n in walnet.__all__}\n"
                     "print(json.dumps({'all': walnet.__all__, 'dir': dir(walnet), 'names': names,\n"
                     "                  'star': [n for n in walnet.__all__ if n not in globals()]}))")
-    expected = {"PseudoMaskGenerator", "WALNet", "create_model", "walnet_loss", "models", "ops", "built_backends",
-                "__version__"}
+    expected = {"Predictor", "PseudoMaskGenerator", "WALNet", "create_model", "walnet_loss", "models", "ops",
+                "built_backends", "__version__"}
     assert set(found["all"]) == expected and expected <= set(found["dir"]) and found["star"] == []
     assert found["names"]["WALNet"] == "WALNet" and found["names"]["models"] == "walnet.models"
+    assert found["names"]["Predictor"] == "Predictor"
     import walnet
 
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
