@@ -363,7 +363,9 @@ def _run(trained, records, region, config, device, staging, names) -> np.ndarray
     amp_dtype = torch.bfloat16 if config.amp else None
     if "overlay" in staging:
         from walnet.engine import figures  # matplotlib only when overlays are asked for
-    for batch in loader:
+    from walnet.engine.progress import bar
+
+    for batch in bar(loader, "predict", enabled=not config.quiet):
         index = batch["index"].numpy()
         out = forward(model, batch["image"].to(device), amp_dtype)
         check_finite(out.logits, model, f"{'model' if trained.train_config is None else 'checkpoint'} {trained.source}")
