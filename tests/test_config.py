@@ -264,13 +264,13 @@ def test_the_negative_switches_of_010_files_read_as_their_positive_fields():
 
 
 def test_train_help_lists_its_options_by_group(capsys):
-    """``walnet train --help`` lists the options under data, model, training and runtime, each
+    """``walnet train --help`` lists the options under data, model, training, runtime and output, each
     option under the group its field names."""
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     text = capsys.readouterr().out
     headings = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
-    assert headings == ["options", "data", "model", "training", "runtime"]
+    assert headings == ["options", "data", "model", "training", "runtime", "output"]
     sections = dict(zip(headings, text.split("\n\n")[1:]))
     for f in fields(TrainConfig):
         section = sections[f.metadata["group"]]

@@ -63,12 +63,14 @@ FLAG_VALUES = {
     "--patience": ["1", "3", "0", "-2", "x"],
     "--class-weights": ["none", "balanced", "1,2,1", "1,2", "0,1,1", "-1,1,1", "x", "", "nan,1,1"],
     "--balanced-sampler": [None],  # a switch: no value
+    "--quiet": [None],
+    "--tensorboard": [None],
 }
 #: The flags each command takes (others are usage errors, which the fuzz tries now and then).
 COMMAND_FLAGS = {
     "train": [f for f in FLAG_VALUES if f not in ("--split", "--save-predictions")],
-    "evaluate": ["-b", "--device", "--output", "--save-predictions"],
-    "predict": ["-b", "--device", "--output"],
+    "evaluate": ["-b", "--device", "--output", "--save-predictions", "--quiet"],
+    "predict": ["-b", "--device", "--output", "--quiet"],
     "calibrate": ["-b", "--device", "--split"],
 }
 

@@ -359,9 +359,6 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, runtime: Runt
                    **{f"val_{metric}": val[key] for metric, key in EVAL_METRIC_KEYS.items()},
                    "epoch_s": time.perf_counter() - started, "lr": lr}
             log.append(row)
-            redraw(output, log.rows())  # curves.png; a failure is a warning
-            if board is not None:
-                board.add(row)
             _report(config, row, seconds)
             value = row[f"val_{config.eval_metric}"]
         # every process steps the schedule and counts the epochs since best.pt by rank 0's score
@@ -373,6 +370,9 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, runtime: Runt
             training = {"optimizer": run.optimizer.state_dict(), "scheduler": run.schedule.state_dict(),
                         "scaler": run.scaler.state_dict() if run.scaler is not None else {}, "stopped_early": stop}
             checkpoints.save(epoch, improved, run.model, training)
+            redraw(output, log.rows())  # curves.png, once the epoch is saved; a failure is a warning
+            if board is not None:
+                board.add(row)
         ctx.barrier()
         if stop:
             if ctx.is_main:
