@@ -96,7 +96,7 @@ def no_model(monkeypatch):
 
 
 #: The validation scores of every epoch of a :func:`quick` run.
-QUICK_SCORES = dict(accuracy=0.5, macro_f1=0.5, kappa=0.0, auc_micro=0.5)
+QUICK_SCORES = dict(accuracy=0.5, macro_f1=0.5, kappa=0.0, auc_micro=0.5, loss=1.1)
 
 
 @pytest.fixture

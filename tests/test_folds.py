@@ -132,7 +132,8 @@ def test_a_fold_run_resumed_after_epoch_1_ends_as_an_uninterrupted_one(data, tmp
     train(run_config(data, whole, epochs=2, folds=3, fold=2))
     train(run_config(data, cut, epochs=1, folds=3, fold=2))
     train(run_config(data, cut, epochs=2, folds=3, fold=2, resume=str(cut / "last.pt")))
-    assert split_column(cut) == split_column(whole) and metrics_rows(cut) == metrics_rows(whole)
+    assert split_column(cut) == split_column(whole)
+    assert metrics_rows(cut, timings=False) == metrics_rows(whole, timings=False)
     a, b = (torch.load(run / "last.pt", weights_only=True) for run in (whole, cut))
     assert a["epoch"] == b["epoch"] == 1 and a["args"]["folds"] == 3 and a["args"]["fold"] == 2
     for name, tensor in a["model"].items():

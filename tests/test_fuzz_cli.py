@@ -64,12 +64,14 @@ FLAG_VALUES = {
     "--class-weights": ["none", "balanced", "1,2,1", "1,2", "0,1,1", "-1,1,1", "x", "", "nan,1,1"],
     "--balanced-sampler": [None],  # a switch: no value
     "--figure-format": ["png", "pdf", "both", "jpg", ""],  # evaluate only
+    "--quiet": [None],
+    "--tensorboard": [None],
 }
 #: The flags each command takes (others are usage errors, which the fuzz tries now and then).
 COMMAND_FLAGS = {
     "train": [f for f in FLAG_VALUES if f not in ("--split", "--save-predictions", "--figure-format")],
-    "evaluate": ["-b", "--device", "--output", "--save-predictions", "--figure-format"],
-    "predict": ["-b", "--device", "--output"],
+    "evaluate": ["-b", "--device", "--output", "--save-predictions", "--figure-format", "--quiet"],
+    "predict": ["-b", "--device", "--output", "--quiet"],
     "calibrate": ["-b", "--device", "--split"],
 }
 

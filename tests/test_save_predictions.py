@@ -33,7 +33,8 @@ def world(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setattr(trainer, "train_one_epoch",
                   lambda *a, **kw: {"loss": 1.0, "cls_loss": 0.6, "seg_loss": 0.4, "accuracy": 0.5})
-    patch.setattr(trainer, "evaluate", lambda *a, **kw: dict(accuracy=0.5, macro_f1=0.5, kappa=0.0, auc_micro=0.5))
+    patch.setattr(trainer, "evaluate", lambda *a, **kw: dict(accuracy=0.5, macro_f1=0.5, kappa=0.0, auc_micro=0.5,
+                                                             loss=1.1))
     try:
         train(run_config(root / "data" / "labels.csv", root / "run", epochs=1))
     finally:

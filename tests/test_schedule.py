@@ -152,7 +152,7 @@ def _scripted(monkeypatch, scores):
 
     def evaluate(*a, **kw):
         value = left.pop(0)
-        return dict(accuracy=value, macro_f1=value, kappa=value, auc_micro=value)
+        return dict(accuracy=value, macro_f1=value, kappa=value, auc_micro=value, loss=1.1)
 
     monkeypatch.setattr(trainer, "evaluate", evaluate)
 
@@ -262,7 +262,7 @@ def test_a_resumed_scheduled_run_ends_as_an_uninterrupted_one(data, tmp_path, mo
             train(run_config(data, cut, **{**RESUMED, **changed}, resume=str(cut / "last.pt")))
     train(run_config(data, cut, **RESUMED, resume=str(cut / "last.pt")))
 
-    assert metrics_rows(cut) == metrics_rows(whole)  # losses, scores and rates, to the last digit
+    assert metrics_rows(cut, timings=False) == metrics_rows(whole, timings=False)  # losses, scores, rates: every digit
     want = _timm_rates("cosine", 3, min_lr=0.0, warmup_epochs=1, warmup_lr=1e-6)
     assert [float(r["lr"]) for r in metrics_rows(whole)] == want
     a, b = (torch.load(run / "last.pt", weights_only=True) for run in (whole, cut))

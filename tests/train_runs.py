@@ -8,6 +8,7 @@ from pathlib import Path
 
 from walnet.data import load_split, phantom, split_indices
 from walnet.engine.config import TrainConfig
+from walnet.engine.run_files import TIMING_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 # Same thread count in every process, so the runs compared below do the same arithmetic.
@@ -32,9 +33,14 @@ def run_config(data, run, **values):
     return TrainConfig(csv=data, output=run, **{**SMALL, **values})
 
 
-def metrics_rows(run):
+def metrics_rows(run, timings: bool = True):
+    """The rows of the run's metrics.csv; without `timings`, without the columns that time the
+    epochs (the only ones in which a resumed run may differ from an uninterrupted one)."""
     with open(run / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    if not timings:
+        rows = [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
+    return rows
 
 
 def split_column(run):

@@ -9,6 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 #: walnet's own source files: the warnings raised in them are shown as one line.
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -25,7 +27,8 @@ def show_warning(command, default, message, category, filename, lineno, file=Non
 class ConsoleHandler(logging.Handler):
     """The ``walnet`` logger's records on the terminal: INFO as plain lines on stdout, WARNING
     and above as ``walnet <command>: warning: ...`` on stderr. The streams are looked up per
-    record, so a redirected (or captured) ``sys.stdout`` receives them."""
+    record, so a redirected (or captured) ``sys.stdout`` receives them; a progress bar on the
+    terminal is cleared for the line and drawn again below it."""
 
     def __init__(self, command: str):
         super().__init__(logging.INFO)
@@ -33,10 +36,11 @@ class ConsoleHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            text, stream = record.getMessage(), sys.stdout
             if record.levelno >= logging.WARNING:
-                print(f"walnet {self.command}: warning: {record.getMessage()}", file=sys.stderr, flush=True)
-            else:
-                print(record.getMessage(), file=sys.stdout, flush=True)
+                text, stream = f"walnet {self.command}: warning: {text}", sys.stderr
+            with tqdm.external_write_mode(file=stream):  # a line above the progress bars, not through them
+                print(text, file=stream, flush=True)
         except Exception:  # noqa: BLE001 - logging's contract: a failed emit never raises
             self.handleError(record)
 

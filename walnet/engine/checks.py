@@ -45,12 +45,14 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 #: The files a run writes into its folder (none of them may be the run's input).
-RUN_FILES = ("args.json", SPLIT_FILE, DATA_FILE, "metrics.csv", "last.pt", "best.pt", LOCK_NAME)
+RUN_FILES = ("args.json", SPLIT_FILE, DATA_FILE, "metrics.csv", "curves.png", "last.pt", "best.pt", LOCK_NAME)
+#: The settings that change what a run shows, never what it computes (progress bars, TensorBoard).
+DISPLAY_SETTINGS = frozenset({"quiet", "tensorboard"})
 
 #: The settings a resumed run may change: how far it trains, where it runs and how fast (the
-#: runtime group but the arithmetic, ``precision``); every other one defines what the run is.
-#: The data is compared by its fingerprint (``data.json``), not by the spelling of its path.
-RESUME_MAY_CHANGE = frozenset({"epochs", "resume", "output", "data_dir", "csv"}
+#: runtime group but the arithmetic, ``precision``), what it shows; every other one defines what
+#: the run is. The data is compared by its fingerprint (``data.json``), not by the spelling of its path.
+RESUME_MAY_CHANGE = frozenset({"epochs", "resume", "output", "data_dir", "csv"} | DISPLAY_SETTINGS
                               | {o.name for o in options(TrainConfig) if o.group == "runtime"} - {"precision"})
 #: Settings that name files: equal when they name the same file.
 _PATH_SETTINGS = ("data_dir", "csv", "pretrained_file")
@@ -118,6 +120,10 @@ def check_train_config(config: TrainConfig) -> torch.device:
     from walnet.models import BASELINES, model_names
 
     device = pick_device(config.device)
+    if config.tensorboard:
+        from walnet.engine.tensorboard_log import check_tensorboard
+
+        check_tensorboard()
     if config.model not in model_names():
         raise ValueError(f"--model {config.model!r} is unknown; choose one of {', '.join(model_names())}")
     if config.roi_method is not None and config.roi_method not in ops.ROI_METHODS:

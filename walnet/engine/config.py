@@ -113,6 +113,10 @@ class TrainConfig(ConfigBase):
     sync_bn: bool = option(False, "SyncBatchNorm across torchrun processes (CUDA only)", group="runtime")
     workers: int | None = option(None, "data loader processes (default: 0 on CPU, min(8, CPUs) on CUDA)",
                                  group="runtime")
+    quiet: bool = option(False, "no progress bars (they show only when stderr is a terminal); the log lines stay",
+                         group="output")
+    tensorboard: bool = option(False, "also write every epoch's metrics.csv row as TensorBoard scalars into "
+                               "<output>/tensorboard/ (needs: pip install 'walnet[tensorboard]')", group="output")
 
     def model_spec(self, classes=None) -> ModelSpec:
         """The model this run trains (or trained), for the class names `classes` (default: the
@@ -199,6 +203,8 @@ class EvalConfig(ConfigBase):
                                           "label, predicted, prob_<class>...", group="output")
     dicom_region: bool = option(True, "crop DICOM images to their ultrasound region (off: whole images; also off "
                                 "where the run was trained with --no-dicom-region)", group="data")
+    quiet: bool = option(False, "no progress bars (they show only when stderr is a terminal); the log lines stay",
+                         group="output")
 
     def _check(self) -> None:
         _check_scoring(self)
@@ -236,6 +242,8 @@ class PredictConfig(ConfigBase):
     overwrite: bool = option(False, "replace an existing CSV / mask / overlay files", group="output")
     dicom_region: bool = option(True, "crop DICOM images to their ultrasound region (off: whole images; also off "
                                 "where the --checkpoint was trained with --no-dicom-region)", group="data")
+    quiet: bool = option(False, "no progress bars (they show only when stderr is a terminal); the log lines stay",
+                         group="output")
 
     def _check(self) -> None:
         if (self.checkpoint is None) == (self.model is None):

@@ -71,7 +71,7 @@ def evaluate_run(config: EvalConfig) -> dict:
     figures = config.figures
     outputs = EvalOutputs(panel=PANEL_SAMPLES if figures else 0)
     result = evaluate(model, loader, device, pgm=pgm, class_names=classes, outputs=outputs,
-                      source=f"checkpoint {ckpt}", temperature=trained.temperature)
+                      source=f"checkpoint {ckpt}", temperature=trained.temperature, progress=not config.quiet)
     result.update(bootstrap_ci(outputs.targets, outputs.probs))
     result.update(clinical_metrics(outputs.targets, outputs.probs, classes))
     # each score's image by its dataset index, not by position: right for any loader order

@@ -79,12 +79,12 @@ def _differences(requested: TrainConfig, run_dir: Path, data: Callable[[], dict]
     (``args.json``) but :data:`_IGNORED_SETTINGS`, and its data (``data.json`` against `data`,
     the fingerprint of the experiment's data). A file that cannot tell is a ValueError naming it."""
     from walnet.data.splits import DATA_FILE, data_difference, load_data_record
-    from walnet.engine.checks import setting_differences
+    from walnet.engine.checks import DISPLAY_SETTINGS, setting_differences
 
     args = run_dir / "args.json"
     try:
         saved = json.loads(args.read_text(encoding="utf-8"))
-        differences = setting_differences(saved, requested, _IGNORED_SETTINGS)
+        differences = setting_differences(saved, requested, _IGNORED_SETTINGS | DISPLAY_SETTINGS)
     except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"{args} cannot be read as the run's settings ({first_line(exc)}); delete {run_dir} to "
                          "train it again") from None

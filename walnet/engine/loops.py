@@ -10,25 +10,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from walnet import ops
 from walnet.constants import IGNORE_INDEX
 from walnet.engine.distributed import all_reduce_sum
 from walnet.engine.metrics import classification_metrics, mask_iou_dice
+from walnet.engine.progress import bar
 from walnet.engine.step import TrainStep, check_finite, forward, probabilities
 
 
 def train_one_epoch(model, pgm, loader, optimizer, epoch: int, device, scaler=None, amp_dtype=None,
-                    progress: bool | None = False, step: TrainStep | None = None) -> dict:
+                    progress: bool = False, step: TrainStep | None = None) -> dict:
     """Trains for one epoch; returns mean total / classification / segmentation loss and accuracy
     (over all processes when a torch.distributed group is up).
 
     The PGM builds pseudo masks from the model's own attention maps at every step (no gradient).
     ``model`` may be wrapped (DistributedDataParallel). ``step``: the :class:`TrainStep` to run
     (compiled or CUDA-graphed); by default an eager one of ``model``, ``pgm``, ``optimizer``,
-    ``scaler`` and ``amp_dtype``. ``progress``: a tqdm bar on stderr (None: only when stderr is
-    a terminal).
+    ``scaler`` and ``amp_dtype``. ``progress``: a bar over the batches on stderr where it is a
+    terminal (:func:`walnet.engine.progress.bar`).
     """
     device = torch.device(device)
     model.train()
@@ -36,8 +36,7 @@ def train_one_epoch(model, pgm, loader, optimizer, epoch: int, device, scaler=No
         step = TrainStep(model, pgm, optimizer, amp_dtype=amp_dtype, scaler=scaler)
     sums = torch.zeros(4, device=device)  # total, cls, seg (each x batch size), correct
     seen = 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress is None else not progress)
-    for batch in bar:
+    for batch in bar(loader, f"epoch {epoch}", enabled=progress):
         images = batch["image"].to(device, non_blocking=True)
         target = torch.as_tensor(batch["label"]).to(device, non_blocking=True)
         n = images.shape[0]
@@ -87,7 +86,7 @@ class EvalOutputs:
 
 @torch.no_grad()
 def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
-             outputs: EvalOutputs | None = None, source=None, temperature: float = 1.0) -> dict:
+             outputs: EvalOutputs | None = None, source=None, temperature: float = 1.0, progress: bool = False) -> dict:
     """Class metrics (:func:`classification_metrics`) of the whole loader, plus, where the data
     has true masks, mean IoU / Dice of the predicted segmentation and of the PGM's pseudo masks
     (``seg_iou``, ``seg_dice``, ``pseudo_iou``, ``pseudo_dice``; absent without masks).
@@ -99,7 +98,11 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
     naming it (:func:`walnet.engine.step.check_finite`); training's validation passes none.
     The probabilities are ``softmax(logits / temperature)`` (:func:`walnet.engine.step.probabilities`):
     a temperature keeps each sample's argmax (accuracy, F1, kappa), not the probabilities' ranking
-    across samples (ROC-AUC of three or more classes) or their calibration."""
+    across samples (ROC-AUC of three or more classes) or their calibration. ``loss`` is the mean
+    cross-entropy of those probabilities over the images (unweighted: no class weights), which
+    for training's validation (temperature 1) is the classification loss of its logits.
+    ``progress``: a bar over the batches on stderr where it is a terminal
+    (:func:`walnet.engine.progress.bar`)."""
     device = torch.device(device)
     model.eval()
     targets, probs, logits, seg_scores, pseudo_scores = [], [], [], [], []
@@ -110,7 +113,7 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
     def per_class(out):
         return -(-outputs.panel // out.logits.shape[1])
 
-    for batch in loader:
+    for batch in bar(loader, "evaluate", enabled=progress):
         images = batch["image"].to(device)
         out = forward(model, images, amp_dtype)
         if source is not None:
@@ -148,9 +151,11 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
                              pred[i].astype(np.uint8), small[i].astype(np.uint8), None if fused is None else fused[i],
                              None if boxes is None else boxes[i]))
     result = classification_metrics(torch.cat(targets).numpy(), torch.cat(probs).numpy(), class_names)
+    all_logits = torch.cat(logits)
+    result["loss"] = float(torch.nn.functional.cross_entropy(all_logits / temperature, torch.cat(targets).long()))
     if outputs is not None:
         outputs.targets, outputs.probs = torch.cat(targets).numpy(), torch.cat(probs).numpy()
-        outputs.logits = torch.cat(logits).numpy()
+        outputs.logits = all_logits.numpy()
         outputs.order = torch.cat(order).numpy().astype(np.int64) if order else None
         if kept:
             outputs.indices = [k[0] for k in kept]

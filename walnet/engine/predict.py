@@ -249,7 +249,7 @@ def _predict(config: PredictConfig) -> dict:
         labels = csv_labels(config.csv, records, classes) if "overlay" in stages else [None] * len(records)
         truth = [None if c is None else classes[c] for c in labels]
         probs = _run(predictor, records, config.workers, {what: stage.path for what, stage in stages.items()}, names,
-                     truth)
+                     truth, config.quiet)
         predicted = probs.argmax(axis=1)
         with atomic_open(output_csv, text=True) as f:
             writer = csv.writer(f)
@@ -316,17 +316,22 @@ def _read_size(dataset: PlaqueDataset, index: int) -> tuple[int, int]:
 
 
 def _run(predictor: Predictor, records: list[Record], workers, staging: dict, names: list[str],
-         truth: list[str | None]) -> np.ndarray:
+         truth: list[str | None], quiet: bool = False) -> np.ndarray:
     """The class probabilities of `predictor`'s model for every image [N, classes]; for each kind
     in `staging` ("mask", "overlay"), each image's PNG is written to that folder under its name in
-    `names` (an overlay titled with its true class in `truth`, where known)."""
+    `names` (an overlay titled with its true class in `truth`, where known); a progress bar
+    unless `quiet`."""
     classes = predictor.classes
     dataset = PlaqueDataset(records, size=predictor.size, dicom_region=predictor.dicom_region,
                             resize=predictor.resize)
     probs = np.zeros((len(records), len(classes)), dtype=np.float32)
     if "overlay" in staging:
         from walnet.engine import figures, panels  # matplotlib only when overlays are asked for
-    for out in predictor.batches(dataset, workers=workers, maps=bool(staging)):
+    from walnet.engine.progress import bar
+
+    batches = -(-len(dataset) // predictor.batch_size)
+    for out in bar(predictor.batches(dataset, workers=workers, maps=bool(staging)), "predict", total=batches,
+                   enabled=not quiet):
         probs[out.index] = out.probabilities
         if "mask" in staging:
             for k, i in enumerate(out.index):  # 0 / 255 at the image's size as read, 0 outside its ROI box

@@ -21,10 +21,15 @@ from walnet.files import append_text, atomic_open
 
 #: The key in :func:`~walnet.engine.loops.evaluate`'s result of each ``--eval-metric``.
 EVAL_METRIC_KEYS = {"accuracy": "accuracy", "macro_f1": "macro_f1", "kappa": "kappa", "auc": "auc_micro"}
-#: The columns of metrics.csv: every ``--eval-metric`` has its ``val_<metric>`` column; ``lr`` is
-#: the learning rate the epoch trained with.
-METRIC_FIELDS = ("epoch", "loss", "cls_loss", "seg_loss", "train_accuracy",
-                 *(f"val_{metric}" for metric in EVAL_METRIC_KEYS), "lr")
+#: The columns of metrics.csv: the training losses and accuracy, the validation loss (the mean
+#: cross-entropy of the validation images, unweighted), every ``--eval-metric``'s ``val_<metric>``,
+#: ``epoch_s`` (the epoch's wall-clock seconds, training and validation) and ``lr`` (the learning
+#: rate the epoch trained with).
+METRIC_FIELDS = ("epoch", "loss", "cls_loss", "seg_loss", "train_accuracy", "val_loss",
+                 *(f"val_{metric}" for metric in EVAL_METRIC_KEYS), "epoch_s", "lr")
+#: The columns of metrics.csv that time the run: the only ones in which a resumed run's rows may
+#: differ from an uninterrupted run's.
+TIMING_FIELDS = ("epoch_s",)
 
 
 class RunLog:
@@ -45,6 +50,14 @@ class RunLog:
             writer = csv.DictWriter(f, METRIC_FIELDS)
             writer.writeheader()
             writer.writerows(rows)
+
+    def rows(self) -> list[dict]:
+        """The rows written so far, as the file holds them (strings; a column that a file of an
+        older walnet lacks is empty); none before the first."""
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as f:
+            return [{name: r.get(name) or "" for name in METRIC_FIELDS} for r in csv.DictReader(f)]
 
     def append(self, row: dict) -> None:
         """Appends the row of one epoch (the header first, to a new file)."""

@@ -2,8 +2,10 @@
 
 Outputs in ``output/``: ``args.json`` (the :class:`TrainConfig`, ``to_dict()``), ``split.csv``
 and ``data.json`` (the run's split and its data's fingerprint, written with its first
-checkpoint), ``metrics.csv`` (one row per epoch, with its learning rate), ``last.pt`` and
-``best.pt`` (written atomically; :mod:`walnet.engine.run_files`). ``best.pt`` holds what
+checkpoint), ``metrics.csv`` (one row per epoch: losses, validation loss and scores, seconds and
+learning rate), ``curves.png`` (its curves, :mod:`walnet.engine.curves`), ``last.pt`` and
+``best.pt`` (written atomically; :mod:`walnet.engine.run_files`), and with ``--tensorboard``
+the rows as TensorBoard scalars (:mod:`walnet.engine.tensorboard_log`). ``best.pt`` holds what
 evaluation and inference need: the model's weights (its input normalisation included), the
 config under ``"args"``, the class map, its epoch and the validation metric that chose it with
 its value (``best_metric``, ``best_value``): 235 MB for the default WAL-Net (resnest50d, 3
@@ -40,11 +42,14 @@ from walnet.engine.balance import loss_weights, train_sampler
 from walnet.engine.checkpoint import load_training_state
 from walnet.engine.checks import check_resume, check_stages, check_train_config
 from walnet.engine.config import TrainConfig
+from walnet.engine.curves import redraw
 from walnet.engine.loops import evaluate, train_one_epoch
+from walnet.engine.progress import bar
 from walnet.engine.run_files import EVAL_METRIC_KEYS, RunCheckpoints, RunLog
 from walnet.engine.runtime import Runtime, backend_flags, runtime_of
 from walnet.engine.schedule import Schedule
 from walnet.engine.step import TrainStep
+from walnet.engine.tensorboard_log import TensorBoardLog
 from walnet.files import write_text
 from walnet.models import ModelSpec, PseudoMaskGenerator
 
@@ -301,7 +306,7 @@ def _fit(config: TrainConfig, ctx: distributed.DistContext, run: _Training, load
         started = time.perf_counter()
         try:
             stats = train_one_epoch(run.net, run.pgm, loader, run.optimizer, epoch, device,
-                                    progress=None if ctx.is_main else False, step=run.step)
+                                    progress=ctx.is_main and not config.quiet, step=run.step)
         except (RuntimeError, ValueError) as exc:
             clearer = _epoch_error(exc, config, epoch)
             if clearer is exc:
@@ -336,11 +341,13 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, runtime: Runt
         write_text(output / "args.json", json.dumps(config.to_dict(), indent=2))
         log.resume_at(run.start)
         _log.info(f"training on {ctx.device}: {runtime.describe()}")
+    board = TensorBoardLog(output) if config.tensorboard and ctx.is_main else None
     row = {}
-    for epoch in range(run.start, config.epochs):
+    for epoch in bar(range(run.start, config.epochs), "epochs", config.epochs, ctx.is_main and not config.quiet,
+                     unit="epoch", initial=run.start, leave=True):
         _seed_everything(_epoch_seed(config.seed, epoch))
         sampler.set_epoch(epoch)
-        lr = run.schedule.lr
+        lr, started = run.schedule.lr, time.perf_counter()
         stats, seconds = _fit(config, ctx, run, train_loader, epoch)
         value = math.nan
         if ctx.is_main:
@@ -348,8 +355,9 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, runtime: Runt
             val = evaluate(run.model if ctx.enabled else run.net, val_loader, ctx.device, class_names=spec.classes,
                            amp_dtype=runtime.amp_dtype)
             row = {"epoch": epoch, "loss": stats["loss"], "cls_loss": stats["cls_loss"],
-                   "seg_loss": stats["seg_loss"], "train_accuracy": stats["accuracy"],
-                   **{f"val_{metric}": val[key] for metric, key in EVAL_METRIC_KEYS.items()}, "lr": lr}
+                   "seg_loss": stats["seg_loss"], "train_accuracy": stats["accuracy"], "val_loss": val["loss"],
+                   **{f"val_{metric}": val[key] for metric, key in EVAL_METRIC_KEYS.items()},
+                   "epoch_s": time.perf_counter() - started, "lr": lr}
             log.append(row)
             _report(config, row, seconds)
             value = row[f"val_{config.eval_metric}"]
@@ -362,6 +370,9 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, runtime: Runt
             training = {"optimizer": run.optimizer.state_dict(), "scheduler": run.schedule.state_dict(),
                         "scaler": run.scaler.state_dict() if run.scaler is not None else {}, "stopped_early": stop}
             checkpoints.save(epoch, improved, run.model, training)
+            redraw(output, log.rows())  # curves.png, once the epoch is saved; a failure is a warning
+            if board is not None:
+                board.add(row)
         ctx.barrier()
         if stop:
             if ctx.is_main:
@@ -370,4 +381,6 @@ def _run_epochs(config: TrainConfig, ctx: distributed.DistContext, runtime: Runt
                 _log.info(f"stopping early after epoch {epoch}: best.pt has not changed for {checkpoints.stale(epoch)} "
                           f"epoch(s) (--patience {config.patience}, --eval-metric {config.eval_metric}); {held}")
             break
+    if board is not None:
+        board.close()
     return row
