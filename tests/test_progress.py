@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import functools
 import logging
 import math
 import re
@@ -40,8 +41,10 @@ TIME_LEFT = r"\[\d\d:\d\d<\d\d:\d\d, +[\d.]+(s/{unit}|{unit}/s)\]"
 
 
 def _forced(monkeypatch):
-    """Bars shown as on a terminal, wherever they are enabled."""
+    """Bars shown as on a terminal, wherever they are enabled, redrawn at every step (tqdm's
+    default redraws at most every 0.1 s, so a fast last step might never be drawn)."""
     monkeypatch.setattr(progress, "_disable", lambda enabled: not enabled)
+    monkeypatch.setattr(progress, "tqdm", functools.partial(progress.tqdm, mininterval=0, miniters=1))
 
 
 @pytest.fixture(scope="module")
