@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import functools
+import io
 import logging
 import math
 import re
