@@ -208,3 +208,20 @@ def test_class_precision_recall_leaves_undefined_classes_undefined():
     # the same rule as classification_metrics' sensitivity
     m = classification_metrics(np.array([0, 0, 0, 1, 1]), np.eye(3)[[0, 0, 0, 0, 0]])
     assert list(m["sensitivity"].values()) == recall
+
+
+def test_box_recall_and_precision_on_a_hand_checked_mask():
+    from walnet.engine.metrics import box_recall_precision
+
+    truth = np.zeros((6, 8), dtype=bool)
+    truth[1:4, 2:6] = True  # a 3 x 4 plaque: 12 pixels
+    # the box (y1, x1, y2, x2) = (2, 3, 4, 6), inclusive: 3 x 4 = 12 pixels, of which rows 2-3 and
+    # columns 3-5 are plaque: 2 x 3 = 6 pixels
+    recall, precision = box_recall_precision((2, 3, 4, 6), truth)
+    assert recall == 6 / 12 and precision == 6 / 12
+    assert box_recall_precision((0, 0, 5, 7), truth) == (1.0, 12 / 48)  # the whole image: all of it, diluted
+    assert box_recall_precision((1, 2, 3, 5), truth) == (1.0, 1.0)  # the plaque's own box
+    assert box_recall_precision((5, 0, 5, 0), truth) == (0.0, 0.0)  # a corner the plaque misses
+    assert box_recall_precision((0, 0, 1, 1), np.zeros((6, 8))) is None  # nothing to find
+    with pytest.raises(ValueError, match="does not lie on a mask"):
+        box_recall_precision((0, 0, 6, 1), truth)

@@ -160,7 +160,8 @@ def summary(result: dict) -> list[str]:
     scores (with their bootstrap intervals) and mask IoUs, macro AUC, Brier score and ECE, each
     class's sensitivity and specificity (with their Wilson intervals), the per-patient scores,
     and how the bootstrap intervals were drawn."""
-    extra = "".join(f", {k} {result[k]:.3f}" for k in ("seg_iou", "pseudo_iou") if k in result)
+    extra = "".join(f", {k} {result[k]:.3f}" for k in ("seg_iou", "pseudo_iou", "box_recall", "box_precision")
+                    if k in result)
     lines = [f"{result['split']} ({result['images']} images): {_scores(result)}{extra}"]
     if "brier" in result:
         lines.append(f"macro AUC {_number(result.get('auc_macro'))}, Brier {_number(result['brier'])}, "

@@ -14,7 +14,7 @@ import torch
 from walnet import ops
 from walnet.constants import IGNORE_INDEX
 from walnet.engine.distributed import all_reduce_sum
-from walnet.engine.metrics import classification_metrics, mask_iou_dice
+from walnet.engine.metrics import box_recall_precision, classification_metrics, mask_iou_dice
 from walnet.engine.progress import bar
 from walnet.engine.step import TrainStep, check_finite, forward, probabilities
 
@@ -89,7 +89,10 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
              outputs: EvalOutputs | None = None, source=None, temperature: float = 1.0, progress: bool = False) -> dict:
     """Class metrics (:func:`classification_metrics`) of the whole loader, plus, where the data
     has true masks, mean IoU / Dice of the predicted segmentation and of the PGM's pseudo masks
-    (``seg_iou``, ``seg_dice``, ``pseudo_iou``, ``pseudo_dice``; absent without masks).
+    (``seg_iou``, ``seg_dice``, ``pseudo_iou``, ``pseudo_dice``; absent without masks) and, for a
+    model whose RCM crops a box, the box's mean recall and precision of the true plaque on the
+    segmentation's grid (``box_recall``, ``box_precision``:
+    :func:`~walnet.engine.metrics.box_recall_precision`; images without a plaque left out).
 
     Pass an :class:`EvalOutputs` as ``outputs`` to also receive the targets, probabilities and
     up to ``outputs.panel`` samples' images and masks (the return value stays the same).
@@ -105,7 +108,7 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
     (:func:`walnet.engine.progress.bar`)."""
     device = torch.device(device)
     model.eval()
-    targets, probs, logits, seg_scores, pseudo_scores = [], [], [], [], []
+    targets, probs, logits, seg_scores, pseudo_scores, box_scores = [], [], [], [], [], []
     order = []  # the samples' dataset indices, while every batch has them
     kept = []  # panel samples: (index, image, pseudo, pred, truth)
     shown = {}  # panel samples per class: the panel shows every class, not the first one only
@@ -133,16 +136,19 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
         small = small[:, 0].bool().numpy()
         pred = out.seg_logits.argmax(dim=1).cpu().numpy().astype(bool)
         pseudo = pgm(images, out.attention).cpu().numpy() if pgm is not None else None
-        fused = boxes = None
+        fused = None
+        rcm_boxes = getattr(model, "rcm_boxes", None)  # WAL-Net's; a wrapped model shows no box
+        boxes = rcm_boxes(out.seg_logits) if rcm_boxes is not None else None  # on the segmentation's grid
+        boxes = boxes.cpu().numpy() if boxes is not None else None
         if outputs is not None and outputs.panel and out.attention:
             fused = ops.fuse_attention(*(a.float() for a in out.attention)).cpu().numpy()
-            rcm_boxes = getattr(model, "rcm_boxes", None)  # WAL-Net's; a wrapped model shows no box
-            boxes = rcm_boxes(out.seg_logits) if rcm_boxes is not None else None
-            boxes = boxes.cpu().numpy() if boxes is not None else None
         for i in np.flatnonzero(known.numpy()):
             seg_scores.append(mask_iou_dice(pred[i], small[i]))
             if pseudo is not None and (pseudo[i] != IGNORE_INDEX).all():
                 pseudo_scores.append(mask_iou_dice(pseudo[i] == 1, small[i]))
+            found = box_recall_precision(boxes[i], small[i]) if boxes is not None else None
+            if found is not None:
+                box_scores.append(found)
             label = int(batch["label"][i])
             if outputs is not None and len(kept) < outputs.panel and shown.get(label, 0) < per_class(out):
                 shown[label] = shown.get(label, 0) + 1
@@ -167,4 +173,7 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
         if scores:
             result[f"{name}_iou"] = float(np.mean([s[0] for s in scores]))
             result[f"{name}_dice"] = float(np.mean([s[1] for s in scores]))
+    if box_scores:
+        result["box_recall"] = float(np.mean([s[0] for s in box_scores]))
+        result["box_precision"] = float(np.mean([s[1] for s in box_scores]))
     return result

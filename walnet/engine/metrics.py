@@ -337,3 +337,19 @@ def mask_iou_dice(pred, truth) -> tuple[float, float]:
     inter, union = np.logical_and(pred, truth).sum(), np.logical_or(pred, truth).sum()
     total = pred.sum() + truth.sum()
     return (float(inter / union) if union else 1.0), (float(2 * inter / total) if total else 1.0)
+
+
+def box_recall_precision(box, truth) -> tuple[float, float] | None:
+    """How well a box (y1, x1, y2, x2, inclusive, on the grid of `truth`) covers the plaque of the
+    binary mask `truth` [h, w]: recall, the share of the plaque's pixels inside the box, and
+    precision, the share of the box's pixels that are plaque. None where `truth` has no plaque
+    (nothing to find)."""
+    truth = np.asarray(truth, dtype=bool)
+    y1, x1, y2, x2 = (int(v) for v in box)
+    if truth.ndim != 2 or not (0 <= y1 <= y2 < truth.shape[0] and 0 <= x1 <= x2 < truth.shape[1]):
+        raise ValueError(f"box {tuple(box)} does not lie on a mask of shape {truth.shape}")
+    plaque = int(truth.sum())
+    if plaque == 0:
+        return None
+    inside = int(truth[y1:y2 + 1, x1:x2 + 1].sum())
+    return inside / plaque, inside / ((y2 - y1 + 1) * (x2 - x1 + 1))

@@ -162,7 +162,8 @@ _SCORES = [("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("macro precision
            ("ROC-AUC (macro)", "auc_macro"), ("Brier score (multi-class)", "brier"),
            ("expected calibration error", "ece"), ("predicted-mask IoU", "seg_iou"),
            ("predicted-mask Dice", "seg_dice"), ("pseudo-mask IoU", "pseudo_iou"),
-           ("pseudo-mask Dice", "pseudo_dice")]
+           ("pseudo-mask Dice", "pseudo_dice"), ("RCM box recall of the plaque", "box_recall"),
+           ("RCM box precision (plaque share of the box)", "box_precision")]
 
 
 def _evaluation(info: dict, trained: TrainConfig, checkpoint: Path) -> list[str]:
