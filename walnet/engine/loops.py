@@ -110,7 +110,7 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
     model.eval()
     targets, probs, logits, seg_scores, pseudo_scores, box_scores = [], [], [], [], [], []
     order = []  # the samples' dataset indices, while every batch has them
-    kept = []  # panel samples: (index, image, pseudo, pred, truth)
+    kept = []  # panel samples: (index, image, pseudo, pred, truth, fused attention, box)
     shown = {}  # panel samples per class: the panel shows every class, not the first one only
 
     def per_class(out):
@@ -160,20 +160,22 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
     all_logits = torch.cat(logits)
     result["loss"] = float(torch.nn.functional.cross_entropy(all_logits / temperature, torch.cat(targets).long()))
     if outputs is not None:
-        outputs.targets, outputs.probs = torch.cat(targets).numpy(), torch.cat(probs).numpy()
-        outputs.logits = all_logits.numpy()
-        outputs.order = torch.cat(order).numpy().astype(np.int64) if order else None
-        if kept:
-            outputs.indices = [k[0] for k in kept]
-            outputs.images, outputs.pred, outputs.truth = (np.stack([k[j] for k in kept]) for j in (1, 3, 4))
-            outputs.pseudo = None if kept[0][2] is None else np.stack([k[2] for k in kept])
-            outputs.attention = None if kept[0][5] is None else np.stack([k[5] for k in kept])
-            outputs.boxes = None if kept[0][6] is None else np.stack([k[6] for k in kept])
-    for name, scores in (("seg", seg_scores), ("pseudo", pseudo_scores)):
-        if scores:
-            result[f"{name}_iou"] = float(np.mean([s[0] for s in scores]))
-            result[f"{name}_dice"] = float(np.mean([s[1] for s in scores]))
-    if box_scores:
-        result["box_recall"] = float(np.mean([s[0] for s in box_scores]))
-        result["box_precision"] = float(np.mean([s[1] for s in box_scores]))
+        _fill(outputs, torch.cat(targets).numpy(), torch.cat(probs).numpy(), all_logits.numpy(),
+              torch.cat(order).numpy().astype(np.int64) if order else None, kept)
+    for names, scores in ((("seg_iou", "seg_dice"), seg_scores), (("pseudo_iou", "pseudo_dice"), pseudo_scores),
+                          (("box_recall", "box_precision"), box_scores)):
+        if scores:  # each a mean over the images scored (absent where none was)
+            result.update({name: float(np.mean([s[j] for s in scores])) for j, name in enumerate(names)})
     return result
+
+
+def _fill(outputs: EvalOutputs, targets, probs, logits, order, kept: list) -> None:
+    """Fills `outputs` with an evaluation's arrays and its panel samples `kept` (tuples of index,
+    image, pseudo mask, predicted mask, true mask, fused attention and RCM box)."""
+    outputs.targets, outputs.probs, outputs.logits, outputs.order = targets, probs, logits, order
+    if kept:
+        outputs.indices = [k[0] for k in kept]
+        outputs.images, outputs.pred, outputs.truth = (np.stack([k[j] for k in kept]) for j in (1, 3, 4))
+        outputs.pseudo = None if kept[0][2] is None else np.stack([k[2] for k in kept])
+        outputs.attention = None if kept[0][5] is None else np.stack([k[5] for k in kept])
+        outputs.boxes = None if kept[0][6] is None else np.stack([k[6] for k in kept])
