@@ -98,14 +98,10 @@ def evaluate(model, loader, device, pgm=None, class_names=None, amp_dtype=None,
     up to ``outputs.panel`` samples' images and masks (the return value stays the same).
 
     With `source` (the checkpoint being scored), outputs that are not finite are a ValueError
-    naming it (:func:`walnet.engine.step.check_finite`); training's validation passes none.
-    The probabilities are ``softmax(logits / temperature)`` (:func:`walnet.engine.step.probabilities`):
-    a temperature keeps each sample's argmax (accuracy, F1, kappa), not the probabilities' ranking
-    across samples (ROC-AUC of three or more classes) or their calibration. ``loss`` is the mean
-    cross-entropy of those probabilities over the images (unweighted: no class weights), which
-    for training's validation (temperature 1) is the classification loss of its logits.
-    ``progress``: a bar over the batches on stderr where it is a terminal
-    (:func:`walnet.engine.progress.bar`)."""
+    naming it (:func:`walnet.engine.step.check_finite`). The probabilities are ``softmax(logits /
+    temperature)`` (:func:`walnet.engine.step.probabilities`: argmax scores do not change, the
+    ranking across samples and the calibration may); ``loss`` is their mean cross-entropy
+    (unweighted). ``progress``: a bar on stderr where it is a terminal."""
     device = torch.device(device)
     model.eval()
     targets, probs, logits, seg_scores, pseudo_scores, box_scores = [], [], [], [], [], []
