@@ -14,11 +14,12 @@ size and modification time; loader workers started by fork inherit the main proc
 Reading frame k then seeks to the last seek point at or before it (by its packet's decoding
 timestamp, which demuxers seek by) and decodes forward until the frame with k's timestamp: at
 most one group of pictures is decoded (one frame for intra-only streams such as MJPEG or PNG).
-Reads that move forward through one file (evaluation and prediction read a loop in order) continue decoding where the previous read stopped, when that is
-no further back than the seek point (one open decoder per process, which a forked child sets
-aside). A seek that lands past the frame (a demuxer that seeks by another clock) tries the seek
-point before, then the start. A file whose timestamps are missing
-or not increasing is decoded from its start for each read (or forward from the previous read).
+Reads that move forward through one file (evaluation and prediction read a loop in order)
+continue decoding where the previous read stopped, when that is no further back than the seek
+point (one open decoder per process, which a forked child sets aside). A seek that lands past
+the frame (a demuxer that seeks by another clock) tries the seek point before, then the start.
+A file whose timestamps are missing or not increasing is decoded from its start for each read
+(or forward from the previous read).
 A frame is therefore the same whatever order frames are read in.
 
 Pixels: FFmpeg converts each frame to 8-bit RGB (alpha dropped; more than 8 bits rounded to 8);
