@@ -72,6 +72,19 @@ def refuse_special(path, shown: str, instead: str = "a regular file", error: typ
         raise error(f"{shown} is {kind}, not {instead}")
 
 
+def check_input_file(path, shown: str, kind: str) -> None:
+    """That `path` is a regular file to read: a ValueError ("<shown> is a folder, not <kind>") for a
+    folder, another for a FIFO, socket or device (:func:`refuse_special`), a FileNotFoundError
+    ("<shown> does not exist") where there is nothing; `shown` names the path in the messages."""
+    path = Path(path)
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise ValueError(f"{shown} is a folder, not {kind}")
+    refuse_special(path, shown)
+    raise FileNotFoundError(f"{shown} does not exist")
+
+
 # ---------------------------------------------------------------------------------------------
 # temporary files
 

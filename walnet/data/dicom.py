@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from walnet.data.dicom_header import Header, checked_geometry, inflated_frames, quiet, read_header
-from walnet.files import refuse_special
+from walnet.files import check_input_file
 
 #: The file extensions read as DICOM (compared ignoring case).
 DICOM_EXTENSIONS = (".dcm", ".dicom")
@@ -90,11 +90,7 @@ def read_info(path) -> DicomInfo:
 
 def _header(path: Path) -> Header:
     pydicom = _pydicom(path)
-    if not path.is_file():
-        if path.is_dir():
-            raise ValueError(f"image file {_show(path)} is a folder, not an image")
-        refuse_special(path, f"image file {_show(path)}")
-        raise FileNotFoundError(f"image file {_show(path)} does not exist")
+    check_input_file(path, f"image file {_show(path)}", "an image")
     with quiet(path):
         return read_header(path, pydicom)
 

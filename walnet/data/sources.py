@@ -36,7 +36,7 @@ from walnet.data.classes import known_classes, match_label, normalize_label
 from walnet.data.datasets import IMAGE_EXTENSIONS, Record, expand_frames, show_path
 from walnet.data.images import has_frames
 from walnet.data.splits import SPLITS
-from walnet.files import refuse_special
+from walnet.files import check_input_file
 
 BOX_COLUMNS = ("y1", "x1", "y2", "x2")
 #: The other spelling of the ROI box: ``xmin = x1``, ``ymin = y1``, ``xmax = x2``, ``ymax = y2``.
@@ -127,11 +127,7 @@ def scan_image_folder(root: str | Path, classes=None) -> tuple[list[Record], tup
 
 def _read_text(csv_path: Path) -> str:
     """The CSV's text, decoded as UTF-8 (a leading byte-order mark dropped)."""
-    if csv_path.is_dir():
-        raise ValueError(f"CSV file {show_path(csv_path)} is a folder, not a CSV file")
-    if not csv_path.is_file():
-        refuse_special(csv_path, f"CSV file {show_path(csv_path)}")
-        raise FileNotFoundError(f"CSV file {show_path(csv_path)} does not exist")
+    check_input_file(csv_path, f"CSV file {show_path(csv_path)}", "a CSV file")
     data = csv_path.read_bytes()
     try:
         return data.decode("utf-8-sig")

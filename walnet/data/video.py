@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from walnet.data.dicom_header import check_pixels, fail, show
-from walnet.files import refuse_special
+from walnet.files import check_input_file
 
 #: The file extensions read as videos (compared ignoring case).
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov")
@@ -120,11 +120,7 @@ if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
 
 def _identity(path: Path) -> tuple:
     """The file's cache key: which file it is, its size and modification time."""
-    if path.is_dir():
-        raise ValueError(f"video file {show(path)} is a folder, not a video")
-    if not path.is_file():
-        refuse_special(path, f"video file {show(path)}")
-        raise FileNotFoundError(f"video file {show(path)} does not exist")
+    check_input_file(path, f"video file {show(path)}", "a video")
     st = path.stat()
     return os.fspath(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
