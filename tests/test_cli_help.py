@@ -202,6 +202,21 @@ def test_phantom_output_and_its_old_name(flag, tmp_path, capsys, monkeypatch):
     assert "--output OUTPUT" in text and "--out " not in text  # the old name works, unlisted
 
 
+def test_phantom_plaque_area_and_distractors(tmp_path, capsys):
+    out = tmp_path / "ph"
+    assert cli.main(["phantom", "--output", str(out), "--n", "3", "--size", "48", "--plaque-area", "0.05,0.1",
+                     "--distractors", "2"]) == 0
+    marker = json.loads((out / ".walnet_phantom").read_text())
+    assert marker["plaque_area"] == [0.05, 0.1] and marker["distractors"] == 2
+    assert cli.main(["phantom", "--output", str(out), "--n", "3", "--size", "48", "--plaque-area", "0.08"]) == 0
+    assert json.loads((out / ".walnet_phantom").read_text())["plaque_area"] == [0.08, 0.08]
+    capsys.readouterr()
+    for bad in ("0.1,0.2,0.3", "a,b", "0.1,"):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["phantom", "--output", str(out), "--n", "3", "--plaque-area", bad])
+        assert exited.value.code == 2 and "--plaque-area" in capsys.readouterr().err
+
+
 def test_pretrained_path_is_pretrained_file(monkeypatch):
     base = ["train", "--csv", "x.csv", "--output", "o"]
     for flag in ("--pretrained-path", "--pretrained-file"):

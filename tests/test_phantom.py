@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from walnet.data.phantom import CLASSES, PAPER_COUNTS, class_counts, generate, render_sample
+from walnet.data.phantom import CLASSES, COLUMNS, PAPER_COUNTS, class_counts, generate, render_sample
+from walnet.data.phantom_render import render_scene
 
 
 def _rng(seed: int, i: int = 0) -> np.random.Generator:
@@ -73,7 +74,8 @@ def _digest(root) -> dict[str, str]:
 def _rows(csv_path):
     with open(csv_path, newline="") as f:
         rd = csv.DictReader(f)
-        assert rd.fieldnames == ["path", "label", "patient_id", "mask_path"]
+        assert rd.fieldnames == ["path", "label", "patient_id", "mask_path", "plaque_y1", "plaque_x1", "plaque_y2",
+                                 "plaque_x2", "plaque_share"] == list(COLUMNS)
         return list(rd)
 
 
@@ -94,6 +96,11 @@ def test_generate(tmp_path):
             assert im.mode == "RGB" and mk.mode == "L" and im.size == mk.size == (64, 64)
             assert set(np.unique(np.asarray(mk))) == {0, 255}
         assert patient_class.setdefault(r["patient_id"], r["label"]) == r["label"]
+        # the plaque's true box and share, counted from the mask file here
+        with Image.open(mp) as mk:
+            ys, xs = np.nonzero(np.asarray(mk))
+        assert [int(r[f"plaque_{c}"]) for c in ("y1", "x1", "y2", "x2")] == [ys.min(), xs.min(), ys.max(), xs.max()]
+        assert float(r["plaque_share"]) == pytest.approx(ys.size / 64**2, abs=5e-5)
     # patients group several images (about 2 on average at ratio 0.5)
     assert len(rows) / len(patient_class) >= 1.5
     assert len(patient_class) >= 3
@@ -191,3 +198,84 @@ def test_difficulty_global_brightness_vs_local_contrast():
     # the per-image gain/contrast randomisation is what drowns the class in brightness:
     # within every class, image brightness spreads widely (about 13 grey levels without it)
     assert min(glob[labels == c].std() for c in range(3)) > 25
+
+
+# --------------------------------------------------------------------------- plaque size, distractors
+@pytest.mark.parametrize("area", [(0.2, 0.3), (0.08, 0.15), (0.03, 0.06)])
+def test_plaque_area_sets_the_plaque_share(area):
+    shares = []
+    for i in range(12):
+        img, mask = render_sample(_rng(2, i), i % 3, 96, plaque_area=area)
+        m = mask > 0
+        shares.append(m.mean())
+        assert ndimage.label(m)[1] == 1  # one plaque, inside the view
+        assert not (m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any())
+        assert img.std() > 5
+    # the outline's pixels make the share approximate, never another size class
+    assert area[0] * 0.85 <= min(shares) and max(shares) <= area[1] * 1.15, shares
+    assert np.ptp(shares) > (area[1] - area[0]) * 0.3  # drawn from the range, not one value
+    a = render_sample(_rng(2, 0), 1, 96, plaque_area=area)
+    assert all(np.array_equal(x, y) for x, y in zip(a, render_sample(_rng(2, 0), 1, 96, plaque_area=area)))
+
+
+def test_distractors_lie_outside_the_plaque_and_ignore_the_label():
+    kinds = []
+    for i in range(10):
+        scenes = [render_scene(_rng(4, i), label, 96, plaque_area=(0.03, 0.06), distractors=3) for label in range(3)]
+        first = scenes[0]
+        assert first.distractors, "a view of tissue has room for a distractor"
+        plaque = first.mask > 0
+        for d in first.distractors:
+            assert d.kind in (0, 1, 2) and d.mask.any() and not (d.mask & plaque).any()
+        # the same seed draws the same distractors, whatever the plaque's class
+        for other in scenes[1:]:
+            assert np.array_equal(other.mask, first.mask)
+            assert [d.kind for d in other.distractors] == [d.kind for d in first.distractors]
+            assert all(np.array_equal(a.mask, b.mask) for a, b in zip(other.distractors, first.distractors))
+        kinds += [d.kind for d in first.distractors]
+    assert set(kinds) == {0, 1, 2}
+    # without distractors the default image is the plain ROI crop
+    assert render_scene(_rng(4, 0), 0, 64).distractors == ()
+
+
+def test_phantom_options_are_checked(tmp_path):
+    for bad, match in (((0.1, 0.05), "plaque_area"), ((0.0, 0.1), "plaque_area"), ((0.2, 0.5), "plaque_area"),
+                       ((0.001, 0.01), "16 pixels"), ("wide", "plaque_area")):
+        with pytest.raises(ValueError, match=match):
+            generate(tmp_path / "ph", n=3, size=64, plaque_area=bad)
+    with pytest.raises(ValueError, match="distractors"):
+        generate(tmp_path / "ph", n=3, size=64, distractors=9)
+    assert not (tmp_path / "ph").exists()  # checked before anything is written
+
+
+def test_plaque_box_columns_do_not_crop(tmp_path):
+    from walnet.data.sources import read_csv
+
+    csv_path = generate(tmp_path / "ph", n=6, size=64, plaque_area=(0.05, 0.1), distractors=2)
+    records, _ = read_csv(csv_path)
+    assert len(records) == 6 and all(r.box is None for r in records)
+
+
+def _region_contrast(scene, region: np.ndarray) -> float:
+    """The mean of `region` against the image's median, in units of the image's spread."""
+    g = scene.image[..., 0].astype(np.float64)
+    return (g[region].mean() - np.median(g)) / (g.std() + 1.0)
+
+
+def test_small_plaques_among_distractors_hide_the_class_from_the_whole_image():
+    counts = class_counts(150)
+    labels = np.array([c for c, k in enumerate(counts) for _ in range(k)])[np.random.default_rng(123).permutation(150)]
+    whole, inside = [], []
+    for i, lab in enumerate(labels):
+        scene = render_scene(_rng(7, i), int(lab), 96, plaque_area=(0.03, 0.06), distractors=3)
+        whole.append(_region_contrast(scene, np.ones(scene.mask.shape, bool)))
+        inside.append(_region_contrast(scene, scene.mask > 0))
+    h = len(labels) // 2
+    majority = np.bincount(labels[h:]).max() / (len(labels) - h)
+    acc = {name: (_fit_intervals(x[:h], labels[:h])(x[h:]) == labels[h:]).mean()
+           for name, x in (("whole", np.array(whole)), ("inside", np.array(inside)))}
+    print(f"majority {majority:.3f}  whole image {acc['whole']:.3f}  inside the mask {acc['inside']:.3f}")
+    assert acc["whole"] < majority + 0.05  # no better than always naming the commonest class
+    assert acc["inside"] > 0.8
+    assert acc["inside"] - acc["whole"] > 0.35
+

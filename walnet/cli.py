@@ -42,10 +42,23 @@ from walnet.engine.experiment import DEFAULT_SEEDS, TABLES
 def _phantom(args: argparse.Namespace) -> int:
     from walnet.data import phantom
 
-    csv_path = phantom.generate(args.output, n=args.n, seed=args.seed, size=args.size)
+    csv_path = phantom.generate(args.output, n=args.n, seed=args.seed, size=args.size,
+                                plaque_area=args.plaque_area, distractors=args.distractors)
     print(f"wrote {args.n} phantom images ({args.size}x{args.size}) and their masks to {args.output}; "
           f"labels: {csv_path}")
     return 0
+
+
+def _share_range(text: str) -> tuple[float, float]:
+    """``--plaque-area LOW,HIGH`` (or one share for both ends) as a pair of floats."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (1, 2) or not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not LOW,HIGH (two shares of the image, e.g. 0.03,0.06)")
+    values = tuple(float_arg(p) for p in parts)
+    return (values[0], values[-1])
+
+
+_share_range.__name__ = "plaque area"  # argparse's "invalid plaque area value" for text that is no number
 
 
 def _train(args: argparse.Namespace, recorded: dict | None = None) -> int:
@@ -165,6 +178,13 @@ def _add_phantom(sub) -> None:
                       "(default: 1270)")
     data.add_argument("--seed", type=int, default=0, help="seed of the images and labels (default: 0)")
     data.add_argument("--size", type=int, default=224, help="image side in pixels (default: 224)")
+    data.add_argument("--plaque-area", type=_share_range, default=None, metavar="LOW,HIGH",
+                      help="a wider view than the plaque's ROI crop, in which the plaque covers a share of the "
+                      "image drawn from LOW..HIGH (at most 0.3; e.g. 0.03,0.06) (default: the ROI crop, where "
+                      "it covers about 0.2-0.37)")
+    data.add_argument("--distractors", type=int, default=0, help="class-like echo structures (bright spots with "
+                      "shadows, dark pockets, mixed patches) drawn outside the plaque in each image, independently "
+                      "of its class, 0-8 (default: 0)")
     p.set_defaults(run=_phantom)
 
 
