@@ -111,7 +111,8 @@ def check_plaque_area(plaque_area, size: int) -> tuple[float, float] | None:
     try:
         low, high = (float(v) for v in plaque_area)
     except (TypeError, ValueError):
-        raise ValueError(f"plaque_area must be a pair (low, high) of shares of the image, got {plaque_area!r}") from None
+        raise ValueError(f"plaque_area must be a pair (low, high) of shares of the image, "
+                         f"got {plaque_area!r}") from None
     if not 0.0 < low <= high <= 0.3:
         raise ValueError(f"plaque_area must satisfy 0 < low <= high <= 0.3 (shares of the image's area), "
                          f"got ({low}, {high})")

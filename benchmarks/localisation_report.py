@@ -1,0 +1,156 @@
+"""The report of the localisation ablation (benchmarks/localisation_ablation.sh; docs/benchmarks.md,
+"Does the plaque's location matter?").
+
+For each plaque-size setting under OUT (``OUT/<setting>/phantom``, ``OUT/<setting>/t2``) it scores
+every run's best checkpoint on its test split once more to keep the per-image predictions
+(``OUT/<setting>/scores/<config>_seed<k>/``; reused when present), and prints Markdown:
+
+* the table the experiment wrote (mean (std) over seeds);
+* paired differences between the variants, accuracy and macro F1 on the same test images, with
+  95 % two-level bootstrap intervals over seeds x test images (walnet.engine.paired);
+* the RCM box's recall and precision of the true plaque, the pseudo and predicted masks' IoU;
+
+and draws accuracy against the plaque's share of the image per variant (``--figure``).
+
+    python benchmarks/localisation_report.py OUT [--figure FILE] [--resamples N]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from walnet.constants import PLAQUE_CLASSES
+from walnet.engine.paired import paired_difference
+from walnet.engine.predictions import read_predictions
+
+#: The paper's Table 2 rows: (config name, row label).
+VARIANTS = (("walnet_no_pgm", "w/o RCM & PGM"), ("walnet_no_rcm", "w/o RCM"), ("walnet", "WAL-Net"))
+#: The compared pairs (A, B): A - B.
+PAIRS = (("walnet_no_rcm", "walnet_no_pgm"), ("walnet", "walnet_no_rcm"), ("walnet", "walnet_no_pgm"))
+#: The settings in order of plaque size, as benchmarks/localisation_ablation.sh names them.
+SETTINGS = ("large", "medium", "small")
+LOCALISATION = (("box_recall", "box recall"), ("box_precision", "box precision"), ("pseudo_iou", "pseudo-mask IoU"),
+                ("seg_iou", "predicted-mask IoU"))
+LABEL = dict(VARIANTS)
+
+
+def _seeds(t2: Path, config: str) -> list[str]:
+    return sorted(p.name for p in (t2 / "runs" / config).glob("seed*") if (p / "metrics.json").is_file())
+
+
+def _predictions(setting: Path, config: str, seed: str) -> Path:
+    """The test predictions of one run, scored once (walnet evaluate --save-predictions)."""
+    out = setting / "scores" / f"{config}_{seed}"
+    path = out / "predictions.csv"
+    if not path.is_file():
+        from walnet.engine.config import EvalConfig
+        from walnet.engine.evaluation import evaluate_run
+
+        run = setting / "t2" / "runs" / config / seed
+        evaluate_run(EvalConfig(checkpoint=str(run / "best.pt"), csv=str(setting / "phantom" / "labels.csv"),
+                                split="test", output=str(out), figures=False, save_predictions=str(path),
+                                quiet=True, device="cpu", batch_size=32))
+    return path
+
+
+def _paired_rows(setting: Path, seeds: list[str], resamples: int) -> list[str]:
+    preds: dict[str, tuple[list, list, list]] = {}
+    for config, _ in VARIANTS:
+        keys, targets, groups, picked = [], [], [], []
+        for seed in seeds:
+            k, y, p = read_predictions(_predictions(setting, config, seed), PLAQUE_CLASSES)
+            keys += [f"{seed}/{key}" for key in k]
+            targets.append(y)
+            picked.append(p.argmax(1))
+            groups += [seed] * len(k)
+        preds[config] = (keys, np.concatenate(targets), np.concatenate(picked), groups)
+    rows = ["| A − B | accuracy A − B (95 % CI) | macro F1 A − B (95 % CI) |", "|---|---:|---:|"]
+    for a, b in PAIRS:
+        if preds[a][0] != preds[b][0] or not np.array_equal(preds[a][1], preds[b][1]):
+            raise ValueError(f"{setting}: {a} and {b} were not tested on the same images; no paired comparison")
+        out = paired_difference(preds[a][1], preds[a][2], preds[b][2], preds[a][3], resamples=resamples)
+        cells = [f"{out[m]['difference']:+.3f} [{out[m]['ci'][0]:+.3f}, {out[m]['ci'][1]:+.3f}]"
+                 for m in ("accuracy", "macro_f1")]
+        rows.append(f"| {LABEL[a]} − {LABEL[b]} | {cells[0]} | {cells[1]} |")
+    images = out["images"] // out["groups"]
+    rows.append(f"\n({out['groups']} seeds × about {images} test images, {resamples} resamples.)")
+    return rows
+
+
+def _runs(t2: Path, config: str, seeds: list[str]) -> list[dict]:
+    return [json.loads((t2 / "runs" / config / s / "metrics.json").read_text()) for s in seeds]
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ({np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f})"
+
+
+def _localisation_rows(t2: Path, seeds: list[str]) -> list[str]:
+    rows = ["| Method | " + " | ".join(label for _, label in LOCALISATION) + " |",
+            "|---|" + "---:|" * len(LOCALISATION)]
+    for config, label in VARIANTS:
+        runs = _runs(t2, config, seeds)
+        cells = [_mean_std([r[key] for r in runs]) if all(key in r for r in runs) else "–" for key, _ in LOCALISATION]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _share(setting: Path) -> float:
+    with open(setting / "phantom" / "labels.csv", newline="") as f:
+        return float(np.mean([float(r["plaque_share"]) for r in csv.DictReader(f)]))
+
+
+def _figure(points: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from walnet.engine.figures import save_figure
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for (config, label), marker in zip(VARIANTS, "osD"):
+        xs = sorted(points)
+        acc = [[r["accuracy"] for r in points[x][config]] for x in xs]
+        ax.errorbar([x * 100 for x in xs], [np.mean(a) for a in acc], yerr=[np.std(a, ddof=1) for a in acc],
+                    marker=marker, capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("plaque's share of the image (%), mean of the setting")
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.legend(frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="the folder localisation_ablation.sh wrote")
+    parser.add_argument("--figure", type=Path, help="write accuracy against plaque size here (PNG)")
+    parser.add_argument("--resamples", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    points = {}
+    for name in SETTINGS:
+        setting = args.out / name
+        t2 = setting / "t2"
+        if not (t2 / "table2.md").is_file():
+            continue
+        seeds = _seeds(t2, "walnet")
+        share = _share(setting)
+        print(f"### Plaques of {share * 100:.1f} % of the image on average ({name})\n")
+        print((t2 / "table2.md").read_text().strip() + "\n")
+        print("\n".join(_paired_rows(setting, seeds, args.resamples)) + "\n")
+        print("\n".join(_localisation_rows(t2, seeds)) + "\n")
+        points[share] = {config: _runs(t2, config, seeds) for config, _ in VARIANTS}
+    if args.figure and points:
+        _figure(points, args.figure)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
