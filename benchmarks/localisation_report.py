@@ -90,11 +90,12 @@ def _mean_std(values: list[float]) -> str:
 
 
 def _localisation_rows(t2: Path, seeds: list[str]) -> list[str]:
-    rows = ["| Method | " + " | ".join(label for _, label in LOCALISATION) + " |",
-            "|---|" + "---:|" * len(LOCALISATION)]
+    rows = ["| Method | " + " | ".join(label for _, label in LOCALISATION) + " | best.pt's epoch per seed |",
+            "|---|" + "---:|" * (len(LOCALISATION) + 1)]
     for config, label in VARIANTS:
         runs = _runs(t2, config, seeds)
         cells = [_mean_std([r[key] for r in runs]) if all(key in r for r in runs) else "–" for key, _ in LOCALISATION]
+        cells.append(", ".join(str(r["epoch"]) for r in runs))
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return rows
 
