@@ -1,11 +1,13 @@
 """The report of the localisation ablation (benchmarks/localisation_ablation.sh; docs/benchmarks.md,
 "Does the plaque's location matter?").
 
-For each plaque-size setting under OUT (``OUT/<setting>/phantom``, ``OUT/<setting>/t2``) it scores
-every run's best checkpoint on its test split once more to keep the per-image predictions
-(``OUT/<setting>/scores/<config>_seed<k>/``; reused when present), and prints Markdown:
+For each plaque-size setting under OUT (``OUT/<setting>/phantom``, ``OUT/<setting>/t2`` and, where
+it ran, the control ``OUT/<setting>/oracle``: the plain classifier on ROI crops around the true
+plaque) it scores every run's best checkpoint on its test split once more to keep the per-image
+predictions (``OUT/<setting>/scores/<variant>_seed<k>/``; reused when present), and prints
+Markdown:
 
-* the table the experiment wrote (mean (std) over seeds);
+* the main table the experiment wrote (mean (std) over seeds);
 * paired differences between the variants, accuracy and macro F1 on the same test images, with
   95 % two-level bootstrap intervals over seeds x test images (walnet.engine.paired);
 * the RCM box's recall and precision of the true plaque, the pseudo and predicted masks' IoU;
@@ -27,10 +29,15 @@ from walnet.constants import PLAQUE_CLASSES
 from walnet.engine.paired import paired_difference
 from walnet.engine.predictions import read_predictions
 
-#: The paper's Table 2 rows: (config name, row label).
-VARIANTS = (("walnet_no_pgm", "w/o RCM & PGM"), ("walnet_no_rcm", "w/o RCM"), ("walnet", "WAL-Net"))
+#: The paper's Table 2 rows, then the control: (name, row label).
+VARIANTS = (("walnet_no_pgm", "w/o RCM & PGM"), ("walnet_no_rcm", "w/o RCM"), ("walnet", "WAL-Net"),
+            ("oracle", "w/o RCM & PGM, true ROI"))
+#: Where each variant's runs are: (experiment folder, config, the CSV it trained on).
+RUNS = {"walnet_no_pgm": ("t2", "walnet_no_pgm", "labels.csv"), "walnet_no_rcm": ("t2", "walnet_no_rcm", "labels.csv"),
+        "walnet": ("t2", "walnet", "labels.csv"), "oracle": ("oracle", "walnet_no_pgm", "labels_box.csv")}
 #: The compared pairs (A, B): A - B.
-PAIRS = (("walnet_no_rcm", "walnet_no_pgm"), ("walnet", "walnet_no_rcm"), ("walnet", "walnet_no_pgm"))
+PAIRS = (("walnet_no_rcm", "walnet_no_pgm"), ("walnet", "walnet_no_rcm"), ("walnet", "walnet_no_pgm"),
+         ("oracle", "walnet_no_pgm"), ("oracle", "walnet"))
 #: The settings in order of plaque size, as benchmarks/localisation_ablation.sh names them.
 SETTINGS = ("large", "medium", "small")
 LOCALISATION = (("box_recall", "box recall"), ("box_precision", "box precision"), ("pseudo_iou", "pseudo-mask IoU"),
@@ -38,38 +45,50 @@ LOCALISATION = (("box_recall", "box recall"), ("box_precision", "box precision")
 LABEL = dict(VARIANTS)
 
 
-def _seeds(t2: Path, config: str) -> list[str]:
-    return sorted(p.name for p in (t2 / "runs" / config).glob("seed*") if (p / "metrics.json").is_file())
+def _run_dir(setting: Path, variant: str, seed: str) -> Path:
+    folder, config, _ = RUNS[variant]
+    return setting / folder / "runs" / config / seed
 
 
-def _predictions(setting: Path, config: str, seed: str) -> Path:
+def _seeds(setting: Path) -> list[str]:
+    """The seeds every variant has finished (the control's runs are optional: it is left out
+    where it has none)."""
+    found = [{p.name for p in _run_dir(setting, v, "x").parent.glob("seed*") if (p / "metrics.json").is_file()}
+             for v, _ in VARIANTS[:3]]
+    return sorted(set.intersection(*found))
+
+
+def _variants(setting: Path, seeds: list[str]) -> list[str]:
+    return [v for v, _ in VARIANTS if all((_run_dir(setting, v, s) / "metrics.json").is_file() for s in seeds)]
+
+
+def _predictions(setting: Path, variant: str, seed: str) -> Path:
     """The test predictions of one run, scored once (walnet evaluate --save-predictions)."""
-    out = setting / "scores" / f"{config}_{seed}"
+    out = setting / "scores" / f"{variant}_{seed}"
     path = out / "predictions.csv"
     if not path.is_file():
         from walnet.engine.config import EvalConfig
         from walnet.engine.evaluation import evaluate_run
 
-        run = setting / "t2" / "runs" / config / seed
-        evaluate_run(EvalConfig(checkpoint=str(run / "best.pt"), csv=str(setting / "phantom" / "labels.csv"),
-                                split="test", output=str(out), figures=False, save_predictions=str(path),
-                                quiet=True, device="cpu", batch_size=32))
+        evaluate_run(EvalConfig(checkpoint=str(_run_dir(setting, variant, seed) / "best.pt"),
+                                csv=str(setting / "phantom" / RUNS[variant][2]), split="test", output=str(out),
+                                figures=False, save_predictions=str(path), quiet=True, device="cpu", batch_size=32))
     return path
 
 
-def _paired_rows(setting: Path, seeds: list[str], resamples: int) -> list[str]:
-    preds: dict[str, tuple[list, list, list]] = {}
-    for config, _ in VARIANTS:
+def _paired_rows(setting: Path, seeds: list[str], variants: list[str], resamples: int) -> list[str]:
+    preds: dict[str, tuple[list, np.ndarray, np.ndarray, list]] = {}
+    for variant in variants:
         keys, targets, groups, picked = [], [], [], []
         for seed in seeds:
-            k, y, p = read_predictions(_predictions(setting, config, seed), PLAQUE_CLASSES)
+            k, y, p = read_predictions(_predictions(setting, variant, seed), PLAQUE_CLASSES)
             keys += [f"{seed}/{key}" for key in k]
             targets.append(y)
             picked.append(p.argmax(1))
             groups += [seed] * len(k)
-        preds[config] = (keys, np.concatenate(targets), np.concatenate(picked), groups)
+        preds[variant] = (keys, np.concatenate(targets), np.concatenate(picked), groups)
     rows = ["| A − B | accuracy A − B (95 % CI) | macro F1 A − B (95 % CI) |", "|---|---:|---:|"]
-    for a, b in PAIRS:
+    for a, b in (pair for pair in PAIRS if set(pair) <= set(variants)):
         if preds[a][0] != preds[b][0] or not np.array_equal(preds[a][1], preds[b][1]):
             raise ValueError(f"{setting}: {a} and {b} were not tested on the same images; no paired comparison")
         out = paired_difference(preds[a][1], preds[a][2], preds[b][2], preds[a][3], resamples=resamples)
@@ -81,20 +100,22 @@ def _paired_rows(setting: Path, seeds: list[str], resamples: int) -> list[str]:
     return rows
 
 
-def _runs(t2: Path, config: str, seeds: list[str]) -> list[dict]:
-    return [json.loads((t2 / "runs" / config / s / "metrics.json").read_text()) for s in seeds]
+def _runs(setting: Path, variant: str, seeds: list[str]) -> list[dict]:
+    return [json.loads((_run_dir(setting, variant, s) / "metrics.json").read_text()) for s in seeds]
 
 
 def _mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ({np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f})"
 
 
-def _localisation_rows(t2: Path, seeds: list[str]) -> list[str]:
-    rows = ["| Method | " + " | ".join(label for _, label in LOCALISATION) + " | best.pt's epoch per seed |",
-            "|---|" + "---:|" * (len(LOCALISATION) + 1)]
-    for config, label in VARIANTS:
-        runs = _runs(t2, config, seeds)
-        cells = [_mean_std([r[key] for r in runs]) if all(key in r for r in runs) else "–" for key, _ in LOCALISATION]
+def _localisation_rows(setting: Path, seeds: list[str], variants: list[str]) -> list[str]:
+    rows = ["| Method | accuracy | macro F1 | " + " | ".join(label for _, label in LOCALISATION)
+            + " | best.pt's epoch per seed |", "|---|" + "---:|" * (len(LOCALISATION) + 3)]
+    for variant in variants:
+        runs = _runs(setting, variant, seeds)
+        label = LABEL[variant]
+        cells = [_mean_std([r[key] for r in runs]) if all(key in r for r in runs) else "–"
+                 for key in ("accuracy", "macro_f1", *(k for k, _ in LOCALISATION))]
         cells.append(", ".join(str(r["epoch"]) for r in runs))
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return rows
@@ -114,11 +135,11 @@ def _figure(points: dict, path: Path) -> None:
     from walnet.engine.figures import save_figure
 
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    for (config, label), marker in zip(VARIANTS, "osD"):
-        xs = sorted(points)
-        acc = [[r["accuracy"] for r in points[x][config]] for x in xs]
+    for (variant, label), marker in zip(VARIANTS, "osD^"):
+        xs = [x for x in sorted(points) if variant in points[x]]
+        acc = [[r["accuracy"] for r in points[x][variant]] for x in xs]
         ax.errorbar([x * 100 for x in xs], [np.mean(a) for a in acc], yerr=[np.std(a, ddof=1) for a in acc],
-                    marker=marker, capsize=3, label=label)
+                    marker=marker, capsize=3, label=label, linestyle="--" if variant == "oracle" else "-")
     ax.set_xscale("log")
     ax.set_xlabel("plaque's share of the image (%), mean of the setting")
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
@@ -138,16 +159,17 @@ def main(argv=None) -> int:
     points = {}
     for name in SETTINGS:
         setting = args.out / name
-        t2 = setting / "t2"
-        if not (t2 / "table2.md").is_file():
+        table = setting / "t2" / "table2.md"
+        if not table.is_file():
             continue
-        seeds = _seeds(t2, "walnet")
+        seeds = _seeds(setting)
+        variants = _variants(setting, seeds)
         share = _share(setting)
         print(f"### Plaques of {share * 100:.1f} % of the image on average ({name})\n")
-        print((t2 / "table2.md").read_text().strip() + "\n")
-        print("\n".join(_paired_rows(setting, seeds, args.resamples)) + "\n")
-        print("\n".join(_localisation_rows(t2, seeds)) + "\n")
-        points[share] = {config: _runs(t2, config, seeds) for config, _ in VARIANTS}
+        print(table.read_text().split("\n\n")[1].strip() + "\n")  # the main table, not the per-class one
+        print("\n".join(_localisation_rows(setting, seeds, variants)) + "\n")
+        print("\n".join(_paired_rows(setting, seeds, variants, args.resamples)) + "\n")
+        points[share] = {variant: _runs(setting, variant, seeds) for variant in variants}
     if args.figure and points:
         _figure(points, args.figure)
     return 0

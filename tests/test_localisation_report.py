@@ -26,19 +26,19 @@ def _ablation(root, setting, share, correct):
     (base / "phantom").mkdir(parents=True)
     (base / "phantom" / "labels.csv").write_text(f"path,label,plaque_share\na.png,hyperechoic,{share}\n")
     (base / "t2").mkdir()
-    (base / "t2" / "table2.md").write_text("| Method | Accuracy |\n|---|---:|\n")
+    (base / "t2" / "table2.md").write_text("Table 2: caption\n\n| Method | Accuracy |\n|---|---:|\n\nPer-class\n")
     labels = np.array([0, 1, 2, 1, 0, 2, 1, 1])
     images = [f"images/{i}.png" for i in range(labels.size)]
-    for config, seeds in correct.items():
+    for variant, seeds in correct.items():
         for seed, right in seeds.items():
-            run = base / "t2" / "runs" / config / seed
+            run = report._run_dir(base, variant, seed)
             run.mkdir(parents=True)
-            scores = {"accuracy": float(np.mean(right)), "epoch": 7}
-            if config == "walnet":
+            scores = {"accuracy": float(np.mean(right)), "macro_f1": 0.5, "epoch": 7}
+            if variant == "walnet":
                 scores.update(box_recall=0.5, box_precision=0.25)
             (run / "metrics.json").write_text(json.dumps(scores))
             predicted = np.where(right, labels, (labels + 1) % 3)
-            _predictions(base / "scores" / f"{config}_{seed}" / "predictions.csv", labels, predicted, images)
+            _predictions(base / "scores" / f"{variant}_{seed}" / "predictions.csv", labels, predicted, images)
 
 
 def test_report_pairs_the_variants_on_the_same_images(tmp_path, capsys):
@@ -50,14 +50,25 @@ def test_report_pairs_the_variants_on_the_same_images(tmp_path, capsys):
     assert report.main([str(tmp_path), "--figure", str(figure), "--resamples", "200"]) == 0
     text = capsys.readouterr().out
     assert "Plaques of 4.0 % of the image on average (small)" in text and "(large)" in text
+    assert "| Method | Accuracy |" in text and "Per-class" not in text  # the experiment's main table
     for a, b in report.PAIRS:
         pooled = np.mean(np.concatenate([correct[a][s].astype(float) - correct[b][s] for s in ("seed0", "seed1")]))
         row = next(line for line in text.splitlines() if line.startswith(f"| {report.LABEL[a]} − {report.LABEL[b]} |"))
         assert row.split("|")[2].strip().startswith(f"{pooled:+.3f} [")
-    walnet_row = next(line for line in text.splitlines() if line.startswith("| WAL-Net | 0.500 (0.000)"))
-    assert walnet_row.endswith("| 7, 7 |")
-    assert "| w/o RCM | – | – | – | – | 7, 7 |" in text  # no RCM: no box to score
+    walnet_row = next(line for line in text.splitlines() if line.startswith("| WAL-Net |"))
+    accuracy = [np.mean(correct["walnet"][s]) for s in ("seed0", "seed1")]
+    assert walnet_row.split("|")[2].strip() == f"{np.mean(accuracy):.3f} ({np.std(accuracy, ddof=1):.3f})"
+    assert walnet_row.split("|")[4:6] == [" 0.500 (0.000) ", " 0.250 (0.000) "] and walnet_row.endswith("| 7, 7 |")
+    assert "| w/o RCM | " in text and "| – | – | – | – | 7, 7 |" in text  # no RCM: no box to score
     assert figure.is_file() and figure.stat().st_size > 1000
+
+
+def test_report_leaves_out_a_missing_control(tmp_path, capsys):
+    right = {variant: {"seed0": np.ones(8, bool), "seed1": np.ones(8, bool)} for variant, _ in report.VARIANTS[:3]}
+    _ablation(tmp_path, "medium", 0.1, right)
+    assert report.main([str(tmp_path), "--resamples", "50"]) == 0
+    text = capsys.readouterr().out
+    assert "| WAL-Net − w/o RCM | +0.000 [+0.000, +0.000]" in text and "true ROI" not in text
 
 
 def test_report_refuses_unpaired_runs(tmp_path):
