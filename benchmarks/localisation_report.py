@@ -121,12 +121,16 @@ def _localisation_rows(setting: Path, seeds: list[str], variants: list[str]) -> 
     return rows
 
 
-def _share(setting: Path) -> float:
+def _phantom(setting: Path) -> tuple[float, float]:
+    """The plaque's mean share of the image and the commonest class's share of the images."""
     with open(setting / "phantom" / "labels.csv", newline="") as f:
-        return float(np.mean([float(r["plaque_share"]) for r in csv.DictReader(f)]))
+        rows = list(csv.DictReader(f))
+    labels = [r["label"] for r in rows]
+    majority = max(labels.count(c) for c in set(labels)) / len(labels)
+    return float(np.mean([float(r["plaque_share"]) for r in rows])), majority
 
 
-def _figure(points: dict, path: Path) -> None:
+def _figure(points: dict, majority: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,6 +145,9 @@ def _figure(points: dict, path: Path) -> None:
         ax.errorbar([x * 100 for x in xs], [np.mean(a) for a in acc], yerr=[np.std(a, ddof=1) for a in acc],
                     marker=marker, capsize=3, label=label, linestyle="--" if variant == "oracle" else "-")
     ax.set_xscale("log")
+    ax.set_xticks([x * 100 for x in sorted(points)], [f"{x * 100:.1f}" for x in sorted(points)])
+    ax.minorticks_off()
+    ax.axhline(majority, color="grey", linewidth=1, linestyle=":", label="majority class")
     ax.set_xlabel("plaque's share of the image (%), mean of the setting")
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
     ax.legend(frameon=False)
@@ -164,14 +171,14 @@ def main(argv=None) -> int:
             continue
         seeds = _seeds(setting)
         variants = _variants(setting, seeds)
-        share = _share(setting)
+        share, majority = _phantom(setting)
         print(f"### Plaques of {share * 100:.1f} % of the image on average ({name})\n")
         print(table.read_text().split("\n\n")[1].strip() + "\n")  # the main table, not the per-class one
         print("\n".join(_localisation_rows(setting, seeds, variants)) + "\n")
         print("\n".join(_paired_rows(setting, seeds, variants, args.resamples)) + "\n")
         points[share] = {variant: _runs(setting, variant, seeds) for variant in variants}
     if args.figure and points:
-        _figure(points, args.figure)
+        _figure(points, majority, args.figure)
     return 0
 
 
