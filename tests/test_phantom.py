@@ -243,8 +243,9 @@ def test_phantom_options_are_checked(tmp_path):
                        ((0.001, 0.01), "16 pixels"), ("wide", "plaque_area")):
         with pytest.raises(ValueError, match=match):
             generate(tmp_path / "ph", n=3, size=64, plaque_area=bad)
-    with pytest.raises(ValueError, match="distractors"):
-        generate(tmp_path / "ph", n=3, size=64, distractors=9)
+    for bad in (9, -1, 1.5, "two", None):
+        with pytest.raises(ValueError, match="distractors must be a whole number from 0 to 8"):
+            generate(tmp_path / "ph", n=3, size=64, distractors=bad)
     assert not (tmp_path / "ph").exists()  # checked before anything is written
 
 

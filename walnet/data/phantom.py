@@ -27,7 +27,7 @@ import pathlib
 import numpy as np
 
 from walnet.constants import PLAQUE_CLASSES
-from walnet.data.phantom_render import check_plaque_area, render_sample
+from walnet.data.phantom_render import check_distractors, check_plaque_area, render_sample
 from walnet.files import atomic_open, write_text
 
 __all__ = ["CLASSES", "COLUMNS", "PAPER_COUNTS", "class_counts", "generate", "is_phantom", "render_sample"]
@@ -149,9 +149,7 @@ def generate(out_dir, n: int = 1270, seed: int = 0, size: int = 224,
         if not ok:
             raise ValueError(f"{name} must be {want}, got {value}")
     plaque_area = check_plaque_area(plaque_area, size)
-    distractors = int(distractors)
-    if not 0 <= distractors <= 8:
-        raise ValueError(f"distractors must be in 0..8, got {distractors}")
+    distractors = check_distractors(distractors)
     from PIL import Image
 
     out = pathlib.Path(out_dir)

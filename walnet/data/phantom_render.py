@@ -36,7 +36,7 @@ from walnet.data.phantom_distractors import Distractor, draw_distractors, paint_
 from walnet.data.phantom_echo import plaque_echo, smooth_noise
 from walnet.data.phantom_geometry import physical_scale, plaque_mask, roi_geometry, scan_geometry
 
-__all__ = ["Scene", "check_plaque_area", "render_sample", "render_scene"]
+__all__ = ["Scene", "check_distractors", "check_plaque_area", "render_sample", "render_scene"]
 
 
 def _tissue(rng: np.random.Generator, S: int, yy: np.ndarray, up: np.ndarray,
@@ -122,6 +122,17 @@ def check_plaque_area(plaque_area, size: int) -> tuple[float, float] | None:
     return low, high
 
 
+def check_distractors(distractors) -> int:
+    """`distractors` as an int, a ValueError naming it unless it is 0 to 8."""
+    try:
+        count = int(distractors)
+    except (TypeError, ValueError):
+        count = None
+    if count is None or count != distractors or not 0 <= count <= 8:
+        raise ValueError(f"distractors must be a whole number from 0 to 8, got {distractors!r}")
+    return count
+
+
 def render_scene(rng: np.random.Generator, label: int, size: int = 224, *, plaque_area=None,
                  distractors: int = 0) -> Scene:
     """Render one phantom image of class `label` (0 hyperechoic, 1 hypoechoic, 2 mixed-echoic).
@@ -132,13 +143,11 @@ def render_scene(rng: np.random.Generator, label: int, size: int = 224, *, plaqu
     `distractors` class-like blobs are drawn outside the plaque from a stream split off `rng`
     (the same for every label). Defaults: the ROI crop, no distractors.
     """
-    label, size, distractors = int(label), int(size), int(distractors)
+    label, size, distractors = int(label), int(size), check_distractors(distractors)
     if label not in (0, 1, 2):
         raise ValueError(f"label must be 0, 1 or 2, got {label}")
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
-    if not 0 <= distractors <= 8:
-        raise ValueError(f"distractors must be in 0..8, got {distractors}")
     plaque_area = check_plaque_area(plaque_area, size)
     S = size
     # split before any draw: the distractors' stream does not depend on the label
