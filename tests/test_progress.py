@@ -29,7 +29,7 @@ from walnet.engine.predict import predict
 from walnet.engine.step import forward
 from walnet.engine.trainer import train
 
-from train_runs import metrics_rows, phantom_data, run_config, train_args
+from train_runs import metrics_rows, older_metrics_csv, phantom_data, run_config, train_args
 
 #: The scalar each metrics.csv column is written as (the epoch is the step).
 SCALARS = {"loss": "train/loss", "cls_loss": "train/cls_loss", "seg_loss": "train/seg_loss",
@@ -197,12 +197,7 @@ def test_an_older_metrics_csv_reads_with_the_new_columns_empty(tmp_path):
     path = tmp_path / "metrics.csv"
     old = ["epoch", "loss", "cls_loss", "seg_loss", "train_accuracy", "val_accuracy", "val_macro_f1", "val_kappa",
            "val_auc", "lr"]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, old)
-        writer.writeheader()
-        writer.writerows([{k: (e if k == "epoch" else 0.5) for k in old} for e in range(3)])
-    log = run_files.RunLog(path)
-    log.resume_at(2)
+    log = older_metrics_csv(path, old)
     log.append({**{k: 0.25 for k in old}, "epoch": 2, "val_loss": 0.75, "epoch_s": 1.5})
     rows = log.rows()
     with open(path, newline="") as f:

@@ -23,7 +23,7 @@ from walnet.engine.config import TrainConfig
 from walnet.engine.schedule import Schedule
 from walnet.engine.trainer import train
 
-from train_runs import ENV, metrics_rows, phantom_data, run_config, train_args
+from train_runs import ENV, metrics_rows, older_metrics_csv, phantom_data, run_config, train_args
 
 
 @pytest.fixture(scope="module")
@@ -215,12 +215,7 @@ def test_resume_from_best_pt_is_refused_before_any_work(data, tmp_path, monkeypa
 def test_an_older_metrics_csv_gets_the_lr_column_on_resume(tmp_path):
     path = tmp_path / "metrics.csv"
     old = [f for f in run_files.METRIC_FIELDS if f != "lr"]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, old)
-        writer.writeheader()
-        writer.writerows([{k: (e if k == "epoch" else 0.5) for k in old} for e in range(3)])
-    log = run_files.RunLog(path)
-    log.resume_at(2)
+    log = older_metrics_csv(path, old)
     log.append({**{k: 0.25 for k in old}, "epoch": 2, "lr": 1e-4})
     with open(path, newline="") as f:
         reader = csv.DictReader(f)

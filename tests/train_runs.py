@@ -68,3 +68,18 @@ def rewritten_csv(data, path, change):
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def older_metrics_csv(path, fields):
+    """A metrics.csv of an older walnet with only `fields`, epochs 0-2 (every score 0.5), reopened as the
+    RunLog of a run resumed at epoch 2."""
+    from walnet.engine import run_files
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows([{k: (e if k == "epoch" else 0.5) for k in fields} for e in range(3)])
+    log = run_files.RunLog(path)
+    log.resume_at(2)
+    return log
+
